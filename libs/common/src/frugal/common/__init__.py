@@ -1,0 +1,1 @@
+"""Shared foundation of the Frugal Mesh services: one place for each cross-cutting concern."""

@@ -1,0 +1,81 @@
+"""Service configuration from the environment, validated at start.
+
+Every service subclasses :class:`ServiceSettings` and loads it with :func:`load_settings`, which turns a
+validation error into one line naming the variable and stops the process.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal, TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Default ports, one pair per service; also used by the dev stack, compose and k8s manifests.
+PORTS: dict[str, tuple[int, int]] = {
+    "router": (50051, 9101),
+    "vision-dedup": (50052, 9102),
+    "rag": (50053, 9103),
+    "billing": (50054, 9104),
+    "media-gateway": (50055, 9105),
+}
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service shares. Environment variables have no prefix: one process, one service."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_file=None)
+
+    service_name: str = "frugal"
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = Field(default=0, ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="0 disables the metrics endpoint")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    # Time given to in-flight RPCs (streams included) after SIGTERM before they are cancelled.
+    shutdown_grace_seconds: float = Field(default=10.0, gt=0, le=300)
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Optional override of the bundled price catalog (TOML).
+    price_catalog_path: str | None = None
+    router_addr: str = "127.0.0.1:50051"
+    vision_addr: str = "127.0.0.1:50052"
+    rag_addr: str = "127.0.0.1:50053"
+    billing_addr: str = "127.0.0.1:50054"
+
+
+class DatabaseSettings(ServiceSettings):
+    """For services that own tables: the app connects as a non-owner role, migrations as the owner."""
+
+    database_url: str = "postgresql://frugal_app@127.0.0.1:55432/frugal"
+    # Used only to apply migrations; empty means migrations are applied by someone else (`make migrate`).
+    migration_database_url: str | None = None
+    db_pool_min: int = Field(default=1, ge=0, le=100)
+    db_pool_max: int = Field(default=10, ge=1, le=200)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class ConfigError(SystemExit):
+    """Raised by load_settings; a SystemExit so that an unhandled one prints and stops with status 2."""
+
+
+def describe_validation_error(cls: type[BaseSettings], err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    value = first.get("input")
+    shown = "" if value is None or isinstance(value, dict) else f" (got {value!r})"
+    return f"config error: {prefix}{field.upper()}: {first['msg']}{shown}"
+
+
+def load_settings(cls: type[S], **overrides: object) -> S:
+    """Loads settings from the environment; on a bad or missing value, stops with one line naming it."""
+    try:
+        return cls(**overrides)
+    except ValidationError as err:
+        line = describe_validation_error(cls, err)
+        print(line, file=sys.stderr)
+        raise ConfigError(2) from err

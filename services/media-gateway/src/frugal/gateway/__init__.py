@@ -1,0 +1,1 @@
+"""Frugal Mesh media gateway: the LiveKit agent worker (and its replay mode)."""

@@ -1,0 +1,1 @@
+"""Frugal Mesh rag service."""

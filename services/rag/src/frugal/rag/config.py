@@ -1,0 +1,15 @@
+"""rag settings (environment variables, validated at start)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from frugal.common.settings import PORTS, DatabaseSettings
+
+
+class Settings(DatabaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    service_name: str = "rag"
+    grpc_port: int = PORTS["rag"][0]
+    metrics_port: int = PORTS["rag"][1]

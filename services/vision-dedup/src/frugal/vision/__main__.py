@@ -1,0 +1,15 @@
+"""python -m frugal.vision"""
+
+from __future__ import annotations
+
+from frugal.common.service import run_service
+from frugal.vision.config import Settings
+from frugal.vision.server import build_app
+
+
+def main() -> None:
+    run_service(Settings, build_app)
+
+
+if __name__ == "__main__":
+    main()
