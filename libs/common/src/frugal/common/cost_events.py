@@ -124,6 +124,7 @@ class CostEventProducer:
         self._pending: collections.deque[CostEvent] = collections.deque(maxlen=buffer_limit)
         self._retry_interval = retry_interval
         self._flusher: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
         self._closed = False
 
     @property
@@ -161,16 +162,17 @@ class CostEventProducer:
             await self.flush()
 
     async def flush(self) -> int:
-        """Sends buffered events; returns how many are still pending."""
-        while self._pending:
-            event = self._pending[0]
-            try:
-                await self._xadd(event)
-            except (RedisError, OSError):
-                break
-            self._pending.popleft()
-        COST_EVENTS_PENDING.set(len(self._pending))
-        return len(self._pending)
+        """Sends buffered events in order; returns how many are still pending."""
+        async with self._flush_lock:  # the background flusher and an explicit flush must not interleave
+            while self._pending:
+                event = self._pending[0]
+                try:
+                    await self._xadd(event)
+                except (RedisError, OSError):
+                    break
+                self._pending.popleft()
+            COST_EVENTS_PENDING.set(len(self._pending))
+            return len(self._pending)
 
     async def aclose(self) -> None:
         left = await self.flush()

@@ -296,12 +296,15 @@ class GrpcApp:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING, drain in-flight RPCs for up to `grace` seconds, then release resources."""
+        """NOT_SERVING, wait shutdown_delay_seconds (new RPCs still served), stop accepting, drain in-flight
+        RPCs for up to `grace` seconds, cancel what is left, then release resources."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if self.settings.shutdown_delay_seconds > 0:
+            await asyncio.sleep(self.settings.shutdown_delay_seconds)
         log.info("draining for up to %.1fs", grace)
         await self.server.stop(grace)
         for hook in reversed(self._hooks):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Default ports, one pair per service; also used by the dev stack, compose and k8s manifests.
@@ -35,6 +35,8 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     # Time given to in-flight RPCs (streams included) after SIGTERM before they are cancelled.
     shutdown_grace_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Time between reporting NOT_SERVING and closing the listener, so probes and load balancers see it.
+    shutdown_delay_seconds: float = Field(default=1.0, ge=0, le=60)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Optional override of the bundled price catalog (TOML).
@@ -43,6 +45,15 @@ class ServiceSettings(BaseSettings):
     vision_addr: str = "127.0.0.1:50052"
     rag_addr: str = "127.0.0.1:50053"
     billing_addr: str = "127.0.0.1:50054"
+
+    # A validator rather than Field(ge, le): services re-declare the port fields with their own defaults,
+    # which replaces a Field's constraints but keeps inherited validators.
+    @field_validator("grpc_port", "metrics_port", check_fields=False)
+    @classmethod
+    def _port_range(cls, value: int) -> int:
+        if not 0 <= value <= 65535:
+            raise ValueError("must be a port number in 0..65535")
+        return value
 
 
 class DatabaseSettings(ServiceSettings):

@@ -1,0 +1,195 @@
+"""Run the whole mesh locally: embedded Postgres+Redis, then the five services as child processes.
+
+    python -m frugal.common.localmesh        # `make dev`: serve until Ctrl-C, then stop everything
+
+Services apply their own migrations at start (MIGRATION_DATABASE_URL) and connect as their
+non-owner roles. `LocalMesh` is also used by the demo and by the e2e tests (with free ports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from frugal.common.devstack import DevStack, DevStackError, free_port
+from frugal.common.settings import PORTS
+
+# (name, module, database role or None), in start order: dependencies first.
+SERVICES: tuple[tuple[str, str, str | None], ...] = (
+    ("billing", "frugal.billing", "frugal_billing"),
+    ("rag", "frugal.rag", "frugal_rag"),
+    ("vision-dedup", "frugal.vision", None),
+    ("router", "frugal.router", None),
+    ("media-gateway", "frugal.gateway", None),
+)
+
+
+def _addr_env(ports: Mapping[str, int]) -> dict[str, str]:
+    return {
+        "ROUTER_ADDR": f"127.0.0.1:{ports['router']}",
+        "VISION_ADDR": f"127.0.0.1:{ports['vision-dedup']}",
+        "RAG_ADDR": f"127.0.0.1:{ports['rag']}",
+        "BILLING_ADDR": f"127.0.0.1:{ports['billing']}",
+    }
+
+
+@dataclass
+class LocalMesh:
+    """Child processes of the five services, wired to one Postgres and one Redis."""
+
+    admin_dsn: str
+    redis_url: str
+    ports: dict[str, int] = field(default_factory=lambda: {n: PORTS[n][0] for n, _, _ in SERVICES})
+    metrics_ports: dict[str, int] = field(default_factory=lambda: {n: PORTS[n][1] for n, _, _ in SERVICES})
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
+    services: tuple[str, ...] = tuple(n for n, _, _ in SERVICES)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: list[TextIO] = field(default_factory=list)
+
+    @classmethod
+    def on_free_ports(cls, admin_dsn: str, redis_url: str, **kw: object) -> LocalMesh:
+        names = [n for n, _, _ in SERVICES]
+        return cls(admin_dsn, redis_url, ports={n: free_port() for n in names},
+                   metrics_ports={n: free_port() for n in names}, **kw)  # type: ignore[arg-type]
+
+    def env_for(self, name: str, role: str | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FRUGAL_TEST")}
+        env.update(_addr_env(self.ports))
+        env.update({
+            "GRPC_HOST": "127.0.0.1",
+            "GRPC_PORT": str(self.ports[name]),
+            "METRICS_PORT": str(self.metrics_ports[name]),
+            "REDIS_URL": self.redis_url,
+            "LOG_FORMAT": env.get("LOG_FORMAT", "text"),
+            "SHUTDOWN_DELAY_SECONDS": "0",
+            "SHUTDOWN_GRACE_SECONDS": "5",
+        })
+        if role is not None:
+            scheme, rest = self.admin_dsn.split("://", 1)
+            env["DATABASE_URL"] = f"{scheme}://{role}@{rest.split('@', 1)[-1]}"
+            env["MIGRATION_DATABASE_URL"] = self.admin_dsn
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        try:
+            for name, module, role in SERVICES:
+                if name not in self.services:
+                    continue
+                out: int | TextIO = subprocess.DEVNULL
+                if self.log_dir is not None:
+                    self.log_dir.mkdir(parents=True, exist_ok=True)
+                    fh = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
+                    self._logs.append(fh)
+                    out = fh
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", module], env=self.env_for(name, role), stdout=out,
+                    stderr=subprocess.STDOUT if self.log_dir is not None else None, start_new_session=True,
+                )
+                # Dependencies first: billing and rag apply migrations before others call them.
+                asyncio.run(self.wait_healthy([name], timeout_s))
+        except BaseException:
+            self.stop()
+            raise
+
+    async def wait_healthy(self, names: list[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for name in names:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ports[name]}") as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                while True:
+                    proc = self.procs.get(name)
+                    if proc is not None and proc.poll() is not None:
+                        raise RuntimeError(f"{name} exited with status {proc.returncode} during start-up"
+                                           + (f"; see {self.log_dir / (name + '.log')}" if self.log_dir else ""))
+                    try:
+                        resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                        if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.aio.AioRpcError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{name} not healthy after {timeout_s:.0f}s")
+                    await asyncio.sleep(0.2)
+
+    def stop(self, timeout_s: float = 15.0) -> dict[str, int | None]:
+        """SIGTERM every service (reverse start order), wait, SIGKILL stragglers. Returns exit codes."""
+        for name in reversed(list(self.procs)):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        codes: dict[str, int | None] = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                codes[name] = proc.wait()
+        self.procs.clear()
+        for fh in self._logs:
+            fh.close()
+        self._logs.clear()
+        return codes
+
+
+def main() -> int:
+    stack = DevStack.from_env()
+    try:
+        stack.start()
+    except DevStackError as err:
+        print(f"dev stack: {err}", file=sys.stderr)
+        return 1
+    env = stack.env()
+    mesh = LocalMesh(env["PG_ADMIN_URL"], env["REDIS_URL"], log_dir=stack.root / "logs")
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"postgres {env['PG_ADMIN_URL']}  redis {env['REDIS_URL']}")
+    try:
+        mesh.start()
+    except (RuntimeError, TimeoutError) as err:
+        print(f"mesh failed to start: {err}", file=sys.stderr)
+        return 1
+    for name, _, _ in SERVICES:
+        print(f"  {name:<14} grpc 127.0.0.1:{mesh.ports[name]}  metrics :{mesh.metrics_ports[name]}  "
+              f"log {mesh.log_dir / (name + '.log') if mesh.log_dir else '-'}")
+    print("all five services are up; try: grpcurl -plaintext 127.0.0.1:50051 list   (Ctrl-C stops everything)")
+    try:
+        while not stopping:
+            for name, proc in mesh.procs.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited with status {proc.returncode}; stopping", file=sys.stderr)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        codes = mesh.stop()
+        print("stopped: " + ", ".join(f"{n}={c}" for n, c in codes.items()))
+        if os.environ.get("FRUGAL_DEV_KEEP_STACK") != "1":
+            stack.stop()
+            print("dev stack stopped (set FRUGAL_DEV_KEEP_STACK=1 to keep Postgres/Redis running)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

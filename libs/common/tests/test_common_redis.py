@@ -1,0 +1,52 @@
+"""Cost-event producer against a real Redis, including an outage that loses nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, CostEventProducer, CostKind, make_event_id
+from frugal.common.devstack import EmbeddedRedis, free_port
+from frugal.common.redis_client import create_redis
+from frugal.common.usage import UsageAmounts
+
+
+def _event(i: int) -> CostEvent:
+    return CostEvent(event_id=make_event_id("test", str(i)), tenant_id="org_a", service="test", kind=CostKind.LLM,
+                     provider="google", model="gemini-2.5-flash", usage=UsageAmounts(input_tokens=i), cost_usd=0.0)
+
+
+async def test_emit_appends_to_stream(redis_client: aioredis.Redis, redis_url: str) -> None:
+    client = create_redis(redis_url)
+    producer = CostEventProducer(client)
+    event = _event(1)
+    try:
+        assert await producer.emit(event) is True
+    finally:
+        await producer.aclose()
+        await client.aclose()
+    entries = await redis_client.xrange(COST_EVENTS_STREAM)
+    assert len(entries) == 1
+    assert CostEvent.from_stream_fields(entries[0][1]) == event
+
+
+async def test_outage_buffers_then_delivers(tmp_path: Path) -> None:
+    port = free_port()
+    client = create_redis(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+    producer = CostEventProducer(client, retry_interval=0.05)
+    server = EmbeddedRedis(tmp_path, port)
+    try:
+        assert await producer.emit(_event(1)) is False  # nothing listening: buffered, caller unaffected
+        assert await producer.emit(_event(2)) is False
+        assert producer.pending == 2
+        server.start()
+        assert await producer.flush() == 0
+        check = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        entries = await check.xrange(COST_EVENTS_STREAM)
+        await check.aclose()
+        assert [CostEvent.from_stream_fields(f).usage.input_tokens for _, f in entries] == [1, 2]
+    finally:
+        await producer.aclose()
+        await client.aclose()
+        server.stop()
