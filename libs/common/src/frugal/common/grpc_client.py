@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -91,7 +92,7 @@ def outgoing_metadata(
 
 
 def remaining_timeout(
-    context: grpc.aio.ServicerContext | None, default_s: float, *, reserve_s: float = 0.0
+    context: grpc.aio.ServicerContext[Any, Any] | None, default_s: float, *, reserve_s: float = 0.0
 ) -> float:
     """Timeout for a downstream call: at most `default_s`, and never past the caller's deadline
     (minus `reserve_s` kept for our own work after the call). Never below 1 ms, so a call past

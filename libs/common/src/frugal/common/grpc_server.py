@@ -74,7 +74,7 @@ def _split_method(full: str) -> tuple[str, str]:
     return service, method
 
 
-def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+def _rpc_type(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
     if handler.request_streaming and handler.response_streaming:
         return "bidi_stream"
     if handler.request_streaming:
@@ -110,9 +110,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
         if handler is None or method.startswith(EXEMPT_SERVICE_PREFIXES):
@@ -145,16 +145,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(
         self,
-        handler: grpc.RpcMethodHandler,
+        handler: grpc.RpcMethodHandler[Any, Any],
         method: str,
         identity: RequestIdentity | None,
         rejection: _Rejection | None,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         service, name = _split_method(method)
         rpc_type = _rpc_type(handler)
         labels = {"grpc_service": service, "grpc_method": name, "grpc_type": rpc_type}
 
-        async def enter(context: grpc.aio.ServicerContext) -> float:
+        async def enter(context: grpc.aio.ServicerContext[Any, Any]) -> float:
             GRPC_SERVER_STARTED.labels(**labels).inc()
             GRPC_SERVER_IN_FLIGHT.labels(grpc_service=service).inc()
             if rejection is not None:
@@ -162,7 +162,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(rejection.code, rejection.message)
             return time.perf_counter()
 
-        def leave(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
+        def leave(context: grpc.aio.ServicerContext[Any, Any], started: float, error: BaseException | None) -> None:
             code = _final_code(context, error)
             GRPC_SERVER_IN_FLIGHT.labels(grpc_service=service).dec()
             GRPC_SERVER_HANDLED.labels(**labels, grpc_code=code.name).inc()
@@ -174,15 +174,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         behavior: Callable[..., Any]
         if handler.response_streaming:
-            inner = handler.stream_stream if handler.request_streaming else handler.unary_stream
+            stream_inner: Any = handler.stream_stream if handler.request_streaming else handler.unary_stream
 
-            async def stream_behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 token = set_identity(identity) if identity else None
                 started = time.perf_counter()
                 error: BaseException | None = None
                 try:
                     started = await enter(context)
-                    result = inner(request, context)
+                    result = stream_inner(request, context)
                     if inspect.isasyncgen(result):
                         async for item in result:
                             yield item
@@ -199,15 +199,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
             behavior = stream_behavior
         else:
-            inner = handler.stream_unary if handler.request_streaming else handler.unary_unary
+            unary_inner: Any = handler.stream_unary if handler.request_streaming else handler.unary_unary
 
-            async def unary_behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 token = set_identity(identity) if identity else None
                 started = time.perf_counter()
                 error: BaseException | None = None
                 try:
                     started = await enter(context)
-                    return await inner(request, context)
+                    return await unary_inner(request, context)
                 except BaseException as exc:
                     error = exc
                     raise
@@ -225,14 +225,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(handler.request_streaming, handler.response_streaming)]
-        return factory(  # type: ignore[operator]
+        return factory(
             behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
 
-def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+def _final_code(context: grpc.aio.ServicerContext[Any, Any], error: BaseException | None) -> grpc.StatusCode:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
@@ -243,7 +243,7 @@ def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) 
     return grpc.StatusCode.UNKNOWN
 
 
-async def abort_unimplemented(context: grpc.aio.ServicerContext, what: str) -> NoReturn:
+async def abort_unimplemented(context: grpc.aio.ServicerContext[Any, Any], what: str) -> NoReturn:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented yet")
     raise AssertionError("unreachable")  # abort raises
 

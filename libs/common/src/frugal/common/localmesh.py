@@ -8,7 +8,6 @@ non-owner roles. `LocalMesh` is also used by the demo and by the e2e tests (with
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -100,30 +99,30 @@ class LocalMesh:
                     stderr=subprocess.STDOUT if self.log_dir is not None else None, start_new_session=True,
                 )
                 # Dependencies first: billing and rag apply migrations before others call them.
-                asyncio.run(self.wait_healthy([name], timeout_s))
+                self.wait_healthy(name, timeout_s)
         except BaseException:
             self.stop()
             raise
 
-    async def wait_healthy(self, names: list[str], timeout_s: float) -> None:
+    def wait_healthy(self, name: str, timeout_s: float) -> None:
+        """Blocks until `name` reports SERVING (plain blocking gRPC: usable with or without a loop)."""
         deadline = time.monotonic() + timeout_s
-        for name in names:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ports[name]}") as ch:
-                stub = health_pb2_grpc.HealthStub(ch)
-                while True:
-                    proc = self.procs.get(name)
-                    if proc is not None and proc.poll() is not None:
-                        raise RuntimeError(f"{name} exited with status {proc.returncode} during start-up"
-                                           + (f"; see {self.log_dir / (name + '.log')}" if self.log_dir else ""))
-                    try:
-                        resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                        if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                            break
-                    except grpc.aio.AioRpcError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"{name} not healthy after {timeout_s:.0f}s")
-                    await asyncio.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{self.ports[name]}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while True:
+                proc = self.procs.get(name)
+                if proc is not None and proc.poll() is not None:
+                    where = f"; see {self.log_dir / (name + '.log')}" if self.log_dir else ""
+                    raise RuntimeError(f"{name} exited with status {proc.returncode} during start-up{where}")
+                try:
+                    resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not healthy after {timeout_s:.0f}s")
+                time.sleep(0.2)
 
     def stop(self, timeout_s: float = 15.0) -> dict[str, int | None]:
         """SIGTERM every service (reverse start order), wait, SIGKILL stragglers. Returns exit codes."""

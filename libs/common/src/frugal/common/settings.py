@@ -7,7 +7,7 @@ validation error into one line naming the variable and stops the process.
 from __future__ import annotations
 
 import sys
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,7 +82,7 @@ def describe_validation_error(cls: type[BaseSettings], err: ValidationError) -> 
     return f"config error: {prefix}{field.upper()}: {first['msg']}{shown}"
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S], **overrides: Any) -> S:
     """Loads settings from the environment; on a bad or missing value, stops with one line naming it."""
     try:
         return cls(**overrides)

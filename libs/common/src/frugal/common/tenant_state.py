@@ -21,6 +21,10 @@ DEFAULT_DOWNGRADE_AT = 0.8
 DEFAULT_REFUSE_AT = 1.0
 
 
+def _bytes(raw: bytes | str) -> bytes:
+    return raw.encode() if isinstance(raw, str) else raw
+
+
 async def publish_policy(redis: aioredis.Redis, policy: billing_pb2.TenantPolicy) -> None:
     await redis.set(POLICY_KEY.format(tenant_id=policy.tenant_id), policy.SerializeToString())
 
@@ -31,12 +35,12 @@ async def publish_budget(redis: aioredis.Redis, state: billing_pb2.BudgetState, 
 
 async def read_policy(redis: aioredis.Redis, tenant_id: str) -> billing_pb2.TenantPolicy | None:
     raw = await redis.get(POLICY_KEY.format(tenant_id=tenant_id))
-    return None if raw is None else billing_pb2.TenantPolicy.FromString(raw)
+    return None if raw is None else billing_pb2.TenantPolicy.FromString(_bytes(raw))
 
 
 async def read_budget(redis: aioredis.Redis, tenant_id: str) -> billing_pb2.BudgetState | None:
     raw = await redis.get(BUDGET_KEY.format(tenant_id=tenant_id))
-    return None if raw is None else billing_pb2.BudgetState.FromString(raw)
+    return None if raw is None else billing_pb2.BudgetState.FromString(_bytes(raw))
 
 
 @dataclass
