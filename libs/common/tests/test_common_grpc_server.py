@@ -159,3 +159,28 @@ async def test_grace_expiry_cancels_streams() -> None:
             while await call.read() is not grpc.aio.EOF:
                 pass
     assert servicer.finished_streams == 0
+
+
+async def test_grpccall_cli_lists_and_calls_with_json() -> None:
+    import sys
+
+    app = await _start(EchoRouter())
+    target = f"127.0.0.1:{app.port}"
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "frugal.common.grpccall", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    try:
+        rc, out, _ = await cli(target, "list")
+        assert rc == 0 and ROUTER in out.split()
+        rc, out, _ = await cli("-H", "x-tenant-id: org_abc", "-H", "x-session-id: s9",
+                               "-d", '{"turn": {"text": "hi"}}', target, f"{ROUTER}/Route")
+        assert rc == 0 and '"model": "org_abc|s9"' in out
+        rc, _, err = await cli("-d", "{}", target, f"{ROUTER}/Route")
+        assert rc == 1 and "UNAUTHENTICATED" in err
+    finally:
+        await app.stop(1)
