@@ -46,7 +46,11 @@ def pg_admin_dsn() -> Iterator[str]:
     if docker_available():
         from testcontainers.postgres import PostgresContainer
 
-        with PostgresContainer("pgvector/pgvector:0.8.1-pg17", driver=None) as pg:
+        # Trust auth, as in the embedded server: the services' app roles are created without passwords.
+        container = PostgresContainer("pgvector/pgvector:0.8.1-pg17", driver=None).with_env(
+            "POSTGRES_HOST_AUTH_METHOD", "trust"
+        )
+        with container as pg:
             dsn = pg.get_connection_url()
             _create_extension(dsn)
             yield dsn

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from frugal.common.cost_events import COST_EVENTS_STREAM
 from frugal.common.settings import PORTS, DatabaseSettings
+
+DLQ_STREAM = "cost-events-dlq"
+CONSUMER_GROUP = "billing-ledger"
+
+
+def default_consumer_name() -> str:
+    """Stable across container restarts in one pod (hostname = pod name, pid usually 1): a restarted
+    billing finds its own pending entries at once instead of waiting for the idle timeout."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Settings(DatabaseSettings):
@@ -13,3 +27,44 @@ class Settings(DatabaseSettings):
     service_name: str = "billing"
     grpc_port: int = PORTS["billing"][0]
     metrics_port: int = PORTS["billing"][1]
+
+    # Ledger consumer (runs inside the service; `python -m frugal.billing consume` runs it alone).
+    ledger_consumer_enabled: bool = True
+    ledger_stream: str = Field(default=COST_EVENTS_STREAM, min_length=1, max_length=200)
+    ledger_dlq_stream: str = Field(default=DLQ_STREAM, min_length=1, max_length=200)
+    ledger_group: str = Field(default=CONSUMER_GROUP, min_length=1, max_length=200)
+    # Empty means "{hostname}-{pid}".
+    ledger_consumer_name: str = Field(default="", max_length=200)
+    # Stream entries read per XREADGROUP; one transaction per tenant in the batch.
+    ledger_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # XREADGROUP BLOCK; must stay below the Redis client's 5 s socket timeout.
+    ledger_block_ms: int = Field(default=1000, ge=10, le=4000)
+    # A pending entry idle this long belongs to a dead or stuck consumer and is reclaimed (XAUTOCLAIM).
+    ledger_claim_idle_ms: int = Field(default=30_000, ge=10, le=3_600_000)
+    # How often to reclaim, refresh the lag gauges and trim the stream.
+    ledger_maintenance_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # An entry delivered this many times without being written goes to the dead-letter stream.
+    ledger_max_deliveries: int = Field(default=10, ge=2, le=1000)
+    # Tenant transactions of one batch run concurrently, at most this many at once.
+    ledger_write_concurrency: int = Field(default=4, ge=1, le=64)
+    # Acknowledged entries older than this are trimmed from the stream (XTRIM MINID); 0 never trims.
+    ledger_stream_retention_seconds: int = Field(default=86_400, ge=0)
+
+    # Budget state in Redis: re-published for every tenant this often (month roll-over, Redis restarts),
+    # with this TTL (readers treat a missing key as "unknown").
+    budget_refresh_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    budget_state_ttl_seconds: int = Field(default=3600, ge=10)
+    # Whether offline (no API key, nothing was paid) events count toward the month-to-date spend.
+    budget_count_offline: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.budget_state_ttl_seconds <= self.budget_refresh_seconds:
+            raise ValueError("BUDGET_STATE_TTL_SECONDS must be greater than BUDGET_REFRESH_SECONDS")
+        if self.ledger_dlq_stream == self.ledger_stream:
+            raise ValueError("LEDGER_DLQ_STREAM must differ from LEDGER_STREAM")
+        return self
+
+    @property
+    def consumer_name(self) -> str:
+        return self.ledger_consumer_name or default_consumer_name()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from frugal.common.settings import PORTS, ServiceSettings
+from frugal.vision.dedup import DedupConfig
 
 
 class Settings(ServiceSettings):
@@ -13,3 +17,84 @@ class Settings(ServiceSettings):
     service_name: str = "vision-dedup"
     grpc_port: int = PORTS["vision-dedup"][0]
     metrics_port: int = PORTS["vision-dedup"][1]
+
+    # --- dedup decision (see frugal.vision.dedup for what each one does) ---
+    # Global pHash Hamming distance above which a settled frame is always kept.
+    phash_threshold: int = Field(default=10, ge=0, le=64)
+    # A thumbnail pixel (mean of k x k luma pixels) counts as changed when it moved by more than this.
+    pixel_diff_threshold: int = Field(default=12, ge=1, le=255)
+    # Smallest changed fraction of the frame that is worth a vision call once the screen has settled.
+    min_change_area: float = Field(default=0.001, gt=0, le=1)
+    # Changes at least this large are kept after FAST_SETTLE_MS (slide change, window switch, scroll end).
+    large_change_area: float = Field(default=0.02, gt=0, le=1)
+    # Quiet time required before a small change (typing) is kept, and before a large one is.
+    settle_ms: int = Field(default=400, ge=0, le=10_000)
+    fast_settle_ms: int = Field(default=100, ge=0, le=10_000)
+    # During continuous motion (long scroll, animation), keep a checkpoint at most this often.
+    max_stale_ms: int = Field(default=3000, ge=100, le=600_000)
+    max_stale_speaking_ms: int = Field(default=1500, ge=100, le=600_000)
+    # A tile that keeps changing for this long (gaps shorter than VOLATILE_GAP_MS) is a periodic or
+    # animated region (clock, blinking cursor, small video) and is ignored while it stays that way...
+    volatile_after_ms: int = Field(default=2000, ge=100, le=600_000)
+    volatile_gap_ms: int = Field(default=1500, ge=50, le=600_000)
+    # ...unless such regions cover more than this fraction of the frame (then it is real motion).
+    max_volatile_area: float = Field(default=0.15, ge=0, le=1)
+    # Thumbnail used for the change map: longest side ~ this many pixels (integer downscale of the frame).
+    thumb_long_side: int = Field(default=160, ge=32, le=1024)
+    tile_size: int = Field(default=10, ge=2, le=128)
+
+    # --- frame limits ---
+    max_frame_width: int = Field(default=7680, ge=16, le=16384)
+    max_frame_height: int = Field(default=4320, ge=16, le=16384)
+    max_frame_pixels: int = Field(default=7680 * 4320, ge=256)
+
+    # --- vision analysis ---
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY", "gemini_api_key")
+    )
+    # Base URL override for the Gemini API (tests and the demo point it at a local emulator).
+    gemini_base_url: str | None = None
+    # Model: a tier of the price catalog, or an explicit model name (must be priced in the catalog).
+    vision_tier: Literal["lite", "standard"] = "standard"
+    vision_model: str | None = None
+    vision_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+    vision_max_output_tokens: int = Field(default=300, ge=16, le=8192)
+    # Longest side of the image sent to the model (Gemini bills images per 768x768 tile).
+    vision_max_image_side: int = Field(default=768, ge=64, le=4096)
+    # Kept frames waiting for the model per stream; when full, the oldest is replaced by the newest.
+    vision_queue_size: int = Field(default=1, ge=1, le=64)
+    # Vision calls in flight per process (all streams).
+    vision_max_concurrency: int = Field(default=4, ge=1, le=256)
+
+    # --- context store ---
+    context_size: int = Field(default=5, ge=1, le=50)
+    context_ttl_seconds: int = Field(default=1800, ge=1, le=7 * 24 * 3600)
+
+    # Responses buffered per stream before the service stops reading frames (flow control).
+    stream_buffer: int = Field(default=256, ge=8, le=100_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.large_change_area < self.min_change_area:
+            raise ValueError("LARGE_CHANGE_AREA must be >= MIN_CHANGE_AREA")
+        return self
+
+    def dedup_config(self) -> DedupConfig:
+        return DedupConfig(
+            phash_threshold=self.phash_threshold,
+            pixel_diff_threshold=self.pixel_diff_threshold,
+            min_change_area=self.min_change_area,
+            large_change_area=self.large_change_area,
+            settle_ms=self.settle_ms,
+            fast_settle_ms=self.fast_settle_ms,
+            max_stale_ms=self.max_stale_ms,
+            max_stale_speaking_ms=self.max_stale_speaking_ms,
+            volatile_after_ms=self.volatile_after_ms,
+            volatile_gap_ms=self.volatile_gap_ms,
+            max_volatile_area=self.max_volatile_area,
+            thumb_long_side=self.thumb_long_side,
+            tile_size=self.tile_size,
+        )
+
+    def api_key(self) -> str | None:
+        return self.gemini_api_key.get_secret_value() if self.gemini_api_key else None
