@@ -1,14 +1,12 @@
-"""python -m frugal.billing"""
+"""python -m frugal.billing [serve|migrate|consume|tenants|usage|budget|dlq] (see frugal.billing.cli)."""
 
 from __future__ import annotations
 
-from frugal.billing.config import Settings
-from frugal.billing.server import build_app
-from frugal.common.service import run_service
+from frugal.billing.cli import main as cli_main
 
 
 def main() -> None:
-    run_service(Settings, build_app)
+    raise SystemExit(cli_main())
 
 
 if __name__ == "__main__":

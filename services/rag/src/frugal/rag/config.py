@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from frugal.common.settings import PORTS, DatabaseSettings
@@ -13,3 +14,69 @@ class Settings(DatabaseSettings):
     service_name: str = "rag"
     grpc_port: int = PORTS["rag"][0]
     metrics_port: int = PORTS["rag"][1]
+
+    # --- embeddings -------------------------------------------------------------------------------
+    # Voyage when a key is set; otherwise the local all-MiniLM-L6-v2 encoder (offline, labelled so).
+    voyage_api_key: SecretStr | None = None
+    voyage_base_url: str | None = Field(default=None, description="override, e.g. a local emulator")
+    voyage_model: str = Field(default="voyage-3.5-lite", pattern=r"^[a-z0-9][a-z0-9.\-]{0,63}$")
+    voyage_dimensions: int = Field(default=1024, description="output_dimension: 256, 512, 1024 or 2048")
+    voyage_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    voyage_max_retries: int = Field(default=0, ge=0, le=5)
+    voyage_batch_size: int = Field(default=128, ge=1, le=1000)
+    local_batch_size: int = Field(default=32, ge=1, le=256)
+    # Query-embedding cache in Redis (seconds); 0 disables it.
+    embedding_cache_ttl: int = Field(default=7 * 24 * 3600, ge=0, le=365 * 24 * 3600)
+
+    # --- rerank -----------------------------------------------------------------------------------
+    cohere_api_key: SecretStr | None = None
+    cohere_base_url: str | None = None
+    cohere_rerank_model: str = Field(default="rerank-v3.5", pattern=r"^[a-z0-9][a-z0-9.\-]{0,63}$")
+    cohere_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    cohere_max_retries: int = Field(default=0, ge=0, le=5)
+    # How many fused candidates the reranker sees (it returns top_k of them).
+    rerank_candidates: int = Field(default=40, ge=1, le=1000)
+
+    # --- ingestion limits -------------------------------------------------------------------------
+    max_document_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_chunks_per_document: int = Field(default=2000, ge=1, le=100_000)
+    max_pdf_pages: int = Field(default=500, ge=1, le=10_000)
+    chunk_target_words: int = Field(default=160, ge=16, le=2000)
+    chunk_overlap_words: int = Field(default=32, ge=0, le=1000)
+    max_title_chars: int = Field(default=1000, ge=1, le=10_000)
+    max_document_id_chars: int = Field(default=512, ge=1, le=4096)
+    max_metadata_entries: int = Field(default=64, ge=0, le=1000)
+    max_metadata_value_chars: int = Field(default=2048, ge=1, le=65536)
+
+    # --- retrieval --------------------------------------------------------------------------------
+    max_query_chars: int = Field(default=4000, ge=16, le=100_000)
+    default_top_k: int = Field(default=5, ge=1, le=50)
+    # Candidates taken from each list (vector, lexical) before fusion: max(this, 4 * top_k).
+    retrieve_candidates: int = Field(default=50, ge=1, le=1000)
+    rrf_k: float = Field(default=60.0, gt=0, le=10_000)
+    rrf_vector_weight: float = Field(default=1.0, ge=0, le=100)
+    rrf_lexical_weight: float = Field(default=1.0, ge=0, le=100)
+    bm25_k1: float = Field(default=1.2, ge=0, le=10)
+    bm25_b: float = Field(default=0.75, ge=0, le=1)
+    # HNSW with iterative scans (pgvector >= 0.8) so that row-level security filtering after the
+    # index scan still yields k rows; a tenant with at most `exact_scan_max_chunks` chunks is
+    # searched exactly (cheaper than a graph walk over everybody's vectors).
+    hnsw_ef_search: int = Field(default=100, ge=1, le=1000)
+    hnsw_max_scan_tuples: int = Field(default=50_000, ge=1, le=2_000_000_000)
+    hnsw_scan_mem_multiplier: float = Field(default=2.0, ge=1, le=1000)
+    exact_scan_max_chunks: int = Field(default=3000, ge=0, le=10_000_000)
+
+    @field_validator("voyage_dimensions")
+    @classmethod
+    def _dims(cls, value: int) -> int:
+        if value not in (256, 512, 1024, 2048):
+            raise ValueError("must be one of 256, 512, 1024, 2048")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_overlap_words * 2 > self.chunk_target_words:
+            raise ValueError("CHUNK_OVERLAP_WORDS must be at most half of CHUNK_TARGET_WORDS")
+        if self.max_document_bytes > self.max_message_bytes:
+            raise ValueError("MAX_DOCUMENT_BYTES cannot exceed MAX_MESSAGE_BYTES")
+        return self

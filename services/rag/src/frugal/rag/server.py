@@ -2,33 +2,239 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
+import asyncpg
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from frugal.api.common.v1 import common_pb2
 from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
-from frugal.common.grpc_server import GrpcApp, abort_unimplemented, service_full_name
+from frugal.common.cost_events import CostEventProducer
+from frugal.common.db import create_pool
+from frugal.common.grpc_server import GrpcApp, service_full_name
+from frugal.common.migrations import apply_migrations
+from frugal.common.pricing import PriceCatalog, default_catalog
+from frugal.common.redis_client import create_redis
+from frugal.common.tenancy import current_identity
 from frugal.rag.config import Settings
+from frugal.rag.embedding.base import Embedder, provider_info
+from frugal.rag.embedding.cache import QueryEmbeddingCache
+from frugal.rag.engine import (
+    Caller,
+    DeadlineExceeded,
+    InvalidInput,
+    Mode,
+    NotFound,
+    ProviderRejected,
+    RagEngine,
+    RagError,
+    Unavailable,
+)
+from frugal.rag.rerank import Reranker
 
 SERVICE_NAME = service_full_name(rag_pb2.DESCRIPTOR, "RagService")
+MIGRATIONS_PACKAGE = "frugal.rag.migrations"
+APP_ROLE = "frugal_rag"
+
+log = logging.getLogger(__name__)
+
+_MODES: dict[int, Mode] = {
+    rag_pb2.RETRIEVAL_MODE_UNSPECIFIED: "hybrid",
+    rag_pb2.RETRIEVAL_MODE_HYBRID: "hybrid",
+    rag_pb2.RETRIEVAL_MODE_VECTOR: "vector",
+    rag_pb2.RETRIEVAL_MODE_LEXICAL: "lexical",
+}
+_OUTCOMES = {
+    "created": rag_pb2.INGEST_OUTCOME_CREATED,
+    "unchanged": rag_pb2.INGEST_OUTCOME_UNCHANGED,
+    "replaced": rag_pb2.INGEST_OUTCOME_REPLACED,
+}
+_STATUS: dict[type[RagError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ProviderRejected: grpc.StatusCode.INTERNAL,
+}
+
+T = TypeVar("T")
+
+
+def _caller() -> Caller:
+    ident = current_identity()
+    if ident is None or ident.tenant_id is None:  # the interceptor guarantees both; defensive
+        raise InvalidInput("missing tenant identity")
+    return Caller(ident.tenant_id, ident.session_id, ident.request_id)
+
+
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _ts(value: Any) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable")
 
 
 class RagServiceServicer(rag_pb2_grpc.RagServiceServicer):
+    def __init__(self, engine: RagEngine) -> None:
+        self.engine = engine
 
-    async def IngestDocument(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await abort_unimplemented(context, "RagService.IngestDocument")
+    async def _call(self, context: grpc.aio.ServicerContext[Any, Any], fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except RagError as err:
+            await _abort(context, _STATUS.get(type(err), grpc.StatusCode.INTERNAL), str(err))
+        except asyncpg.QueryCanceledError:
+            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "database statement timed out (deadline)")
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as err:
+            log.warning("database unavailable: %s", err)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "database unavailable, retry later")
+        except asyncpg.SerializationError:
+            await _abort(context, grpc.StatusCode.ABORTED, "concurrent update of the same document; retry")
+        except asyncpg.PostgresError as err:
+            log.error("database error: %s", err, exc_info=err)
+            await _abort(context, grpc.StatusCode.INTERNAL, f"database error ({type(err).__name__}); nothing was changed")
 
-    async def Retrieve(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await abort_unimplemented(context, "RagService.Retrieve")
+    async def IngestDocument(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        caller = _caller()
+        result = await self._call(context, lambda: self.engine.ingest(
+            caller, document_id=request.document_id, title=request.title, content_type=request.content_type,
+            content=request.content, metadata=dict(request.metadata), deadline=_deadline(context),
+        ))
+        return rag_pb2.IngestDocumentResponse(
+            document_id=result.document_id, content_hash=result.content_hash, chunk_count=result.chunk_count,
+            outcome=_OUTCOMES[result.outcome], embedder=provider_info(self.engine.embedder),
+            usage=result.usage.to_proto(), cost_usd=result.cost_usd,
+        )
 
-    async def DeleteDocument(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await abort_unimplemented(context, "RagService.DeleteDocument")
+    async def Retrieve(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        caller = _caller()
+        mode = _MODES.get(request.mode)
+        if mode is None:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown retrieval mode {request.mode}")
+        result = await self._call(context, lambda: self.engine.retrieve(
+            caller, query=request.query, top_k=request.top_k, mode=mode, rerank=request.rerank,
+            deadline=_deadline(context),
+        ))
+        reranker = self.engine.reranker
+        return rag_pb2.RetrieveResponse(
+            chunks=[
+                rag_pb2.RetrievedChunk(
+                    chunk_id=it.chunk.chunk_id, document_id=it.chunk.document_id, title=it.chunk.title,
+                    chunk_index=it.chunk.chunk_index, content=it.chunk.content, score=it.score,
+                    vector_score=it.vector_score, lexical_score=it.lexical_score, vector_rank=it.vector_rank,
+                    lexical_rank=it.lexical_rank, metadata=it.chunk.metadata,
+                )
+                for it in result.items
+            ],
+            timings=[rag_pb2.StageTiming(stage=name, ms=ms) for name, ms in result.timings],
+            embedder=provider_info(self.engine.embedder) if result.embedder_used else None,
+            embedding_cache_hit=result.cache_hit,
+            reranker=(common_pb2.ProviderInfo(provider=reranker.provider, model=reranker.model, offline=False)
+                      if result.reranker_used and reranker is not None else None),
+            rerank_note=result.rerank_note,
+            notes=result.notes,
+        )
 
-    async def ListDocuments(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await abort_unimplemented(context, "RagService.ListDocuments")
+    async def DeleteDocument(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        caller = _caller()
+        deleted = await self._call(context, lambda: self.engine.delete_document(caller, request.document_id))
+        return rag_pb2.DeleteDocumentResponse(document_id=request.document_id, chunks_deleted=deleted)
+
+    async def ListDocuments(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        caller = _caller()
+        docs, token = await self._call(context, lambda: self.engine.list_documents(
+            caller, page_size=request.page_size, page_token=request.page_token,
+        ))
+        return rag_pb2.ListDocumentsResponse(
+            documents=[
+                rag_pb2.DocumentInfo(
+                    document_id=d.document_id, title=d.title, content_type=d.content_type,
+                    content_hash=d.content_hash, chunk_count=d.chunk_count, size_bytes=d.size_bytes,
+                    embedding_model=d.embedding_model, created_at=_ts(d.created_at), updated_at=_ts(d.updated_at),
+                    metadata=d.metadata,
+                )
+                for d in docs
+            ],
+            next_page_token=token,
+        )
 
 
-async def build_app(settings: Settings) -> GrpcApp:
+def build_embedder(settings: Settings) -> Embedder:
+    if settings.voyage_api_key is not None and settings.voyage_api_key.get_secret_value():
+        from frugal.rag.embedding.voyage import VoyageEmbedder
+
+        return VoyageEmbedder(
+            api_key=settings.voyage_api_key.get_secret_value(), model=settings.voyage_model,
+            dimensions=settings.voyage_dimensions, base_url=settings.voyage_base_url,
+            timeout_s=settings.voyage_timeout_s, max_retries=settings.voyage_max_retries,
+            max_batch=settings.voyage_batch_size,
+        )
+    from frugal.rag.embedding.local import LocalEmbedder
+
+    log.info("VOYAGE_API_KEY not set: embeddings by the local all-MiniLM-L6-v2 encoder (offline)")
+    return LocalEmbedder(max_batch=settings.local_batch_size)
+
+
+def build_reranker(settings: Settings) -> Reranker | None:
+    if settings.cohere_api_key is None or not settings.cohere_api_key.get_secret_value():
+        log.info("COHERE_API_KEY not set: no reranker (responses say so in rerank_note)")
+        return None
+    from frugal.rag.rerank import CohereReranker
+
+    return CohereReranker(
+        api_key=settings.cohere_api_key.get_secret_value(), model=settings.cohere_rerank_model,
+        base_url=settings.cohere_base_url, timeout_s=settings.cohere_timeout_s,
+        max_retries=settings.cohere_max_retries,
+    )
+
+
+async def build_app(settings: Settings, *, catalog: PriceCatalog | None = None) -> GrpcApp:
+    if settings.migration_database_url:
+        applied = await apply_migrations(
+            settings.migration_database_url, package=MIGRATIONS_PACKAGE, component="rag", app_role=APP_ROLE
+        )
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+    catalog = catalog or default_catalog(settings.price_catalog_path)
+    embedder = build_embedder(settings)
+    reranker = build_reranker(settings)
+    pool = await create_pool(
+        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max, application_name="rag"
+    )
+    redis = create_redis(settings.redis_url)
+    costs = CostEventProducer(redis)
+    try:
+        engine = RagEngine(
+            settings, pool=pool, embedder=embedder, cache=QueryEmbeddingCache(redis, settings.embedding_cache_ttl),
+            reranker=reranker, costs=costs, catalog=catalog,
+        )
+    except Exception:
+        await pool.close()
+        await redis.aclose()
+        raise
     app = GrpcApp(settings, services=[SERVICE_NAME])
-    rag_pb2_grpc.add_RagServiceServicer_to_server(RagServiceServicer(), app.server)  # type: ignore[no-untyped-call]
+    rag_pb2_grpc.add_RagServiceServicer_to_server(RagServiceServicer(engine), app.server)
+
+    async def close() -> None:
+        await costs.aclose()
+        await embedder.aclose()
+        if reranker is not None:
+            await reranker.aclose()
+        await pool.close()
+        await redis.aclose()
+
+    app.on_shutdown(close)
     return app

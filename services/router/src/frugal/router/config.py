@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from frugal.common.settings import PORTS, ServiceSettings
+from frugal.router.fallback import parse_fallback_chain
+from frugal.router.scoring import DEFAULT_SCORER, TierMix
 
 
 class Settings(ServiceSettings):
@@ -13,3 +16,76 @@ class Settings(ServiceSettings):
     service_name: str = "router"
     grpc_port: int = PORTS["router"][0]
     metrics_port: int = PORTS["router"][1]
+
+    # Providers. No key -> that provider's tiers are served by the offline stand-in (clearly labelled).
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("gemini_api_key", "google_api_key")
+    )
+    anthropic_api_key: SecretStr | None = None
+    # Base-URL overrides (emulators, proxies); empty means the SDK's default endpoint.
+    gemini_base_url: str | None = None
+    anthropic_base_url: str | None = None
+    # Per provider call: time to the first token, and in total. The caller's deadline caps both.
+    provider_first_token_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    provider_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    # Retries inside the SDK on 429/5xx before our fallback chain takes over (0: fall back at once).
+    provider_max_retries: int = Field(default=0, ge=0, le=5)
+    # Gemini 2.5 thinking tokens are billed as output: 0 turns thinking off (voice turns want latency),
+    # -1 leaves the model's default.
+    gemini_thinking_budget: int = Field(default=0, ge=-1, le=32768)
+    # "premium>standard>lite,lite>standard": on a provider error or timeout, the next tier of the chain
+    # that starts at the failed tier answers. Empty disables fallbacks.
+    fallback_chain: str = "premium>standard>lite,lite>standard"
+    max_fallbacks: int = Field(default=2, ge=0, le=4)
+
+    # Decision.
+    default_scorer: str = DEFAULT_SCORER
+    default_mix: str = "60/25/15"
+    # Optional file of representative turns (JSONL {"text": ...} or one per line) to calibrate thresholds
+    # on, instead of the bundled reference sample.
+    reference_sample_path: str | None = None
+    scorer_artifact_path: str | None = None
+    # Output tokens assumed for cost estimates in decisions.
+    expected_output_tokens: int = Field(default=250, ge=1, le=100_000)
+    default_max_output_tokens: int = Field(default=512, ge=1, le=64_000)
+    max_output_tokens_limit: int = Field(default=4096, ge=1, le=64_000)
+    max_turn_chars: int = Field(default=32_000, ge=100, le=1_000_000)
+    max_history_messages: int = Field(default=64, ge=0, le=1000)
+    system_prompt: str = (
+        "You are a concise, friendly voice assistant in a live meeting. Answer in plain spoken sentences "
+        "(no markdown), briefly unless asked for detail."
+    )
+
+    # Limits (per tenant, across replicas, in Redis). Policy values of 0 fall back to these defaults.
+    rate_limits_enabled: bool = True
+    default_requests_per_minute: int = Field(default=120, ge=1)
+    default_tokens_per_minute: int = Field(default=200_000, ge=1)
+    # Seconds the tenant policy and budget state are cached in-process.
+    tenant_state_ttl_s: float = Field(default=2.0, ge=0, le=300)
+
+    # Context dependencies. Their time is also capped by the caller's deadline.
+    rag_timeout_s: float = Field(default=0.8, gt=0, le=30)
+    rag_top_k: int = Field(default=4, ge=1, le=50)
+    rag_max_chars: int = Field(default=6000, ge=0, le=200_000)
+    vision_timeout_s: float = Field(default=0.3, gt=0, le=30)
+    vision_max_analyses: int = Field(default=3, ge=1, le=5)
+    # Offline provider: pause between streamed words (0 = as fast as possible).
+    offline_word_delay_s: float = Field(default=0.0, ge=0, le=1)
+
+    @field_validator("default_mix")
+    @classmethod
+    def _mix(cls, value: str) -> str:
+        TierMix.parse(value)
+        return value
+
+    @field_validator("fallback_chain")
+    @classmethod
+    def _chain(cls, value: str) -> str:
+        parse_fallback_chain(value)
+        return value
+
+    @field_validator("gemini_base_url", "anthropic_base_url", "reference_sample_path", "scorer_artifact_path",
+                     mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value

@@ -10,6 +10,8 @@ from pydantic_settings import SettingsConfigDict
 from frugal.common.settings import PORTS, ServiceSettings
 from frugal.vision.dedup import DedupConfig
 
+_D = DedupConfig()
+
 
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
@@ -20,28 +22,33 @@ class Settings(ServiceSettings):
 
     # --- dedup decision (see frugal.vision.dedup for what each one does) ---
     # Global pHash Hamming distance above which a settled frame is always kept.
-    phash_threshold: int = Field(default=10, ge=0, le=64)
+    phash_threshold: int = Field(default=_D.phash_threshold, ge=0, le=64)
     # A thumbnail pixel (mean of k x k luma pixels) counts as changed when it moved by more than this.
-    pixel_diff_threshold: int = Field(default=12, ge=1, le=255)
+    pixel_diff_threshold: int = Field(default=_D.pixel_diff_threshold, ge=1, le=255)
     # Smallest changed fraction of the frame that is worth a vision call once the screen has settled.
-    min_change_area: float = Field(default=0.001, gt=0, le=1)
+    min_change_area: float = Field(default=_D.min_change_area, gt=0, le=1)
     # Changes at least this large are kept after FAST_SETTLE_MS (slide change, window switch, scroll end).
-    large_change_area: float = Field(default=0.02, gt=0, le=1)
+    large_change_area: float = Field(default=_D.large_change_area, gt=0, le=1)
     # Quiet time required before a small change (typing) is kept, and before a large one is.
-    settle_ms: int = Field(default=400, ge=0, le=10_000)
-    fast_settle_ms: int = Field(default=100, ge=0, le=10_000)
+    # (Both measured on the sender's timestamps.)
+    settle_ms: int = Field(default=_D.settle_ms, ge=0, le=10_000)
+    fast_settle_ms: int = Field(default=_D.fast_settle_ms, ge=0, le=10_000)
     # During continuous motion (long scroll, animation), keep a checkpoint at most this often.
-    max_stale_ms: int = Field(default=3000, ge=100, le=600_000)
-    max_stale_speaking_ms: int = Field(default=1500, ge=100, le=600_000)
-    # A tile that keeps changing for this long (gaps shorter than VOLATILE_GAP_MS) is a periodic or
-    # animated region (clock, blinking cursor, small video) and is ignored while it stays that way...
-    volatile_after_ms: int = Field(default=2000, ge=100, le=600_000)
-    volatile_gap_ms: int = Field(default=1500, ge=50, le=600_000)
+    max_stale_ms: int = Field(default=_D.max_stale_ms, ge=100, le=600_000)
+    max_stale_speaking_ms: int = Field(default=_D.max_stale_speaking_ms, ge=100, le=600_000)
+    # A pixel of the change map that changed VOLATILE_MIN_EVENTS times (changes at least
+    # VOLATILE_EVENT_SPACING_MS apart, no pause longer than VOLATILE_GAP_MS) is periodic or animated
+    # (clock, blinking cursor, small video): it and its neighbours are ignored while that lasts...
+    volatile_min_events: int = Field(default=_D.volatile_min_events, ge=2, le=250)
+    volatile_event_spacing_ms: int = Field(default=_D.volatile_event_spacing_ms, ge=0, le=10_000)
+    volatile_gap_ms: int = Field(default=_D.volatile_gap_ms, ge=50, le=600_000)
     # ...unless such regions cover more than this fraction of the frame (then it is real motion).
-    max_volatile_area: float = Field(default=0.15, ge=0, le=1)
+    max_volatile_area: float = Field(default=_D.max_volatile_area, ge=0, le=1)
+    # Neighbourhood (in thumbnail pixels) of a volatile pixel that is ignored with it.
+    volatile_dilate: int = Field(default=_D.volatile_dilate, ge=0, le=16)
     # Thumbnail used for the change map: longest side ~ this many pixels (integer downscale of the frame).
-    thumb_long_side: int = Field(default=160, ge=32, le=1024)
-    tile_size: int = Field(default=10, ge=2, le=128)
+    thumb_long_side: int = Field(default=_D.thumb_long_side, ge=32, le=1024)
+    tile_size: int = Field(default=_D.tile_size, ge=2, le=128)
 
     # --- frame limits ---
     max_frame_width: int = Field(default=7680, ge=16, le=16384)
@@ -89,9 +96,11 @@ class Settings(ServiceSettings):
             fast_settle_ms=self.fast_settle_ms,
             max_stale_ms=self.max_stale_ms,
             max_stale_speaking_ms=self.max_stale_speaking_ms,
-            volatile_after_ms=self.volatile_after_ms,
+            volatile_min_events=self.volatile_min_events,
+            volatile_event_spacing_ms=self.volatile_event_spacing_ms,
             volatile_gap_ms=self.volatile_gap_ms,
             max_volatile_area=self.max_volatile_area,
+            volatile_dilate=self.volatile_dilate,
             thumb_long_side=self.thumb_long_side,
             tile_size=self.tile_size,
         )

@@ -126,20 +126,22 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("chunks", "timings", "embedder", "embedding_cache_hit", "reranker", "rerank_note")
+    __slots__ = ("chunks", "timings", "embedder", "embedding_cache_hit", "reranker", "rerank_note", "notes")
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     RERANKER_FIELD_NUMBER: _ClassVar[int]
     RERANK_NOTE_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     chunks: _containers.RepeatedCompositeFieldContainer[RetrievedChunk]
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     embedder: _common_pb2.ProviderInfo
     embedding_cache_hit: bool
     reranker: _common_pb2.ProviderInfo
     rerank_note: str
-    def __init__(self, chunks: _Optional[_Iterable[_Union[RetrievedChunk, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., embedder: _Optional[_Union[_common_pb2.ProviderInfo, _Mapping]] = ..., embedding_cache_hit: _Optional[bool] = ..., reranker: _Optional[_Union[_common_pb2.ProviderInfo, _Mapping]] = ..., rerank_note: _Optional[str] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[RetrievedChunk, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., embedder: _Optional[_Union[_common_pb2.ProviderInfo, _Mapping]] = ..., embedding_cache_hit: _Optional[bool] = ..., reranker: _Optional[_Union[_common_pb2.ProviderInfo, _Mapping]] = ..., rerank_note: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteDocumentRequest(_message.Message):
     __slots__ = ("document_id",)

@@ -1,0 +1,333 @@
+"""Ledger ingestion benchmark: events/s written exactly once, and write latency, at 1, 2 and 4 consumers.
+
+    uv run python bench/billing/bench_ledger.py [--quick] [--events N] [--consumers 1,2,4]
+                                                [--pg-dsn ADMIN_DSN --redis-url URL]
+
+What it does, per consumer count K:
+- empties the ledger and the stream, then XADDs a backlog of N cost events for 8 tenants (LLM, vision, STT
+  mixed), plus 5 % replays of the same events (producer retries): exactly-once is ON, the duplicates must
+  be detected and acknowledged, not written;
+- starts K consumer processes (the real LedgerConsumer: consumer group, one transaction per tenant per
+  batch under RLS, XACK after commit, budget state published to Redis after each commit) and measures the
+  wall time from "go" until every entry is acknowledged;
+- checks exactly-once: ledger rows == distinct events, month-to-date roll-up == sum of the ledger, nothing
+  pending, nothing dead-lettered.
+Reference in the same process: the same consumer with batch size 1 (one event per transaction and per XACK).
+
+Latency figures are per tenant transaction (pool acquire + BEGIN .. COMMIT). With no --pg-dsn the bench
+starts the embedded PostgreSQL of the dev stack, which runs with fsync=off: commits are cheaper than on a
+durable production database, so treat absolute numbers as an upper bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from frugal.billing.consumer import ConsumerConfig, LedgerConsumer
+from frugal.billing.ledger import TenantWriteResult
+from frugal.billing.server import APP_ROLE, MIGRATIONS_PACKAGE
+from frugal.billing.state import StatePublisher
+from frugal.billing.tenants import TenantRegistry
+from frugal.api.billing.v1 import billing_pb2
+from frugal.common.cost_events import CostEvent, CostKind, make_event_id
+from frugal.common.db import create_pool
+from frugal.common.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+from frugal.common.migrations import apply_migrations
+from frugal.common.pricing import default_catalog
+from frugal.common.redis_client import create_redis
+from frugal.common.usage import UsageAmounts
+
+TENANTS = [f"bench_t{i}" for i in range(8)]
+STREAM, GROUP = "cost-events", "billing-ledger"
+
+
+def _with_user(dsn: str, user: str) -> str:
+    scheme, rest = dsn.split("://", 1)
+    return f"{scheme}://{user}@{rest.split('@', 1)[-1]}"
+
+
+def make_events(n: int, seed: int) -> list[CostEvent]:
+    rng = random.Random(seed)
+    catalog = default_catalog()
+    out: list[CostEvent] = []
+    now = datetime.now(UTC)
+    for i in range(n):
+        tenant = rng.choice(TENANTS)
+        roll = rng.random()
+        if roll < 0.7:
+            tier = rng.choices(["lite", "standard", "premium"], weights=[6, 3, 1])[0]
+            model = catalog.tier_model(tier)  # type: ignore[arg-type]
+            usage = UsageAmounts(input_tokens=rng.randint(200, 4000), output_tokens=rng.randint(20, 600))
+            kind, extra = CostKind.LLM, {"tier": tier}
+        elif roll < 0.85:
+            model, kind = "gemini-2.5-flash", CostKind.VISION
+            usage = UsageAmounts(input_tokens=300, output_tokens=60, images=1)
+            extra = {"covered_seconds": rng.uniform(1, 30), "frames_considered": rng.randint(5, 150)}
+        else:
+            model, kind = "nova-3", CostKind.STT
+            usage = UsageAmounts(audio_seconds=rng.uniform(1, 20))
+            extra = {}
+        out.append(CostEvent(
+            event_id=make_event_id("bench", str(seed), str(i)), tenant_id=tenant, session_id=f"s{i % 50}",
+            request_id=f"r{i}", service="bench", kind=kind, provider="bench", model=model, usage=usage,
+            cost_usd=catalog.cost(model, usage), occurred_at=now, **extra,  # type: ignore[arg-type]
+        ))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ worker process
+
+
+def _worker(cfg: dict[str, Any], ready: Any, go: Any, stop: Any, results: Any) -> None:
+    asyncio.run(_worker_async(cfg, ready, go, stop, results))
+
+
+async def _worker_async(cfg: dict[str, Any], ready: Any, go: Any, stop: Any, results: Any) -> None:
+    pool = await create_pool(cfg["app_dsn"], min_size=cfg["concurrency"], max_size=cfg["concurrency"] + 1)
+    redis = create_redis(cfg["redis_url"])
+    latencies: list[float] = []
+
+    async def on_commit(result: TenantWriteResult) -> None:
+        latencies.append(result.write_seconds)
+
+    consumer = LedgerConsumer(
+        pool, redis, default_catalog(),
+        ConsumerConfig(stream=STREAM, group=GROUP, consumer=cfg["name"], batch_size=cfg["batch"], block_ms=200,
+                       claim_idle_ms=60_000, maintenance_s=2.0, write_concurrency=cfg["concurrency"]),
+        publisher=StatePublisher(pool, redis), after_commit=on_commit,
+    )
+    await consumer.ensure_group()
+    ready.release()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, go.wait)
+    await consumer.start()
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    await consumer.aclose()
+    t = consumer.totals
+    results.put({"name": cfg["name"], "latencies": latencies, "written": t.written, "duplicates": t.duplicates,
+                 "dead_lettered": t.dead_lettered})
+    await redis.aclose()
+    await pool.close()
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+
+@dataclass
+class RunResult:
+    label: str
+    consumers: int
+    entries: int
+    distinct: int
+    seconds: float
+    latencies: list[float]
+    ok: bool
+    detail: str
+
+    @property
+    def rate(self) -> float:
+        return self.entries / self.seconds
+
+    def pct(self, p: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        s = sorted(self.latencies)
+        return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] * 1000
+
+
+async def _reset(admin_dsn: str, redis_url: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute("TRUNCATE cost_ledger, tenant_monthly_spend")
+    finally:
+        await conn.close()
+    redis = create_redis(redis_url)
+    try:
+        await redis.delete(STREAM, "cost-events-dlq")
+    finally:
+        await redis.aclose()
+
+
+async def _fill(redis_url: str, events: list[CostEvent], dup_fraction: float, seed: int) -> int:
+    rng = random.Random(seed + 1)
+    stream = list(events) + rng.sample(events, int(len(events) * dup_fraction))
+    rng.shuffle(stream)
+    redis = create_redis(redis_url)
+    try:
+        for i in range(0, len(stream), 500):
+            pipe = redis.pipeline(transaction=False)
+            for ev in stream[i:i + 500]:
+                pipe.xadd(STREAM, ev.to_stream_fields())  # type: ignore[arg-type]
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+    return len(stream)
+
+
+async def _drained(redis: Any) -> bool:
+    groups: Any = await redis.xinfo_groups(STREAM)
+    info = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
+    if info is None or int(info["pending"]):
+        return False
+    last: Any = await redis.xrevrange(STREAM, count=1)
+    return not last or last[0][0] == info["last-delivered-id"]
+
+
+async def _check(admin_dsn: str, redis_url: str, distinct: int) -> tuple[bool, str]:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        rows = await conn.fetchval("SELECT count(*) FROM cost_ledger")
+        uniq = await conn.fetchval("SELECT count(DISTINCT event_id) FROM cost_ledger")
+        ledger_sum = await conn.fetchval("SELECT coalesce(sum(cost_usd), 0) FROM cost_ledger")
+        rollup = await conn.fetchval("SELECT coalesce(sum(online_usd + offline_usd), 0) FROM tenant_monthly_spend")
+        rollup_n = await conn.fetchval("SELECT coalesce(sum(events), 0) FROM tenant_monthly_spend")
+    finally:
+        await conn.close()
+    redis = create_redis(redis_url)
+    try:
+        dlq = await redis.xlen("cost-events-dlq")
+    finally:
+        await redis.aclose()
+    ok = rows == uniq == distinct == rollup_n and ledger_sum == rollup and dlq == 0
+    return ok, (f"ledger rows {rows} (distinct {uniq}) for {distinct} events, roll-up {rollup_n} events, "
+                f"sum {ledger_sum} vs roll-up {rollup}, dead-lettered {dlq}")
+
+
+async def run(label: str, k: int, events: list[CostEvent], *, admin_dsn: str, app_dsn: str, redis_url: str,
+              batch: int, concurrency: int, seed: int, dup_fraction: float = 0.05) -> RunResult:
+    await _reset(admin_dsn, redis_url)
+    entries = await _fill(redis_url, events, dup_fraction, seed)
+    ctx = mp.get_context("spawn")
+    ready, go, stop, results = ctx.Semaphore(0), ctx.Event(), ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=({"name": f"bench-{label}-{i}", "app_dsn": app_dsn, "redis_url": redis_url,
+                                           "batch": batch, "concurrency": concurrency}, ready, go, stop, results))
+        for i in range(k)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        await asyncio.get_running_loop().run_in_executor(None, ready.acquire)
+    redis = create_redis(redis_url)
+    started = time.perf_counter()
+    go.set()
+    try:
+        while not await _drained(redis):
+            await asyncio.sleep(0.01)
+        seconds = time.perf_counter() - started
+    finally:
+        stop.set()
+        await redis.aclose()
+    outs = [await asyncio.get_running_loop().run_in_executor(None, results.get) for _ in procs]
+    for p in procs:
+        p.join(30)
+    latencies = [x for o in outs for x in o["latencies"]]
+    ok, detail = await _check(admin_dsn, redis_url, len(events))
+    written = sum(o["written"] for o in outs)
+    dups = sum(o["duplicates"] for o in outs)
+    ok = ok and written == len(events) and dups == entries - len(events)
+    detail += f"; consumers wrote {written}, duplicates acknowledged {dups} of {entries - len(events)} replays"
+    return RunResult(label, k, entries, len(events), seconds, latencies, ok, detail)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    pg: EmbeddedPostgres | None = None
+    rs: EmbeddedRedis | None = None
+    try:
+        if args.pg_dsn and args.redis_url:
+            admin_dsn, redis_url = args.pg_dsn, args.redis_url
+        else:
+            tmp = tempfile.TemporaryDirectory(prefix="frugal-bench-billing-")
+            os.chmod(tmp.name, 0o755)
+            pg = EmbeddedPostgres(Path(tmp.name) / "pg", free_port())
+            rs = EmbeddedRedis(Path(tmp.name) / "redis", free_port())
+            print("starting embedded PostgreSQL (fsync=off) and Redis ...", flush=True)
+            pg.start()
+            rs.start()
+            admin_dsn, redis_url = pg.admin_dsn, rs.url
+        await apply_migrations(admin_dsn, package=MIGRATIONS_PACKAGE, component="billing", app_role=APP_ROLE)
+        app_dsn = _with_user(admin_dsn, APP_ROLE)
+        pool = await create_pool(app_dsn, min_size=1, max_size=2)
+        try:
+            registry = TenantRegistry(pool)
+            for t in TENANTS:
+                await registry.upsert(billing_pb2.TenantPolicy(tenant_id=t, monthly_budget_usd=1000.0))
+        finally:
+            await pool.close()
+
+        n = args.events or (10_000 if args.quick else 50_000)
+        n_ref = max(200, n // 20)
+        repeat = args.repeat or (1 if args.quick else 3)
+        events = make_events(n, seed=1)
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+              f"{len(TENANTS)} tenants, batch {args.batch}, {args.concurrency} tenant transactions in flight per "
+              f"consumer, 5 % replays, median of {repeat} run(s)\n", flush=True)
+        results: list[RunResult] = []
+        for k in args.consumers:
+            reps = [await run(f"k{k}r{i}", k, events, admin_dsn=admin_dsn, app_dsn=app_dsn, redis_url=redis_url,
+                              batch=args.batch, concurrency=args.concurrency, seed=1) for i in range(repeat)]
+            # Median wall time of the repetitions; latencies pooled over all of them.
+            reps.sort(key=lambda x: x.seconds)
+            r = reps[len(reps) // 2]
+            r.latencies = [x for rep in reps for x in rep.latencies]
+            r.ok = all(rep.ok for rep in reps)
+            results.append(r)
+            print(f"batched   consumers={k}: {r.entries:6d} entries in {r.seconds:6.2f}s = {r.rate:8.0f} events/s   "
+                  f"write p50 {r.pct(50):6.1f} ms  p95 {r.pct(95):6.1f} ms  p99 {r.pct(99):6.1f} ms  "
+                  f"({len(r.latencies)} transactions)  exactly-once: {'OK' if r.ok else 'FAILED'}", flush=True)
+            if not r.ok:
+                print(f"  {r.detail}", flush=True)
+        ref = await run("ref", 1, events[:n_ref], admin_dsn=admin_dsn, app_dsn=app_dsn, redis_url=redis_url,
+                        batch=1, concurrency=1, seed=2)
+        print(f"reference consumers=1, batch 1 (one event per transaction and XACK): {ref.entries} entries in "
+              f"{ref.seconds:.2f}s = {ref.rate:.0f} events/s, write p50 {ref.pct(50):.1f} ms p99 {ref.pct(99):.1f} ms "
+              f"exactly-once: {'OK' if ref.ok else 'FAILED'}")
+        if results:
+            print(f"\nbatched (1 consumer) vs reference: {results[0].rate / ref.rate:.1f}x events/s")
+            base = results[0].rate
+            print("scaling vs 1 consumer: " + ", ".join(f"{r.consumers} -> {r.rate / base:.2f}x" for r in results))
+        mean = statistics.fmean(r.rate for r in results) if results else 0
+        print(f"mean over consumer counts: {mean:.0f} events/s")
+        return 0 if all(r.ok for r in results) and ref.ok else 1
+    finally:
+        if rs is not None:
+            rs.stop()
+        if pg is not None:
+            pg.stop()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small run (< 60 s): 10000 events, one repetition")
+    p.add_argument("--events", type=int, default=0, help="distinct events per run (default 50000, quick 10000)")
+    p.add_argument("--repeat", type=int, default=0, help="repetitions per consumer count (default 3, quick 1)")
+    p.add_argument("--consumers", default="1,2,4", help="comma-separated consumer counts")
+    p.add_argument("--batch", type=int, default=500, help="LEDGER_BATCH_SIZE")
+    p.add_argument("--concurrency", type=int, default=4, help="LEDGER_WRITE_CONCURRENCY")
+    p.add_argument("--pg-dsn", default=None, help="admin DSN of an existing database (else embedded)")
+    p.add_argument("--redis-url", default=None)
+    args = p.parse_args()
+    args.consumers = [int(x) for x in args.consumers.split(",") if x]
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

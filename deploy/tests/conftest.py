@@ -1,0 +1,10 @@
+"""Makes `deploy` (deploy/validate.py, deploy/simulate_build.py) importable as a namespace package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.append(ROOT)

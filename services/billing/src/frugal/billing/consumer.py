@@ -1,0 +1,678 @@
+"""The ledger consumer: Redis Stream "cost-events" -> Postgres, each event exactly once.
+
+Guarantees and how they are met:
+- at-least-once delivery: a consumer group; an entry is acknowledged (XACK) only after the transaction that
+  wrote it committed. A consumer that dies leaves its entries pending: a restart under the same name re-reads
+  its own pending list first, and any consumer reclaims entries idle for LEDGER_CLAIM_IDLE_MS (XAUTOCLAIM).
+- at-most-once effect: the ledger's primary key is the producer's idempotency key (event_id); a replayed
+  event hits ON CONFLICT DO NOTHING, is counted as a duplicate and acknowledged. The month-to-date roll-up is
+  updated in the same statement from the rows actually inserted, so replays cannot inflate spend.
+- nothing silently dropped: entries that can never be written (unparseable, invalid, unknown tenant, event id
+  owned by another tenant, rejected by the database, delivered too many times, deleted from the stream) are
+  appended to the dead-letter stream with the reason and acknowledged in the same MULTI/EXEC transaction.
+- batched: up to LEDGER_BATCH_SIZE entries per read, one transaction per tenant (RLS: the transaction's tenant
+  setting decides which rows it may write), tenants written concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from frugal.billing import metrics as m
+from frugal.billing.config import Settings
+from frugal.billing.ledger import LedgerEntry, TenantWriteResult, write_tenant_events
+from frugal.billing.state import StatePublisher
+from frugal.common.cost_events import SCHEMA_VERSION, CostEvent, baseline_cost
+from frugal.common.pricing import PriceCatalog
+
+log = logging.getLogger(__name__)
+
+# Sanity limits beyond CostEvent's own validation: values the ledger's columns could not hold, or that can
+# only be a producer bug. Such events are dead-lettered ("invalid"), never written.
+MAX_EVENT_COST_USD = 10_000.0
+MAX_COUNT = 2**53
+MAX_TEXT = 256
+MAX_ATTRIBUTES_JSON = 8192
+
+# Errors caused by the data of some event in the batch: isolate it and dead-letter it.
+DATA_ERRORS: tuple[type[BaseException], ...] = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+# Any other database failure is about the database, not the event (unreachable, restarting, overloaded,
+# deadlock, misconfigured role...): the entries stay pending, and nothing is read until it answers again.
+RETRYABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError,
+)
+# For RPCs: database failures that mean "try again later" (UNAVAILABLE).
+UNAVAILABLE_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.QueryCanceledError,
+    asyncpg.AdminShutdownError,
+    asyncpg.InsufficientResourcesError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerConfig:
+    stream: str = "cost-events"
+    dlq_stream: str = "cost-events-dlq"
+    group: str = "billing-ledger"
+    consumer: str = "billing-1"
+    batch_size: int = 500
+    block_ms: int = 1000
+    claim_idle_ms: int = 30_000
+    maintenance_s: float = 5.0
+    max_deliveries: int = 10
+    write_concurrency: int = 4
+    retention_s: int = 86_400
+    # Transient database errors are retried this many times within a batch before the entries are left
+    # pending for a later round.
+    write_attempts: int = 3
+
+    @classmethod
+    def from_settings(cls, s: Settings, consumer: str | None = None) -> ConsumerConfig:
+        return cls(
+            stream=s.ledger_stream, dlq_stream=s.ledger_dlq_stream, group=s.ledger_group,
+            consumer=consumer or s.consumer_name, batch_size=s.ledger_batch_size, block_ms=s.ledger_block_ms,
+            claim_idle_ms=s.ledger_claim_idle_ms, maintenance_s=s.ledger_maintenance_seconds,
+            max_deliveries=s.ledger_max_deliveries, write_concurrency=s.ledger_write_concurrency,
+            retention_s=s.ledger_stream_retention_seconds,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    stream_id: str
+    reason: str
+    detail: str
+    fields: dict[Any, Any]
+    tenant_id: str | None = None
+
+
+@dataclass
+class BatchOutcome:
+    read: int = 0
+    written: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    # Entries left pending (transient failure): retried from this consumer's pending list after a back-off.
+    left_pending: int = 0
+    tenants: set[str] = field(default_factory=set)
+
+
+# Called after a tenant's transaction committed and before its entries are acknowledged.
+CommitHook = Callable[[TenantWriteResult], Awaitable[None]]
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ms_of(stream_id: str) -> int:
+    return int(stream_id.split("-", 1)[0])
+
+
+def _check_sanity(ev: CostEvent, baseline: float) -> str | None:
+    u = ev.usage
+    floats = {"cost_usd": ev.cost_usd, "usage.audio_seconds": u.audio_seconds, "baseline": baseline}
+    if ev.covered_seconds is not None:
+        floats["covered_seconds"] = ev.covered_seconds
+    for name, value in floats.items():
+        if not math.isfinite(value):
+            return f"{name} is not finite"
+    if ev.cost_usd > MAX_EVENT_COST_USD:
+        return f"cost_usd {ev.cost_usd} exceeds the per-event sanity limit {MAX_EVENT_COST_USD:g}"
+    for name, count in (("input_tokens", u.input_tokens), ("output_tokens", u.output_tokens),
+                        ("characters", u.characters), ("images", u.images), ("requests", u.requests),
+                        ("frames_considered", ev.frames_considered or 0)):
+        if count > MAX_COUNT:
+            return f"{name} {count} is out of range"
+    for name, text in (("event_id", ev.event_id), ("session_id", ev.session_id), ("request_id", ev.request_id),
+                       ("service", ev.service), ("provider", ev.provider), ("model", ev.model)):
+        if text is None:
+            continue
+        if len(text) > MAX_TEXT:
+            return f"{name} is longer than {MAX_TEXT} characters"
+        if "\x00" in text:
+            return f"{name} contains a NUL character"
+    if not ev.service or not ev.provider or not ev.model:
+        return "service, provider and model must be non-empty"
+    attrs = json.dumps(ev.attributes)
+    if len(attrs) > MAX_ATTRIBUTES_JSON or "\\u0000" in attrs:
+        return f"attributes are larger than {MAX_ATTRIBUTES_JSON} bytes or contain NUL characters"
+    return None
+
+
+def parse_entry(stream_id: str, fields: dict[Any, Any] | None, catalog: PriceCatalog) -> LedgerEntry | Poison:
+    """A stream entry -> a ledger entry (with its baseline cost), or the reason it can never be written."""
+    if not fields:
+        return Poison(stream_id, "deleted", "entry has no fields: deleted from the stream before it was written",
+                      {})
+    try:
+        event = CostEvent.from_stream_fields(fields)
+    except ValidationError as err:
+        kinds = {e["type"] for e in err.errors()}
+        reason = "unparseable" if kinds & {"json_invalid", "json_type"} else "invalid"
+        tenant = None
+        with contextlib.suppress(Exception):
+            raw = json.loads(fields.get("event", fields.get(b"event", b"")))
+            tenant = str(raw.get("tenant_id"))[:64] if isinstance(raw, dict) and raw.get("tenant_id") else None
+        return Poison(stream_id, reason, str(err)[:2000], fields, tenant)
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
+        return Poison(stream_id, "unparseable", str(err)[:2000], fields)
+    if event.schema_version != SCHEMA_VERSION:
+        return Poison(stream_id, "invalid", f"unsupported schema_version {event.schema_version}", fields,
+                      event.tenant_id)
+    try:
+        baseline = baseline_cost(event, catalog)
+    except (ValueError, KeyError) as err:
+        return Poison(stream_id, "invalid", f"baseline cost: {err}", fields, event.tenant_id)
+    problem = _check_sanity(event, baseline)
+    if problem is not None:
+        return Poison(stream_id, "invalid", problem, fields, event.tenant_id)
+    return LedgerEntry(stream_id=stream_id, event=event, baseline_usd=baseline)
+
+
+class _Backoff:
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self._base, self._cap, self._n = base, cap, 0
+
+    def next(self) -> float:
+        delay = min(self._cap, self._base * float(2 ** self._n))
+        self._n = min(self._n + 1, 16)
+        return delay
+
+    def reset(self) -> None:
+        self._n = 0
+
+
+class LedgerConsumer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        catalog: PriceCatalog,
+        config: ConsumerConfig,
+        *,
+        publisher: StatePublisher | None = None,
+        after_commit: CommitHook | None = None,
+    ) -> None:
+        self._pool = pool
+        self._redis = redis
+        self._catalog = catalog
+        self.config = config
+        self._publisher = publisher
+        self._after_commit = after_commit
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._reading = False
+        self._scan_pending = True  # a restart under the same name finds its own pending entries first
+        self._last_errors: OrderedDict[str, str] = OrderedDict()
+        self._next_maintenance = 0.0
+        # Set after a write failed with a transient database error: no entries are read (and their delivery
+        # counters spent toward LEDGER_MAX_DELIVERIES) until the database answers again.
+        self._db_down = False
+        self.totals = BatchOutcome()
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+
+    async def ensure_group(self) -> None:
+        """Creates the consumer group at the start of the stream (events produced before billing first ran
+        are billed too); an existing group is kept as it is."""
+        try:
+            await self._redis.xgroup_create(self.config.stream, self.config.group, id="0", mkstream=True)
+            log.info("created consumer group %s on %s", self.config.group, self.config.stream)
+        except ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+
+    async def start(self) -> None:
+        """Starts the consumer task (which creates the group first, retrying while Redis is unreachable)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"ledger-consumer-{self.config.consumer}")
+            self._task.add_done_callback(self._on_done)
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ledger consumer %s died", self.config.consumer, exc_info=task.exception())
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        """Finishes the batch in progress (or stops waiting for new entries at once), then returns."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if self._reading:
+            task.cancel()  # blocked in XREADGROUP: nothing in flight
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            log.warning("ledger consumer %s: batch not finished after %.1fs; cancelled (entries stay pending)",
+                        self.config.consumer, timeout_s)
+            task.cancel()
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
+        except BaseException:
+            pass  # already logged by _on_done
+        with contextlib.suppress(BaseException):
+            await task
+
+    # ------------------------------------------------------------------------------------------ main loop
+
+    async def _run(self) -> None:
+        backoff = _Backoff()
+        loop = asyncio.get_running_loop()
+        group_ready = False
+        while not self._stopping.is_set():
+            try:
+                if self._db_down and not await self._db_reachable():
+                    # Reading entries now would only fail them again and spend their delivery count.
+                    await self._sleep(backoff.next())
+                    continue
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
+                if loop.time() >= self._next_maintenance:
+                    await self.maintenance()
+                    self._next_maintenance = loop.time() + self.config.maintenance_s
+                if self._scan_pending:
+                    outcome = await self.process_own_pending()
+                else:
+                    outcome = await self.read_new()
+                if outcome.left_pending:
+                    self._scan_pending = True
+                    await self._sleep(backoff.next())
+                else:
+                    backoff.reset()
+            except ResponseError as err:
+                if "NOGROUP" in str(err):
+                    log.warning("consumer group %s missing (stream deleted?); recreating", self.config.group)
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.ensure_group()
+                else:
+                    log.error("redis error in ledger consumer: %s", err)
+                await self._sleep(backoff.next())
+            except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+                log.warning("redis unavailable for the ledger consumer: %s", err)
+                await self._sleep(backoff.next())
+            except Exception:
+                log.exception("ledger consumer round failed")
+                self._scan_pending = True
+                await self._sleep(backoff.next())
+
+    async def _db_reachable(self) -> bool:
+        try:
+            async with self._pool.acquire(timeout=5) as conn:
+                await conn.fetchval("SELECT 1")
+        except RETRYABLE_DB_ERRORS as err:
+            log.warning("ledger database still unavailable: %s", err)
+            return False
+        self._db_down = False
+        log.info("ledger database reachable again; resuming")
+        return True
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def read_new(self) -> BatchOutcome:
+        """One XREADGROUP '>' (blocking up to block_ms) and its batch."""
+        self._reading = True
+        try:
+            resp: Any = await self._redis.xreadgroup(
+                self.config.group, self.config.consumer, {self.config.stream: ">"},
+                count=self.config.batch_size, block=self.config.block_ms,
+            )
+        finally:
+            self._reading = False
+        entries = _stream_entries(resp)
+        return await self.process(entries, source="new")
+
+    async def process_own_pending(self) -> BatchOutcome:
+        """Re-reads this consumer's whole pending list (entries delivered but not acknowledged: from a
+        previous life under the same name, reclaimed from dead consumers, or left after a failure)."""
+        total = BatchOutcome()
+        cursor = "0"
+        while not self._stopping.is_set():
+            resp: Any = await self._redis.xreadgroup(
+                self.config.group, self.config.consumer, {self.config.stream: cursor}, count=self.config.batch_size,
+            )
+            entries = _stream_entries(resp)
+            if not entries:
+                break
+            cursor = _s(entries[-1][0])
+            outcome = await self.process(entries, source="pending", check_deliveries=True)
+            _merge(total, outcome)
+        if total.left_pending == 0 and not self._stopping.is_set():
+            self._scan_pending = False
+        return total
+
+    # --------------------------------------------------------------------------------------------- batches
+
+    async def process(
+        self, raw_entries: Sequence[tuple[Any, Any]], *, source: str = "new", check_deliveries: bool = False
+    ) -> BatchOutcome:
+        outcome = BatchOutcome(read=len(raw_entries))
+        if not raw_entries:
+            return outcome
+        started = time.perf_counter()
+        m.EVENTS_CONSUMED.labels(source=source).inc(len(raw_entries))
+        poison: list[Poison] = []
+        parsed: list[LedgerEntry] = []
+        deliveries = await self._deliveries(raw_entries) if check_deliveries else {}
+        for sid_raw, fields in raw_entries:
+            sid = _s(sid_raw)
+            if deliveries.get(sid, 0) > self.config.max_deliveries:
+                last = self._last_errors.get(sid, "unknown")
+                poison.append(Poison(sid, "max_deliveries",
+                                     f"delivered {deliveries[sid]} times without being written; last error: {last}",
+                                     fields or {}))
+                continue
+            item = parse_entry(sid, fields, self._catalog)
+            if isinstance(item, Poison):
+                poison.append(item)
+            else:
+                parsed.append(item)
+
+        # One ledger row per event id: later copies in the same batch are acknowledged with the first.
+        first: dict[str, LedgerEntry] = {}
+        extra_ids: dict[str, list[str]] = defaultdict(list)
+        by_tenant: dict[str, list[LedgerEntry]] = defaultdict(list)
+        for entry in parsed:
+            eid = entry.event.event_id
+            if eid in first:
+                extra_ids[eid].append(entry.stream_id)
+                continue
+            first[eid] = entry
+            by_tenant[entry.event.tenant_id].append(entry)
+
+        if poison:
+            await self._dead_letter(poison)
+            outcome.dead_lettered += len(poison)
+
+        sem = asyncio.Semaphore(self.config.write_concurrency)
+
+        async def run(tenant_id: str, entries: list[LedgerEntry]) -> BatchOutcome:
+            async with sem:
+                return await self._write_tenant(tenant_id, entries, extra_ids)
+
+        # A TaskGroup: a crash (BaseException) in one tenant's write cancels the others; ordinary errors
+        # are handled per tenant inside _write_tenant.
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(run(t, es)) for t, es in by_tenant.items()]
+        for task in tasks:
+            _merge(outcome, task.result())
+        m.BATCH_SECONDS.observe(time.perf_counter() - started)
+        _merge(self.totals, outcome)
+        return outcome
+
+    async def _deliveries(self, raw_entries: Sequence[tuple[Any, Any]]) -> dict[str, int]:
+        ids = [_s(sid) for sid, _ in raw_entries]
+        rows = await self._redis.xpending_range(
+            self.config.stream, self.config.group, min=ids[0], max=ids[-1], count=len(ids) * 2,
+            consumername=self.config.consumer,
+        )
+        return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def _write_tenant(
+        self, tenant_id: str, entries: list[LedgerEntry], extra_ids: dict[str, list[str]]
+    ) -> BatchOutcome:
+        outcome = BatchOutcome(tenants={tenant_id})
+        result: TenantWriteResult | None = None
+        last_err: BaseException | None = None
+        for attempt in range(self.config.write_attempts):
+            try:
+                started = time.perf_counter()
+                result = await write_tenant_events(
+                    self._pool, tenant_id, entries, catalog_version=self._catalog.version, now=datetime.now(UTC)
+                )
+                result.write_seconds = time.perf_counter() - started
+                m.WRITE_SECONDS.observe(result.write_seconds)
+                break
+            except DATA_ERRORS as err:
+                if len(entries) == 1:
+                    entry = entries[0]
+                    sids = [entry.stream_id, *extra_ids.get(entry.event.event_id, ())]
+                    await self._dead_letter([
+                        Poison(sid, "db_rejected", f"{type(err).__name__}: {err}"[:2000],
+                               entry.event.to_stream_fields(), tenant_id)
+                        for sid in sids
+                    ])
+                    outcome.dead_lettered += len(sids)
+                    return outcome
+                # Some event of this tenant's batch is rejected: write them one by one to isolate it.
+                log.warning("tenant %s batch rejected (%s); writing its %d events one by one",
+                            tenant_id, type(err).__name__, len(entries))
+                for entry in entries:
+                    _merge(outcome, await self._write_tenant(tenant_id, [entry], extra_ids))
+                return outcome
+            except RETRYABLE_DB_ERRORS as err:
+                last_err = err
+                m.WRITE_ERRORS.labels(error=type(err).__name__).inc()
+                if attempt + 1 < self.config.write_attempts:
+                    await asyncio.sleep(0.05 * (2 ** attempt))
+        if result is None:
+            log.warning("ledger write for tenant %s failed %d times (%s); %d entries left pending",
+                        tenant_id, self.config.write_attempts, last_err, len(entries))
+            self._db_down = True
+            for e in entries:
+                self._remember_error(e.stream_id, f"{type(last_err).__name__}: {last_err}")
+            outcome.left_pending += len(entries) + sum(len(extra_ids.get(e.event.event_id, ())) for e in entries)
+            return outcome
+
+        if self._after_commit is not None and not result.unknown_tenant:
+            await self._after_commit(result)
+
+        if result.unknown_tenant:
+            await self._dead_letter([
+                Poison(e.stream_id, "unknown_tenant", f"tenant {tenant_id!r} is not registered",
+                       e.event.to_stream_fields(), tenant_id)
+                for e in entries
+            ] + [
+                Poison(sid, "unknown_tenant", f"tenant {tenant_id!r} is not registered",
+                       e.event.to_stream_fields(), tenant_id)
+                for e in entries for sid in extra_ids.get(e.event.event_id, ())
+            ])
+            outcome.dead_lettered += len(entries) + sum(len(extra_ids.get(e.event.event_id, ())) for e in entries)
+            return outcome
+
+        if result.collisions:
+            await self._dead_letter([
+                Poison(e.stream_id, "event_id_conflict",
+                       f"event_id {e.event.event_id!r} is already in the ledger for another tenant",
+                       e.event.to_stream_fields(), tenant_id)
+                for e in result.collisions
+            ])
+            outcome.dead_lettered += len(result.collisions)
+
+        ack_ids = [e.stream_id for e in result.inserted + result.duplicates]
+        dup_copies = 0
+        for e in result.inserted + result.duplicates + result.collisions:
+            copies = extra_ids.get(e.event.event_id, ())
+            ack_ids.extend(copies)
+            dup_copies += len(copies)
+        if ack_ids:
+            await self._redis.xack(self.config.stream, self.config.group, *ack_ids)
+        for sid in ack_ids:
+            self._last_errors.pop(sid, None)
+
+        outcome.written += len(result.inserted)
+        outcome.duplicates += len(result.duplicates) + dup_copies
+        m.EVENTS_DUPLICATE.inc(len(result.duplicates) + dup_copies)
+        self._record_written(result)
+        if result.budget is not None and self._publisher is not None and result.inserted:
+            try:
+                await self._publisher.publish_budget(result.budget)
+            except (RedisError, OSError) as err:
+                log.warning("budget state of %s not published (the refresher will retry): %s", tenant_id, err)
+        return outcome
+
+    def _record_written(self, result: TenantWriteResult) -> None:
+        now_ms = time.time() * 1000
+        for e in result.inserted:
+            ev = e.event
+            m.EVENTS_WRITTEN.labels(kind=ev.kind.value).inc()
+            m.LEDGER_COST.labels(tenant_id=ev.tenant_id, kind=ev.kind.value, model=ev.model, tier=ev.tier or "",
+                                 offline=str(ev.offline).lower()).inc(ev.cost_usd)
+            m.LEDGER_BASELINE.labels(tenant_id=ev.tenant_id, kind=ev.kind.value).inc(e.baseline_usd)
+            if ev.usage.input_tokens:
+                m.LEDGER_TOKENS.labels(tenant_id=ev.tenant_id, model=ev.model, token_type="input").inc(
+                    ev.usage.input_tokens)
+            if ev.usage.output_tokens:
+                m.LEDGER_TOKENS.labels(tenant_id=ev.tenant_id, model=ev.model, token_type="output").inc(
+                    ev.usage.output_tokens)
+            m.INGEST_DELAY_SECONDS.observe(max(0.0, (now_ms - _ms_of(e.stream_id)) / 1000))
+
+    def _remember_error(self, stream_id: str, error: str) -> None:
+        self._last_errors[stream_id] = error[:500]
+        while len(self._last_errors) > 10_000:
+            self._last_errors.popitem(last=False)
+
+    async def _dead_letter(self, items: Sequence[Poison]) -> None:
+        """XADD to the dead-letter stream and XACK the original, atomically (MULTI/EXEC)."""
+        if not items:
+            return
+        now = datetime.now(UTC).isoformat()
+        pipe = self._redis.pipeline(transaction=True)
+        for p in items:
+            record: dict[str, str | bytes] = {
+                "reason": p.reason,
+                "detail": p.detail,
+                "stream": self.config.stream,
+                "stream_id": p.stream_id,
+                "group": self.config.group,
+                "consumer": self.config.consumer,
+                "dead_lettered_at": now,
+            }
+            if p.tenant_id:
+                record["tenant_id"] = p.tenant_id
+            raw = p.fields.get("event", p.fields.get(b"event"))
+            if raw is not None:
+                record["event"] = raw
+            else:
+                record["fields"] = json.dumps({_s(k): _s(v) for k, v in p.fields.items()})
+            pipe.xadd(self.config.dlq_stream, record)  # type: ignore[arg-type]
+            pipe.xack(self.config.stream, self.config.group, p.stream_id)
+        await pipe.execute()
+        for p in items:
+            m.EVENTS_DEAD_LETTERED.labels(reason=p.reason).inc()
+            self._last_errors.pop(p.stream_id, None)
+            log.warning("dead-lettered %s: %s (%s)", p.stream_id, p.reason, p.detail[:300],
+                        extra={"dlq_tenant_id": p.tenant_id})
+
+    # -------------------------------------------------------------------------------------- maintenance
+
+    async def maintenance(self) -> BatchOutcome:
+        """Reclaims and writes idle pending entries of other consumers, refreshes the lag gauges, trims."""
+        outcome = await self.reclaim()
+        if outcome.left_pending:
+            self._scan_pending = True
+        await self.refresh_gauges_and_trim()
+        return outcome
+
+    async def reclaim(self, limit: int | None = None) -> BatchOutcome:
+        """XAUTOCLAIM entries idle longer than claim_idle_ms (their consumer died or is stuck) and writes them.
+
+        Entries deleted from the stream meanwhile come back as (None, None) on Redis 6.2 but are claimed all
+        the same: the own-pending scan then sees their ids (with no fields) and dead-letters them.
+        """
+        limit = limit or self.config.batch_size * 10
+        total = BatchOutcome()
+        cursor: Any = "0-0"
+        seen = 0
+        while seen < limit and not self._stopping.is_set():
+            resp: Any = await self._redis.xautoclaim(
+                self.config.stream, self.config.group, self.config.consumer, self.config.claim_idle_ms,
+                start_id=cursor, count=min(self.config.batch_size, limit - seen),
+            )
+            cursor, entries = resp[0], resp[1]
+            seen += len(entries)
+            live = [(sid, fields) for sid, fields in entries if sid is not None]
+            if len(live) < len(entries):
+                self._scan_pending = True
+            if live:
+                m.EVENTS_RECLAIMED.inc(len(live))
+                log.info("consumer %s reclaimed %d idle pending entries", self.config.consumer, len(live))
+                _merge(total, await self.process(live, source="reclaimed", check_deliveries=True))
+            if _s(cursor) == "0-0" or not entries:
+                break
+        return total
+
+    async def refresh_gauges_and_trim(self) -> None:
+        groups = await self._redis.xinfo_groups(self.config.stream)
+        cutoff: str | None = None
+        for g in groups:
+            name = _s(g["name"])
+            last = _s(g["last-delivered-id"])
+            pending = int(g["pending"])
+            safe = last
+            if pending:
+                summary = await self._redis.xpending(self.config.stream, name)
+                if summary.get("min"):
+                    safe = min(_s(summary["min"]), last, key=_id_key)
+            if name == self.config.group:
+                m.CONSUMER_PENDING.set(pending)
+                nxt = await self._redis.xrange(self.config.stream, min=f"({last}", max="+", count=1)
+                lag = (time.time() * 1000 - _ms_of(_s(nxt[0][0]))) / 1000 if nxt else 0.0
+                m.CONSUMER_LAG_SECONDS.set(max(lag, 0.0))
+            cutoff = safe if cutoff is None else min(cutoff, safe, key=_id_key)
+        if self.config.retention_s > 0 and cutoff is not None:
+            # XTRIM MINID removes entries below the id: only entries that every group has acknowledged
+            # (below its oldest pending entry and at or below its last delivered one), older than retention.
+            retention_id = f"{int(time.time() * 1000) - self.config.retention_s * 1000}-0"
+            minid = min(cutoff, retention_id, key=_id_key)
+            if _id_key(minid) > (0, 0):
+                await self._redis.xtrim(self.config.stream, minid=minid, approximate=True)
+        m.STREAM_LENGTH.set(await self._redis.xlen(self.config.stream))
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _stream_entries(resp: Any) -> list[tuple[Any, Any]]:
+    """XREADGROUP reply (one stream) -> [(id, fields)]: a list of [name, entries] (RESP2) or a dict (RESP3)."""
+    if not resp:
+        return []
+    if isinstance(resp, dict):
+        for value in resp.values():
+            return list(value[0] if value and isinstance(value[0], list) else value)
+        return []
+    return list(resp[0][1])
+
+
+def _merge(into: BatchOutcome, other: BatchOutcome) -> None:
+    into.read += other.read
+    into.written += other.written
+    into.duplicates += other.duplicates
+    into.dead_lettered += other.dead_lettered
+    into.left_pending += other.left_pending
+    into.tenants |= other.tenants

@@ -1,0 +1,1 @@
+"""SQL migrations of the billing service (applied by frugal.common.migrations)."""

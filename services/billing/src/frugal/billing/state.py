@@ -1,0 +1,116 @@
+"""Publication of tenant policies and budget states to Redis (frugal.common.tenant_state), where the router
+and the gateway read them. Billing is the only writer.
+
+When: a policy after each UpsertTenant; a budget state after each ledger commit that touched the tenant and
+after each UpsertTenant; both for every tenant at start and every BUDGET_REFRESH_SECONDS (month roll-over,
+Redis restarts, budget keys expiring after BUDGET_STATE_TTL_SECONDS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from frugal.api.billing.v1 import billing_pb2
+from frugal.billing.budget import BudgetInputs, budget_state, read_budget_inputs
+from frugal.billing.metrics import BUDGET_FRACTION, BUDGET_STATUS, STATE_PUBLISH_ERRORS
+from frugal.billing.tenants import TenantRegistry, fetch_policy
+from frugal.common.db import tenant_transaction
+from frugal.common.tenant_state import publish_budget, publish_policy
+
+log = logging.getLogger(__name__)
+
+
+class StatePublisher:
+    def __init__(
+        self, pool: asyncpg.Pool, redis: aioredis.Redis, *, count_offline: bool = False, budget_ttl_s: int = 3600
+    ) -> None:
+        self._pool = pool
+        self._redis = redis
+        self.count_offline = count_offline
+        self._ttl = budget_ttl_s
+
+    def state(self, inputs: BudgetInputs, now: datetime | None = None) -> billing_pb2.BudgetState:
+        return budget_state(inputs, now=now or datetime.now(UTC), count_offline=self.count_offline)
+
+    async def publish_budget(self, inputs: BudgetInputs, now: datetime | None = None) -> billing_pb2.BudgetState:
+        """Computes and publishes; raises RedisError/OSError when Redis is unreachable."""
+        state = self.state(inputs, now)
+        BUDGET_FRACTION.labels(tenant_id=inputs.tenant_id).set(state.fraction_used)
+        BUDGET_STATUS.labels(tenant_id=inputs.tenant_id).set(state.status)
+        try:
+            await publish_budget(self._redis, state, ttl_s=self._ttl)
+        except (RedisError, OSError):
+            STATE_PUBLISH_ERRORS.labels(what="budget").inc()
+            raise
+        return state
+
+    async def publish_policy(self, policy: billing_pb2.TenantPolicy) -> None:
+        try:
+            await publish_policy(self._redis, policy)
+        except (RedisError, OSError):
+            STATE_PUBLISH_ERRORS.labels(what="policy").inc()
+            raise
+
+    async def refresh_tenant(self, tenant_id: str) -> bool:
+        """Re-publishes the tenant's policy and budget state from Postgres; False when not registered."""
+        now = datetime.now(UTC)
+        async with tenant_transaction(self._pool, tenant_id) as conn:
+            policy = await fetch_policy(conn, tenant_id)
+            inputs = await read_budget_inputs(conn, tenant_id, now)
+        if policy is None or inputs is None:
+            return False
+        await self.publish_policy(policy)
+        await self.publish_budget(inputs, now)
+        return True
+
+    async def refresh_all(self, registry: TenantRegistry) -> int:
+        done = 0
+        for tenant_id in await registry.list_ids():
+            if await self.refresh_tenant(tenant_id):
+                done += 1
+        return done
+
+
+class StateRefresher:
+    """Background loop: `refresh_all` at start, then every `interval_s`; failures are logged and retried."""
+
+    def __init__(self, publisher: StatePublisher, registry: TenantRegistry, interval_s: float) -> None:
+        self._publisher = publisher
+        self._registry = registry
+        self._interval = interval_s
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.rounds = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="billing-state-refresher")
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                count = await self._publisher.refresh_all(self._registry)
+                log.debug("re-published policy and budget state of %d tenants", count)
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                log.warning("tenant state refresh failed, will retry: %s", err)
+            except Exception:
+                log.exception("tenant state refresh failed")
+            self.rounds += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._interval)
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            task, self._task = self._task, None
+            try:
+                await asyncio.wait_for(task, 5.0)
+            except TimeoutError:
+                log.warning("state refresher did not stop in time; cancelled")

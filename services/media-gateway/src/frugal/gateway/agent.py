@@ -1,0 +1,101 @@
+"""The agent and its `AgentSession`, assembled the same way for a LiveKit room, the console and replay."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+from livekit.agents import Agent, AgentSession, TurnHandlingOptions, vad
+
+# livekit plugins register themselves on import, which must happen on the main thread.
+from livekit.plugins import silero
+
+from frugal.common.cost_events import CostEventProducer
+from frugal.common.pricing import PriceCatalog
+from frugal.gateway.clients import MeshClients, ResolvedTenant
+from frugal.gateway.config import Settings
+from frugal.gateway.router_llm import RouterLLM
+from frugal.gateway.speech import ProviderLabel, SpeechCostMeter, TranscriptFeed, build_stt, build_tts
+
+log = logging.getLogger(__name__)
+
+# Local, explicit turn handling: VAD decides when the user's turn ends (no cloud turn detector), VAD
+# decides interruptions, and no preemptive generation (it would pay for answers to half-finished turns).
+TURN_HANDLING = TurnHandlingOptions(
+    turn_detection="vad",
+    endpointing={"mode": "fixed", "min_delay": 0.5, "max_delay": 3.0},
+    interruption={"mode": "vad", "min_duration": 0.5},
+    preemptive_generation={"enabled": False},
+)
+
+
+def load_vad() -> vad.VAD:
+    """Silero VAD: its ONNX model ships in the plugin wheel, so this works offline."""
+    return silero.VAD.load()
+
+
+class FrugalAgent(Agent):
+    def __init__(self, *, instructions: str, welcome: str | None) -> None:
+        super().__init__(instructions=instructions)
+        self.welcome = welcome
+
+    async def on_enter(self) -> None:
+        if self.welcome:
+            # A fixed greeting: spoken (TTS is billed), never sent to a model.
+            self.session.say(self.welcome)
+
+
+@dataclass
+class SessionParts:
+    session: AgentSession[None]
+    agent: FrugalAgent
+    llm: RouterLLM
+    meter: SpeechCostMeter
+    feed: TranscriptFeed
+    stt_label: ProviderLabel
+    tts_label: ProviderLabel
+    tenant: ResolvedTenant
+    session_id: str
+    notes: list[str] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        await self.meter.aclose()
+
+
+def welcome_text(settings: Settings, tenant: ResolvedTenant) -> str | None:
+    if not settings.welcome_message:
+        return None
+    return settings.welcome_message.replace("{display_name}", tenant.display_name)
+
+
+def build_session(
+    settings: Settings,
+    clients: MeshClients,
+    tenant: ResolvedTenant,
+    session_id: str,
+    *,
+    vad_model: vad.VAD,
+    producer: CostEventProducer | None,
+    catalog: PriceCatalog,
+    feed: TranscriptFeed | None = None,
+    http_session: aiohttp.ClientSession | None = None,
+    user_away_timeout: float | None = 15.0,
+) -> SessionParts:
+    feed = feed if feed is not None else TranscriptFeed()
+    stt_engine, stt_label = build_stt(settings, feed=feed, http_session=http_session)
+    tts_engine, tts_label = build_tts(settings, http_session=http_session)
+    router = RouterLLM(clients.router, tenant_id=tenant.tenant_id, session_id=session_id,
+                       timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages)
+    meter = SpeechCostMeter(producer, catalog, tenant_id=tenant.tenant_id, session_id=session_id)
+    meter.watch_stt(stt_engine, stt_label)
+    meter.watch_tts(tts_engine, tts_label)
+    session: AgentSession[None] = AgentSession(
+        vad=vad_model, stt=stt_engine, tts=tts_engine, llm=router, turn_handling=TURN_HANDLING,
+        user_away_timeout=user_away_timeout,
+    )
+    instructions = settings.agent_instructions
+    agent = FrugalAgent(instructions=instructions, welcome=welcome_text(settings, tenant))
+    notes = [f"STT {stt_label.describe()}", f"TTS {tts_label.describe()}"]
+    return SessionParts(session=session, agent=agent, llm=router, meter=meter, feed=feed, stt_label=stt_label,
+                        tts_label=tts_label, tenant=tenant, session_id=session_id, notes=notes)

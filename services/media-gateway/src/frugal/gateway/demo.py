@@ -1,0 +1,236 @@
+"""The demo against a running mesh: register the demo tenant, ingest its knowledge base, replay the recorded
+session, then read the ledger. Used by `scripts/demo.py` (`make demo`) and by the e2e test."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
+from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
+from frugal.api.vision.v1 import vision_pb2
+from frugal.common.pricing import default_catalog
+from frugal.common.tenancy import SESSION_METADATA_KEY, TENANT_METADATA_KEY
+from frugal.gateway.agent import SessionParts
+from frugal.gateway.config import Settings
+from frugal.gateway.replay.runner import ReplayObserver, ReplayResult, ReplayTurn, run_replay
+from frugal.gateway.replay.spec import SessionSpec
+
+DEMO_TENANT = "org_lumen"
+DEMO_POLICY = billing_pb2.TenantPolicy(
+    tenant_id=DEMO_TENANT, display_name="Lumen Desk", plan="business", monthly_budget_usd=50.0,
+    knowledge_base_enabled=True,
+    instructions="You are Lumen Desk's product assistant. Answer from the knowledge base; say so when it is silent.",
+)
+
+
+def _md(tenant_id: str, session_id: str) -> tuple[tuple[str, str], ...]:
+    return ((TENANT_METADATA_KEY, tenant_id), (SESSION_METADATA_KEY, session_id))
+
+
+async def register_tenant(billing_addr: str, policy: billing_pb2.TenantPolicy = DEMO_POLICY) -> bool:
+    """UpsertTenant; True when the tenant was created (False: it existed and was updated)."""
+    async with grpc.aio.insecure_channel(billing_addr) as ch:
+        resp = await billing_pb2_grpc.BillingServiceStub(ch).UpsertTenant(
+            billing_pb2.UpsertTenantRequest(policy=policy), metadata=_md(policy.tenant_id, "demo-setup"), timeout=15)
+    return resp.created
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    document_id: str
+    chunks: int
+    outcome: str
+    embedder: str
+    offline: bool
+    cost_usd: float
+
+
+async def ingest_knowledge_base(rag_addr: str, kb_dir: Path, tenant_id: str = DEMO_TENANT) -> list[Ingested]:
+    out: list[Ingested] = []
+    docs = await asyncio.to_thread(lambda: [(p, p.read_text(encoding="utf-8")) for p in sorted(kb_dir.glob("*.md"))])
+    async with grpc.aio.insecure_channel(rag_addr) as ch:
+        stub = rag_pb2_grpc.RagServiceStub(ch)
+        for path, text in docs:
+            title = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), path.stem)
+            resp = await stub.IngestDocument(
+                rag_pb2.IngestDocumentRequest(document_id=f"kb/{path.name}", title=title, content_type="text/markdown",
+                                              content=text.encode(), metadata={"source": "demo"}),
+                metadata=_md(tenant_id, "demo-setup"), timeout=120,
+            )
+            outcome = rag_pb2.IngestOutcome.Name(resp.outcome).removeprefix("INGEST_OUTCOME_").lower()
+            embedder = f"{resp.embedder.provider}/{resp.embedder.model}"
+            out.append(Ingested(resp.document_id, resp.chunk_count, outcome, embedder, resp.embedder.offline,
+                                resp.cost_usd))
+    return out
+
+
+async def usage(billing_addr: str, tenant_id: str, since: datetime) -> billing_pb2.GetUsageResponse:
+    start = Timestamp()
+    start.FromDatetime(since)
+    async with grpc.aio.insecure_channel(billing_addr) as ch:
+        return await billing_pb2_grpc.BillingServiceStub(ch).GetUsage(
+            billing_pb2.GetUsageRequest(start=start), metadata=_md(tenant_id, "demo-report"), timeout=15)
+
+
+async def wait_for_ledger(billing_addr: str, tenant_id: str, since: datetime, *, at_least: int,
+                          settle_s: float = 1.5, within_s: float = 60.0) -> billing_pb2.GetUsageResponse:
+    """Polls GetUsage until the ledger holds `at_least` events and stops growing for `settle_s`."""
+    deadline = time.monotonic() + within_s
+    last: billing_pb2.GetUsageResponse | None = None
+    stable_since = time.monotonic()
+    while True:
+        report = await usage(billing_addr, tenant_id, since)
+        if last is None or report.events != last.events:
+            stable_since = time.monotonic()
+        last = report
+        if report.events >= at_least and time.monotonic() - stable_since >= settle_s:
+            return report
+        if time.monotonic() > deadline:
+            return report
+        await asyncio.sleep(0.3)
+
+
+class DemoObserver(ReplayObserver):
+    """Prints each turn's tier, model and cost, and the screen frames kept vs skipped as they happen."""
+
+    def __init__(self, write: Callable[[str], None] = print) -> None:
+        super().__init__(write)
+        self.kept = 0
+        self.skipped = 0
+        self.analyses: list[vision_pb2.FrameAnalysis] = []
+
+    def started(self, spec: SessionSpec, parts: SessionParts) -> None:
+        self.write(f"\u25b6 replaying {spec.title!r} in room {spec.room} \u2192 tenant {parts.tenant.tenant_id} "
+                   f"({parts.tenant.display_name}), session {parts.session_id}")
+        for note in parts.notes:
+            self.write(f"  {note}")
+
+    def turn_started(self, turn: ReplayTurn) -> None:
+        how = "spoken WAV \u2192 VAD \u2192 STT" if turn.spec.kind == "audio" else "text"
+        self.write(f"\n[{turn.spec.at:5.1f}s] user ({how}): {turn.spec.said}")
+
+    def turn_done(self, turn: ReplayTurn) -> None:
+        r = turn.report
+        if r is None:
+            self.write(f"        no answer: {turn.note}")
+            return
+        if not r.ok:
+            self.write(f"        apology after {r.error_code}: {r.answer}")
+            return
+        label = " (offline stand-in, estimated)" if r.offline else ""
+        ctx = ", ".join(f"{k}:{v}" for k, v in sorted(r.context.items()))
+        self.write(f"        tier={r.tier:<8} model={r.model}{label}  cost=${r.cost_usd:.6f} "
+                   f"(all-premium ${r.baseline_cost_usd:.6f})  context[{ctx}]")
+        self.write(f"        agent: {r.answer[:160]}{'...' if len(r.answer) > 160 else ''}")
+
+    def vision_event(self, track_id: str, resp: vision_pb2.StreamFramesResponse) -> None:
+        kind = resp.WhichOneof("event")
+        if kind == "verdict":
+            v = resp.verdict
+            if v.kind == vision_pb2.VERDICT_KIND_KEPT:
+                self.kept += 1
+                self.write(f"        [screen] frame #{v.sequence} at {v.timestamp_ms / 1000:.1f}s KEPT ({v.reason}); "
+                           f"so far {self.kept} kept / {self.skipped} skipped")
+            elif v.kind == vision_pb2.VERDICT_KIND_SKIPPED:
+                self.skipped += 1
+        elif kind == "analysis":
+            a = resp.analysis
+            self.analyses.append(a)
+            label = " (offline stand-in)" if a.provider.offline else ""
+            self.write(f"        [vision] frame #{a.sequence} analysed by {a.provider.model}{label}: "
+                       f"{a.description[:100]}  cost=${a.cost_usd:.6f}")
+
+    def finished(self, result: ReplayResult) -> None:
+        pass
+
+
+@dataclass
+class DemoRun:
+    result: ReplayResult
+    ingested: list[Ingested] = field(default_factory=list)
+    ledger: billing_pb2.GetUsageResponse | None = None
+    observer: DemoObserver | None = None
+
+
+async def run_demo(
+    settings: Settings,
+    session_dir: Path,
+    kb_dir: Path,
+    *,
+    speed: float = 2.0,
+    write: Callable[[str], None] = print,
+) -> DemoRun:
+    since = datetime.now(UTC)
+    created = await register_tenant(settings.billing_addr)
+    write(f"tenant {DEMO_TENANT} {'registered' if created else 'updated'} in billing")
+    ingested = await ingest_knowledge_base(settings.rag_addr, kb_dir)
+    for doc in ingested:
+        label = " (offline local embedder)" if doc.offline else ""
+        write(f"  ingested {doc.document_id}: {doc.chunks} chunks, {doc.outcome}, {doc.embedder}{label}")
+    observer = DemoObserver(write)
+    result = await run_replay(SessionSpec.load(session_dir), settings, speed=speed, observer=observer)
+    # Every paid call the replay knows of: router turns (their event ids) and the gateway's STT/TTS events.
+    known = len(result.llm_event_ids) + len(result.speech_events)
+    ledger = await wait_for_ledger(settings.billing_addr, DEMO_TENANT, since, at_least=known)
+    return DemoRun(result=result, ingested=ingested, ledger=ledger, observer=observer)
+
+
+def list_price_estimate(result: ReplayResult) -> tuple[float, float] | None:
+    """What the replay's LLM turns would cost at list prices on the tiers the router chose, and all premium.
+    Useful offline, where the stand-in's own cost is zero."""
+    catalog = default_catalog()
+    routed = premium = 0.0
+    for r in result.reports:
+        if r.usage is None or r.tier not in ("lite", "standard", "premium"):
+            continue
+        routed += catalog.cost(catalog.tier_model(r.tier), r.usage)  # type: ignore[arg-type]
+        premium += catalog.llm_baseline_cost(r.usage)
+    return (routed, premium) if premium > 0 else None
+
+
+def format_report(run: DemoRun) -> list[str]:
+    """The final report, read from billing's ledger (GetUsage)."""
+    lines: list[str] = []
+    r = run.result
+    v = r.vision
+    lines.append("")
+    lines.append("=" * 78)
+    lines.append(f"session {r.session_id}: {len(r.reports)} answered turns of {len(r.turns)}, "
+                 f"{r.wall_seconds:.0f}s wall time")
+    if v is not None:
+        lines.append(f"screen share: {r.frames_read} frames captured, {r.frames_throttled} throttled in the gateway "
+                     f"(speaking-aware fps), {v.sent} sent to vision-dedup: {v.kept} kept, {v.skipped} skipped, "
+                     f"{v.analyses} analysed")
+    led = run.ledger
+    if led is None:
+        lines.append("no ledger report")
+        return lines
+    lines.append(f"ledger (billing GetUsage, this run): {led.events} cost events, {led.estimated_events} estimated "
+                 "(offline stand-ins: usage estimated, no real spend)")
+    lines.append(f"  {'kind':<10} {'events':>6} {'cost USD':>12} {'baseline USD':>13} {'savings':>8}")
+    for b in sorted(led.by_kind, key=lambda b: b.key):
+        lines.append(f"  {b.key:<10} {b.events:>6} {b.cost_usd:>12.6f} {b.baseline_cost_usd:>13.6f} {b.savings:>8.1%}")
+    lines.append(f"  {'tier':<10} {'events':>6} {'cost USD':>12} {'baseline USD':>13} {'savings':>8}")
+    for b in sorted(led.by_tier, key=lambda b: b.key):
+        lines.append(f"  {b.key:<10} {b.events:>6} {b.cost_usd:>12.6f} {b.baseline_cost_usd:>13.6f} {b.savings:>8.1%}")
+    lines.append(f"  {'TOTAL':<10} {led.events:>6} {led.cost_usd:>12.6f} {led.baseline_cost_usd:>13.6f} "
+                 f"{led.savings:>8.1%}")
+    lines.append("baseline = every LLM turn on the premium model with the same tokens, and one vision call per second "
+                 "of screen share without dedup.")
+    est = list_price_estimate(r)
+    if est is not None:
+        routed, premium = est
+        lines.append(f"LLM at list prices (same tokens, routed tiers vs all premium): ${routed:.6f} vs ${premium:.6f} "
+                     f"= {1 - routed / premium if premium else 0:.1%} saved (estimate from the turns' token counts)")
+    if led.estimated_events:
+        lines.append(f"OFFLINE: {led.estimated_events} of {led.events} events come from offline stand-ins (no API "
+                     "keys): their usage is estimated and no provider was paid; treat those figures as estimates.")
+    return lines

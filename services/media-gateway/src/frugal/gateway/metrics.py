@@ -1,0 +1,19 @@
+"""media-gateway metrics (default registry, served on METRICS_PORT)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from frugal.common.metrics import LATENCY_BUCKETS
+
+JOBS = Counter("gateway_jobs_total", "LiveKit job requests, by outcome.", ["outcome"])
+ACTIVE_SESSIONS = Gauge("gateway_active_sessions", "Agent sessions running in this process.")
+TURNS = Counter("gateway_turns_total", "Turns answered through the router, by outcome and tier.", ["outcome", "tier"])
+TURN_SECONDS = Histogram("gateway_turn_seconds", "Router Respond duration as seen by the gateway.",
+                         buckets=LATENCY_BUCKETS)
+FRAMES_IN = Counter("gateway_frames_received_total", "Screen-share frames read from tracks.", ["source"])
+FRAMES_DROPPED = Counter("gateway_frames_dropped_total", "Frames not sent to vision-dedup, by reason.", ["reason"])
+FRAMES_SENT = Counter("gateway_frames_sent_total", "Frames sent to vision-dedup.")
+VERDICTS = Counter("gateway_vision_verdicts_total", "Verdicts from vision-dedup.", ["kind"])
+VISION_RECONNECTS = Counter("gateway_vision_reconnects_total", "StreamFrames streams (re)opened after a failure.")
+SPEECH_EVENTS = Counter("gateway_speech_cost_events_total", "STT/TTS cost events emitted.", ["kind", "offline"])

@@ -1,0 +1,261 @@
+"""Speech providers (Deepgram STT, ElevenLabs TTS, or labelled offline stand-ins) and their cost events.
+
+Offline stand-ins never pretend: the offline STT cannot recognise speech, it hands out transcripts it was
+given (a recorded session's), and the offline TTS produces silence of a plausible length. Their cost events
+say `offline` and `estimated`, are priced at zero real spend, and carry the list price the real provider
+would have charged as an attribute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from livekit import rtc
+from livekit.agents import stt, tts, utils
+from livekit.agents.language import LanguageCode
+from livekit.agents.metrics import STTMetrics, TTSMetrics
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
+
+# livekit plugins register themselves on import, which must happen on the main thread.
+from livekit.plugins import deepgram, elevenlabs
+
+from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
+from frugal.common.pricing import PriceCatalog, PriceCatalogError
+from frugal.common.usage import UsageAmounts
+from frugal.gateway import metrics
+from frugal.gateway.config import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "media-gateway"
+OFFLINE_STT_MODEL = "offline-stt"
+OFFLINE_TTS_MODEL = "offline-tts"
+# Offline TTS: seconds of (silent) audio per character, about 15 characters per second of speech.
+OFFLINE_SECONDS_PER_CHAR = 0.065
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLabel:
+    """Who serves a speech kind: the catalog model priced, and the list-price model offline runs stand in for."""
+
+    kind: CostKind
+    provider: str
+    model: str
+    offline: bool
+    list_price_model: str
+
+    def describe(self) -> str:
+        return f"{self.provider}/{self.model}" + (f" (offline stand-in for {self.list_price_model})" if self.offline
+                                                  else "")
+
+
+class TranscriptFeed:
+    """Transcripts the offline STT hands out, in order: in replay, the recorded session's own."""
+
+    def __init__(self) -> None:
+        self._texts: collections.deque[str] = collections.deque()
+
+    def push(self, text: str) -> None:
+        self._texts.append(text)
+
+    def pop(self) -> str | None:
+        return self._texts.popleft() if self._texts else None
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+
+class OfflineSTT(stt.STT[Any]):
+    """Labelled stand-in for Deepgram when DEEPGRAM_API_KEY is not set. It does not recognise speech: each
+    speech segment the VAD cuts gets the next transcript from its feed, or nothing (the segment is ignored)."""
+
+    def __init__(self, feed: TranscriptFeed | None = None) -> None:
+        super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
+        self.feed = feed if feed is not None else TranscriptFeed()
+        self._warned = False
+
+    @property
+    def model(self) -> str:
+        return OFFLINE_STT_MODEL
+
+    @property
+    def provider(self) -> str:
+        return "offline"
+
+    async def _recognize_impl(
+        self,
+        buffer: utils.AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> stt.SpeechEvent:
+        seconds = utils.audio.calculate_audio_duration(buffer)
+        text = self.feed.pop()
+        if text is None:
+            if not self._warned:
+                log.warning("offline STT (no DEEPGRAM_API_KEY) cannot recognise speech; %.1fs segment ignored", seconds)
+                self._warned = True
+            text = ""
+        return stt.SpeechEvent(
+            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+            request_id=uuid.uuid4().hex,
+            alternatives=[stt.SpeechData(language=LanguageCode("en"), text=text, confidence=0.0,
+                                         metadata={"offline": True, "source": "recorded transcript"})],
+        )
+
+
+class OfflineTTS(tts.TTS[Any]):
+    """Labelled stand-in for ElevenLabs when no key is set: silence as long as the text would take to say."""
+
+    def __init__(self, sample_rate: int = 24000) -> None:
+        super().__init__(capabilities=tts.TTSCapabilities(streaming=False), sample_rate=sample_rate, num_channels=1)
+
+    @property
+    def model(self) -> str:
+        return OFFLINE_TTS_MODEL
+
+    @property
+    def provider(self) -> str:
+        return "offline"
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return _SilentStream(tts=self, input_text=text, conn_options=conn_options)
+
+
+class _SilentStream(tts.ChunkedStream):
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        rate = self._tts.sample_rate
+        output_emitter.initialize(request_id=uuid.uuid4().hex, sample_rate=rate, num_channels=1, mime_type="audio/pcm")
+        samples = int(rate * OFFLINE_SECONDS_PER_CHAR * len(self.input_text))
+        output_emitter.push(bytes(2 * samples))
+        output_emitter.flush()
+
+
+def build_stt(settings: Settings, *, feed: TranscriptFeed | None = None,
+              http_session: aiohttp.ClientSession | None = None) -> tuple[stt.STT[Any], ProviderLabel]:
+    if settings.deepgram_api_key:
+        kwargs: dict[str, Any] = {"model": settings.deepgram_model, "api_key": settings.deepgram_api_key,
+                                  "http_session": http_session}
+        if settings.deepgram_base_url:
+            kwargs["base_url"] = settings.deepgram_base_url
+        return deepgram.STT(**kwargs), ProviderLabel(CostKind.STT, "deepgram", settings.deepgram_model, False,
+                                                     settings.deepgram_model)
+    return OfflineSTT(feed), ProviderLabel(CostKind.STT, "offline", OFFLINE_STT_MODEL, True, settings.deepgram_model)
+
+
+def build_tts(
+    settings: Settings, *, http_session: aiohttp.ClientSession | None = None
+) -> tuple[tts.TTS[Any], ProviderLabel]:
+    if settings.elevenlabs_api_key:
+        kwargs: dict[str, Any] = {"model": settings.elevenlabs_model, "api_key": settings.elevenlabs_api_key,
+                                  "http_session": http_session}
+        if settings.elevenlabs_base_url:
+            kwargs["base_url"] = settings.elevenlabs_base_url
+        if settings.elevenlabs_voice_id:
+            kwargs["voice_id"] = settings.elevenlabs_voice_id
+        return elevenlabs.TTS(**kwargs), ProviderLabel(CostKind.TTS, "elevenlabs", settings.elevenlabs_model, False,
+                                                       settings.elevenlabs_model)
+    return OfflineTTS(), ProviderLabel(CostKind.TTS, "offline", OFFLINE_TTS_MODEL, True, settings.elevenlabs_model)
+
+
+class SpeechCostMeter:
+    """Turns the STT/TTS usage livekit-agents reports (audio seconds pushed, characters synthesised) into cost
+    events, one per provider request, priced by the catalog."""
+
+    def __init__(
+        self,
+        producer: CostEventProducer | None,
+        catalog: PriceCatalog,
+        *,
+        tenant_id: str,
+        session_id: str,
+    ) -> None:
+        self.producer = producer
+        self.catalog = catalog
+        self.tenant_id = tenant_id
+        self.session_id = session_id
+        self.events: list[CostEvent] = []
+        self._queue: asyncio.Queue[CostEvent | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._seq = 0
+        self._watched: list[tuple[stt.STT[Any] | tts.TTS[Any], Any]] = []
+
+    def watch_stt(self, engine: stt.STT[Any], label: ProviderLabel) -> None:
+        def on_metrics(m: Any) -> None:
+            if isinstance(m, STTMetrics) and m.audio_duration > 0:
+                self.record(label, UsageAmounts(audio_seconds=round(m.audio_duration, 3), requests=1,
+                                                estimated=label.offline), m.request_id)
+
+        engine.on("metrics_collected", on_metrics)
+        self._watched.append((engine, on_metrics))
+
+    def watch_tts(self, engine: tts.TTS[Any], label: ProviderLabel) -> None:
+        def on_metrics(m: Any) -> None:
+            if isinstance(m, TTSMetrics) and m.characters_count > 0:
+                self.record(label, UsageAmounts(characters=m.characters_count, requests=1, estimated=label.offline),
+                            m.request_id)
+
+        engine.on("metrics_collected", on_metrics)
+        self._watched.append((engine, on_metrics))
+
+    def record(self, label: ProviderLabel, usage: UsageAmounts, request_id: str = "") -> CostEvent:
+        self._seq += 1
+        try:
+            cost = self.catalog.cost(label.model, usage)
+        except PriceCatalogError:
+            log.error("no price for %s; cost recorded as 0", label.model)
+            cost = 0.0
+        attributes = {"list_price_model": label.list_price_model}
+        if label.offline:
+            try:
+                attributes["list_price_usd"] = f"{self.catalog.cost(label.list_price_model, usage):.6f}"
+            except PriceCatalogError:
+                pass
+        event = CostEvent(
+            event_id=make_event_id(SERVICE, self.session_id, label.kind.value, str(self._seq), request_id),
+            tenant_id=self.tenant_id, session_id=self.session_id, request_id=request_id or None, service=SERVICE,
+            kind=label.kind, provider=label.provider, model=label.model, usage=usage, cost_usd=cost,
+            offline=label.offline, attributes=attributes,
+        )
+        self.events.append(event)
+        metrics.SPEECH_EVENTS.labels(kind=label.kind.value, offline=str(label.offline).lower()).inc()
+        if self.producer is not None:
+            self._ensure_worker()
+            self._queue.put_nowait(event)
+        return event
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain(), name="speech-cost-events")
+
+    async def _drain(self) -> None:
+        assert self.producer is not None
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            try:
+                await self.producer.emit(event)
+            except Exception:
+                log.exception("could not emit cost event %s", event.event_id)
+
+    async def aclose(self) -> None:
+        for engine, cb in self._watched:
+            engine.off("metrics_collected", cb)
+        self._watched.clear()
+        if self._worker is not None and not self._worker.done():
+            self._queue.put_nowait(None)
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+
+def silence(seconds: float, sample_rate: int = 16000) -> rtc.AudioFrame:
+    n = int(seconds * sample_rate)
+    return rtc.AudioFrame(bytes(2 * n), sample_rate, 1, n)

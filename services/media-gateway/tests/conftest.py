@@ -1,0 +1,119 @@
+"""Fixtures: real mesh services started in-process on free ports (real Postgres and Redis underneath)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
+from frugal.common.grpc_server import GrpcApp
+from frugal.common.testing import with_user
+from frugal.gateway.config import Settings
+
+TENANT = "org_lumen"
+ROOM = "tenant_org_lumen_onboarding-call"
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(redis_url: str) -> SettingsFactory:
+    def make(**overrides: object) -> Settings:
+        base: dict[str, object] = {"grpc_port": 0, "metrics_port": 0, "log_format": "text", "redis_url": redis_url,
+                                   "router_timeout_s": 20.0, "billing_timeout_s": 5.0,
+                                   "vision_reconnect_min_s": 0.05, "vision_reconnect_max_s": 0.2}
+        base.update(overrides)
+        return Settings(**base)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def dead_addr() -> str:
+    """An address nothing listens on (a port just released)."""
+    from frugal.common.devstack import free_port
+
+    return f"127.0.0.1:{free_port()}"
+
+
+@pytest_asyncio.fixture
+async def billing_addr(new_database: Callable[[], Awaitable[str]], redis_url: str) -> AsyncIterator[str]:
+    """The real billing service (migrations applied, ledger consumer running) on a fresh database."""
+    from frugal.billing.config import Settings as BillingSettings
+    from frugal.billing.server import build_app
+
+    dsn = await new_database()
+    settings = BillingSettings(
+        grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, redis_url=redis_url,
+        database_url=with_user(dsn, "frugal_billing"), migration_database_url=dsn,
+        ledger_block_ms=100, ledger_maintenance_seconds=0.5,
+    )
+    app = await build_app(settings)
+    port = await app.start()
+    yield f"127.0.0.1:{port}"
+    await app.stop(0.5)
+
+
+@pytest.fixture
+def register_tenant() -> Callable[..., Awaitable[None]]:
+    return _register
+
+
+async def _register(billing: str, tenant_id: str = TENANT, display_name: str = "Lumen Desk") -> None:
+    async with grpc.aio.insecure_channel(billing) as ch:
+        stub = billing_pb2_grpc.BillingServiceStub(ch)
+        await stub.UpsertTenant(
+            billing_pb2.UpsertTenantRequest(policy=billing_pb2.TenantPolicy(
+                tenant_id=tenant_id, display_name=display_name, plan="business", knowledge_base_enabled=True,
+            )),
+            metadata=(("x-tenant-id", tenant_id), ("x-session-id", "test-setup")), timeout=10,
+        )
+
+
+@pytest.fixture
+def demo_dir() -> Path:
+    return Path(__file__).resolve().parents[3] / "demo"
+
+
+@pytest.fixture(autouse=True)
+def _no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests use the offline speech stand-ins unless they set a key themselves."""
+    for key in ("DEEPGRAM_API_KEY", "ELEVENLABS_API_KEY", "ELEVEN_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    os.environ.setdefault("LOG_FORMAT", "text")
+
+
+@pytest_asyncio.fixture
+async def router_factory(redis_url: str, dead_addr: str) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Starts the real router in-process (offline providers: no API keys) and returns its address."""
+    from frugal.router.config import Settings as RouterSettings
+    from frugal.router.server import build_app
+
+    apps: list[GrpcApp] = []
+
+    async def start(*, vision_addr: str = dead_addr, rag_addr: str = dead_addr) -> str:
+        settings = RouterSettings(grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, redis_url=redis_url,
+                                  vision_addr=vision_addr, rag_addr=rag_addr, gemini_api_key=None,
+                                  anthropic_api_key=None)
+        app = await build_app(settings)
+        port = await app.start()
+        apps.append(app)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for app in apps:
+        await app.stop(0.5)
+
+
+@pytest_asyncio.fixture
+async def mesh(billing_addr: str, router_factory: Callable[..., Awaitable[str]],
+               register_tenant: Callable[..., Awaitable[None]]) -> dict[str, str]:
+    """Real billing (tenant registered) and router; vision and rag are down unless a test starts them."""
+    await register_tenant(billing_addr)
+    return {"billing": billing_addr, "router": await router_factory()}

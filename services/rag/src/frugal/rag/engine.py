@@ -1,0 +1,607 @@
+"""The rag service's logic, independent of gRPC: ingest, retrieve, delete, list.
+
+The servicer (server.py) maps the exceptions below to gRPC status codes. The tenant always comes
+from the validated request metadata (never from a request body) and reaches PostgreSQL only through
+`tenant_transaction`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import asyncpg
+
+from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
+from frugal.common.db import tenant_transaction
+from frugal.common.metrics import AI_COST_TOTAL, AI_REQUESTS_TOTAL
+from frugal.common.pricing import PriceCatalog
+from frugal.common.usage import UsageAmounts
+from frugal.rag import store
+from frugal.rag.chunking import CHUNKER_VERSION, Chunk, DocumentError, chunk_text, extract_text, normalise_content_type
+from frugal.rag.config import Settings
+from frugal.rag.embedding.base import Embedder, EmbeddingBatch, EmbeddingError, InputType, Vector
+from frugal.rag.embedding.cache import QueryEmbeddingCache
+from frugal.rag.fusion import Fused, rrf
+from frugal.rag.metrics import (
+    CHUNKS_WRITTEN,
+    EMBEDDINGS_REUSED,
+    INGESTS,
+    RERANKS,
+    RETRIEVED,
+    STAGE_SECONDS,
+    TEXTS_EMBEDDED,
+    VECTOR_SCANS,
+)
+from frugal.rag.rerank import Reranker, RerankError
+
+log = logging.getLogger(__name__)
+
+SERVICE = "rag"
+Mode = Literal["hybrid", "vector", "lexical"]
+RESERVED_METADATA_KEYS = frozenset({"tenant_id", "tenant", "x-tenant-id", "tenant-id"})
+MAX_TOP_K = 50
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+
+
+class RagError(Exception):
+    """Base of the errors the servicer turns into a status code; the message is for the caller."""
+
+
+class InvalidInput(RagError):
+    pass
+
+
+class NotFound(RagError):
+    pass
+
+
+class Unavailable(RagError):
+    pass
+
+
+class DeadlineExceeded(RagError):
+    pass
+
+
+class ProviderRejected(RagError):
+    """A provider refused the request for a reason retrying cannot fix (key, model, request shape)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant_id: str
+    session_id: str | None
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    document_id: str
+    content_hash: str
+    chunk_count: int
+    outcome: Literal["created", "unchanged", "replaced"]
+    usage: UsageAmounts
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievedItem:
+    chunk: store.ChunkRow
+    score: float
+    vector_score: float
+    lexical_score: float
+    vector_rank: int
+    lexical_rank: int
+
+
+@dataclass(slots=True)
+class RetrieveResult:
+    items: list[RetrievedItem]
+    timings: list[tuple[str, float]]
+    embedder_used: bool
+    cache_hit: bool
+    reranker_used: bool
+    rerank_note: str
+    notes: list[str] = field(default_factory=list)
+    vector_path: str = ""
+
+
+@dataclass(slots=True)
+class _Timer:
+    operation: str
+    stages: list[tuple[str, float]] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.stages.append((name, elapsed * 1000.0))
+            STAGE_SECONDS.labels(operation=self.operation, stage=name).observe(elapsed)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded("deadline exceeded before the operation could complete")
+    return left
+
+
+def _sha256(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def encode_page_token(after: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        value = json.loads(raw)["after"]
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise InvalidInput("page_token is malformed: pass back next_page_token unchanged") from None
+    if not isinstance(value, str):
+        raise InvalidInput("page_token is malformed: pass back next_page_token unchanged")
+    return value
+
+
+def _embedding_failure(err: EmbeddingError, what: str) -> RagError:
+    if err.timeout:
+        return DeadlineExceeded(f"{what}: {err}")
+    if not err.retryable:
+        return ProviderRejected(f"{what}: {err} (check the VOYAGE_* settings)")
+    return Unavailable(f"{what}: {err}")
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
+class RagEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool: asyncpg.Pool,
+        embedder: Embedder,
+        cache: QueryEmbeddingCache | None,
+        reranker: Reranker | None,
+        costs: CostEventProducer | None,
+        catalog: PriceCatalog,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.embedder = embedder
+        self.cache = cache
+        self.reranker = reranker
+        self.costs = costs
+        self.catalog = catalog
+        self.space = store.VectorSpace(embedder.model, embedder.dimensions)
+        self._embed_price_model = embedder.model.split("@", 1)[0]
+        # Fail at start, not on the first call, when a configured model has no price.
+        catalog.price(self._embed_price_model)
+        if reranker is not None:
+            catalog.price(reranker.model)
+
+    # --- cost events --------------------------------------------------------------------------------
+
+    async def _emit(
+        self,
+        caller: Caller,
+        *,
+        kind: CostKind,
+        provider: str,
+        model: str,
+        usage: UsageAmounts,
+        offline: bool,
+        event_parts: tuple[str, ...],
+        attributes: Mapping[str, str],
+    ) -> float:
+        cost = 0.0 if offline else self.catalog.cost(model, usage)
+        AI_COST_TOTAL.labels(service=SERVICE, kind=kind.value, provider=provider, model=model, tier="",
+                             offline=str(offline).lower()).inc(cost)
+        if self.costs is None:
+            return cost
+        event = CostEvent(
+            event_id=make_event_id(SERVICE, kind.value, caller.tenant_id, caller.request_id, *event_parts),
+            tenant_id=caller.tenant_id,
+            session_id=caller.session_id,
+            request_id=caller.request_id,
+            service=SERVICE,
+            kind=kind,
+            provider=provider,
+            model=model,
+            usage=usage,
+            cost_usd=cost,
+            offline=offline,
+            attributes=dict(attributes),
+        )
+        await self.costs.emit(event)
+        return cost
+
+    async def _embed(
+        self, caller: Caller, texts: list[str], input_type: InputType, *, deadline: float | None, purpose: str,
+        batch_no: int,
+    ) -> tuple[EmbeddingBatch, float]:
+        e = self.embedder
+        try:
+            batch = await e.embed(texts, input_type, budget_s=_remaining(deadline))
+        except EmbeddingError as err:
+            AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
+                                     outcome="timeout" if err.timeout else "error").inc()
+            raise
+        AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
+                                 outcome="ok").inc()
+        TEXTS_EMBEDDED.labels(provider=e.provider, purpose=purpose).inc(len(texts))
+        usage = UsageAmounts(input_tokens=batch.tokens, requests=batch.calls, estimated=batch.estimated)
+        # The local encoder is free: its event says offline with cost 0 (and, embedding not being an
+        # optimised kind, its billing baseline is its cost, 0), so it shows volume but never savings.
+        cost = await self._emit(
+            caller, kind=CostKind.EMBEDDING, provider=e.provider, model=self._embed_price_model, usage=usage,
+            offline=e.offline, event_parts=(purpose, str(batch_no)),
+            attributes={"purpose": purpose, "texts": str(len(texts)), "embedding_model": e.model},
+        )
+        return batch, cost
+
+    # --- ingest -------------------------------------------------------------------------------------
+
+    def _validate_ingest(
+        self, document_id: str, title: str, content_type: str, content: bytes, metadata: Mapping[str, str]
+    ) -> str:
+        s = self.settings
+        if not document_id or not document_id.strip():
+            raise InvalidInput("document_id is required")
+        if len(document_id) > s.max_document_id_chars:
+            raise InvalidInput(f"document_id is {len(document_id)} characters; the limit is {s.max_document_id_chars}")
+        if _has_control(document_id):
+            raise InvalidInput("document_id must not contain control characters")
+        if len(title) > s.max_title_chars:
+            raise InvalidInput(f"title is {len(title)} characters; the limit is {s.max_title_chars}")
+        if _has_control(title.replace("\t", " ")):
+            raise InvalidInput("title must not contain control characters")
+        if not content:
+            raise InvalidInput("content is empty")
+        if len(content) > s.max_document_bytes:
+            raise InvalidInput(
+                f"content is {len(content)} bytes; the limit is {s.max_document_bytes} bytes (MAX_DOCUMENT_BYTES): "
+                "split the document"
+            )
+        if len(metadata) > s.max_metadata_entries:
+            raise InvalidInput(f"metadata has {len(metadata)} entries; the limit is {s.max_metadata_entries}")
+        for key, value in metadata.items():
+            if not key or len(key) > 128 or _has_control(key):
+                raise InvalidInput(f"metadata key {key[:40]!r} is invalid: 1-128 printable characters")
+            if key.lower() in RESERVED_METADATA_KEYS:
+                raise InvalidInput(
+                    f"metadata key {key!r} is reserved: the tenant comes only from the x-tenant-id call metadata"
+                )
+            if len(value) > s.max_metadata_value_chars:
+                raise InvalidInput(
+                    f"metadata value of {key!r} is {len(value)} characters; the limit is {s.max_metadata_value_chars}"
+                )
+            if "\x00" in value:
+                raise InvalidInput(f"metadata value of {key!r} contains a NUL character")
+        if not content_type:
+            raise InvalidInput("content_type is required: text/plain, text/markdown or application/pdf")
+        try:
+            return normalise_content_type(content_type)
+        except DocumentError as err:
+            raise InvalidInput(str(err)) from None
+
+    def _fingerprint(self, content_hash: str, content_type: str, title: str, metadata: Mapping[str, str]) -> str:
+        s = self.settings
+        return _sha256(json.dumps({
+            "content": content_hash, "type": content_type, "title": title, "metadata": sorted(metadata.items()),
+            "chunker": [CHUNKER_VERSION, s.chunk_target_words, s.chunk_overlap_words],
+            "model": self.embedder.model,
+        }, sort_keys=True))
+
+    @staticmethod
+    def chunk_context(title: str, chunk: Chunk) -> str:
+        """The line prepended to a chunk for embedding and lexical search: title and heading path,
+        minus what the chunk's text already starts with."""
+        parts = [p for p in chunk.heading.split(" > ") if p] if chunk.heading else []
+        first_line = chunk.content.lstrip().split("\n", 1)[0].lstrip("#").strip()
+        if parts and first_line == parts[-1]:
+            parts = parts[:-1]
+        t = title.strip()
+        if t and not chunk.content.lstrip().lower().startswith(t.lower()):
+            parts = [t, *parts]
+        return " > ".join(parts)
+
+    async def ingest(
+        self,
+        caller: Caller,
+        *,
+        document_id: str,
+        title: str,
+        content_type: str,
+        content: bytes,
+        metadata: Mapping[str, str],
+        deadline: float | None = None,
+    ) -> IngestResult:
+        timer = _Timer("ingest")
+        ctype = self._validate_ingest(document_id, title, content_type, content, metadata)
+        content_hash = _sha256(content)
+        fingerprint = self._fingerprint(content_hash, ctype, title, metadata)
+        tenant = caller.tenant_id
+        with timer.stage("lookup"):
+            existing = await store.get_document(self.pool, tenant, document_id)
+        if existing is not None and existing.fingerprint == fingerprint:
+            INGESTS.labels(outcome="unchanged").inc()
+            return IngestResult(document_id, content_hash, existing.chunk_count, "unchanged", UsageAmounts(), 0.0)
+
+        s = self.settings
+        with timer.stage("chunk"):
+            try:
+                text = await asyncio.to_thread(extract_text, content, ctype, max_pdf_pages=s.max_pdf_pages)
+                chunks = await asyncio.to_thread(
+                    chunk_text, text, markdown=ctype == "text/markdown",
+                    target_words=s.chunk_target_words, overlap_words=s.chunk_overlap_words,
+                )
+            except DocumentError as err:
+                raise InvalidInput(str(err)) from None
+        if not chunks:
+            raise InvalidInput("the document contains no text")
+        if len(chunks) > s.max_chunks_per_document:
+            raise InvalidInput(
+                f"the document makes {len(chunks)} chunks; the limit is {s.max_chunks_per_document} "
+                "(MAX_CHUNKS_PER_DOCUMENT): split it"
+            )
+        contexts = [self.chunk_context(title, c) for c in chunks]
+        texts = [f"{ctx}\n{c.content}" if ctx else c.content for ctx, c in zip(contexts, chunks, strict=True)]
+        hashes = [_sha256(t) for t in texts]
+
+        reuse: dict[str, str] = {}
+        if existing is not None:
+            reuse = await store.reusable_embeddings(self.pool, tenant, document_id, self.embedder.model)
+        todo = sorted({h: i for i, h in reversed(list(enumerate(hashes))) if h not in reuse}.values())
+        EMBEDDINGS_REUSED.inc(len([h for h in hashes if h in reuse]))
+        tokens = calls = 0
+        estimated = False
+        cost = 0.0
+        vectors: dict[str, str] = dict(reuse)
+        with timer.stage("embed"):
+            step = self.embedder.max_batch
+            for batch_no, start in enumerate(range(0, len(todo), step)):
+                idx = todo[start : start + step]
+                try:
+                    batch, c = await self._embed(
+                        caller, [texts[i] for i in idx], "document", deadline=deadline,
+                        purpose=f"ingest:{content_hash[:16]}", batch_no=batch_no,
+                    )
+                except EmbeddingError as err:
+                    raise _embedding_failure(err, "embedding failed, nothing was stored") from None
+                tokens += batch.tokens
+                calls += batch.calls
+                estimated = estimated or batch.estimated
+                cost += c
+                for i, vec in zip(idx, batch.vectors, strict=True):
+                    vectors[hashes[i]] = store.vector_literal(vec)
+        new_chunks = [
+            store.NewChunk(
+                chunk_id=str(uuid.uuid4()), chunk_index=c.index, heading=c.heading, context=ctx, content=c.content,
+                text_hash=h, embedding=vectors[h],
+            )
+            for c, ctx, h in zip(chunks, contexts, hashes, strict=True)
+        ]
+        doc = store.NewDocument(
+            document_id=document_id, title=title, content_type=ctype, content_hash=content_hash,
+            fingerprint=fingerprint, size_bytes=len(content), embedding_model=self.embedder.model,
+            metadata=dict(metadata),
+        )
+        _remaining(deadline)
+        with timer.stage("write"):
+            written = await store.write_document(self.pool, tenant, doc, new_chunks)
+        INGESTS.labels(outcome=written.outcome).inc()
+        if written.outcome != "unchanged":
+            CHUNKS_WRITTEN.inc(len(new_chunks))
+        usage = UsageAmounts(input_tokens=tokens, requests=calls, estimated=estimated)
+        outcome: Literal["created", "unchanged", "replaced"] = written.outcome  # type: ignore[assignment]
+        log.info("ingested %s: %s, %d chunks, %d embedded, %d reused", document_id, outcome, len(new_chunks),
+                 len(todo), len(chunks) - len(todo))
+        return IngestResult(document_id, content_hash, written.document.chunk_count, outcome, usage, cost)
+
+    # --- delete / list ------------------------------------------------------------------------------
+
+    async def delete_document(self, caller: Caller, document_id: str) -> int:
+        if not document_id:
+            raise InvalidInput("document_id is required")
+        if len(document_id) > self.settings.max_document_id_chars:
+            raise InvalidInput("document_id is too long")
+        deleted = await store.delete_document(self.pool, caller.tenant_id, document_id)
+        if deleted is None:
+            raise NotFound(f"document {document_id!r} not found")
+        return deleted
+
+    async def list_documents(
+        self, caller: Caller, *, page_size: int, page_token: str
+    ) -> tuple[list[store.DocumentRow], str]:
+        if page_size < 0 or page_size > MAX_PAGE_SIZE:
+            raise InvalidInput(f"page_size must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE})")
+        size = page_size or DEFAULT_PAGE_SIZE
+        after = decode_page_token(page_token) if page_token else None
+        docs, more = await store.list_documents(self.pool, caller.tenant_id, page_size=size, after=after)
+        return docs, (encode_page_token(docs[-1].document_id) if more and docs else "")
+
+    # --- retrieve -----------------------------------------------------------------------------------
+
+    async def _query_vector(
+        self, caller: Caller, query: str, deadline: float | None
+    ) -> tuple[Vector, bool]:
+        e = self.embedder
+        if self.cache is not None:
+            hit = await self.cache.get(caller.tenant_id, e.model, e.dimensions, query)
+            if hit is not None:
+                return hit, True
+        batch, _ = await self._embed(caller, [query], "query", deadline=deadline, purpose="query", batch_no=0)
+        vec = batch.vectors[0]
+        if self.cache is not None:
+            await self.cache.put(caller.tenant_id, e.model, query, vec)
+        return vec, False
+
+    async def _vector_candidates(
+        self, conn: asyncpg.Connection, stats: store.TenantStats, qvec: Vector, n: int
+    ) -> tuple[list[tuple[str, float]], str]:
+        count = stats.chunks_by_model.get(self.space.model_key, 0)
+        if count == 0:
+            return [], "empty"
+        literal = store.vector_literal(qvec)
+        if not self.space.indexed or count <= self.settings.exact_scan_max_chunks:
+            VECTOR_SCANS.labels(path="exact").inc()
+            return await store.vector_search(conn, self.space, literal, n, exact=True), "exact"
+        rows = await store.vector_search(conn, self.space, literal, n, exact=False)
+        if len(rows) >= min(n, count):
+            VECTOR_SCANS.labels(path="hnsw").inc()
+            return rows, "hnsw"
+        # The iterative scan hit hnsw.max_scan_tuples before finding enough of this tenant's rows
+        # (a small tenant among many large ones): an exact scan of the tenant's rows is complete.
+        VECTOR_SCANS.labels(path="exact_fallback").inc()
+        return await store.vector_search(conn, self.space, literal, n, exact=True), "exact_fallback"
+
+    def validate_query(self, query: str, top_k: int, max_top_k: int = MAX_TOP_K) -> tuple[str, int]:
+        q = query.strip()
+        if not q:
+            raise InvalidInput("query is empty")
+        if len(q) > self.settings.max_query_chars:
+            raise InvalidInput(f"query is {len(q)} characters; the limit is {self.settings.max_query_chars}")
+        if "\x00" in q:
+            raise InvalidInput("query contains a NUL character")
+        if top_k < 0 or top_k > max_top_k:
+            raise InvalidInput(f"top_k must be between 1 and {max_top_k} (0 means {self.settings.default_top_k})")
+        return q, top_k or self.settings.default_top_k
+
+    async def retrieve(
+        self,
+        caller: Caller,
+        *,
+        query: str,
+        top_k: int,
+        mode: Mode = "hybrid",
+        rerank: bool = False,
+        deadline: float | None = None,
+        candidates: int | None = None,
+        max_top_k: int = MAX_TOP_K,
+    ) -> RetrieveResult:
+        """`candidates` and `max_top_k` exist for the offline evaluation harness (bench/rag), which
+        needs up to 100 results; the RPC uses the defaults."""
+        started = time.perf_counter()
+        timer = _Timer("retrieve")
+        q, k = self.validate_query(query, top_k, max_top_k)
+        s = self.settings
+        n = candidates or max(s.retrieve_candidates, 4 * k)
+        use_vector = mode in ("hybrid", "vector")
+        use_lexical = mode in ("hybrid", "lexical")
+        result = RetrieveResult([], [], embedder_used=False, cache_hit=False, reranker_used=False, rerank_note="")
+
+        qvec: Vector | None = None
+        if use_vector:
+            with timer.stage("embed"):
+                try:
+                    qvec, result.cache_hit = await self._query_vector(caller, q, deadline)
+                    result.embedder_used = True
+                except EmbeddingError as err:
+                    if mode == "vector":
+                        raise _embedding_failure(err, "query embedding failed") from None
+                    use_vector = False
+                    result.notes.append(f"vector search skipped, lexical results only: {err}")
+                    log.warning("query embedding failed; lexical only: %s", err)
+
+        rerank_with = self.reranker if rerank else None
+        take = min(max(s.rerank_candidates, k), n) if rerank_with is not None else k
+        left = _remaining(deadline)
+        vec_rows: list[tuple[str, float]] = []
+        lex_rows: list[tuple[str, float]] = []
+        async with tenant_transaction(self.pool, caller.tenant_id) as conn:
+            await store.configure_scan(
+                conn, ef_search=min(1000, max(s.hnsw_ef_search, n)), max_scan_tuples=s.hnsw_max_scan_tuples,
+                scan_mem_multiplier=s.hnsw_scan_mem_multiplier,
+                statement_timeout_ms=max(1, int(left * 1000)) if left is not None else None,
+            )
+            stats = await store.tenant_stats(conn)
+            if use_vector and qvec is not None:
+                with timer.stage("vector"):
+                    vec_rows, result.vector_path = await self._vector_candidates(conn, stats, qvec, n)
+            if use_lexical:
+                with timer.stage("lexical"):
+                    lex_rows = await store.lexical_search(conn, q, n, stats, k1=s.bm25_k1, b=s.bm25_b)
+            with timer.stage("fuse"):
+                if mode == "hybrid":
+                    fused = rrf(vec_rows, lex_rows, k=s.rrf_k, vector_weight=s.rrf_vector_weight,
+                                lexical_weight=s.rrf_lexical_weight)
+                else:
+                    fused = rrf(vec_rows, lex_rows, k=s.rrf_k)
+                    for f in fused:  # single list: its own score is the score
+                        f.score = f.vector_score if mode == "vector" else f.lexical_score
+                picked = fused[:take]
+            with timer.stage("fetch"):
+                rows = await store.fetch_chunks(conn, [f.chunk_id for f in picked])
+
+        items = [self._item(f, rows[f.chunk_id]) for f in picked if f.chunk_id in rows]
+        if rerank_with is not None and items:
+            with timer.stage("rerank"):
+                items, result.rerank_note = await self._rerank(caller, rerank_with, q, items, k, deadline)
+                result.reranker_used = not result.rerank_note.startswith("rerank failed")
+        elif rerank:
+            RERANKS.labels(outcome="skipped_no_key").inc()
+            result.rerank_note = ("rerank requested but no reranker is configured (COHERE_API_KEY is not set): "
+                                  "results are in fused order")
+        elif self.reranker is not None:
+            result.rerank_note = "rerank not requested"
+        else:
+            result.rerank_note = "no reranker configured (COHERE_API_KEY is not set); rerank not requested"
+        result.items = items[:k]
+        timer.stages.append(("total", (time.perf_counter() - started) * 1000.0))
+        STAGE_SECONDS.labels(operation="retrieve", stage="total").observe(time.perf_counter() - started)
+        RETRIEVED.observe(len(result.items))
+        result.timings = timer.stages
+        return result
+
+    @staticmethod
+    def _item(f: Fused, row: store.ChunkRow) -> RetrievedItem:
+        return RetrievedItem(row, f.score, f.vector_score, f.lexical_score, f.vector_rank, f.lexical_rank)
+
+    async def _rerank(
+        self, caller: Caller, reranker: Reranker, query: str, items: list[RetrievedItem], k: int,
+        deadline: float | None,
+    ) -> tuple[list[RetrievedItem], str]:
+        docs = [f"{it.chunk.title}\n{it.chunk.content}" if it.chunk.title else it.chunk.content for it in items]
+        try:
+            res = await reranker.rerank(query, docs, k, budget_s=_remaining(deadline))
+        except (RerankError, DeadlineExceeded) as err:
+            RERANKS.labels(outcome="error").inc()
+            AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="rerank", provider=reranker.provider,
+                                     model=reranker.model, outcome="error").inc()
+            log.warning("rerank failed, fused order kept: %s", err)
+            return items, f"rerank failed, results are in fused order: {err}"
+        RERANKS.labels(outcome="ok").inc()
+        AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="rerank", provider=reranker.provider, model=reranker.model,
+                                 outcome="ok").inc()
+        await self._emit(
+            caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
+            usage=UsageAmounts(requests=res.search_units, estimated=res.estimated), offline=False,
+            event_parts=("rerank",), attributes={"documents": str(len(docs))},
+        )
+        out = [
+            RetrievedItem(items[i].chunk, score, items[i].vector_score, items[i].lexical_score,
+                          items[i].vector_rank, items[i].lexical_rank)
+            for i, score in res.order
+        ]
+        return out, f"reranked {len(docs)} fused candidates with {reranker.provider}/{reranker.model}"

@@ -1,0 +1,204 @@
+"""The routing decision: features, score, calibrated thresholds, tenant overrides, budget, estimate."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from frugal.api.billing.v1 import billing_pb2
+from frugal.api.common.v1 import common_pb2
+from frugal.api.router.v1 import router_pb2
+from frugal.common.pricing import TIERS, PriceCatalog, TierName
+from frugal.common.tenant_state import DEFAULT_DOWNGRADE_AT, DEFAULT_REFUSE_AT
+from frugal.common.usage import UsageAmounts
+from frugal.router.features import TurnFeatures, extract_features
+from frugal.router.metrics import DECISION_SECONDS, ROUTER_DECISIONS
+from frugal.router.scoring import ScorerSet, TierMix, tier_index
+
+TIER_ENUM: dict[TierName, int] = {
+    "lite": common_pb2.TIER_LITE,
+    "standard": common_pb2.TIER_STANDARD,
+    "premium": common_pb2.TIER_PREMIUM,
+}
+ENUM_TIER: dict[int, TierName] = {v: k for k, v in TIER_ENUM.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetVerdict:
+    # "unlimited" (no budget), "unknown" (budget set, billing has published no state yet), "ok",
+    # "downgrade" or "exhausted".
+    status: str
+    detail: str = ""
+
+
+def budget_verdict(policy: billing_pb2.TenantPolicy | None, budget: billing_pb2.BudgetState | None) -> BudgetVerdict:
+    if budget is None:
+        if policy is not None and policy.monthly_budget_usd > 0:
+            return BudgetVerdict("unknown", "budget state not published by billing yet")
+        return BudgetVerdict("unlimited")
+    if budget.status == billing_pb2.BUDGET_STATUS_UNLIMITED or (
+        budget.budget_usd <= 0 and budget.status != billing_pb2.BUDGET_STATUS_EXHAUSTED
+    ):
+        return BudgetVerdict("unlimited")
+    downgrade_at = (policy.downgrade_at if policy is not None and policy.downgrade_at > 0 else DEFAULT_DOWNGRADE_AT)
+    refuse_at = policy.refuse_at if policy is not None and policy.refuse_at > 0 else DEFAULT_REFUSE_AT
+    fraction = budget.spent_usd / budget.budget_usd if budget.budget_usd > 0 else budget.fraction_used
+    detail = f"${budget.spent_usd:.2f} of ${budget.budget_usd:.2f} spent in {budget.month or 'this month'}"
+    if budget.status == billing_pb2.BUDGET_STATUS_EXHAUSTED or fraction >= refuse_at:
+        return BudgetVerdict("exhausted", detail)
+    if budget.status == billing_pb2.BUDGET_STATUS_DOWNGRADE or fraction >= downgrade_at:
+        return BudgetVerdict("downgrade", f"{detail} ({fraction:.0%}, downgrade from {downgrade_at:.0%})")
+    return BudgetVerdict("ok", detail)
+
+
+def policy_mix(policy: billing_pb2.TenantPolicy | None) -> TierMix | None:
+    if policy is None or not policy.HasField("target_mix"):
+        return None
+    m = policy.target_mix
+    total = m.lite + m.standard + m.premium
+    if total <= 0:
+        return None
+    try:
+        return TierMix(m.lite / total, m.standard / total, m.premium / total)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    score: float
+    tier: TierName
+    model: str
+    provider: str
+    offline: bool
+    scorer: str
+    features: TurnFeatures
+    thresholds: tuple[float, float]
+    mix: TierMix
+    estimated_input_tokens: int
+    estimated_output_tokens: int
+    estimated_cost_usd: float
+    override_reasons: tuple[str, ...] = field(default_factory=tuple)
+    budget: BudgetVerdict = BudgetVerdict("unlimited")
+    decision_seconds: float = 0.0
+
+    def to_proto(self) -> router_pb2.Decision:
+        f = self.features
+        return router_pb2.Decision(
+            score=self.score,
+            tier=TIER_ENUM[self.tier],  # type: ignore[arg-type]
+            model=self.model,
+            provider=self.provider,
+            scorer=self.scorer,
+            features=router_pb2.Features(
+                length_chars=f.length_chars, word_count=f.word_count, question_count=f.question_count,
+                has_code=f.has_code, technical_terms=f.technical_terms, reasoning_terms=f.reasoning_terms,
+                data_terms=f.data_terms, conversation_depth=f.conversation_depth,
+                rag_context_chars=f.rag_context_chars, vision_context_chars=f.vision_context_chars,
+            ),
+            thresholds=list(self.thresholds),
+            estimated_input_tokens=self.estimated_input_tokens,
+            estimated_output_tokens=self.estimated_output_tokens,
+            estimated_cost_usd=self.estimated_cost_usd,
+            override_reason="; ".join(self.override_reasons),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnText:
+    text: str
+    history: Sequence[tuple[str, str]] = ()
+    rag_context_chars: int = 0
+    vision_context_chars: int = 0
+
+
+class Decider:
+    """Deterministic: the same turn, scorer, policy and budget give the same decision."""
+
+    def __init__(
+        self,
+        scorers: ScorerSet,
+        catalog: PriceCatalog,
+        default_mix: TierMix,
+        *,
+        provider_of: Callable[[TierName], tuple[str, bool]],
+        system_prompt_chars: int = 0,
+        expected_output_tokens: int = 250,
+    ) -> None:
+        self.scorers = scorers
+        self.catalog = catalog
+        self.default_mix = default_mix
+        self._provider_of = provider_of
+        self._system_chars = system_prompt_chars
+        self._expected_output = expected_output_tokens
+        self._thresholds: dict[tuple[str, TierMix], tuple[float, float]] = {}
+
+    def thresholds(self, scorer: str, mix: TierMix) -> tuple[float, float]:
+        key = (scorer, mix)
+        hit = self._thresholds.get(key)
+        if hit is None:
+            hit = self.scorers.get(scorer).reference.thresholds(mix)
+            if len(self._thresholds) < 10_000:
+                self._thresholds[key] = hit
+        return hit
+
+    def decide(
+        self,
+        turn: TurnText,
+        *,
+        scorer_name: str = "",
+        policy: billing_pb2.TenantPolicy | None = None,
+        budget: billing_pb2.BudgetState | None = None,
+        max_output_tokens: int | None = None,
+    ) -> Decision:
+        """Raises ScorerError for an unknown scorer name."""
+        started = time.perf_counter()
+        scorer = self.scorers.get(scorer_name)
+        features = extract_features(
+            turn.text,
+            conversation_depth=len(turn.history),
+            rag_context_chars=turn.rag_context_chars,
+            vision_context_chars=turn.vision_context_chars,
+        )
+        score = scorer.score(turn.text, features)
+        mix = policy_mix(policy) or self.default_mix
+        thresholds = self.thresholds(scorer.name, mix)
+        idx = tier_index(score, thresholds)
+        reasons: list[str] = []
+        if mix != self.default_mix:
+            reasons.append(f"tenant mix {mix}")
+        if policy is not None and policy.pinned_tier in ENUM_TIER:
+            pinned = TIERS.index(ENUM_TIER[policy.pinned_tier])
+            if pinned != idx:
+                reasons.append(f"tenant pins tier {TIERS[pinned]} (score said {TIERS[idx]})")
+            idx = pinned
+        if policy is not None and policy.max_tier in ENUM_TIER:
+            cap = TIERS.index(ENUM_TIER[policy.max_tier])
+            if idx > cap:
+                reasons.append(f"tenant max tier {TIERS[cap]} (score said {TIERS[idx]})")
+                idx = cap
+        verdict = budget_verdict(policy, budget)
+        if verdict.status == "downgrade" and idx > 0:
+            reasons.append(f"budget near its limit: {TIERS[idx]} downgraded to {TIERS[idx - 1]}; {verdict.detail}")
+            idx -= 1
+        elif verdict.status == "exhausted":
+            reasons.append(f"budget exhausted: {verdict.detail}")
+        tier = TIERS[idx]
+        model = self.catalog.tier_model(tier)
+        provider, offline = self._provider_of(tier)
+        input_chars = (self._system_chars + len(turn.text) + sum(len(t) for _, t in turn.history)
+                       + turn.rag_context_chars + turn.vision_context_chars)
+        est_in = math.ceil(input_chars / 4)
+        est_out = min(max_output_tokens or self._expected_output, self._expected_output)
+        est_cost = self.catalog.cost(model, UsageAmounts(input_tokens=est_in, output_tokens=est_out))
+        elapsed = time.perf_counter() - started
+        DECISION_SECONDS.observe(elapsed)
+        ROUTER_DECISIONS.labels(scorer=scorer.name, tier=tier).inc()
+        return Decision(
+            score=score, tier=tier, model=model, provider=provider, offline=offline, scorer=scorer.name,
+            features=features, thresholds=thresholds, mix=mix, estimated_input_tokens=est_in,
+            estimated_output_tokens=est_out, estimated_cost_usd=est_cost, override_reasons=tuple(reasons),
+            budget=verdict, decision_seconds=elapsed,
+        )

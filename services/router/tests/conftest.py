@@ -1,0 +1,146 @@
+"""Fixtures of the router's tests: a router on a loopback port, provider emulators, rag/vision test doubles.
+
+The rag and vision "services" here are TEST DOUBLES of those dependencies' gRPC APIs (RagService.Retrieve,
+VisionService.GetContext), served by a real grpc.aio server on a loopback socket: they let the router's
+unit-level tests control what the dependencies answer and how slowly. The whole mesh with the real rag and
+vision-dedup services is exercised by the end-to-end tests (tests/e2e).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import pytest_asyncio
+
+from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
+from frugal.api.router.v1 import router_pb2_grpc
+from frugal.api.vision.v1 import vision_pb2, vision_pb2_grpc
+from frugal.common.grpc_server import GrpcApp
+from frugal.router.config import Settings
+from frugal.router.server import build_app
+from frugal.testkit.anthropic import AnthropicEmulator
+from frugal.testkit.gemini import GeminiEmulator
+
+
+def dead_address() -> str:
+    """A loopback address where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+@dataclass
+class FakeRag(rag_pb2_grpc.RagServiceServicer):
+    """Test double of RagService.Retrieve: fixed chunks, optional delay, records calls and metadata."""
+
+    chunks: list[rag_pb2.RetrievedChunk] = field(default_factory=list)
+    delay_s: float = 0.0
+    calls: list[tuple[rag_pb2.RetrieveRequest, dict[str, str]]] = field(default_factory=list)
+
+    async def Retrieve(self, request: rag_pb2.RetrieveRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        self.calls.append((request, {k: str(v) for k, v in context.invocation_metadata() or ()}))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return rag_pb2.RetrieveResponse(chunks=self.chunks[: request.top_k or 5])
+
+
+@dataclass
+class FakeVision(vision_pb2_grpc.VisionServiceServicer):
+    """Test double of VisionService.GetContext."""
+
+    analyses: list[vision_pb2.FrameAnalysis] = field(default_factory=list)
+    delay_s: float = 0.0
+    calls: list[tuple[vision_pb2.GetContextRequest, dict[str, str]]] = field(default_factory=list)
+
+    async def GetContext(
+        self, request: vision_pb2.GetContextRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        self.calls.append((request, {k: str(v) for k, v in context.invocation_metadata() or ()}))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return vision_pb2.GetContextResponse(analyses=self.analyses[: request.limit or 5])
+
+
+@dataclass
+class Deps:
+    rag: FakeRag
+    vision: FakeVision
+    rag_addr: str
+    vision_addr: str
+
+
+@pytest_asyncio.fixture
+async def deps() -> AsyncIterator[Deps]:
+    rag, vision = FakeRag(), FakeVision()
+    rag_server = grpc.aio.server()
+    rag_pb2_grpc.add_RagServiceServicer_to_server(rag, rag_server)
+    rag_port = rag_server.add_insecure_port("127.0.0.1:0")
+    vision_server = grpc.aio.server()
+    vision_pb2_grpc.add_VisionServiceServicer_to_server(vision, vision_server)
+    vision_port = vision_server.add_insecure_port("127.0.0.1:0")
+    await rag_server.start()
+    await vision_server.start()
+    try:
+        yield Deps(rag, vision, f"127.0.0.1:{rag_port}", f"127.0.0.1:{vision_port}")
+    finally:
+        await rag_server.stop(0)
+        await vision_server.stop(0)
+
+
+@pytest_asyncio.fixture
+async def gemini_emu() -> AsyncIterator[GeminiEmulator]:
+    async with GeminiEmulator(chunk_chars=8) as emu:
+        yield emu
+
+
+@pytest_asyncio.fixture
+async def claude_emu() -> AsyncIterator[AnthropicEmulator]:
+    async with AnthropicEmulator(chunk_chars=8) as emu:
+        yield emu
+
+
+@dataclass
+class RunningRouter:
+    app: GrpcApp
+    channel: grpc.aio.Channel
+    stub: router_pb2_grpc.RouterServiceStub
+    settings: Settings
+
+
+RouterFactory = Callable[..., Awaitable[RunningRouter]]
+
+
+@pytest_asyncio.fixture
+async def start_router(redis_url: str) -> AsyncIterator[RouterFactory]:
+    """`await start_router(**settings)` -> a started router on 127.0.0.1:<free port>. Defaults: no provider
+    keys (offline), rag/vision at dead addresses, metrics off; everything is stopped after the test."""
+    started: list[RunningRouter] = []
+
+    async def factory(**overrides: Any) -> RunningRouter:
+        values: dict[str, Any] = {
+            "grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0, "redis_url": redis_url,
+            "rag_addr": dead_address(), "vision_addr": dead_address(), "gemini_api_key": "",
+            "anthropic_api_key": "", "log_format": "text", "shutdown_grace_seconds": 1.0,
+        }
+        values.update(overrides)
+        settings = Settings(**values)
+        app = await build_app(settings)
+        port = await app.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        running = RunningRouter(app, channel, router_pb2_grpc.RouterServiceStub(channel), settings)
+        started.append(running)
+        return running
+
+    try:
+        yield factory
+    finally:
+        for r in started:
+            await r.channel.close()
+            await r.app.stop(0.5)
+

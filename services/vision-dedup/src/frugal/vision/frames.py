@@ -1,0 +1,267 @@
+"""Frame decoding: from the wire formats to the small grayscale thumbnail the dedup works on.
+
+The hot path never builds an RGB image: for I420 the Y plane *is* the luma image, and it is reduced
+by an integer factor with OpenCV's area interpolation (a box filter, the fast path); RGB24 is reduced
+first and converted to luma on the thumbnail; JPEG/PNG are decoded straight to grayscale (JPEG at a
+reduced DCT scale when the declared size allows it).
+
+Every malformed input raises :class:`FrameError` with a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from frugal.api.vision.v1 import vision_pb2
+
+U8 = npt.NDArray[np.uint8]
+
+
+def u8(a: Any) -> U8:
+    """OpenCV's stubs type results as generic arrays; ours are 8-bit."""
+    return cast(U8, a)
+
+FORMAT_NAMES = {
+    vision_pb2.FRAME_FORMAT_I420: "i420",
+    vision_pb2.FRAME_FORMAT_RGB24: "rgb24",
+    vision_pb2.FRAME_FORMAT_JPEG: "jpeg",
+    vision_pb2.FRAME_FORMAT_PNG: "png",
+}
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_REDUCED = ((8, cv2.IMREAD_REDUCED_GRAYSCALE_8), (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+            (2, cv2.IMREAD_REDUCED_GRAYSCALE_2))
+
+
+class FrameError(ValueError):
+    """A frame that cannot be used; the message is the verdict's reason (after "malformed: ")."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    max_width: int = 7680
+    max_height: int = 4320
+    max_pixels: int = 7680 * 4320
+
+
+@dataclass(frozen=True, slots=True)
+class Thumbnail:
+    """Grayscale thumbnail: `pixels[y, x]` is the mean luma of a `factor` x `factor` block of the frame."""
+
+    pixels: U8
+    factor: int
+    width: int
+    height: int
+
+
+def format_name(fmt: int) -> str:
+    return FORMAT_NAMES.get(fmt, "unknown")  # type: ignore[call-overload, no-any-return]
+
+
+def downscale_factor(width: int, height: int, long_side: int) -> int:
+    """Integer reduction so that the thumbnail's longest side is about `long_side` (>= it)."""
+    return max(1, max(width, height) // long_side)
+
+
+def _reduce(gray: U8, factor: int) -> U8:
+    if factor == 1:
+        return np.ascontiguousarray(gray)
+    h, w = gray.shape[:2]
+    th, tw = h // factor, w // factor
+    # Integer-factor INTER_AREA is OpenCV's fast box-filter path; crop the few rows/cols that do not fit.
+    view = gray[: th * factor, : tw * factor]
+    return u8(cv2.resize(view, (tw, th), interpolation=cv2.INTER_AREA))
+
+
+def _check_dims(frame: Any, limits: FrameLimits, *, allow_zero: bool = False) -> tuple[int, int]:
+    w, h = int(frame.width), int(frame.height)
+    if allow_zero and w == 0 and h == 0:
+        return 0, 0
+    if w <= 0 or h <= 0:
+        raise FrameError(f"invalid size {w}x{h}: width and height must be positive")
+    if w > limits.max_width or h > limits.max_height or w * h > limits.max_pixels:
+        raise FrameError(
+            f"oversized: {w}x{h} exceeds the limit {limits.max_width}x{limits.max_height} "
+            f"({limits.max_pixels} pixels)"
+        )
+    return w, h
+
+
+def _i420_y_plane(frame: Any, w: int, h: int) -> U8:
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    if frame.HasField("i420"):
+        planes = frame.i420
+        sy = planes.stride_y or w
+        su = planes.stride_u or cw
+        sv = planes.stride_v or cw
+        if sy < w or su < cw or sv < cw:
+            raise FrameError(f"size mismatch: I420 strides ({sy}, {su}, {sv}) smaller than the row widths ({w}, {cw})")
+        for name, plane, stride, rows, row in (("y", planes.y, sy, h, w), ("u", planes.u, su, ch, cw),
+                                               ("v", planes.v, sv, ch, cw)):
+            need = stride * (rows - 1) + row
+            if len(plane) < need:
+                raise FrameError(
+                    f"size mismatch: I420 {w}x{h} {name} plane needs at least {need} bytes "
+                    f"(stride {stride}), got {len(plane)}"
+                )
+        y = planes.y
+        if len(y) >= sy * h:
+            return np.frombuffer(y, dtype=np.uint8, count=sy * h).reshape(h, sy)[:, :w]
+        # Last row may be unpadded: view it through strides.
+        arr = np.frombuffer(y, dtype=np.uint8)
+        return np.lib.stride_tricks.as_strided(arr, shape=(h, w), strides=(sy, 1), writeable=False)
+    need = w * h + 2 * cw * ch
+    if len(frame.data) != need:
+        raise FrameError(f"size mismatch: I420 {w}x{h} needs {need} bytes (Y, U, V packed), got {len(frame.data)}")
+    return np.frombuffer(frame.data, dtype=np.uint8, count=w * h).reshape(h, w)
+
+
+def luma_thumbnail(frame: Any, limits: FrameLimits, long_side: int = 160) -> Thumbnail:
+    """Validates `frame` (a vision_pb2.Frame) and reduces it to a grayscale thumbnail."""
+    fmt = int(frame.format)
+    if fmt == vision_pb2.FRAME_FORMAT_I420:
+        w, h = _check_dims(frame, limits)
+        k = downscale_factor(w, h, long_side)
+        return Thumbnail(_reduce(_i420_y_plane(frame, w, h), k), k, w, h)
+    if fmt == vision_pb2.FRAME_FORMAT_RGB24:
+        w, h = _check_dims(frame, limits)
+        if len(frame.data) != w * h * 3:
+            raise FrameError(f"size mismatch: RGB24 {w}x{h} needs {w * h * 3} bytes, got {len(frame.data)}")
+        k = downscale_factor(w, h, long_side)
+        rgb = np.frombuffer(frame.data, dtype=np.uint8).reshape(h, w, 3)
+        small = _reduce(rgb, k)
+        gray = u8(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+        return Thumbnail(gray, k, w, h)
+    if fmt in (vision_pb2.FRAME_FORMAT_JPEG, vision_pb2.FRAME_FORMAT_PNG):
+        return _encoded_thumbnail(frame, fmt, limits, long_side)
+    raise FrameError(f"unknown format {fmt}: expected I420, RGB24, JPEG or PNG")
+
+
+def _encoded_thumbnail(frame: Any, fmt: int, limits: FrameLimits, long_side: int) -> Thumbnail:
+    name = "JPEG" if fmt == vision_pb2.FRAME_FORMAT_JPEG else "PNG"
+    data: bytes = frame.data
+    magic = _JPEG_MAGIC if fmt == vision_pb2.FRAME_FORMAT_JPEG else _PNG_MAGIC
+    if not data.startswith(magic):
+        raise FrameError(f"undecodable {name}: data does not start with the {name} signature")
+    w, h = _check_dims(frame, limits, allow_zero=True)
+    header = _png_size(data) if fmt == vision_pb2.FRAME_FORMAT_PNG else _jpeg_size(data)
+    if header is None:
+        raise FrameError(f"undecodable {name}: no image header found")
+    hw, hh = header
+    if hw > limits.max_width or hh > limits.max_height or hw * hh > limits.max_pixels:
+        raise FrameError(f"oversized: {name} is {hw}x{hh}, over the limit {limits.max_width}x{limits.max_height}")
+    if (w or h) and (w, h) != (hw, hh):
+        raise FrameError(f"size mismatch: frame says {w}x{h}, the {name} is {hw}x{hh}")
+    k = downscale_factor(hw, hh, long_side)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    decoded: U8 | None = None
+    flag_k = 1
+    if fmt == vision_pb2.FRAME_FORMAT_JPEG:
+        for r, flag in _REDUCED:
+            if k % r == 0:
+                decoded, flag_k = cast("U8 | None", cv2.imdecode(buf, flag)), r
+                break
+    if decoded is None:
+        decoded, flag_k = cast("U8 | None", cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)), 1
+    if decoded is None or decoded.size == 0:
+        raise FrameError(f"undecodable {name}: the decoder rejected the data")
+    return Thumbnail(_reduce(decoded, k // flag_k), k, hw, hh)
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the first SOFn marker (no decoding)."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        seg_len = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > n:
+                return None
+            h = int.from_bytes(data[i + 5 : i + 7], "big")
+            w = int.from_bytes(data[i + 7 : i + 9], "big")
+            return w, h
+        if seg_len < 2:
+            return None
+        i += 2 + seg_len
+    return None
+
+
+def frame_to_bgr(frame: Any) -> U8:
+    """Full-colour BGR image of an (already validated) frame, for the vision model."""
+    fmt = int(frame.format)
+    w, h = int(frame.width), int(frame.height)
+    if fmt == vision_pb2.FRAME_FORMAT_I420:
+        cw, ch = (w + 1) // 2, (h + 1) // 2
+        if frame.HasField("i420"):
+            p = frame.i420
+            y = _plane(p.y, w, h, p.stride_y or w)
+            u = _plane(p.u, cw, ch, p.stride_u or cw)
+            v = _plane(p.v, cw, ch, p.stride_v or cw)
+        else:
+            raw = np.frombuffer(frame.data, dtype=np.uint8)
+            y = raw[: w * h].reshape(h, w)
+            u = raw[w * h : w * h + cw * ch].reshape(ch, cw)
+            v = raw[w * h + cw * ch :].reshape(ch, cw)
+        if w % 2 or h % 2:
+            # cv2's I420 converter needs even sizes: upsample chroma ourselves.
+            yuv = cv2.merge([y, cv2.resize(u, (w, h), interpolation=cv2.INTER_NEAREST),
+                             cv2.resize(v, (w, h), interpolation=cv2.INTER_NEAREST)])
+            return u8(cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR))
+        packed = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(h * 3 // 2, w)
+        return u8(cv2.cvtColor(packed, cv2.COLOR_YUV2BGR_I420))
+    if fmt == vision_pb2.FRAME_FORMAT_RGB24:
+        rgb = np.frombuffer(frame.data, dtype=np.uint8).reshape(h, w, 3)
+        return u8(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    decoded = cv2.imdecode(np.frombuffer(frame.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise FrameError("undecodable image")
+    return u8(decoded)
+
+
+def _plane(data: bytes, w: int, h: int, stride: int) -> U8:
+    arr = np.frombuffer(data, dtype=np.uint8)
+    if len(arr) >= stride * h:
+        return np.ascontiguousarray(arr[: stride * h].reshape(h, stride)[:, :w])
+    view = np.lib.stride_tricks.as_strided(arr, shape=(h, w), strides=(stride, 1), writeable=False)
+    return np.ascontiguousarray(view)
+
+
+def encode_for_model(frame: Any, max_side: int, quality: int = 80) -> tuple[bytes, str, int, int]:
+    """JPEG bytes (mime type, width, height) of the frame, scaled to fit `max_side`.
+
+    A JPEG that already fits is passed through untouched.
+    """
+    fmt = int(frame.format)
+    if fmt == vision_pb2.FRAME_FORMAT_JPEG:
+        size = _jpeg_size(frame.data)
+        if size is not None and max(size) <= max_side:
+            return bytes(frame.data), "image/jpeg", size[0], size[1]
+    bgr = frame_to_bgr(frame)
+    h, w = bgr.shape[:2]
+    scale = min(1.0, max_side / max(w, h))
+    if scale < 1.0:
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        bgr = u8(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA))
+    ok, enc = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise FrameError("could not encode the frame as JPEG")
+    return enc.tobytes(), "image/jpeg", w, h
