@@ -52,6 +52,9 @@ down: ## Stop the docker compose mesh
 	@docker info >/dev/null 2>&1 || { echo "no Docker engine reachable: nothing to stop." >&2; exit 1; }
 	docker compose down
 
+deploy-check: .venv/.synced ## Validate Dockerfiles, compose, kustomize, Istio and monitoring offline (also part of make test)
+	$(UV) run python deploy/validate.py
+
 bench: .venv/.synced ## Run every benchmark under bench/ and print the figures
 	@set -e; for b in $$(ls bench/*/run.py 2>/dev/null); do echo "=== $$b"; $(UV) run python $$b; done
 

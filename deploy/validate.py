@@ -610,7 +610,8 @@ def scan_code(services_dir: Path = SERVICES_DIR, rpcs: dict[str, Rpc] | None = N
         per_service.append((svc_dir.name, stubs, found))
     for caller, stubs, found in per_service:
         for what, loc, tooling in found:
-            paths = [what] if what.startswith("/") else [f"/{full}/{what}" for full in stubs if what in methods_of[full]]
+            paths = [what] if what.startswith("/") else [
+                f"/{full}/{what}" for full in stubs if what in methods_of[full]]
             for path in paths:
                 own = scan.implements.get(rpcs[path].service) == caller
                 key = (ADMIN_SA if tooling or own else caller, path)
@@ -714,16 +715,17 @@ _STRUCTURAL_RULES: dict[str, Any] = {
     # at most one of selector / targetRef / targetRefs
     "(has(self.selector) ? 1 : 0)": lambda s: sum(_has(s, k) for k in ("selector", "targetRef", "targetRefs")) <= 1,
     # serviceAccounts excludes principals/namespaces
-    "(has(self.serviceAccounts)": lambda s: not (_has(s, "serviceAccounts") or _has(s, "notServiceAccounts")) or not any(
-        _has(s, k) for k in ("principals", "notPrincipals", "namespaces", "notNamespaces")),
+    "(has(self.serviceAccounts)": lambda s: not (_has(s, "serviceAccounts") or _has(s, "notServiceAccounts"))
+    or not any(_has(s, k) for k in ("principals", "notPrincipals", "namespaces", "notNamespaces")),
     # portLevelMtls needs a workload selector with labels
-    "has(self.portLevelMtls) ?": lambda s: not _has(s, "portLevelMtls") or bool(((s.get("selector") or {}).get("matchLabels"))),
+    "has(self.portLevelMtls) ?": lambda s: not _has(s, "portLevelMtls")
+    or bool((s.get("selector") or {}).get("matchLabels")),
 }
 
 
 def validate_istio_schema(objs: Iterable[Obj], crds: Path = ISTIO_CRDS) -> tuple[list[str], set[str]]:
     """(problems, CEL rules that were not evaluated)."""
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]
 
     schemas = istio_schemas(crds)
     problems: list[str] = []
@@ -743,7 +745,8 @@ def validate_istio_schema(objs: Iterable[Obj], crds: Path = ISTIO_CRDS) -> tuple
         for msg in _cel_problems(spec_schema, obj.get("spec", {}), "spec", unknown):
             problems.append(f"{obj_id(obj)}: Istio rule: {msg}")
         if set(obj) - {"apiVersion", "kind", "metadata", "spec"}:
-            problems.append(f"{obj_id(obj)}: unexpected top-level fields {sorted(set(obj) - {'apiVersion', 'kind', 'metadata', 'spec'})}")
+            extra = sorted(set(obj) - {"apiVersion", "kind", "metadata", "spec"})
+            problems.append(f"{obj_id(obj)}: unexpected top-level fields {extra}")
     return problems, unknown
 
 
@@ -805,6 +808,23 @@ def allowed(policies: list[Obj], workload_labels: dict[str, str], principal: str
             return False
     return any(rule_matches(r) for p in applicable if (p.get("spec") or {}).get("action", "ALLOW") == "ALLOW"
                for r in (p.get("spec") or {}).get("rules", []))
+
+
+def _network_allows(k8s_objs: list[Obj], server_labels: dict[str, str], caller: str) -> bool:
+    """Whether a NetworkPolicy selecting the server's pods admits the caller's pods on the `grpc` port."""
+    for np in (o for o in k8s_objs if o.get("kind") == "NetworkPolicy"):
+        spec = np.get("spec") or {}
+        if not _labels_match((spec.get("podSelector") or {}).get("matchLabels") or {}, server_labels):
+            continue
+        for rule in spec.get("ingress", []):
+            ports = {str(p.get("port")) for p in rule.get("ports", [])}
+            if ports and "grpc" not in ports:
+                continue
+            for peer in rule.get("from", []):
+                labels = (peer.get("podSelector") or {}).get("matchLabels") or {}
+                if "namespaceSelector" not in peer and labels.get("app.kubernetes.io/name") == caller:
+                    return True
+    return False
 
 
 def check_authorization(istio_objs: list[Obj], k8s_objs: list[Obj], rpcs: dict[str, Rpc],
@@ -870,6 +890,9 @@ def check_authorization(istio_objs: list[Obj], k8s_objs: list[Obj], rpcs: dict[s
         if not allowed(policies, pods[server], _principal(principal_sa), path, SERVICES[server][1]):
             problems.append(f"{principal_sa} -> {server}: {path} is called in code ({locs}) but no "
                             "AuthorizationPolicy allows it")
+        if not _network_allows(k8s_objs, pods[server], principal_sa):
+            problems.append(f"{principal_sa} -> {server}: {path} is called in code ({locs}) but no "
+                            f"NetworkPolicy admits pods labelled app.kubernetes.io/name={principal_sa} on port grpc")
         elif principal_sa == ADMIN_SA:
             notes.append(f"operator tooling calls {path} ({locs}): allowed for {ADMIN_SA}")
     # allowed but never called (least privilege report, not an error: admin RPCs are called by people)
@@ -917,7 +940,8 @@ def check_traffic(istio_objs: list[Obj], k8s_objs: list[Obj], rpcs: dict[str, Rp
 
     def host_service(host: str) -> str | None:
         short = host.split(".")[0]
-        if host in (short, f"{short}.{NAMESPACE}", f"{short}.{NAMESPACE}.svc", f"{short}.{NAMESPACE}.svc.cluster.local"):
+        fqdn = f"{short}.{NAMESPACE}.svc.cluster.local"
+        if host in (short, f"{short}.{NAMESPACE}", f"{short}.{NAMESPACE}.svc", fqdn):
             return short
         return None
 
@@ -1001,7 +1025,8 @@ for pkg in ["frugal.common"] + sys.argv[1:]:
 from prometheus_client import REGISTRY
 suffixes = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"],
             "summary": ["", "_sum", "_count", "_created"], "gauge": [""], "info": ["_info"],
-            "stateset": [""], "enum": [""], "untyped": [""], "unknown": [""], "gaugehistogram": ["_bucket", "_gsum", "_gcount"]}
+            "stateset": [""], "enum": [""], "untyped": [""], "unknown": [""],
+            "gaugehistogram": ["_bucket", "_gsum", "_gcount"]}
 names = {}
 for metric in REGISTRY.collect():
     for sfx in suffixes.get(metric.type, [""]):
@@ -1242,10 +1267,11 @@ def check_compose(path: Path = ROOT / "docker-compose.yml") -> list[str]:
 
     for n in graph:
         visit(n, [])
-    for name, (module, grpc_port, metrics_port) in SERVICES.items():
-        svc = services.get(name)
-        if not isinstance(svc, dict):
+    for name, (_module, grpc_port, metrics_port) in SERVICES.items():
+        entry = services.get(name)
+        if not isinstance(entry, dict):
             continue
+        svc = entry
         where = f"{path.name}: {name}"
         build = svc.get("build") or {}
         dockerfile = build.get("dockerfile") if isinstance(build, dict) else None
@@ -1375,7 +1401,7 @@ def check_dockerfile(path: Path, service: str) -> list[str]:
         if base in {s.name for s in stages}:
             continue
         _, tag, digest = split_image(base)
-        if not digest and (not tag or tag == "latest" or not re.search(r"\d+\.\d+", tag)):
+        if not digest and (not tag or not re.search(r"\d+\.\d+\.\d+", tag)):
             problems.append(f"{where}: FROM {base} is not pinned to an exact version or digest")
     uv_stage = [s for s in stages if s.base.startswith("ghcr.io/astral-sh/uv:")]
     if not uv_stage:
@@ -1438,6 +1464,125 @@ def check_dockerignore(path: Path = ROOT / ".dockerignore") -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------------- image dependencies
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_closure(package: str, lock: Path = ROOT / "uv.lock") -> set[str]:
+    """Distributions `uv sync --no-dev --package <package>` installs in a Linux image, from uv.lock (markers
+    evaluated for Linux and this interpreter: the root override's `sys_platform == 'never'` drops
+    sentence-transformers and torch)."""
+    import tomllib
+
+    from packaging.markers import Marker, default_environment
+
+    env: dict[str, str] = {**{k: str(v) for k, v in default_environment().items()},
+                           "sys_platform": "linux", "platform_system": "Linux", "extra": ""}
+
+    def applies(dep: Obj) -> bool:
+        return "marker" not in dep or Marker(dep["marker"]).evaluate(env)
+
+    data = tomllib.loads(lock.read_text(encoding="utf-8"))
+    deps: dict[str, list[Obj]] = {}
+    extras: dict[tuple[str, str], list[Obj]] = {}
+    for pkg in data.get("package", []):
+        name = _norm(pkg["name"])
+        deps.setdefault(name, []).extend(pkg.get("dependencies", []))
+        for extra, items in (pkg.get("optional-dependencies") or {}).items():
+            extras.setdefault((name, _norm(extra)), []).extend(items)
+    seen: set[str] = set()
+    todo = [_norm(package)]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for dep in deps.get(name, []):
+            if not applies(dep):
+                continue
+            todo.append(_norm(dep["name"]))
+            for extra in dep.get("extra", []):
+                todo.extend(_norm(d["name"]) for d in extras.get((_norm(dep["name"]), _norm(extra)), [])
+                            if applies(d))
+    return seen
+
+
+def _runtime_imports(tree: ast.AST) -> Iterator[tuple[str, int]]:
+    """Top-level modules imported at run time: not under `if TYPE_CHECKING:`, not in `try: ... except
+    ImportError`."""
+    def guarded(node: ast.AST) -> bool:
+        if isinstance(node, ast.If):
+            test = node.test
+            return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        if isinstance(node, ast.Try):
+            for h in node.handlers:
+                names = [h.type] if not isinstance(h.type, ast.Tuple) else list(h.type.elts)
+                if any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError") for n in names):
+                    return True
+        return False
+
+    def walk(node: ast.AST) -> Iterator[tuple[str, int]]:
+        for child in ast.iter_child_nodes(node):
+            if guarded(child):
+                if isinstance(child, ast.If):
+                    for sub in child.orelse:
+                        yield from walk(ast.Module(body=[sub], type_ignores=[]))
+                continue
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    yield alias.name, child.lineno
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                yield child.module, child.lineno
+            yield from walk(child)
+
+    yield from walk(tree)
+
+
+def check_image_dependencies(services_dir: Path = SERVICES_DIR, lock: Path = ROOT / "uv.lock") -> list[str]:
+    """Every module a service imports at run time is installed in its image: provided by a distribution in
+    the closure of `frugal-<svc>` in uv.lock (the dev group, e.g. frugal-testkit or aiohttp through it, is not
+    in the image), or by the standard library."""
+    from importlib.metadata import packages_distributions
+
+    providers = {mod: {_norm(d) for d in dists} for mod, dists in packages_distributions().items()}
+    import tomllib
+
+    # frugal.<sub> comes from the workspace member whose src/frugal/<sub> holds it
+    frugal_sub: dict[str, str] = {}
+    for pyproject in [*ROOT.glob("libs/*/pyproject.toml"), *SERVICES_DIR.glob("*/pyproject.toml")]:
+        dist = _norm(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["name"])
+        for sub in (pyproject.parent / "src" / "frugal").glob("*"):
+            if sub.is_dir() or sub.suffix == ".py":
+                frugal_sub[sub.stem] = dist
+    problems: list[str] = []
+    for svc in SERVICES:
+        src = services_dir / svc / "src"
+        if not src.is_dir():
+            continue
+        closure = lock_closure(f"frugal-{svc}", lock)
+        for py in sorted(src.rglob("*.py")):
+            tree = ast.parse(py.read_text(encoding="utf-8"))
+            for module, line in _runtime_imports(tree):
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "__future__":
+                    continue
+                if top == "frugal":
+                    parts = module.split(".")
+                    dists = {frugal_sub.get(parts[1], "")} if len(parts) > 1 else set()
+                else:
+                    dists = providers.get(top, set())
+                if not dists & closure:
+                    where = py.relative_to(ROOT) if py.is_relative_to(ROOT) else py
+                    problems.append(f"{where}:{line}: imports {module}, but frugal-{svc} does not depend on "
+                                    f"{' or '.join(sorted(dists)) or 'any installed distribution providing it'} "
+                                    "(the image would fail with ModuleNotFoundError)")
+    return problems
+
+
 # ------------------------------------------------------------------------------------------- runner
 
 
@@ -1466,6 +1611,8 @@ def all_checks() -> dict[str, list[str]]:
             print(f"note: {len(unknown)} CEL rule(s) not evaluated: {sorted(unknown)}")
     else:
         print(f"note: {ISTIO_CRDS} is missing: Istio schema validation skipped")
+    for principal_sa, path in sorted(scan.calls):
+        print(f"call: {principal_sa} -> {path}")
     authz, notes = check_authorization(istio_objs, prod, rpcs, scan)
     results["istio: authorization vs protos and code"] = authz
     results["istio: traffic"] = check_traffic(istio_objs, prod, rpcs, scan)
@@ -1480,6 +1627,7 @@ def all_checks() -> dict[str, list[str]]:
     results["compose"] = check_compose()
     results[".env.example"] = check_env_example(settings=info.settings)
     dockerfiles = {svc: SERVICES_DIR / svc / "Dockerfile" for svc in SERVICES}
+    results["images: every runtime import is installed"] = check_image_dependencies()
     results["dockerfiles: project rules"] = [p for svc, path in dockerfiles.items()
                                              for p in check_dockerfile(path, svc)] + check_dockerignore()
     if hadolint():

@@ -37,12 +37,12 @@ from typing import Any
 
 import asyncpg
 
+from frugal.api.billing.v1 import billing_pb2
 from frugal.billing.consumer import ConsumerConfig, LedgerConsumer
 from frugal.billing.ledger import TenantWriteResult
 from frugal.billing.server import APP_ROLE, MIGRATIONS_PACKAGE
 from frugal.billing.state import StatePublisher
 from frugal.billing.tenants import TenantRegistry
-from frugal.api.billing.v1 import billing_pb2
 from frugal.common.cost_events import CostEvent, CostKind, make_event_id
 from frugal.common.db import create_pool
 from frugal.common.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
@@ -68,6 +68,7 @@ def make_events(n: int, seed: int) -> list[CostEvent]:
     for i in range(n):
         tenant = rng.choice(TENANTS)
         roll = rng.random()
+        extra: dict[str, Any]
         if roll < 0.7:
             tier = rng.choices(["lite", "standard", "premium"], weights=[6, 3, 1])[0]
             model = catalog.tier_model(tier)  # type: ignore[arg-type]
@@ -84,7 +85,7 @@ def make_events(n: int, seed: int) -> list[CostEvent]:
         out.append(CostEvent(
             event_id=make_event_id("bench", str(seed), str(i)), tenant_id=tenant, session_id=f"s{i % 50}",
             request_id=f"r{i}", service="bench", kind=kind, provider="bench", model=model, usage=usage,
-            cost_usd=catalog.cost(model, usage), occurred_at=now, **extra,  # type: ignore[arg-type]
+            cost_usd=catalog.cost(model, usage), occurred_at=now, **extra,
         ))
     return out
 
@@ -115,8 +116,7 @@ async def _worker_async(cfg: dict[str, Any], ready: Any, go: Any, stop: Any, res
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, go.wait)
     await consumer.start()
-    while not stop.is_set():
-        await asyncio.sleep(0.05)
+    await loop.run_in_executor(None, stop.wait)
     await consumer.aclose()
     t = consumer.totals
     results.put({"name": cfg["name"], "latencies": latencies, "written": t.written, "duplicates": t.duplicates,
@@ -227,7 +227,9 @@ async def run(label: str, k: int, events: list[CostEvent], *, admin_dsn: str, ap
     started = time.perf_counter()
     go.set()
     try:
-        while not await _drained(redis):
+        while True:
+            if await _drained(redis):
+                break
             await asyncio.sleep(0.01)
         seconds = time.perf_counter() - started
     finally:

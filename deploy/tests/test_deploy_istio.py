@@ -106,6 +106,18 @@ def test_removed_allow_rule_breaks_a_real_call(
                for p in problems), problems
 
 
+def test_network_policy_must_admit_real_callers(
+    istio: list[dict[str, Any]], k8s: list[dict[str, Any]], rpcs: dict[str, v.Rpc], scan: v.CodeScan
+) -> None:
+    objs = copy.deepcopy(k8s)
+    vision = _find(objs, "NetworkPolicy", "vision-dedup")
+    rule = vision["spec"]["ingress"][0]
+    rule["from"] = [p for p in rule["from"] if p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] != "router"]
+    problems, _ = v.check_authorization(istio, objs, rpcs, scan)
+    assert any("router -> vision-dedup: /frugal.api.vision.v1.VisionService/GetContext" in p and "NetworkPolicy" in p
+               for p in problems), problems
+
+
 def test_policy_paths_must_exist_in_protos(
     istio: list[dict[str, Any]], k8s: list[dict[str, Any]], rpcs: dict[str, v.Rpc], scan: v.CodeScan
 ) -> None:

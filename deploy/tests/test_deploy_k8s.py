@@ -153,7 +153,8 @@ def test_renderer_features(tmp_path: Path) -> None:
     (over / "kustomization.yaml").write_text(
         "resources: [../base]\nimages:\n  - {name: img, newName: reg/img, newTag: '2'}\npatches:\n"
         "  - path: p.yaml\n  - target: {kind: Deployment, labelSelector: tier=api}\n"
-        "    patch: |-\n      - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: C, value: '3'}}\n")
+        "    patch: |-\n"
+        "      - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: C, value: '3'}}\n")
     (over / "p.yaml").write_text(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    spec:\n"
         "      containers:\n        - {name: c, env: [{name: A, value: '9'}, {name: B, value: '2'}]}\n")

@@ -49,33 +49,33 @@ async def test_upsert_creates_updates_and_publishes(service: Any, kit: Any, redi
     assert budget is not None and budget.status == billing_pb2.BUDGET_STATUS_UNLIMITED
 
 
-@pytest.mark.parametrize(
-    ("fields", "needle"),
-    [
-        (dict(target_mix=common_pb2.TierMix(lite=0.5, standard=0.3, premium=0.1)), "sum to 1"),
-        (dict(target_mix=common_pb2.TierMix(lite=1.5, standard=-0.5, premium=0.0)), "target_mix.lite"),
-        (dict(target_mix=common_pb2.TierMix()), "sum to 1"),
-        (dict(target_mix=common_pb2.TierMix(lite=0.5, standard=0.0, premium=0.5), max_tier=common_pb2.TIER_STANDARD),
-         "above max_tier"),
-        (dict(monthly_budget_usd=-1.0), "monthly_budget_usd"),
-        (dict(monthly_budget_usd=float("nan")), "monthly_budget_usd"),
-        (dict(monthly_budget_usd=float("inf")), "monthly_budget_usd"),
-        (dict(requests_per_minute=-5), "requests_per_minute"),
-        (dict(max_tier=7), "max_tier"),
-        (dict(pinned_tier=common_pb2.TIER_PREMIUM, max_tier=common_pb2.TIER_LITE), "pinned_tier"),
-        (dict(downgrade_at=0.9, refuse_at=0.5), "downgrade_at"),
-        (dict(refuse_at=0.5), "downgrade_at"),  # default downgrade 0.8 > 0.5
-        (dict(refuse_at=11.0), "refuse_at"),
-        (dict(plan="Gold Plan"), "plan"),
-        (dict(display_name="x" * 201), "display_name"),
-        (dict(display_name="bad\x00name"), "display_name"),
-        (dict(instructions="nul\x00byte"), "instructions"),
-    ],
-)
-async def test_upsert_rejects_invalid_policies(service: Any, kit: Any, fields: dict[str, Any], needle: str) -> None:
-    code, details = await _code(kit.upsert(service.stub, "acme", **fields))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
-    assert needle in details
+INVALID_POLICIES: list[tuple[dict[str, Any], str]] = [
+    (dict(target_mix=common_pb2.TierMix(lite=0.5, standard=0.3, premium=0.1)), "sum to 1"),
+    (dict(target_mix=common_pb2.TierMix(lite=1.5, standard=-0.5, premium=0.0)), "target_mix.lite"),
+    (dict(target_mix=common_pb2.TierMix()), "sum to 1"),
+    (dict(target_mix=common_pb2.TierMix(lite=0.5, standard=0.0, premium=0.5), max_tier=common_pb2.TIER_STANDARD),
+     "above max_tier"),
+    (dict(monthly_budget_usd=-1.0), "monthly_budget_usd"),
+    (dict(monthly_budget_usd=float("nan")), "monthly_budget_usd"),
+    (dict(monthly_budget_usd=float("inf")), "monthly_budget_usd"),
+    (dict(requests_per_minute=-5), "requests_per_minute"),
+    (dict(max_tier=7), "max_tier"),
+    (dict(pinned_tier=common_pb2.TIER_PREMIUM, max_tier=common_pb2.TIER_LITE), "pinned_tier"),
+    (dict(downgrade_at=0.9, refuse_at=0.5), "downgrade_at"),
+    (dict(refuse_at=0.5), "downgrade_at"),  # default downgrade 0.8 > 0.5
+    (dict(refuse_at=11.0), "refuse_at"),
+    (dict(plan="Gold Plan"), "plan"),
+    (dict(display_name="x" * 201), "display_name"),
+    (dict(display_name="bad\x00name"), "display_name"),
+    (dict(instructions="nul\x00byte"), "instructions"),
+]
+
+
+async def test_upsert_rejects_invalid_policies(service: Any, kit: Any) -> None:
+    for fields, needle in INVALID_POLICIES:
+        code, details = await _code(kit.upsert(service.stub, "acme", **fields))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (fields, details)
+        assert needle in details, (fields, details)
     code, _ = await _code(service.stub.GetTenantPolicy(billing_pb2.GetTenantPolicyRequest(), metadata=kit.md("acme")))
     assert code == grpc.StatusCode.NOT_FOUND  # nothing was stored
 
@@ -99,17 +99,20 @@ async def test_upsert_identity_rules(service: Any, kit: Any) -> None:
     assert code == grpc.StatusCode.PERMISSION_DENIED
 
 
-@pytest.mark.parametrize(
-    ("first", "second"),
-    [("org", "org_abc"), ("org_abc", "org"), ("org_abc", "org_abc_x"), ("a_b_c", "a"), ("a-b", "a-b_c")],
-)
-async def test_conflicting_ids_are_refused(service: Any, kit: Any, first: str, second: str) -> None:
-    await kit.upsert(service.stub, first)
-    code, details = await _code(kit.upsert(service.stub, second))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert repr(first) in details and "prefix" in details
-    code, _ = await _code(service.stub.GetTenantPolicy(billing_pb2.GetTenantPolicyRequest(), metadata=kit.md(second)))
-    assert code == grpc.StatusCode.NOT_FOUND
+CONFLICTS = [("org", "org_abc"), ("org_abc", "org"), ("org_abc", "org_abc_x"), ("a_b_c", "a"), ("a-b", "a-b_c")]
+
+
+async def test_conflicting_ids_are_refused(service: Any, kit: Any) -> None:
+    for n, (first_suffix, second_suffix) in enumerate(CONFLICTS):
+        # A distinct namespace per case ("c0org" / "c0org_abc"...), one database for all of them.
+        first, second = f"c{n}{first_suffix}", f"c{n}{second_suffix}"
+        await kit.upsert(service.stub, first)
+        code, details = await _code(kit.upsert(service.stub, second))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION, (first, second, details)
+        assert repr(first) in details and "prefix" in details
+        code, _ = await _code(service.stub.GetTenantPolicy(billing_pb2.GetTenantPolicyRequest(),
+                                                           metadata=kit.md(second)))
+        assert code == grpc.StatusCode.NOT_FOUND
 
 
 async def test_non_conflicting_neighbours_coexist(service: Any, kit: Any) -> None:
@@ -197,57 +200,54 @@ async def resolvable(service: Any, kit: Any) -> Any:
     return service
 
 
-@pytest.mark.parametrize(
-    ("room", "tenant", "part"),
-    [
-        ("tenant_org_abc123_sales-meeting-2024", "org_abc123", "sales-meeting-2024"),
-        ("tenant_org_abc123_x", "org_abc123", "x"),
-        ("tenant_org_abc_123_x", "org_abc", "123_x"),
-        ("tenant_org_abc_x_y_z", "org_abc", "x_y_z"),
-        ("tenant_acme_réunion-été", "acme", "réunion-été"),
-        ("tenant_acme_a＿b", "acme", "a＿b"),  # a fullwidth underscore is not a separator
-        ("tenant_acme__", "acme", "_"),
-        ("tenant_a-b_room", "a-b", "room"),
-        ("tenant_acme_org_abc123_x", "acme", "org_abc123_x"),
-    ],
-)
-async def test_resolve_tenant(resolvable: Any, kit: Any, room: str, tenant: str, part: str) -> None:
-    resp = await resolvable.stub.ResolveTenant(billing_pb2.ResolveTenantRequest(room_name=room),
-                                               metadata=kit.md(None))
-    assert (resp.tenant_id, resp.room) == (tenant, part)
-    assert resp.policy.tenant_id == tenant and resp.policy.display_name == f"name of {tenant}"
+RESOLVED = [
+    ("tenant_org_abc123_sales-meeting-2024", "org_abc123", "sales-meeting-2024"),
+    ("tenant_org_abc123_x", "org_abc123", "x"),
+    ("tenant_org_abc_123_x", "org_abc", "123_x"),
+    ("tenant_org_abc_x_y_z", "org_abc", "x_y_z"),
+    ("tenant_acme_réunion-été", "acme", "réunion-été"),
+    ("tenant_acme_a＿b", "acme", "a＿b"),  # a fullwidth underscore is not a separator
+    ("tenant_acme__", "acme", "_"),
+    ("tenant_a-b_room", "a-b", "room"),
+    ("tenant_acme_org_abc123_x", "acme", "org_abc123_x"),
+]
+NOT_FOUND = [
+    "tenant_org_x",  # 'org' is not registered (org_abc is): no fallback to a neighbour
+    "tenant_org_abc1234_x",
+    "tenant_org_ab_c123_x",
+    "tenant_acm_e",
+    "tenant_organic_x",
+    "tenant_org_abc123",  # the whole rest is one registered id: no room part, so only 'org' is a candidate
+    "tenant_org_abc123_",  # likewise: empty room part for org_abc123
+]
+MALFORMED = [
+    "", "org_abc123_x", "Tenant_org_abc123_x", "tenant_", "tenant_acme", "tenant__acme_x",
+    "tenant_ACME_x", "tenant_örg_x", "tenant_ａcme_x", "tenant_acme_x\n", "tenant_acme_\x00",
+    "tenant_" + "a" * 600 + "_x", " tenant_acme_x",
+]
 
 
-@pytest.mark.parametrize(
-    "room",
-    [
-        "tenant_org_x",  # 'org' is not registered (org_abc is): no fallback to a neighbour
-        "tenant_org_abc1234_x",
-        "tenant_org_ab_c123_x",
-        "tenant_acm_e",
-        "tenant_organic_x",
-        "tenant_org_abc123",  # the whole rest is one registered id: no room part, so only 'org' is a candidate
-        "tenant_org_abc123_",  # likewise: empty room part for org_abc123
-    ],
-)
-async def test_resolve_unknown_is_not_found(resolvable: Any, kit: Any, room: str) -> None:
-    code, details = await _code(resolvable.stub.ResolveTenant(billing_pb2.ResolveTenantRequest(room_name=room),
-                                                              metadata=kit.md(None)))
-    assert code == grpc.StatusCode.NOT_FOUND, details
+async def _resolve(svc: Any, kit: Any, room: str) -> Any:
+    return await svc.stub.ResolveTenant(billing_pb2.ResolveTenantRequest(room_name=room), metadata=kit.md(None))
 
 
-@pytest.mark.parametrize(
-    "room",
-    [
-        "", "org_abc123_x", "Tenant_org_abc123_x", "tenant_", "tenant_acme", "tenant__acme_x",
-        "tenant_ACME_x", "tenant_örg_x", "tenant_ａcme_x", "tenant_acme_x\n", "tenant_acme_\x00",
-        "tenant_" + "a" * 600 + "_x", " tenant_acme_x",
-    ],
-)
-async def test_resolve_malformed_is_invalid_argument(resolvable: Any, kit: Any, room: str) -> None:
-    code, details = await _code(resolvable.stub.ResolveTenant(billing_pb2.ResolveTenantRequest(room_name=room),
-                                                              metadata=kit.md(None)))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, (room, details)
+async def test_resolve_tenant(resolvable: Any, kit: Any) -> None:
+    for room, tenant, part in RESOLVED:
+        resp = await _resolve(resolvable, kit, room)
+        assert (resp.tenant_id, resp.room) == (tenant, part), room
+        assert resp.policy.tenant_id == tenant and resp.policy.display_name == f"name of {tenant}"
+
+
+async def test_resolve_unknown_is_not_found(resolvable: Any, kit: Any) -> None:
+    for room in NOT_FOUND:
+        code, details = await _code(_resolve(resolvable, kit, room))
+        assert code == grpc.StatusCode.NOT_FOUND, (room, details)
+
+
+async def test_resolve_malformed_is_invalid_argument(resolvable: Any, kit: Any) -> None:
+    for room in MALFORMED:
+        code, details = await _code(_resolve(resolvable, kit, room))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (room, details)
 
 
 async def test_resolve_needs_a_session(resolvable: Any) -> None:

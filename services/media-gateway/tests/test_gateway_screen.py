@@ -4,6 +4,7 @@ I420 conversion, and the StreamFrames client surviving a vision-dedup outage."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -123,3 +124,48 @@ def test_sampler_marks_frames_with_speaking_state() -> None:
 def test_video_frame_type_is_i420_after_conversion() -> None:
     frame = rgb_frame(np.zeros((10, 16, 3), np.uint8)).convert(rtc.VideoBufferType.I420)
     assert frame.type == rtc.VideoBufferType.I420
+
+
+async def test_streamer_reconnects_when_vision_dedup_restarts(redis_url: str) -> None:
+    """Real vision-dedup on a fixed port: verdicts flow, the service stops (frames are dropped, nothing
+    blocks), it comes back on the same port, and the same streamer gets verdicts again."""
+    from frugal.common.devstack import free_port
+    from frugal.vision.config import Settings as VisionSettings
+    from frugal.vision.server import build_app
+
+    port = free_port()
+    settings = VisionSettings(grpc_host="127.0.0.1", grpc_port=port, metrics_port=0, redis_url=redis_url,
+                              gemini_api_key=None)
+    channel = create_channel(f"127.0.0.1:{port}")
+    streamer = VisionFrameStreamer(vision_pb2_grpc.VisionServiceStub(channel), tenant_id="org_x", session_id="s-vr",
+                                   track_id="TR_R", backoff_min_s=0.05, backoff_max_s=0.2)
+    sampler = TrackSampler(streamer, FrameThrottle(20.0, 20.0))
+    frames = [rgb_frame(np.full((90, 160, 3), shade, np.uint8)) for shade in (30, 220)]
+    t = 0.0
+
+    async def push_until(predicate: Callable[[], bool], within_s: float) -> None:
+        nonlocal t
+        deadline = asyncio.get_running_loop().time() + within_s
+        while not predicate():
+            assert asyncio.get_running_loop().time() < deadline, streamer.stats
+            t += 0.1
+            sampler.push(frames[int(t * 2) % 2], at=t)  # the screen changes every half second
+            await asyncio.sleep(0.05)
+
+    app = await build_app(settings)
+    await app.start()
+    streamer.start()
+    try:
+        await push_until(lambda: streamer.stats.kept >= 1, 20)
+        await app.stop(0.2)
+        failures = streamer.stats.failures
+        await push_until(lambda: streamer.stats.failures > failures, 20)
+        kept_before = streamer.stats.kept
+        app = await build_app(settings)
+        await app.start()
+        await push_until(lambda: streamer.stats.kept > kept_before and streamer.stats.connected, 30)
+        assert streamer.stats.streams_opened >= 2
+    finally:
+        await streamer.aclose()
+        await app.stop(0.2)
+        await channel.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import pytest
 import pytest_asyncio
 
 from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
@@ -35,6 +36,11 @@ def dead_address() -> str:
     return f"127.0.0.1:{port}"
 
 
+@pytest.fixture
+def dead_addr() -> str:
+    return dead_address()
+
+
 @dataclass
 class FakeRag(rag_pb2_grpc.RagServiceServicer):
     """Test double of RagService.Retrieve: fixed chunks, optional delay, records calls and metadata."""
@@ -48,6 +54,15 @@ class FakeRag(rag_pb2_grpc.RagServiceServicer):
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return rag_pb2.RetrieveResponse(chunks=self.chunks[: request.top_k or 5])
+
+    async def IngestDocument(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "test double")
+
+    async def DeleteDocument(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "test double")
+
+    async def ListDocuments(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "test double")
 
 
 @dataclass
@@ -65,6 +80,9 @@ class FakeVision(vision_pb2_grpc.VisionServiceServicer):
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return vision_pb2.GetContextResponse(analyses=self.analyses[: request.limit or 5])
+
+    def StreamFrames(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        raise NotImplementedError("test double")
 
 
 @dataclass

@@ -4,6 +4,7 @@ conftest.py) being up, down or slow."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,11 +38,11 @@ class Answer:
         return "".join(self.deltas)
 
 
-async def respond(router: Any, text: str, *, timeout: float | None = 10.0, metadata: Any = MD,
+async def respond(router: Any, text: str, *, deadline_s: float | None = 10.0, metadata: Any = MD,
                   **kwargs: Any) -> Answer:
     ans = Answer()
     call = router.stub.Respond(router_pb2.RespondRequest(turn=router_pb2.TurnInput(text=text), **kwargs),
-                               metadata=metadata, timeout=timeout)
+                               metadata=metadata, timeout=deadline_s)
     async for msg in call:
         kind = msg.WhichOneof("payload")
         ans.order.append(kind)
@@ -57,7 +58,7 @@ async def respond(router: Any, text: str, *, timeout: float | None = 10.0, metad
 
 async def cost_events(redis: aioredis.Redis) -> list[CostEvent]:
     entries = await redis.xrange(COST_EVENTS_STREAM)
-    return [CostEvent.from_stream_fields(fields) for _, fields in entries]
+    return [CostEvent.from_stream_fields(dict(fields or {})) for _, fields in entries or []]
 
 
 def keys(gemini: GeminiEmulator | None = None, claude: AnthropicEmulator | None = None, **extra: Any) -> dict[str, Any]:
@@ -79,7 +80,8 @@ async def test_gemini_answer_streams_with_provider_usage_and_one_cost_event(
 ) -> None:
     router = await start_router(**keys(gemini_emu, claude_emu))
     gemini_emu.script(GeminiReply(chunks=("It is ", "sunny ", "today."),
-                                  usage={"promptTokenCount": 1234, "candidatesTokenCount": 56, "totalTokenCount": 1290}))
+                                  usage={"promptTokenCount": 1234, "candidatesTokenCount": 56,
+                                         "totalTokenCount": 1290}))
     ans = await respond(router, EASY, turn_id="turn-1", skip_rag=True, skip_vision=True)
     assert ans.order[0] == "started" and ans.order[-1] == "completed"
     assert ans.deltas == ["It is ", "sunny ", "today."]
@@ -155,7 +157,7 @@ async def test_slow_first_token_times_out_and_falls_back(
     start_router: Any, gemini_emu: GeminiEmulator, claude_emu: AnthropicEmulator
 ) -> None:
     router = await start_router(**keys(gemini_emu, claude_emu, provider_first_token_timeout_s=0.3))
-    claude_emu.script(AnthropicReply(latency_s=3.0))
+    claude_emu.script(AnthropicReply(latency_s=1.5))
     ans = await respond(router, HARD, skip_rag=True, skip_vision=True)
     c = ans.completed
     assert c is not None and c.provider.model == "gemini-2.5-flash"
@@ -166,10 +168,10 @@ async def test_caller_deadline_is_respected_end_to_end(
     start_router: Any, gemini_emu: GeminiEmulator, claude_emu: AnthropicEmulator
 ) -> None:
     router = await start_router(**keys(gemini_emu, claude_emu))
-    claude_emu.script(AnthropicReply(latency_s=5.0))
-    gemini_emu.script(GeminiReply(latency_s=5.0), GeminiReply(latency_s=5.0))
+    claude_emu.script(AnthropicReply(latency_s=2.0))
+    gemini_emu.script(GeminiReply(latency_s=2.0), GeminiReply(latency_s=2.0))
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await respond(router, HARD, timeout=0.8, skip_rag=True, skip_vision=True)
+        await respond(router, HARD, deadline_s=0.8, skip_rag=True, skip_vision=True)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The first attempt used the whole deadline: no fallback call was started after it.
     assert len(claude_emu.requests) == 1 and len(gemini_emu.requests) <= 1
@@ -225,6 +227,7 @@ async def test_offline_provider_is_labelled_everywhere_and_answers_from_context(
     assert "Refund policy" in ans.text and "A pricing page comparing three plans." in ans.text
     c = ans.completed
     assert c is not None and c.usage.estimated and c.cost_usd == 0 and c.provider.model == "offline-llm"
+    assert c.baseline_cost_usd == 0  # no fake savings from an offline stand-in
     assert context_state(ans, router_pb2.CONTEXT_SOURCE_RAG) == router_pb2.CONTEXT_STATE_USED
     assert context_state(ans, router_pb2.CONTEXT_SOURCE_VISION) == router_pb2.CONTEXT_STATE_USED
     (event,) = await cost_events(redis_client)
@@ -278,3 +281,26 @@ async def test_respond_rejects_bad_input(start_router: Any, kwargs: dict[str, An
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await respond(router, "hello", **kwargs)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in (info.value.details() or "")
+
+
+async def test_caller_cancelling_mid_answer_still_bills_the_partial_call(
+    start_router: Any, gemini_emu: GeminiEmulator, claude_emu: AnthropicEmulator, redis_client: aioredis.Redis
+) -> None:
+    router = await start_router(**keys(gemini_emu, claude_emu))
+    claude_emu.script(AnthropicReply(chunks=("One. ", "Two. ", "Three. ", "Four."), chunk_delay_s=0.5))
+    call = router.stub.Respond(router_pb2.RespondRequest(
+        turn=router_pb2.TurnInput(text=HARD), skip_rag=True, skip_vision=True, turn_id="t-cancel"),
+        metadata=MD, timeout=10)
+    async for msg in call:
+        if msg.WhichOneof("payload") == "delta":
+            break
+    call.cancel()
+    events: list[CostEvent] = []
+    for _ in range(100):  # wait for the server side to notice the cancellation (not a timing assertion)
+        events = await cost_events(redis_client)
+        if events:
+            break
+        await asyncio.sleep(0.05)
+    (event,) = events
+    assert event.event_id == make_event_id("router", "acme", "t-cancel", "0")
+    assert event.attributes["outcome"] == "cancelled" and event.usage.estimated and event.usage.output_tokens >= 2

@@ -75,14 +75,16 @@ async def test_route_requires_tenant_metadata(start_router: Any) -> None:
 
 async def test_tenant_policy_pins_caps_and_changes_the_mix(start_router: Any, redis_client: aioredis.Redis) -> None:
     router = await start_router(tenant_state_ttl_s=0)
-    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="pinned", pinned_tier=common_pb2.TIER_STANDARD))
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="pinned",
+                                                                pinned_tier=common_pb2.TIER_STANDARD))
     await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="capped", max_tier=common_pb2.TIER_LITE))
     await publish_policy(redis_client, billing_pb2.TenantPolicy(
         tenant_id="rich", target_mix=common_pb2.TierMix(lite=0.0, standard=0.0, premium=1.0)))
 
     async def decide(tenant: str, text: str) -> router_pb2.Decision:
         resp = await router.stub.Route(route_request(text), metadata=(("x-tenant-id", tenant), ("x-session-id", "s")))
-        return resp.decision
+        decision: router_pb2.Decision = resp.decision
+        return decision
 
     pinned = await decide("pinned", EASY_TURN)
     assert pinned.tier == common_pb2.TIER_STANDARD and "pins tier standard" in pinned.override_reason

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from frugal.router.config import Settings
-from frugal.router.evaldata import DataMissing, load_all
+from frugal.router.evaldata import DataMissing, Dataset, data_root, load_all
 from frugal.router.features import extract_features
 from frugal.router.routing_eval import best_cost_cut, fixed_tier, mix_grid, sweep
 from frugal.router.scoring import (
@@ -149,7 +149,7 @@ def test_reference_sample_override_recalibrates(tmp_path: Path) -> None:
         read_reference_sample(tmp_path / "few.txt")
 
 
-def _datasets_or_skip():  # type: ignore[no-untyped-def]
+def _datasets_or_skip() -> list[Dataset]:
     try:
         return load_all()
     except DataMissing as err:
@@ -161,7 +161,7 @@ def test_artifact_rebuilds_bit_for_bit_from_the_public_data() -> None:
     from frugal.router import train
 
     datasets = _datasets_or_skip()
-    rebuilt = train.serialize(train.build_payload(datasets, train.HPARAMS, train.data_root()))
+    rebuilt = train.serialize(train.build_payload(datasets, train.HPARAMS, data_root()))
     committed = train.artifact_path().read_bytes()
     assert hashlib.sha256(rebuilt).hexdigest() == hashlib.sha256(committed).hexdigest()
 

@@ -191,3 +191,39 @@ async def test_stream_requires_tenant_metadata(start_server: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await collect(call)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_metrics_count_frames_verdicts_and_calls(start_server: Any, redis_client: aioredis.Redis) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    tenant = "org_metrics"
+    before = {
+        "received": value("vision_frames_received_total", tenant=tenant, format="i420"),
+        "kept": value("vision_frames_kept_total", tenant=tenant, reason="changed"),
+        "dup": value("vision_frames_skipped_total", tenant=tenant, reason="duplicate"),
+        "err": value("vision_frames_error_total", tenant=tenant, kind="size_mismatch"),
+        "calls": value("vision_calls_total", provider="offline", model="offline-vision", offline="true",
+                       outcome="ok"),
+        "hash": value("vision_frame_hash_seconds_count", format="i420"),
+    }
+    _, stub = await start_server()
+    reqs = solid_pair_requests(3)
+    reqs.insert(2, vision_pb2.StreamFramesRequest(frame=vision_pb2.Frame(
+        format=vision_pb2.FRAME_FORMAT_I420, width=64, height=36, data=b"short")))
+    verdicts, analyses = await collect(stub.StreamFrames(requests_from(reqs, pause_s=0.02), metadata=md(tenant)))
+    kept = sum(1 for v in verdicts if v.kind == KEPT)
+    assert value("vision_frames_received_total", tenant=tenant, format="i420") - before["received"] == len(reqs)
+    assert value("vision_frames_error_total", tenant=tenant, kind="size_mismatch") - before["err"] == 1
+    assert value("vision_frames_kept_total", tenant=tenant, reason="changed") - before["kept"] == kept - 1
+    # screen 0: first_frame, duplicate; screens 1 and 2: in_motion, then changed (kept)
+    assert kept == 3
+    assert value("vision_frames_skipped_total", tenant=tenant, reason="duplicate") - before["dup"] == 1
+    assert value("vision_frame_hash_seconds_count", format="i420") - before["hash"] == len(reqs) - 1
+    assert value("vision_calls_total", provider="offline", model="offline-vision", offline="true",
+                 outcome="ok") - before["calls"] == len(analyses)
+    rate = value("vision_dedup_rate", tenant=tenant)
+    assert 0 < rate < 1
+    assert value("vision_analysis_queue_depth") == 0

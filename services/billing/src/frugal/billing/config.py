@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from frugal.common.cost_events import COST_EVENTS_STREAM
@@ -57,13 +57,20 @@ class Settings(DatabaseSettings):
     # Whether offline (no API key, nothing was paid) events count toward the month-to-date spend.
     budget_count_offline: bool = False
 
-    @model_validator(mode="after")
-    def _check(self) -> Settings:
-        if self.budget_state_ttl_seconds <= self.budget_refresh_seconds:
-            raise ValueError("BUDGET_STATE_TTL_SECONDS must be greater than BUDGET_REFRESH_SECONDS")
-        if self.ledger_dlq_stream == self.ledger_stream:
-            raise ValueError("LEDGER_DLQ_STREAM must differ from LEDGER_STREAM")
-        return self
+    @field_validator("budget_state_ttl_seconds")
+    @classmethod
+    def _ttl_above_refresh(cls, value: int, info: ValidationInfo) -> int:
+        refresh = info.data.get("budget_refresh_seconds")
+        if refresh is not None and value <= refresh:
+            raise ValueError(f"must be greater than BUDGET_REFRESH_SECONDS ({refresh:g})")
+        return value
+
+    @field_validator("ledger_dlq_stream")
+    @classmethod
+    def _dlq_differs(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("ledger_stream"):
+            raise ValueError("must differ from LEDGER_STREAM")
+        return value
 
     @property
     def consumer_name(self) -> str:

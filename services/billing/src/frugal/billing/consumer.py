@@ -601,7 +601,8 @@ class LedgerConsumer:
         """XAUTOCLAIM entries idle longer than claim_idle_ms (their consumer died or is stuck) and writes them.
 
         Entries deleted from the stream meanwhile come back as (None, None) on Redis 6.2 but are claimed all
-        the same: the own-pending scan then sees their ids (with no fields) and dead-letters them.
+        the same: the own-pending scan then sees their ids (with no fields) and dead-letters them. Redis 7
+        lists their ids in a third element instead; they are dead-lettered at once.
         """
         limit = limit or self.config.batch_size * 10
         total = BatchOutcome()
@@ -617,6 +618,13 @@ class LedgerConsumer:
             live = [(sid, fields) for sid, fields in entries if sid is not None]
             if len(live) < len(entries):
                 self._scan_pending = True
+            if len(resp) > 2 and resp[2]:
+                # Redis >= 7 drops deleted entries from the pending list itself and names them here.
+                await self._dead_letter([
+                    Poison(_s(sid), "deleted", "entry was deleted from the stream before it was written", {})
+                    for sid in resp[2]
+                ])
+                total.dead_lettered += len(resp[2])
             if live:
                 m.EVENTS_RECLAIMED.inc(len(live))
                 log.info("consumer %s reclaimed %d idle pending entries", self.config.consumer, len(live))

@@ -58,7 +58,7 @@ class Settings(ServiceSettings):
     welcome_message: str = DEFAULT_WELCOME
     agent_instructions: str = DEFAULT_INSTRUCTIONS
     # Room name used for console mode and other fake jobs, which have no real room.
-    console_room: str = "tenant_demo_console"
+    console_room: str = "tenant_org_lumen_console"
 
     @field_validator("vision_reconnect_max_s")
     @classmethod

@@ -25,6 +25,8 @@ class Settings(DatabaseSettings):
     voyage_max_retries: int = Field(default=0, ge=0, le=5)
     voyage_batch_size: int = Field(default=128, ge=1, le=1000)
     local_batch_size: int = Field(default=32, ge=1, le=256)
+    # BLAS threads for the local encoder (process-wide); 0 leaves the library default.
+    local_encoder_threads: int = Field(default=1, ge=0, le=64)
     # Query-embedding cache in Redis (seconds); 0 disables it.
     embedding_cache_ttl: int = Field(default=7 * 24 * 3600, ge=0, le=365 * 24 * 3600)
 

@@ -51,6 +51,7 @@ SERVICE = "rag"
 Mode = Literal["hybrid", "vector", "lexical"]
 RESERVED_METADATA_KEYS = frozenset({"tenant_id", "tenant", "x-tenant-id", "tenant-id"})
 MAX_TOP_K = 50
+_CHUNK_NS = uuid.UUID("3b0f1c51-8d7e-4c1a-9a55-1f0e6b7c2d90")
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 
@@ -397,7 +398,9 @@ class RagEngine:
                     vectors[hashes[i]] = store.vector_literal(vec)
         new_chunks = [
             store.NewChunk(
-                chunk_id=str(uuid.uuid4()), chunk_index=c.index, heading=c.heading, context=ctx, content=c.content,
+                # Deterministic: the same version of a document always gets the same chunk ids.
+                chunk_id=str(uuid.uuid5(_CHUNK_NS, f"{tenant}\x1f{document_id}\x1f{fingerprint}\x1f{c.index}")),
+                chunk_index=c.index, heading=c.heading, context=ctx, content=c.content,
                 text_hash=h, embedding=vectors[h],
             )
             for c, ctx, h in zip(chunks, contexts, hashes, strict=True)

@@ -105,7 +105,8 @@ class RagServiceServicer(rag_pb2_grpc.RagServiceServicer):
             await _abort(context, grpc.StatusCode.ABORTED, "concurrent update of the same document; retry")
         except asyncpg.PostgresError as err:
             log.error("database error: %s", err, exc_info=err)
-            await _abort(context, grpc.StatusCode.INTERNAL, f"database error ({type(err).__name__}); nothing was changed")
+            await _abort(context, grpc.StatusCode.INTERNAL,
+                         f"database error ({type(err).__name__}); nothing was changed")
 
     async def IngestDocument(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         caller = _caller()
@@ -185,7 +186,7 @@ def build_embedder(settings: Settings) -> Embedder:
     from frugal.rag.embedding.local import LocalEmbedder
 
     log.info("VOYAGE_API_KEY not set: embeddings by the local all-MiniLM-L6-v2 encoder (offline)")
-    return LocalEmbedder(max_batch=settings.local_batch_size)
+    return LocalEmbedder(max_batch=settings.local_batch_size, blas_threads=settings.local_encoder_threads or None)
 
 
 def build_reranker(settings: Settings) -> Reranker | None:

@@ -345,8 +345,17 @@ async def configure_scan(
 async def vector_search(
     conn: asyncpg.Connection, space: VectorSpace, query: str, limit: int, *, exact: bool
 ) -> list[tuple[str, float]]:
-    sql = space.exact_sql if exact or not space.indexed else space.hnsw_sql
-    rows = await conn.fetch(sql, query, limit)
+    """Exact: a scan of the tenant's rows. Otherwise the HNSW index, always: under RLS the planner only
+    has a generic estimate of the tenant's share of the table and may prefer scanning and sorting
+    everything; the caller knows the tenant's real size and chose the index. `enable_sort = off` for
+    that one statement makes the ordered index scan the only plan without a Sort node."""
+    if exact or not space.indexed:
+        rows = await conn.fetch(space.exact_sql, query, limit)
+    else:
+        await conn.execute("SELECT set_config('enable_sort', 'off', true)")
+        rows = await conn.fetch(space.hnsw_sql, query, limit)
+        # (After an error the transaction is aborted and the setting dies with it.)
+        await conn.execute("SELECT set_config('enable_sort', 'on', true)")
     return [(str(r["chunk_id"]), float(r["distance"])) for r in rows]
 
 

@@ -456,7 +456,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         except PriceCatalogError:
             log.error("no price for %s; cost recorded as 0", call.model)
             cost = 0.0
-        baseline = core.catalog.llm_baseline_cost(usage)
+        # Offline answers cost nothing and stand for no real tokens: no baseline, so no fake savings.
+        baseline = 0.0 if offline else core.catalog.llm_baseline_cost(usage)
         event_id = make_event_id("router", call.tenant, turn_id, str(attempt))
         event = CostEvent(
             event_id=event_id, tenant_id=call.tenant, session_id=session, request_id=request_id, service="router",

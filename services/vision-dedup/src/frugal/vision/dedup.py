@@ -1,30 +1,36 @@
 """The dedup decision: is this frame something a person would call new?
 
 Works on the luma thumbnail of each frame (one pixel = the mean of a k x k block, k an integer so that
-the thumbnail is ~160 px wide) and keeps, per track:
+the thumbnail is ~160 px wide: 8x8 pixels at 720p) and keeps, per track:
 
-- the last *kept* thumbnail and its pHash: the change map (pixels that moved by more than
-  `pixel_diff_threshold` levels) and the Hamming distance are measured against it;
-- the previous thumbnail: frame-to-frame motion, which says whether the screen is still moving;
-- per tile (`tile_size` thumbnail pixels square), when it last moved and since when it has kept
-  moving. A tile that keeps changing for `volatile_after_ms` with gaps shorter than `volatile_gap_ms`
-  (a ticking clock, a blinking cursor, a small video) is *volatile* and ignored until it calms down,
-  as long as volatile tiles cover at most `max_volatile_area` of the frame (beyond that it is real
-  motion, e.g. a long scroll or a full-screen video).
+- the last *kept* thumbnail and its pHash: the change map (thumbnail pixels that differ by more than
+  `pixel_diff_threshold` levels), its area and bounding box, and the Hamming distance are measured
+  against it;
+- a per-pixel *anchor* that follows the frame only where it moved by more than the threshold: motion is
+  measured against it, so slow drifts (a fade, a video's gradient) add up until they count;
+- per pixel, how many separate changes it went through (at least `volatile_event_spacing_ms` apart, with
+  no pause longer than `volatile_gap_ms`). A pixel with `volatile_min_events` such changes is *volatile*:
+  a blinking cursor, a clock's digits, a small video, a status bar counter. Volatile pixels (and their
+  `volatile_dilate` neighbourhood) are left out of the change map and of motion while they stay that way,
+  as long as they cover at most `max_volatile_area` of the frame (beyond that it is real motion, such as
+  a long scroll or a full-screen video);
+- per tile (`tile_size` thumbnail pixels), when it last moved.
 
-Decision, outside volatile tiles:
+Decision, outside volatile pixels:
 1. nothing changed since the last kept frame -> skip ("duplicate", or "periodic_change" when the only
-   difference is in volatile tiles);
-2. a large change (changed area >= `large_change_area`, or pHash distance > `phash_threshold`) is kept
-   once the screen has been still for `fast_settle_ms` ("changed") - or as soon as everything outside
-   a small still-moving region has settled (a window that opens with a video playing in it);
-3. a small change (>= `min_change_area`) is kept once the screen has been still for `settle_ms`
-   ("detail_changed": a typed line, a number changed on a slide); typing keeps the screen moving, so a
+   difference is in volatile pixels);
+2. a large change (area >= `large_change_area`, or pHash distance > `phash_threshold`) is kept once the
+   screen has been still for `fast_settle_ms` ("changed"), or as soon as everything outside a small
+   still-moving region has settled (a window that opens with a video playing in it);
+3. a small change (area >= `min_change_area`: a typed line, a number changed on a slide) is kept once
+   the screen has been still for `settle_ms` ("detail_changed"); typing keeps the screen moving, so a
    line is taken when the typist pauses, not once per keystroke;
-4. smaller changes are skipped ("small_change": cursor blink, a clock's seconds);
-5. while things move (scrolling, animations) frames are skipped ("scrolling" / "in_motion" /
-   "settling"); continuous large motion still yields a frame every `max_stale_ms`
-   ("motion_checkpoint"), more often while the user speaks (`max_stale_speaking_ms`).
+4. smaller changes are skipped ("small_change": a cursor blink or a clock tick not yet recognised as
+   periodic);
+5. while things move, frames are skipped ("scrolling" when a vertical shift explains the motion,
+   "in_motion" otherwise, "settling" in the quiet time before a keep); continuous large motion still
+   yields a frame every `max_stale_ms` ("motion_checkpoint"), every `max_stale_speaking_ms` while the
+   user speaks (they may be talking about what is scrolling by).
 """
 
 from __future__ import annotations
@@ -88,27 +94,32 @@ class _Geometry:
     height: int
     factor: int
     shape: tuple[int, int]
-    row_starts: npt.NDArray[np.intp]
-    col_starts: npt.NDArray[np.intp]
+    tiles: tuple[int, int]
+    tile_size: int
     tile_pixels: FloatArray
     tile_of_pixel: npt.NDArray[np.intp]
+    # Zero-padded scratch buffer, a whole number of tiles in each direction.
+    pad: npt.NDArray[np.float32]
 
     @classmethod
     def make(cls, thumb: Thumbnail, tile: int) -> _Geometry:
         h, w = thumb.pixels.shape
-        rows = np.arange(0, h, tile, dtype=np.intp)
-        cols = np.arange(0, w, tile, dtype=np.intp)
-        ones = np.ones((h, w), dtype=np.float64)
-        counts = np.add.reduceat(np.add.reduceat(ones, rows, axis=0), cols, axis=1)
-        ty = np.minimum(np.arange(h) // tile, len(rows) - 1)
-        tx = np.minimum(np.arange(w) // tile, len(cols) - 1)
-        index = (ty[:, None] * len(cols) + tx[None, :]).astype(np.intp)
-        return cls(thumb.width, thumb.height, thumb.factor, (h, w), rows, cols, counts / (h * w), index)
+        ty, tx = -(-h // tile), -(-w // tile)
+        ones = np.zeros((ty * tile, tx * tile), dtype=np.float64)
+        ones[:h, :w] = 1.0
+        counts = ones.reshape(ty, tile, tx, tile).sum(axis=(1, 3))
+        rows = np.arange(h) // tile
+        cols = np.arange(w) // tile
+        index = (rows[:, None] * tx + cols[None, :]).astype(np.intp)
+        return cls(thumb.width, thumb.height, thumb.factor, (h, w), (ty, tx), tile, counts / (h * w), index,
+                   np.zeros((ty * tile, tx * tile), dtype=np.float32))
 
     def tiles_any(self, px: BoolArray) -> BoolArray:
-        u8 = px.view(np.uint8)
-        out: BoolArray = np.maximum.reduceat(np.maximum.reduceat(u8, self.row_starts, axis=0),
-                                             self.col_starts, axis=1).astype(bool)
+        """Per tile: does any pixel of `px` fall in it (an exact box mean over whole tiles, > 0)."""
+        h, w = self.shape
+        self.pad[:h, :w] = px
+        ty, tx = self.tiles
+        out: BoolArray = cv2.resize(self.pad, (tx, ty), interpolation=cv2.INTER_AREA) > 0
         return out
 
     def expand(self, tiles: BoolArray) -> BoolArray:
@@ -179,21 +190,28 @@ class DedupTracker:
         # Recurrence per pixel: separate changes (>= volatile_event_spacing_ms apart) with no pause longer
         # than volatile_gap_ms. Pixels that changed volatile_min_events times are periodic or animated.
         gap = cfg.volatile_gap_ms
-        since = t - self._px_last_event
-        self._px_events[since > gap] = 0
-        event = moved_px & (since >= cfg.volatile_event_spacing_ms)
-        self._px_events[event] = np.minimum(self._px_events[event], 254) + 1
-        self._px_last_event[event] = t
-        vol_px = (self._px_events >= cfg.volatile_min_events).view(np.uint8)
-        volatile: BoolArray = cv2.dilate(vol_px, self._kernel) > 0
-        volatile_area = float(np.count_nonzero(volatile)) / volatile.size
-        if volatile_area > cfg.max_volatile_area:
-            volatile_area = 0.0
+        idx = np.flatnonzero(moved_px)  # usually few pixels move: update only those
+        if idx.size:
+            last = self._px_last_event.ravel()
+            counts = self._px_events.ravel()
+            since = t - last[idx]
+            c = np.where(since > gap, 0, counts[idx])
+            event = since >= cfg.volatile_event_spacing_ms
+            c[event] = np.minimum(c[event], 254) + 1
+            counts[idx] = c
+            last[idx[event]] = t
+        vol_px = (self._px_events >= cfg.volatile_min_events) & (self._px_last_event >= t - gap)
+        volatile_area = 0.0
+        if vol_px.any():
+            volatile: BoolArray = cv2.dilate(vol_px.view(np.uint8), self._kernel) > 0
+            volatile_area = float(np.count_nonzero(volatile)) / volatile.size
+            if volatile_area > cfg.max_volatile_area:
+                volatile_area = 0.0
 
         raw_diff: BoolArray = cv2.absdiff(cur, self._kept) > thr
         if volatile_area > 0:
             diff = raw_diff & ~volatile
-            moved_px = moved_px & ~volatile
+            moved_px &= ~volatile
         else:
             diff = raw_diff
         moving = bool(moved_px.any())
@@ -245,7 +263,7 @@ class DedupTracker:
         distance = -1 if self._geo is None or reason == "resolution_changed" else hamming(h, self._kept_hash)
         if reset:
             self._geo = _Geometry.make(thumb, self.config.tile_size)
-            tiles = (len(self._geo.row_starts), len(self._geo.col_starts))
+            tiles = self._geo.tiles
             self._tile_last_motion = np.full(tiles, _NEVER)
             self._px_last_event = np.full(cur.shape, _NEVER)
             self._px_events = np.zeros(cur.shape, dtype=np.uint8)
@@ -264,8 +282,9 @@ class DedupTracker:
         rows = np.flatnonzero(moved_px.any(axis=1))
         cols = np.flatnonzero(moved_px.any(axis=0))
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        a = cur[y0:y1, x0:x1].astype(np.int16)
-        b = prev[y0:y1, x0:x1].astype(np.int16)
+        # Row-mean profiles of the moving region: a vertical scroll shifts the profile, other motion does not.
+        a = cur[y0:y1, x0:x1].mean(axis=1)
+        b = prev[y0:y1, x0:x1].mean(axis=1)
         n = a.shape[0]
         base = float(np.abs(a - b).mean())
         if base == 0 or n < 8:

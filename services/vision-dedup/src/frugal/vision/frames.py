@@ -68,14 +68,24 @@ def downscale_factor(width: int, height: int, long_side: int) -> int:
     return max(1, max(width, height) // long_side)
 
 
-def _reduce(gray: U8, factor: int) -> U8:
+def _reduce(img: U8, factor: int) -> U8:
+    """Box-average `factor` x `factor` blocks (the frame is cropped to a multiple of `factor`).
+
+    Done as repeated 2x reductions (OpenCV's SIMD path for INTER_AREA at exactly 1/2, about 5x faster
+    than one integer-factor pass) followed by one pass for the odd remainder of the factor.
+    """
     if factor == 1:
-        return np.ascontiguousarray(gray)
-    h, w = gray.shape[:2]
+        return np.ascontiguousarray(img)
+    h, w = img.shape[:2]
     th, tw = h // factor, w // factor
-    # Integer-factor INTER_AREA is OpenCV's fast box-filter path; crop the few rows/cols that do not fit.
-    view = gray[: th * factor, : tw * factor]
-    return u8(cv2.resize(view, (tw, th), interpolation=cv2.INTER_AREA))
+    out = img[: th * factor, : tw * factor]
+    rest = factor
+    while rest % 2 == 0:
+        rest //= 2
+        out = u8(cv2.resize(out, (tw * rest, th * rest), interpolation=cv2.INTER_AREA))
+    if rest > 1:
+        out = u8(cv2.resize(out, (tw, th), interpolation=cv2.INTER_AREA))
+    return out
 
 
 def _check_dims(frame: Any, limits: FrameLimits, *, allow_zero: bool = False) -> tuple[int, int]:
@@ -116,9 +126,17 @@ def _i420_y_plane(frame: Any, w: int, h: int) -> U8:
         arr = np.frombuffer(y, dtype=np.uint8)
         return np.lib.stride_tricks.as_strided(arr, shape=(h, w), strides=(sy, 1), writeable=False)
     need = w * h + 2 * cw * ch
-    if len(frame.data) != need:
-        raise FrameError(f"size mismatch: I420 {w}x{h} needs {need} bytes (Y, U, V packed), got {len(frame.data)}")
-    return np.frombuffer(frame.data, dtype=np.uint8, count=w * h).reshape(h, w)
+    data = frame.data  # every access to a bytes field copies it: once only
+    if len(data) != need:
+        raise FrameError(f"size mismatch: I420 {w}x{h} needs {need} bytes (Y, U, V packed), got {len(data)}")
+    return np.frombuffer(data, dtype=np.uint8, count=w * h).reshape(h, w)
+
+
+def thumbnail_from_luma(y: U8, long_side: int = 160) -> Thumbnail:
+    """Thumbnail of a luma plane already in memory (e.g. an I420 Y plane viewed with np.frombuffer)."""
+    h, w = y.shape
+    k = downscale_factor(w, h, long_side)
+    return Thumbnail(_reduce(y, k), k, w, h)
 
 
 def luma_thumbnail(frame: Any, limits: FrameLimits, long_side: int = 160) -> Thumbnail:
@@ -126,17 +144,15 @@ def luma_thumbnail(frame: Any, limits: FrameLimits, long_side: int = 160) -> Thu
     fmt = int(frame.format)
     if fmt == vision_pb2.FRAME_FORMAT_I420:
         w, h = _check_dims(frame, limits)
-        k = downscale_factor(w, h, long_side)
-        return Thumbnail(_reduce(_i420_y_plane(frame, w, h), k), k, w, h)
+        return thumbnail_from_luma(_i420_y_plane(frame, w, h), long_side)
     if fmt == vision_pb2.FRAME_FORMAT_RGB24:
         w, h = _check_dims(frame, limits)
-        if len(frame.data) != w * h * 3:
-            raise FrameError(f"size mismatch: RGB24 {w}x{h} needs {w * h * 3} bytes, got {len(frame.data)}")
-        k = downscale_factor(w, h, long_side)
-        rgb = np.frombuffer(frame.data, dtype=np.uint8).reshape(h, w, 3)
-        small = _reduce(rgb, k)
-        gray = u8(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-        return Thumbnail(gray, k, w, h)
+        data = frame.data
+        if len(data) != w * h * 3:
+            raise FrameError(f"size mismatch: RGB24 {w}x{h} needs {w * h * 3} bytes, got {len(data)}")
+        rgb = np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)
+        # Luma first (one SIMD pass, BT.601 weights as PIL's "L"), then the fast single-channel reduction.
+        return thumbnail_from_luma(u8(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)), long_side)
     if fmt in (vision_pb2.FRAME_FORMAT_JPEG, vision_pb2.FRAME_FORMAT_PNG):
         return _encoded_thumbnail(frame, fmt, limits, long_side)
     raise FrameError(f"unknown format {fmt}: expected I420, RGB24, JPEG or PNG")
@@ -222,12 +238,10 @@ def frame_to_bgr(frame: Any) -> U8:
             u = raw[w * h : w * h + cw * ch].reshape(ch, cw)
             v = raw[w * h + cw * ch :].reshape(ch, cw)
         if w % 2 or h % 2:
-            # cv2's I420 converter needs even sizes: upsample chroma ourselves.
-            yuv = cv2.merge([y, cv2.resize(u, (w, h), interpolation=cv2.INTER_NEAREST),
-                             cv2.resize(v, (w, h), interpolation=cv2.INTER_NEAREST)])
-            return u8(cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR))
-        packed = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(h * 3 // 2, w)
-        return u8(cv2.cvtColor(packed, cv2.COLOR_YUV2BGR_I420))
+            # cv2's I420 converter needs even sizes: replicate the last row/column of Y, crop after.
+            y = np.pad(y, ((0, 2 * ch - h), (0, 2 * cw - w)), mode="edge")
+        packed = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(ch * 3, cw * 2)
+        return u8(cv2.cvtColor(packed, cv2.COLOR_YUV2BGR_I420)[:h, :w])
     if fmt == vision_pb2.FRAME_FORMAT_RGB24:
         rgb = np.frombuffer(frame.data, dtype=np.uint8).reshape(h, w, 3)
         return u8(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

@@ -194,6 +194,15 @@ class MiniLMEncoder:
         return l2_normalise(pooled.astype(np.float32, copy=False))
 
 
+def limit_blas_threads(threads: int) -> None:
+    """Process-wide BLAS thread count. On a small shared machine one thread is faster than several
+    (OpenBLAS threads spin-wait for each other on every small matmul) and leaves a core to the event
+    loop and PostgreSQL."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 @functools.lru_cache(maxsize=2)
 def load_encoder(model_dir: str | None = None) -> MiniLMEncoder:
     """One encoder (about 90 MB of weights) per process and model directory."""
@@ -208,9 +217,13 @@ class LocalEmbedder:
     dimensions = DIMENSIONS
     offline = True
 
-    def __init__(self, encoder: MiniLMEncoder | None = None, *, max_batch: int = 32) -> None:
+    def __init__(
+        self, encoder: MiniLMEncoder | None = None, *, max_batch: int = 32, blas_threads: int | None = 1
+    ) -> None:
         self._encoder = encoder or load_encoder()
         self.max_batch = max_batch
+        if blas_threads is not None:
+            limit_blas_threads(blas_threads)
         # Encodes are CPU-bound: running two at once only makes both slower.
         self._lock = threading.Lock()
 

@@ -1,7 +1,8 @@
 -- rag: per-tenant documents, chunks (embedding + lexical data), BM25 postings and statistics.
 -- Every table carries tenant_id, defaults it from the transaction's tenant setting, and is guarded
 -- by row-level security (ENABLED and FORCED) comparing it, as text, with
--- current_setting('app.current_tenant_id', true). No setting -> NULL -> no row is visible or writable.
+-- NULLIF(current_setting('app.current_tenant_id', true), ''). No setting (or an empty one) -> NULL ->
+-- no row is visible or writable.
 
 CREATE EXTENSION IF NOT EXISTS vector;
 
@@ -44,6 +45,10 @@ CREATE TABLE rag_chunks (
     UNIQUE (tenant_id, document_id, chunk_index),
     FOREIGN KEY (tenant_id, document_id) REFERENCES rag_documents (tenant_id, document_id) ON DELETE CASCADE
 );
+
+-- Keep vectors inline (compressed or moved out only as a last resort; the text columns go first):
+-- an out-of-line vector costs extra buffer reads per row in every exact scan and re-rank.
+ALTER TABLE rag_chunks ALTER COLUMN embedding SET STORAGE MAIN;
 
 -- Exact (small-tenant / fallback) scans and per-model counts.
 CREATE INDEX rag_chunks_tenant_model ON rag_chunks (tenant_id, embedding_model);

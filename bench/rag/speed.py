@@ -1,0 +1,302 @@
+"""Retrieve latency and throughput, and HNSW recall against exact search, at 10k and 100k chunks, for one
+tenant and for 50 tenants of very different sizes sharing the tables under row-level security.
+
+    uv run python bench/rag/speed.py            # 10k and 100k chunks (loading 100k takes a few minutes)
+    uv run python bench/rag/speed.py --quick    # 5k chunks only (< 60 s)
+
+Data: synthetic. Chunk texts are 120 words drawn with a Zipf-like (log-uniform) law from a 20,000-word
+vocabulary whose head is the 100 most frequent English words (so, as in real text, PostgreSQL's English
+configuration drops the stop words and the commonest content words are in a fraction of the chunks,
+not in all of them). Embeddings are random unit vectors generated in SQL, because embedding 100k
+chunks with the NumPy encoder would take hours here: "clustered" (1,000 random topic directions plus
+noise, cosine about 0.5 within a topic: the structure real sentence embeddings have) for every
+scenario, and "uniform" (independent random directions: the worst case for any graph index, no
+neighbourhood structure at all) for one extra recall measurement. The loader writes the service's tables directly as the
+schema owner (same rows, postings and statistics the service writes; indexes rebuilt after the bulk
+load). Everything measured goes through the service: Retrieve over gRPC on loopback (hybrid, top_k 5,
+the service's own settings), and the vector SQL run through the service's role under RLS.
+
+- "warm": the query embedding is in the Redis cache (pure retrieval); "cold": the local NumPy encoder
+  embeds the query first (one short sentence).
+- QPS: 8 concurrent clients on one channel, warm.
+- HNSW recall@10: 100 random unit queries per configuration, the service's HNSW statement (iterative
+  scan, relaxed order) against an exact scan of the same tenant's rows; both under RLS as frugal_rag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+from _stack import Stack, bench_stack, latency_summary, running_service
+from prometheus_client import REGISTRY
+
+from frugal.api.rag.v1 import rag_pb2
+from frugal.common.db import create_pool, tenant_transaction
+from frugal.rag import store
+
+MODEL = "all-minilm-l6-v2"
+SPACE = store.VectorSpace(MODEL, 384)
+VOCAB = 20_000
+N_TOPICS = 1000
+TOPIC_NOISE = 0.05  # per dimension: 384 * 0.05^2 ~ 1 -> cosine ~0.5 within a topic, ~0.7 to the topic
+COMMON_ENGLISH = (
+    "the of and to a in is it you that he was for on are with as i his they be at one have this from or had by"
+    " not word but what some we can out other were all there when up use your how said an each she which do"
+    " their time if will way about many then them write would like so these her long make thing see him two"
+    " has look more day could go come did number sound no most people my over know water than call first who"
+    " may down side been now find any new work part take get place made live where after back little only"
+).split()
+WORDS_PER_CHUNK = 120
+CHUNKS_PER_DOC = 50
+
+
+def vocabulary(rng: random.Random) -> list[str]:
+    syllables = ["ka", "lo", "mi", "ner", "tus", "ra", "ven", "do", "pi", "sel", "tor", "qua", "zen", "bri", "ul"]
+    head = list(dict.fromkeys(COMMON_ENGLISH))
+    words: set[str] = set()
+    while len(words) < VOCAB - len(head):
+        words.add("".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))))
+    return head + sorted(words)
+
+
+def zipf_words(rng: np.random.Generator, vocab: list[str], n: int) -> list[str]:
+    idx = np.floor(np.exp(rng.random(n) * np.log(len(vocab)))).astype(int) - 1
+    return [vocab[i] for i in idx]
+
+
+def tenant_sizes(total: int, tenants: int) -> list[int]:
+    weights = np.array([1.0 / (i + 1) for i in range(tenants)])
+    sizes = np.maximum(1, np.floor(weights / weights.sum() * total)).astype(int)
+    sizes[0] += total - int(sizes.sum())
+    return [int(s) for s in sizes]
+
+
+def centroids(seed: int = 17) -> np.ndarray[Any, np.dtype[np.float32]]:
+    c = np.random.default_rng(seed).standard_normal((N_TOPICS, 384)).astype(np.float32)
+    return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+
+def sample_queries(n: int, dist: str, seed: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+    rng = np.random.default_rng(seed)
+    if dist == "uniform":
+        q = rng.standard_normal((n, 384)).astype(np.float32)
+    else:
+        q = centroids()[rng.integers(0, N_TOPICS, n)] + TOPIC_NOISE * rng.standard_normal((n, 384)).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+async def load(stack: Stack, sizes: dict[str, int], dist: str = "clustered", seed: int = 1) -> float:
+    """Bulk load as the owner: documents, chunks (text + random unit vectors), postings, statistics."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    vocab = vocabulary(random.Random(seed))
+    conn = await asyncpg.connect(stack.admin_dsn)
+    try:
+        await conn.execute("SET maintenance_work_mem = '1GB'; SET max_parallel_maintenance_workers = 1")
+        indexes = await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('rag_chunks', 'rag_postings')"
+            " AND indexname NOT LIKE '%pkey' AND indexdef NOT LIKE '%UNIQUE%'"
+        )
+        for ix in indexes:
+            await conn.execute(f'DROP INDEX "{ix["indexname"]}"')
+        await conn.execute("ALTER TABLE rag_postings DROP CONSTRAINT rag_postings_tenant_id_chunk_id_fkey")
+        await conn.execute("ALTER TABLE rag_postings DROP CONSTRAINT rag_postings_pkey")
+        await conn.execute("SELECT setseed(0.42)")
+        await conn.execute("CREATE TABLE bench_centroids (id int PRIMARY KEY, v real[] NOT NULL)")
+        await conn.executemany("INSERT INTO bench_centroids VALUES ($1, $2)",
+                               [(i, v.tolist()) for i, v in enumerate(centroids())])
+        noise = "0" if dist == "uniform" else str(TOPIC_NOISE)
+        base = "0" if dist == "uniform" else "c.v[x]"
+        for tenant, size in sizes.items():
+            docs = (size + CHUNKS_PER_DOC - 1) // CHUNKS_PER_DOC
+            await conn.execute(
+                "INSERT INTO rag_documents (tenant_id, document_id, title, content_type, content_hash, fingerprint,"
+                " size_bytes, chunk_count, embedding_model)"
+                " SELECT $1, 'doc-' || d, 'Document ' || d, 'text/plain', md5($1 || d), md5($1 || d), 8000,"
+                " least($3, $2 - d * $3), $4 FROM generate_series(0, $5 - 1) AS d",
+                tenant, size, CHUNKS_PER_DOC, MODEL, docs,
+            )
+            for start in range(0, size, 5000):
+                n = min(5000, size - start)
+                words = zipf_words(rng, vocab, n * WORDS_PER_CHUNK)
+                texts = [" ".join(words[i * WORDS_PER_CHUNK:(i + 1) * WORDS_PER_CHUNK]) + "." for i in range(n)]
+                await conn.execute(
+                    "INSERT INTO rag_chunks (tenant_id, chunk_id, document_id, chunk_index, content, text_hash,"
+                    " embedding_model, embedding)"
+                    " SELECT $1, gen_random_uuid(), 'doc-' || ((s + g.i) / $4), (s + g.i) % $4, g.t, md5(g.t), $5,"
+                    f"  l2_normalize((SELECT array_agg({base} + {noise if dist != 'uniform' else '1'} * random_normal()"
+                    "                ORDER BY x) FROM generate_series(1, 384) x WHERE g.i >= 0)::vector)"
+                    " FROM unnest($2::text[]) WITH ORDINALITY AS g(t, i), (SELECT $3::int - 1 AS s) AS o,"
+                    f"  bench_centroids c WHERE c.id = (($3::int - 1 + g.i) * 7919 + {len(sizes)}) % {N_TOPICS}",
+                    tenant, texts, start, CHUNKS_PER_DOC, MODEL,
+                )
+        await conn.execute(
+            "INSERT INTO rag_postings (tenant_id, term, chunk_id, tf, dl)"
+            " SELECT c.tenant_id, u.lexeme, c.chunk_id, least(coalesce(array_length(u.positions, 1), 1), 32767),"
+            "        c.lex_len FROM rag_chunks c, unnest(c.tsv) AS u"
+        )
+        await conn.execute(
+            "INSERT INTO rag_tenant_stats (tenant_id, embedding_model, chunk_count, lex_len_total)"
+            " SELECT tenant_id, embedding_model, count(*), sum(lex_len) FROM rag_chunks GROUP BY 1, 2"
+        )
+        await conn.execute("ALTER TABLE rag_postings ADD PRIMARY KEY (tenant_id, term, chunk_id) INCLUDE (tf, dl)")
+        await conn.execute(
+            "ALTER TABLE rag_postings ADD CONSTRAINT rag_postings_tenant_id_chunk_id_fkey FOREIGN KEY (tenant_id,"
+            " chunk_id) REFERENCES rag_chunks (tenant_id, chunk_id) ON DELETE CASCADE"
+        )
+        for ix in indexes:
+            await conn.execute(ix["indexdef"])
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+@dataclass
+class Sample:
+    tenant: str
+    query: str
+
+
+async def timed_retrieve(stub: Any, s: Sample, mode: int = rag_pb2.RETRIEVAL_MODE_HYBRID) -> tuple[float, Any]:
+    meta = (("x-tenant-id", s.tenant), ("x-session-id", "bench-speed"))
+    t0 = time.perf_counter()
+    res = await stub.Retrieve(rag_pb2.RetrieveRequest(query=s.query, top_k=5, mode=mode), metadata=meta)
+    return (time.perf_counter() - t0) * 1000.0, res
+
+
+async def qps(stub: Any, samples: list[Sample], concurrency: int, total: int) -> float:
+    it = iter([samples[i % len(samples)] for i in range(total)])
+
+    async def worker() -> None:
+        for s in it:
+            await timed_retrieve(stub, s)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - t0)
+
+
+def scans(path: str) -> float:
+    return REGISTRY.get_sample_value("rag_vector_scans_total", {"path": path}) or 0.0
+
+
+async def measure_retrieve(stack: Stack, samples: list[Sample], label: str, quick: bool) -> None:
+    async with running_service(stack) as svc:
+        before = {p: scans(p) for p in ("exact", "hnsw", "exact_fallback")}
+        cold: list[float] = []
+        for s in samples:
+            ms, _ = await timed_retrieve(svc.stub, s)
+            cold.append(ms)
+        warm: list[float] = []
+        stages: dict[str, list[float]] = {}
+        results: list[int] = []
+        for s in samples:
+            ms, res = await timed_retrieve(svc.stub, s)
+            warm.append(ms)
+            results.append(len(res.chunks))
+            for t in res.timings:
+                stages.setdefault(t.stage, []).append(t.ms)
+        vec = [(await timed_retrieve(svc.stub, s, rag_pb2.RETRIEVAL_MODE_VECTOR))[0] for s in samples[:50]]
+        lex = [(await timed_retrieve(svc.stub, s, rag_pb2.RETRIEVAL_MODE_LEXICAL))[0] for s in samples[:50]]
+        rate = await qps(svc.stub, samples, 8, 200 if quick else 400)
+        paths = {p: scans(p) - before[p] for p in before}
+    print(f"  Retrieve hybrid, cold (local encoder embeds the query): {latency_summary(cold)}")
+    print(f"  Retrieve hybrid, warm (embedding cached):               {latency_summary(warm)}")
+    print(f"  Retrieve vector only, warm:                              {latency_summary(vec)}")
+    print(f"  Retrieve lexical (BM25) only:                            {latency_summary(lex)}")
+    print(f"  QPS, hybrid warm, 8 concurrent clients:                  {rate:7.1f} req/s")
+    print("  server stage medians (warm): " + ", ".join(
+        f"{k} {statistics.median(v):.2f} ms" for k, v in stages.items()))
+    print(f"  vector scan paths: {', '.join(f'{k} {int(v)}' for k, v in paths.items())}; "
+          f"results per query: min {min(results)}, all 5: {sum(r == 5 for r in results)}/{len(results)}")
+
+
+async def measure_hnsw(stack: Stack, sizes: dict[str, int], queries: int, efs: list[int]) -> None:
+    rng = np.random.default_rng(5)
+    pool = await create_pool(stack.app_dsn, min_size=1, max_size=2)
+    tenants = list(sizes)
+    try:
+        q_tenants = [tenants[i % len(tenants)] for i in range(queries)]
+        qvecs = rng.standard_normal((queries, 384)).astype(np.float32)
+        qvecs /= np.linalg.norm(qvecs, axis=1, keepdims=True)
+        exact: list[list[str]] = []
+        exact_ms: list[float] = []
+        for tenant, q in zip(q_tenants, qvecs, strict=True):
+            async with tenant_transaction(pool, tenant) as conn:
+                t0 = time.perf_counter()
+                rows = await store.vector_search(conn, SPACE, store.vector_literal(q), 10, exact=True)
+                exact_ms.append((time.perf_counter() - t0) * 1000)
+            exact.append([c for c, _ in rows])
+        print(f"  exact scan (cosine_distance, tenant rows only): {latency_summary(exact_ms)}")
+        for ef in efs:
+            for forced in ([False, True] if len(tenants) > 1 else [False]):
+                ms: list[float] = []
+                recall: list[float] = []
+                short = 0
+                used_index = 0
+                for tenant, q, truth in zip(q_tenants, qvecs, exact, strict=True):
+                    async with tenant_transaction(pool, tenant) as conn:
+                        await store.configure_scan(conn, ef_search=ef, max_scan_tuples=50_000, scan_mem_multiplier=2)
+                        if forced:
+                            await conn.execute("SELECT set_config('enable_sort', 'off', true)")
+                        plan = "\n".join(r[0] for r in await conn.fetch(
+                            "EXPLAIN " + SPACE.hnsw_sql, store.vector_literal(q), 10))
+                        used_index += "hnsw" in plan
+                        t0 = time.perf_counter()
+                        rows = await store.vector_search(conn, SPACE, store.vector_literal(q), 10, exact=False)
+                        ms.append((time.perf_counter() - t0) * 1000)
+                    got = [c for c, _ in rows]
+                    short += len(got) < min(10, sizes[tenant])
+                    recall.append(len(set(got) & set(truth)) / max(1, len(truth)))
+                how = "HNSW index forced" if forced else "as planned"
+                print(f"  HNSW ef_search={ef:<4} ({how:<17}): recall@10 {statistics.fmean(recall):.4f}, "
+                      f"{latency_summary(ms)}; plans using the index {used_index}/{queries}; "
+                      f"queries with < k rows: {short}")
+    finally:
+        await pool.close()
+
+
+async def scenario(total: int, tenants: int, quick: bool) -> None:
+    sizes = ({"bench_solo": total} if tenants == 1
+             else {f"bench_t{i:02d}": s for i, s in enumerate(tenant_sizes(total, tenants))})
+    title = f"{total:,} chunks, " + ("1 tenant" if tenants == 1 else
+                                     f"{tenants} tenants under RLS (sizes {max(sizes.values())} .. {min(sizes.values())})")
+    print(f"\n== {title}")
+    async with bench_stack() as stack:
+        secs = await load(stack, sizes)
+        print(f"  loaded in {secs:.1f} s (bulk, as owner; indexes built after)")
+        rng = random.Random(9)
+        vocab = vocabulary(random.Random(1))
+        np_rng = np.random.default_rng(3)
+        n = 60 if quick else 200
+        names = list(sizes)
+        samples = [Sample(rng.choice(names), " ".join(zipf_words(np_rng, vocab, rng.randint(4, 9))) + " "
+                          + uuid.uuid4().hex[:4]) for _ in range(n)]
+        await measure_retrieve(stack, samples, title, quick)
+        await measure_hnsw(stack, sizes, 50 if quick else 100, [40] if quick else [40, 100, 200])
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="5k chunks only (< 60 s)")
+    args = ap.parse_args()
+    sizes = [5_000] if args.quick else [10_000, 100_000]
+    for total in sizes:
+        await scenario(total, 1, args.quick)
+        await scenario(total, 50, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,163 @@
+"""Router performance: decision latency in-process, and Route RPC throughput on loopback.
+
+    uv run python bench/router/run.py            # ~1-2 minutes
+    uv run python bench/router/run.py --quick    # < 60 s
+
+1. In-process: `Decider.decide` (features, score, thresholds, overrides, cost estimate) for the default
+   scorer and, as the reference implementation in the same process, the seed heuristic; p50/p95/p99 wall
+   time and mean CPU time per decision, over conversational turns of several lengths (and the held-out
+   routing prompts when ../shared/data/routing is present).
+2. Route over gRPC on 127.0.0.1: a real router process (`python -m frugal.router`) with an embedded Redis
+   (tenant policy reads), N concurrent callers in this process for a fixed time; requests/s and latency
+   percentiles. The machine's cores are shared, so absolute figures vary between runs; compare within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from frugal.api.router.v1 import router_pb2, router_pb2_grpc
+from frugal.common.devstack import EmbeddedRedis, free_port
+from frugal.common.pricing import default_catalog
+from frugal.router.decision import Decider, TurnText
+from frugal.router.evaldata import DataMissing, load_all
+from frugal.router.scoring import DEFAULT_SCORER, SEED_SCORER, TierMix, load_scorers
+
+TURNS = [
+    "hi",
+    "Can you hear me?",
+    "What's on the agenda for today's meeting?",
+    "Summarize what's on my screen in two sentences.",
+    "What is our refund policy for annual plans, and does it differ for enterprise customers?",
+    "Can you compare Postgres and MySQL replication and design a failover plan for our three data centers, "
+    "taking into account that the European region must keep data residency?",
+    "def merge(a, b):\n    out = []\n    while a and b:\n        out.append(a.pop(0) if a[0] < b[0] else b.pop(0))\n"
+    "    return out + a + b\nWhy is this slow for large lists, and how would you rewrite it?",
+    ("Analyze this quarterly report: revenue grew 12% in EMEA, 4% in APAC and fell 3% in the Americas, "
+     "while gross margins moved from 61% to 58%. ") * 6,
+]
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def bench_decisions(texts: Sequence[str], rounds: int) -> None:
+    scorers = load_scorers()
+    catalog = default_catalog()
+    decider = Decider(scorers, catalog, TierMix(0.6, 0.25, 0.15), provider_of=lambda tier: ("offline", True))
+    results: dict[str, float] = {}
+    for name in (DEFAULT_SCORER, SEED_SCORER):
+        turns = [TurnText(t) for t in texts]
+        for t in turns[:50]:
+            decider.decide(t, scorer_name=name)  # warm-up
+        walls: list[float] = []
+        cpu0 = time.process_time()
+        for _ in range(rounds):
+            for t in turns:
+                w0 = time.perf_counter()
+                decider.decide(t, scorer_name=name)
+                walls.append((time.perf_counter() - w0) * 1e6)
+        cpu = (time.process_time() - cpu0) * 1e6 / len(walls)
+        results[name] = cpu
+        print(f"  {name:<17} decisions={len(walls):6d}  wall p50 {pct(walls, 0.5):7.1f} µs  p95 {pct(walls, 0.95):7.1f}"
+              f" µs  p99 {pct(walls, 0.99):7.1f} µs  mean CPU {cpu:7.1f} µs")
+    print(f"  ratio default/seed (mean CPU): {results[DEFAULT_SCORER] / results[SEED_SCORER]:.2f}x")
+
+
+async def bench_route_rpc(duration_s: float, concurrencies: Sequence[int]) -> None:
+    """The router runs in its own process (`python -m frugal.router`), the callers in this one."""
+    tmp = Path(tempfile.mkdtemp(prefix="frugal-router-bench-"))
+    redis = EmbeddedRedis(tmp / "redis", free_port())
+    redis.start()
+    port = free_port()
+    env = {**os.environ, "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(port), "METRICS_PORT": "0",
+           "REDIS_URL": redis.url, "GEMINI_API_KEY": "", "GOOGLE_API_KEY": "", "ANTHROPIC_API_KEY": "",
+           "LOG_LEVEL": "WARNING"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "frugal.router", env=env)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.perf_counter() + 60
+            while True:
+                try:
+                    resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.aio.AioRpcError:
+                    pass
+                if proc.returncode is not None or time.perf_counter() > deadline:
+                    raise RuntimeError("router did not start")
+                await asyncio.sleep(0.2)
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            md = (("x-tenant-id", "bench"), ("x-session-id", "bench-1"))
+            reqs = [router_pb2.RouteRequest(turn=router_pb2.TurnInput(text=t)) for t in TURNS]
+            for r in reqs:
+                await stub.Route(r, metadata=md)  # warm-up
+            for conc in concurrencies:
+                lat: list[float] = []
+                stop_at = time.perf_counter() + duration_s
+
+                async def worker(i: int, lat: list[float] = lat, stop_at: float = stop_at) -> None:
+                    n = i
+                    while time.perf_counter() < stop_at:
+                        t0 = time.perf_counter()
+                        await stub.Route(reqs[n % len(reqs)], metadata=md)
+                        lat.append((time.perf_counter() - t0) * 1000)
+                        n += 1
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(worker(i) for i in range(conc)))
+                elapsed = time.perf_counter() - t0
+                print(f"  concurrency {conc:3d}: {len(lat) / elapsed:8.0f} Route/s  latency p50 "
+                      f"{pct(lat, 0.5):6.2f} ms  p95 {pct(lat, 0.95):6.2f} ms  p99 {pct(lat, 0.99):6.2f} ms "
+                      f"({len(lat)} calls in {elapsed:.1f}s)")
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    print("== decision latency, in-process (conversational turns, 2 to 1,000 characters)")
+    bench_decisions(TURNS, rounds=200 if args.quick else 2000)
+    try:
+        prompts = [e.text for d in load_all() for e in d.split()[1]]
+    except DataMissing as err:
+        print(f"  (routing data missing, benchmark prompts skipped: {err})")
+    else:
+        if args.quick:
+            prompts = prompts[::5]
+        print(f"== decision latency, in-process ({len(prompts)} held-out benchmark prompts, "
+              f"mean {statistics.mean(len(p) for p in prompts):.0f} characters)")
+        bench_decisions(prompts, rounds=1 if args.quick else 3)
+    print("== Route RPC throughput on loopback (router in its own process, default scorer, callers here)")
+    asyncio.run(bench_route_rpc(3.0 if args.quick else 10.0, (1, 8, 32)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

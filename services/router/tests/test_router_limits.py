@@ -1,0 +1,121 @@
+"""Per-tenant rate limits shared by router replicas through one Redis, and budget refusal."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from frugal.api.billing.v1 import billing_pb2
+from frugal.api.router.v1 import router_pb2
+from frugal.common.tenant_state import publish_budget, publish_policy
+from frugal.router.limits import TenantRateLimiter
+
+
+def md(tenant: str) -> tuple[tuple[str, str], ...]:
+    return (("x-tenant-id", tenant), ("x-session-id", "s1"))
+
+
+async def answer(router: Any, tenant: str, text: str = "hello", **kwargs: Any) -> router_pb2.RespondCompleted:
+    completed = None
+    async for msg in router.stub.Respond(
+        router_pb2.RespondRequest(turn=router_pb2.TurnInput(text=text), skip_rag=True, skip_vision=True, **kwargs),
+        metadata=md(tenant), timeout=10,
+    ):
+        if msg.WhichOneof("payload") == "completed":
+            completed = msg.completed
+    assert completed is not None
+    result: router_pb2.RespondCompleted = completed
+    return result
+
+
+async def rejected(router: Any, tenant: str, **kwargs: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await answer(router, tenant, **kwargs)
+    return info.value
+
+
+async def test_requests_per_minute_hold_across_two_router_instances(
+    start_router: Any, redis_client: aioredis.Redis
+) -> None:
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="small", requests_per_minute=3))
+    a = await start_router()
+    b = await start_router()
+    assert a.app.port != b.app.port
+    await answer(a, "small")
+    await answer(b, "small")
+    await answer(a, "small")
+    err = await rejected(b, "small")
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "3 requests per minute" in (err.details() or "")
+    trailers = dict(err.trailing_metadata() or ())
+    # Sliding window: up to the rest of this minute plus part of the next.
+    assert 1 <= int(trailers["retry-after"]) <= 120
+    assert trailers["x-ratelimit-exceeded"] == "requests"
+    # Another tenant is not affected; the limited one stays limited on the other replica too.
+    await answer(b, "other")
+    assert (await rejected(a, "small")).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_tokens_per_minute_are_enforced(start_router: Any, redis_client: aioredis.Redis) -> None:
+    # Each turn reserves ~prompt/4 + min(max_output, 250) tokens; the first one fits an empty window.
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="wordy", tokens_per_minute=100))
+    router = await start_router()
+    await answer(router, "wordy", max_output_tokens=100)
+    err = await rejected(router, "wordy", max_output_tokens=100)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "100 tokens per minute" in (err.details() or "")
+    assert dict(err.trailing_metadata() or ())["x-ratelimit-exceeded"] == "tokens"
+
+
+async def test_limiter_is_atomic_under_concurrency(redis_client: aioredis.Redis) -> None:
+    limiters = [TenantRateLimiter(redis_client), TenantRateLimiter(redis_client)]
+    results = await asyncio.gather(*[
+        limiters[i % 2].check("burst", requests_per_minute=10, tokens_per_minute=1_000_000, estimated_tokens=5)
+        for i in range(40)
+    ])
+    assert sum(r.allowed for r in results) == 10
+    assert all(r.limit == "requests" and r.retry_after_s > 0 for r in results if not r.allowed)
+
+
+async def test_settle_charges_actual_tokens(redis_client: aioredis.Redis) -> None:
+    limiter = TenantRateLimiter(redis_client)
+    first = await limiter.check("t", requests_per_minute=100, tokens_per_minute=1000, estimated_tokens=100)
+    assert first.allowed
+    await limiter.settle("t", 850)  # the call used 950 tokens, not 100
+    second = await limiter.check("t", requests_per_minute=100, tokens_per_minute=1000, estimated_tokens=100)
+    assert not second.allowed and second.limit == "tokens"
+    await limiter.settle("t", -900)  # refunds never go below zero
+    third = await limiter.check("t", requests_per_minute=100, tokens_per_minute=1000, estimated_tokens=100)
+    assert third.allowed
+
+
+async def test_exhausted_budget_is_refused(start_router: Any, redis_client: aioredis.Redis) -> None:
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="broke", monthly_budget_usd=5.0))
+    await publish_budget(redis_client, billing_pb2.BudgetState(
+        tenant_id="broke", month="2026-11", spent_usd=5.2, budget_usd=5.0, fraction_used=1.04,
+        status=billing_pb2.BUDGET_STATUS_EXHAUSTED))
+    router = await start_router()
+    err = await rejected(router, "broke")
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "budget exhausted" in (err.details() or "") and "$5.20 of $5.00" in (err.details() or "")
+
+
+async def test_refuse_threshold_from_the_policy_applies_before_billing_flags_it(
+    start_router: Any, redis_client: aioredis.Redis
+) -> None:
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="strict", monthly_budget_usd=10.0,
+                                                                refuse_at=0.9))
+    await publish_budget(redis_client, billing_pb2.BudgetState(
+        tenant_id="strict", spent_usd=9.5, budget_usd=10.0, status=billing_pb2.BUDGET_STATUS_OK))
+    router = await start_router()
+    assert (await rejected(router, "strict")).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_redis_outage_does_not_stop_answers(start_router: Any, dead_addr: str) -> None:
+    """Limits and tenant state fail open (logged and counted); cost events wait in the producer's buffer."""
+    router = await start_router(redis_url=f"redis://{dead_addr}/0")
+    completed = await answer(router, "acme")
+    assert completed.provider.offline and completed.cost_event_ids

@@ -1,0 +1,127 @@
+"""The dedup decision on synthetic thumbnails: every rule and its reason."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from frugal.vision.dedup import DedupConfig, DedupTracker
+from frugal.vision.frames import Thumbnail
+
+RNG = np.random.default_rng(3)
+PAGE = RNG.integers(0, 256, (400, 160), dtype=np.uint8)  # a tall textured "document"
+
+
+def thumb(px: np.ndarray, w: int = 1280, h: int = 720) -> Thumbnail:  # type: ignore[type-arg]
+    return Thumbnail(np.ascontiguousarray(px), 8, w, h)
+
+
+def flip(a: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    """Every pixel moves by at least 128 levels."""
+    return np.where(a > 127, 0, 255).astype(np.uint8)
+
+
+def base() -> np.ndarray:  # type: ignore[type-arg]
+    return PAGE[:90].copy()
+
+
+def test_first_duplicate_and_large_change_after_fast_settle() -> None:
+    tr = DedupTracker()
+    d = tr.decide(thumb(base()), 0)
+    assert d.kept and d.reason == "first_frame" and d.distance == -1
+    d = tr.decide(thumb(base()), 33)
+    assert not d.kept and d.reason == "duplicate" and d.distance == 0 and d.changed_area == 0
+    changed = base()
+    changed[10:50, 20:100] = flip(changed[10:50, 20:100])
+    reasons = [tr.decide(thumb(changed), t) for t in (66, 100, 133, 166, 200)]
+    assert [r.reason for r in reasons[:3]] == ["in_motion", "settling", "settling"]
+    kept = reasons[3]
+    assert kept.kept and kept.reason == "changed" and kept.distance > 0
+    assert kept.bbox == (160, 80, 640, 320)  # thumbnail rows 10-49, cols 20-99, times 8
+    assert kept.changed_area > 0.2
+    assert reasons[4].reason == "duplicate"
+
+
+def test_small_change_waits_for_the_screen_to_settle_and_tiny_ones_are_skipped() -> None:
+    cfg = DedupConfig()
+    tr = DedupTracker(cfg)
+    tr.decide(thumb(base()), 0)
+    typed = base()
+    typed[40:42, 30:36] = flip(typed[40:42, 30:36])  # 12 px of 14400: 0.08 %
+    out = [tr.decide(thumb(typed), t) for t in range(100, 1000, 100)]
+    reasons = [o.reason for o in out]
+    assert "detail_changed" in reasons
+    first = reasons.index("detail_changed")
+    assert 100 + 100 * first >= 100 + cfg.settle_ms and all(r in ("in_motion", "settling") for r in reasons[:first])
+    assert out[first].changed_area == 12 / 14400
+
+    tr = DedupTracker(cfg)
+    tr.decide(thumb(base()), 0)
+    dot = base()
+    dot[5, 5] = flip(dot[5, 5])
+    assert {tr.decide(thumb(dot), t).reason for t in range(100, 3000, 100)} == {"small_change"}
+
+
+def test_blinking_region_becomes_periodic_and_does_not_hide_real_changes() -> None:
+    tr = DedupTracker()
+    on = base()
+    off = base()
+    off[60:66, 100:102] = flip(off[60:66, 100:102])  # a cursor-sized region, toggling every 500 ms
+    tr.decide(thumb(on), 0)
+    verdicts = []
+    for i in range(1, 60):  # 30 FPS for 2 s
+        t = i * 1000 / 30
+        verdicts.append(tr.decide(thumb(off if int(t / 500) % 2 else on), t))
+    assert not any(v.kept for v in verdicts)
+    assert verdicts[-1].volatile_area > 0
+    assert {v.reason for v in verdicts[-20:]} <= {"periodic_change", "duplicate"}
+    # a real (small) change elsewhere is still seen while the region keeps blinking
+    edited = base()
+    edited[20:23, 10:20] = flip(edited[20:23, 10:20])
+    kept = []
+    for i in range(60, 120):
+        t = i * 1000 / 30
+        frame = edited.copy()
+        if int(t / 500) % 2:
+            frame[60:66, 100:102] = off[60:66, 100:102]
+        v = tr.decide(thumb(frame), t)
+        if v.kept:
+            kept.append(v)
+    assert len(kept) == 1 and kept[0].reason == "detail_changed"
+    assert kept[0].bbox == (80, 160, 80, 24)
+
+
+def test_scrolling_is_debounced_and_the_settled_page_kept() -> None:
+    tr = DedupTracker()
+    tr.decide(thumb(PAGE[:90]), 0)
+    reasons = []
+    for i in range(1, 16):  # scroll 6 thumbnail rows (48 px) per frame
+        reasons.append(tr.decide(thumb(PAGE[6 * i : 6 * i + 90]), i * 33).reason)
+    assert reasons.count("scrolling") >= 12 and "changed" not in reasons
+    after = [tr.decide(thumb(PAGE[90:180]), 16 * 33 + k * 33) for k in range(6)]
+    assert [a.reason for a in after if a.kept] == ["changed"]
+
+
+def test_continuous_motion_yields_checkpoints_sooner_while_the_user_speaks() -> None:
+    def run(speaking: bool) -> list[float]:
+        tr = DedupTracker()
+        tr.decide(thumb(PAGE[:90]), 0)
+        kept_at = []
+        for i in range(1, 150):  # 5 s of continuous scrolling
+            d = tr.decide(thumb(PAGE[2 * i : 2 * i + 90]), i * 33, user_speaking=speaking)
+            if d.kept:
+                assert d.reason == "motion_checkpoint"
+                kept_at.append(i * 33)
+        return kept_at
+
+    idle, speaking = run(False), run(True)
+    cfg = DedupConfig()
+    assert len(idle) == 1 and idle[0] >= cfg.max_stale_ms
+    assert len(speaking) >= 3 and speaking[0] >= cfg.max_stale_speaking_ms
+
+
+def test_resolution_change_resets_the_track() -> None:
+    tr = DedupTracker()
+    tr.decide(thumb(base()), 0)
+    d = tr.decide(thumb(PAGE[:120, :160], w=1280, h=960), 33)
+    assert d.kept and d.reason == "resolution_changed" and d.distance == -1
+    assert tr.decide(thumb(PAGE[:120, :160], w=1280, h=960), 66).reason == "duplicate"
