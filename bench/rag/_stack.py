@@ -66,7 +66,8 @@ class Service:
 @asynccontextmanager
 async def running_service(stack: Stack, **overrides: Any) -> AsyncIterator[Service]:
     settings = Settings(database_url=stack.app_dsn, redis_url=stack.redis_url, grpc_host="127.0.0.1", grpc_port=0,
-                        metrics_port=0, log_level="WARNING", db_pool_max=16, **overrides)
+                        metrics_port=0, log_level="WARNING", db_pool_max=16, shutdown_delay_seconds=0.0,
+                        **overrides)
     app = await build_app(settings)
     port = await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

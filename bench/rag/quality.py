@@ -1,7 +1,7 @@
 """Retrieval quality on the Cranfield collection (1,400 aeronautics abstracts, 225 queries, graded qrels).
 
     uv run python bench/rag/quality.py            # full collection (several minutes: NumPy encoder)
-    uv run python bench/rag/quality.py --quick    # smoke run on a subset (< 60 s), figures not comparable
+    uv run python bench/rag/quality.py --quick    # smoke run on a subset (< 30 s), figures not comparable
 
 Everything runs on the real service: documents go in through IngestDocument (gRPC, local
 all-MiniLM-L6-v2 encoder, chunking, BM25 postings) into PostgreSQL 18 + pgvector under row-level
@@ -181,7 +181,9 @@ async def grpc_hybrid_top10(stack: Stack, queries: list[tuple[int, str]]) -> dic
     return out
 
 
-async def collect(stack: Stack, queries: list[tuple[int, str]]) -> tuple[dict[int, Lists], dict[str, int], dict[str, float]]:
+async def collect(
+    stack: Stack, queries: list[tuple[int, str]]
+) -> tuple[dict[int, Lists], dict[str, int], dict[str, float]]:
     from frugal.rag.config import Settings
 
     settings = Settings(database_url=stack.app_dsn, redis_url=stack.redis_url)
@@ -241,10 +243,10 @@ def evaluate(ranker: Ranker, qnos: Sequence[int], lists: dict[int, Lists], chunk
     return statistics.fmean(nd), statistics.fmean(rc)
 
 
-async def main() -> int:
+async def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="subset smoke run (< 60 s); figures not comparable")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if not (CRANFIELD / "cran.all.1400").is_file():
         print(f"SKIP: Cranfield data not found at {CRANFIELD} (expected <repo>/../shared/data/ir/cranfield)")
         return 0
@@ -255,9 +257,9 @@ async def main() -> int:
     if empty:
         print(f"skipping {len(empty)} empty Cranfield records (no title, no text): {empty}")
     if args.quick:
-        queries = queries[:25]
+        queries = queries[:10]
         wanted = {d for q, _ in queries for d in data.qrels[q]}
-        doc_ids = sorted(wanted | set(doc_ids[:max(0, 220 - len(wanted))]))
+        doc_ids = sorted(wanted | set(doc_ids[:max(0, 90 - len(wanted))]))
         print(f"QUICK MODE: {len(doc_ids)} documents, {len(queries)} queries - a smoke run, NOT comparable "
               "with the full figures")
     print(f"Cranfield: {len(doc_ids)} documents, {len(queries)} queries with relevance judgements "
@@ -314,8 +316,9 @@ async def main() -> int:
     print()
     for label, i in (("nDCG@10 (all)", 0), ("recall@100 (all)", 1), ("nDCG@10 (held-out)", 2),
                      ("recall@100 (held-out)", 3)):
+        verdict = "YES" if hyb[i] > bm[i] and hyb[i] > vec[i] else "NO"
         print(f"hybrid (shipped) vs BM25 / vector / ts_rank_cd on {label}: {hyb[i]:.4f} vs {bm[i]:.4f} / "
-              f"{vec[i]:.4f} / {base[i]:.4f} -> beats both alone: {'YES' if hyb[i] > bm[i] and hyb[i] > vec[i] else 'NO'}")
+              f"{vec[i]:.4f} / {base[i]:.4f} -> beats both alone: {verdict}")
     return 0
 
 

@@ -64,7 +64,8 @@ async def test_app_role_is_powerless(notes_db: tuple[str, str]) -> None:
     admin, _ = notes_db
     conn = await asyncpg.connect(admin)
     try:
-        role = await conn.fetchrow("SELECT rolsuper, rolbypassrls, rolcreaterole FROM pg_roles WHERE rolname='frugal_test'")
+        role = await conn.fetchrow(
+            "SELECT rolsuper, rolbypassrls, rolcreaterole FROM pg_roles WHERE rolname = 'frugal_test'")
         assert role is not None and not any(role.values())
         owned = await conn.fetchval(
             "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = 'frugal_test'")

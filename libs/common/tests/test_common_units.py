@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 from pydantic import ValidationError
@@ -126,6 +126,8 @@ def test_baselines() -> None:
     assert baseline_cost(vision, cat) == pytest.approx(0.03)
     stt = _event(kind=CostKind.STT, cost_usd=0.5, tier=None)
     assert baseline_cost(stt, cat) == 0.5
+    # Offline stand-ins: no real traffic, so no baseline (and no fake savings).
+    assert baseline_cost(_event(offline=True, cost_usd=0.0), cat) == 0.0
 
 
 def test_service_config_json() -> None:
@@ -150,7 +152,9 @@ def test_outgoing_metadata_propagates_identity() -> None:
     assert dict(outgoing_metadata(tenant_id="org_b"))["x-tenant-id"] == "org_b"
 
 
-def test_load_settings_fails_fast_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_load_settings_fails_fast_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("GRPC_PORT", "not-a-port")
     with pytest.raises(SystemExit) as exc:
         load_settings(ServiceSettings)

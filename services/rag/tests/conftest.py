@@ -55,6 +55,7 @@ def make_settings(db: RagDb, redis_url: str, **overrides: Any) -> Settings:
         "db_pool_min": 1,
         "db_pool_max": 4,
         "shutdown_grace_seconds": 1.0,
+        "shutdown_delay_seconds": 0.0,
     }
     base.update(overrides)
     return Settings(**base)

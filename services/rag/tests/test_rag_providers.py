@@ -166,10 +166,10 @@ async def test_query_embedding_failure_degrades_hybrid_to_lexical(start_rag: Any
 
 async def test_slow_voyage_respects_the_callers_deadline(start_rag: Any, voyage: VoyageEmulator) -> None:
     rag = await voyage_rag(start_rag, voyage)
-    voyage.script(VoyageReply(latency_s=3.0))
+    voyage.script(VoyageReply(latency_s=1.5))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query="anything", mode=rag_pb2.RETRIEVAL_MODE_VECTOR),
-                                metadata=md(new_tenant()), timeout=0.5)
+                                metadata=md(new_tenant()), timeout=0.3)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 

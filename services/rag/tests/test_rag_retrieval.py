@@ -205,7 +205,7 @@ async def test_cache_hit_and_miss_metrics(rag: Any) -> None:
 
 # --- k results per tenant under RLS ---------------------------------------------------------------------
 
-SIZES = [1500, 400, 150, 60, 30, 15, 11, 8, 3]  # very different tenants in one table
+SIZES = [1000, 250, 100, 40, 20, 11, 8, 3]  # very different tenants in one table
 K = 10
 
 

@@ -17,8 +17,13 @@ from frugal.api.rag.v1 import rag_pb2
 from frugal.api.router.v1 import router_pb2
 from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, make_event_id
+from frugal.common.pricing import PriceCatalog, TierName
+from frugal.common.usage import UsageAmounts
 from frugal.testkit.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.testkit.gemini import GeminiEmulator, GeminiReply
+
+TIER_NAMES: dict[int, TierName] = {
+    common_pb2.TIER_LITE: "lite", common_pb2.TIER_STANDARD: "standard", common_pb2.TIER_PREMIUM: "premium"}
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 EASY = "What's the weather like today?"  # routed to lite with the default mix
@@ -226,12 +231,19 @@ async def test_offline_provider_is_labelled_everywhere_and_answers_from_context(
     assert "Annual plans can be refunded within 30 days of purchase." in ans.text
     assert "Refund policy" in ans.text and "A pricing page comparing three plans." in ans.text
     c = ans.completed
-    assert c is not None and c.usage.estimated and c.cost_usd == 0 and c.provider.model == "offline-llm"
-    assert c.baseline_cost_usd == 0  # no fake savings from an offline stand-in
+    assert c is not None and c.usage.estimated and c.provider.model == "offline-llm"
+    # A labelled list-price estimate: the routed tier's prices on the estimated tokens, the baseline's on the same.
+    catalog = PriceCatalog.load()
+    routed = catalog.tier_model(TIER_NAMES[c.tier])
+    estimate = UsageAmounts(input_tokens=c.usage.input_tokens, output_tokens=c.usage.output_tokens)
+    assert c.usage.output_tokens > 0
+    assert c.cost_usd == pytest.approx(catalog.cost(routed, estimate))
+    assert c.baseline_cost_usd == pytest.approx(catalog.llm_baseline_cost(estimate))
     assert context_state(ans, router_pb2.CONTEXT_SOURCE_RAG) == router_pb2.CONTEXT_STATE_USED
     assert context_state(ans, router_pb2.CONTEXT_SOURCE_VISION) == router_pb2.CONTEXT_STATE_USED
     (event,) = await cost_events(redis_client)
-    assert event.offline and event.provider == "offline" and event.usage.estimated and event.cost_usd == 0
+    assert event.offline and event.provider == "offline" and event.usage.estimated
+    assert event.cost_usd == pytest.approx(c.cost_usd) and event.attributes["priced_as"] == routed
     # Tenant and session travelled to the dependencies.
     (rag_req, rag_md) = deps.rag.calls[-1]
     assert rag_req.query == "Can I get a refund on an annual plan?" and rag_md["x-tenant-id"] == "acme"

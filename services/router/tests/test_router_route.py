@@ -29,7 +29,7 @@ async def test_route_is_deterministic_and_explains_itself(start_router: Any) -> 
     b = await router.stub.Route(route_request(CODE_TURN), metadata=MD)
     assert a == b
     d = a.decision
-    assert d.scorer == "lexical-ridge-v1"
+    assert d.scorer == "hybrid-v2"
     assert d.features.has_code and d.features.length_chars == len(CODE_TURN)
     assert len(d.thresholds) == 2 and d.thresholds[0] <= d.thresholds[1]
     # With the default 60/25/15 mix this turn is in the top 15% of the reference sample: premium.

@@ -35,7 +35,7 @@ async def start_server(redis_url: str) -> AsyncIterator[StartServer]:
         apps.append(app)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         channels.append(channel)
-        return app, vision_pb2_grpc.VisionServiceStub(channel)  # type: ignore[no-untyped-call]
+        return app, vision_pb2_grpc.VisionServiceStub(channel)
 
     yield start
     for ch in channels:

@@ -7,6 +7,7 @@ Small and short on purpose (320x180, 8 s per scenario): the thumbnail the decisi
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import imagehash
 import numpy as np
@@ -60,7 +61,7 @@ def figures() -> list[Figures]:
         def ih(f: corpus.CorpusFrame) -> imagehash.ImageHash:
             return imagehash.phash(Image.frombytes("RGB", (f.rgb.shape[1], f.rgb.shape[0]), f.rgb.tobytes()))
 
-        policies = {
+        policies: dict[str, Callable[[corpus.CorpusFrame], bool]] = {
             "dedup": DedupPolicy(),
             "seed": SeedRule(ih, lambda a, b: int(a - b)),
             "1fps": lambda f: f.index % 30 == 0,

@@ -11,16 +11,16 @@ RNG = np.random.default_rng(3)
 PAGE = RNG.integers(0, 256, (400, 160), dtype=np.uint8)  # a tall textured "document"
 
 
-def thumb(px: np.ndarray, w: int = 1280, h: int = 720) -> Thumbnail:  # type: ignore[type-arg]
+def thumb(px: np.ndarray, w: int = 1280, h: int = 720) -> Thumbnail:
     return Thumbnail(np.ascontiguousarray(px), 8, w, h)
 
 
-def flip(a: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+def flip(a: np.ndarray) -> np.ndarray:
     """Every pixel moves by at least 128 levels."""
     return np.where(a > 127, 0, 255).astype(np.uint8)
 
 
-def base() -> np.ndarray:  # type: ignore[type-arg]
+def base() -> np.ndarray:
     return PAGE[:90].copy()
 
 
@@ -105,7 +105,7 @@ def test_continuous_motion_yields_checkpoints_sooner_while_the_user_speaks() -> 
     def run(speaking: bool) -> list[float]:
         tr = DedupTracker()
         tr.decide(thumb(PAGE[:90]), 0)
-        kept_at = []
+        kept_at: list[float] = []
         for i in range(1, 150):  # 5 s of continuous scrolling
             d = tr.decide(thumb(PAGE[2 * i : 2 * i + 90]), i * 33, user_speaking=speaking)
             if d.kept:

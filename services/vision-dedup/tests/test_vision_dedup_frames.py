@@ -21,7 +21,7 @@ from frugal.vision.frames import (
 LIMITS = FrameLimits()
 
 
-def screen(w: int, h: int) -> np.ndarray:  # type: ignore[type-arg]
+def screen(w: int, h: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     img = np.zeros((h, w, 3), dtype=np.uint8)
     img[..., 0] = (xx * 255 // max(1, w - 1)).astype(np.uint8)
@@ -32,7 +32,7 @@ def screen(w: int, h: int) -> np.ndarray:  # type: ignore[type-arg]
     return img
 
 
-def i420_planes(rgb: np.ndarray, pad: int = 0) -> Any:  # type: ignore[type-arg]
+def i420_planes(rgb: np.ndarray, pad: int = 0) -> Any:
     """I420 planes with row padding (stride = width + pad), odd sizes allowed."""
     h, w = rgb.shape[:2]
     cw, ch = (w + 1) // 2, (h + 1) // 2
@@ -42,7 +42,7 @@ def i420_planes(rgb: np.ndarray, pad: int = 0) -> Any:  # type: ignore[type-arg]
     u = raw[4 * ch * cw : 5 * ch * cw].reshape(ch, cw)
     v = raw[5 * ch * cw :].reshape(ch, cw)
 
-    def padded(p: np.ndarray) -> bytes:  # type: ignore[type-arg]
+    def padded(p: np.ndarray) -> bytes:
         return np.pad(p, ((0, 0), (0, pad)), constant_values=7).tobytes()
 
     return vision_pb2.Frame(format=vision_pb2.FRAME_FORMAT_I420, width=w, height=h, i420=vision_pb2.I420Planes(
@@ -50,13 +50,13 @@ def i420_planes(rgb: np.ndarray, pad: int = 0) -> Any:  # type: ignore[type-arg]
         stride_v=cw + pad if pad else 0))
 
 
-def packed_i420(rgb: np.ndarray) -> Any:  # type: ignore[type-arg]
+def packed_i420(rgb: np.ndarray) -> Any:
     h, w = rgb.shape[:2]
     return vision_pb2.Frame(format=vision_pb2.FRAME_FORMAT_I420, width=w, height=h,
                             data=cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
 
 
-def encoded(rgb: np.ndarray, ext: str, declare: bool = True) -> Any:  # type: ignore[type-arg]
+def encoded(rgb: np.ndarray, ext: str, declare: bool = True) -> Any:
     h, w = rgb.shape[:2]
     ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     assert ok
@@ -64,7 +64,7 @@ def encoded(rgb: np.ndarray, ext: str, declare: bool = True) -> Any:  # type: ig
     return vision_pb2.Frame(format=fmt, width=w if declare else 0, height=h if declare else 0, data=buf.tobytes())
 
 
-def close(a: np.ndarray, b: np.ndarray, tol: float) -> bool:  # type: ignore[type-arg]
+def close(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
     return a.shape == b.shape and float(np.abs(a.astype(int) - b.astype(int)).mean()) <= tol
 
 
@@ -106,6 +106,7 @@ def test_encode_for_model_fits_the_max_side() -> None:
     rgb = screen(1280, 720)
     data, mime, w, h = encode_for_model(packed_i420(rgb), 768)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert img is not None
     assert mime == "image/jpeg" and (w, h) == (768, 432) and img.shape == (432, 768, 3)
     small_jpeg = encoded(screen(320, 180), ".jpg")
     assert encode_for_model(small_jpeg, 768)[0] == small_jpeg.data  # passed through untouched

@@ -59,7 +59,8 @@ def screens(n: int, w: int = 1280, h: int = 720) -> list[Any]:
 async def events(redis_url: str) -> list[CostEvent]:
     r = aioredis.Redis.from_url(redis_url)
     try:
-        return [CostEvent.from_stream_fields(f) for _, f in await r.xrange(COST_EVENTS_STREAM)]
+        entries: list[tuple[Any, dict[Any, Any]]] = await r.xrange(COST_EVENTS_STREAM)  # type: ignore[assignment]
+        return [CostEvent.from_stream_fields(f) for _, f in entries]
     finally:
         await r.aclose()
 

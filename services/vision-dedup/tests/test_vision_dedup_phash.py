@@ -12,12 +12,12 @@ from frugal.vision.frames import FrameLimits, luma_thumbnail
 from frugal.vision.phash import from_hex, hamming, phash, to_hex
 
 
-def reference(rgb: np.ndarray) -> int:  # type: ignore[type-arg]
+def reference(rgb: np.ndarray) -> int:
     h, w = rgb.shape[:2]
     return int(str(imagehash.phash(Image.frombytes("RGB", (w, h), rgb.tobytes()))), 16)
 
 
-def fast(rgb: np.ndarray) -> int:  # type: ignore[type-arg]
+def fast(rgb: np.ndarray) -> int:
     f = corpus.CorpusFrame("x", 0, 0, rgb, False)
     return phash(luma_thumbnail(i420_frame(f), FrameLimits()).pixels)
 

@@ -86,3 +86,63 @@ def best_cost_cut(
     """The cheapest point whose quality is >= floor x all-premium quality (None when no point qualifies)."""
     ok = [p for p in points if p.quality >= floor * premium.quality - 1e-12]
     return min(ok, key=lambda p: (p.cost, -p.quality)) if ok else None
+
+
+# --- conversational turns with difficulty labels (frugal.router.conversational) ---------------------------
+
+@dataclass(frozen=True, slots=True)
+class LabelledResult:
+    """How a router does on turns labelled 0 (lite suffices), 1 (standard needed), 2 (premium needed)."""
+
+    label: str
+    spearman: float
+    # Share of turns routed exactly to their label's tier.
+    accuracy: float
+    # Share of label-2 turns sent to lite (the costly mistake for quality).
+    premium_to_lite: float
+    # Share of turns sent below / above their label's tier.
+    under: float
+    over: float
+    shares: tuple[float, float, float]
+    # Cost of the routed turns / cost of sending every turn to premium (fixed token estimate per turn).
+    cost_ratio: float
+
+
+def _label_shares(labels: Sequence[int]) -> tuple[float, float, float]:
+    n = len(labels)
+    return (labels.count(0) / n, labels.count(1) / n, labels.count(2) / n)
+
+
+def evaluate_labelled(label: str, labels: Sequence[int], scores: Sequence[float], tiers: Sequence[int],
+                      tier_costs: tuple[float, float, float]) -> LabelledResult:
+    from frugal.router.conversational import spearman
+
+    n = len(labels)
+    premium_turns = [t for lab, t in zip(labels, tiers, strict=True) if lab == 2]
+    counts = [list(tiers).count(k) for k in range(3)]
+    return LabelledResult(
+        label=label,
+        spearman=spearman(scores, [float(x) for x in labels]),
+        accuracy=sum(1 for lab, t in zip(labels, tiers, strict=True) if lab == t) / n,
+        premium_to_lite=premium_turns.count(0) / len(premium_turns) if premium_turns else 0.0,
+        under=sum(1 for lab, t in zip(labels, tiers, strict=True) if t < lab) / n,
+        over=sum(1 for lab, t in zip(labels, tiers, strict=True) if t > lab) / n,
+        shares=(counts[0] / n, counts[1] / n, counts[2] / n),
+        cost_ratio=sum(tier_costs[t] for t in tiers) / (n * tier_costs[2]),
+    )
+
+
+def random_labelled(label: str, labels: Sequence[int], shares: tuple[float, float, float],
+                    tier_costs: tuple[float, float, float]) -> LabelledResult:
+    """Exact expectation of routing each turn at random with these tier shares (Spearman 0 in expectation)."""
+    ls = _label_shares(labels)
+    return LabelledResult(
+        label=label,
+        spearman=0.0,
+        accuracy=sum(s * p for s, p in zip(shares, ls, strict=True)),
+        premium_to_lite=shares[0],
+        under=ls[1] * shares[0] + ls[2] * (shares[0] + shares[1]),
+        over=ls[0] * (shares[1] + shares[2]) + ls[1] * shares[2],
+        shares=shares,
+        cost_ratio=sum(s * c for s, c in zip(shares, tier_costs, strict=True)) / tier_costs[2],
+    )

@@ -1,11 +1,17 @@
 """Difficulty scorers and the calibration of tier thresholds from a target mix.
 
-Two scorers:
+Three scorers:
 - `heuristic-seed`: the seed product's 0-18 point keyword scorer, reproduced faithfully (our baseline);
-- `lexical-ridge-v1` (the default): a linear model over word unigrams/bigrams of the turn and the seed's
-  features, fitted by ridge regression on public routing data to predict how much quality a turn gains
-  from a stronger model (see frugal.router.train and bench/routing). Its weights are a committed JSON
-  artifact verified against a SHA-256 sidecar at load time; a corrupt artifact refuses to load.
+- `lexical-ridge-v1`: a linear model over word unigrams/bigrams of the turn and the seed's features, fitted
+  by ridge regression on public routing data (benchmark prompts) to predict how much quality a turn gains
+  from a stronger model (see frugal.router.train and bench/routing). It ranks benchmark prompts well and
+  ordinary voice turns badly (a greeting above a multi-part design question);
+- `hybrid-v2` (the default): a linear model over conversational-structure features
+  (frugal.router.conversational), fitted on the calibration split of our labelled conversational turns,
+  plus `lambda` x the standardized `lexical-ridge-v1` score (so the public-data knowledge is kept).
+The weights are one committed JSON artifact (`scorer-hybrid-v2.json`, which embeds the lexical model)
+verified against a SHA-256 sidecar at load time; a corrupt artifact refuses to load. The older
+`scorer-lexical-ridge-v1.json` artifact still loads through SCORER_ARTIFACT_PATH (lexical + seed only).
 
 Both are pure functions of the turn's text: the same input gives the same score, no randomness. Scores are
 mapped to tiers by two thresholds: lite if score <= t1, standard if score <= t2, premium otherwise. The
@@ -26,11 +32,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
+from frugal.router.conversational import STRUCTURE_FEATURES, structure_features
 from frugal.router.features import TurnFeatures, extract_features
 
-DEFAULT_SCORER = "lexical-ridge-v1"
+DEFAULT_SCORER = "hybrid-v2"
+LEXICAL_SCORER = "lexical-ridge-v1"
 SEED_SCORER = "heuristic-seed"
-ARTIFACT_FILE = "scorer-lexical-ridge-v1.json"
+ARTIFACT_FILE = "scorer-hybrid-v2.json"
+LEXICAL_ARTIFACT_FILE = "scorer-lexical-ridge-v1.json"
 ARTIFACT_FORMAT = "frugal-router-scorer/1"
 QUANTILE_POINTS = 1001
 
@@ -261,6 +270,51 @@ class LexicalRidgeScorer:
         return s
 
 
+class HybridScorer:
+    """score = structure bias + standardized structure features . weights + lambda * (lexical - mu) / sd.
+
+    The structure part is fitted to the difficulty labels (0/1/2) of the conversational calibration split; the
+    lexical part is `lexical-ridge-v1`, standardized by its mean and spread on the public training prompts."""
+
+    def __init__(self, payload: dict[str, Any], lexical: LexicalRidgeScorer,
+                 reference: QuantileTable | None = None) -> None:
+        try:
+            self.name = str(payload["name"])
+            structure = payload["structure"]
+            if list(structure["names"]) != list(STRUCTURE_FEATURES):
+                raise ScorerError(f"artifact structure features {structure['names']} != {list(STRUCTURE_FEATURES)}")
+            self.mean = [float(v) for v in structure["mean"]]
+            self.std = [float(v) for v in structure["std"]]
+            self.weights = [float(v) for v in structure["weights"]]
+            self.bias = float(structure["bias"])
+            self.lam = float(payload["lambda"])
+            self.lexical_mean = float(payload["lexical_scale"]["mean"])
+            self.lexical_std = float(payload["lexical_scale"]["std"])
+            ref = payload["reference"]
+            self.reference = reference or QuantileTable(
+                ref["quantiles"][self.name], sample=str(ref["sample"]), n=int(ref["n"])
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, ScorerError):
+                raise
+            raise ScorerError(f"scorer artifact is malformed: {err!r}") from err
+        if not (len(self.mean) == len(self.std) == len(self.weights) == len(STRUCTURE_FEATURES)):
+            raise ScorerError("scorer artifact structure arrays have the wrong length")
+        if self.lexical_std <= 0 or any(sd <= 0 for sd in self.std):
+            raise ScorerError("scorer artifact has a non-positive standard deviation")
+        self.lexical = lexical
+
+    def structure_score(self, text: str) -> float:
+        s = self.bias
+        for x, mu, sd, w in zip(structure_features(text), self.mean, self.std, self.weights, strict=True):
+            s += (x - mu) / sd * w
+        return s
+
+    def score(self, text: str, features: TurnFeatures) -> float:
+        z = (self.lexical.score(text, features) - self.lexical_mean) / self.lexical_std
+        return self.structure_score(text) + self.lam * z
+
+
 def artifact_bytes(path: str | Path | None = None) -> tuple[bytes, str | None, str]:
     """(artifact bytes, expected sha256 from the sidecar or None if missing, source description)."""
     if path is None:
@@ -322,14 +376,25 @@ def load_scorers(
     reference_texts: Sequence[str] | None = None,
     reference_name: str = "custom reference sample",
 ) -> ScorerSet:
-    """Loads the default scorer's artifact (verified) and the seed heuristic.
+    """Loads the scorer artifact (verified): `hybrid-v2` with the `lexical-ridge-v1` model it embeds, and the
+    seed heuristic. An older `lexical-ridge-v1` artifact gives that scorer and the seed heuristic only.
 
     With `reference_texts`, every scorer's thresholds are calibrated on those turns instead of the bundled
-    reference sample (the training split of the public routing data)."""
+    reference sample (the calibration split of the conversational turns for `scorer-hybrid-v2.json`; the
+    training split of the public routing data for the older lexical artifact)."""
     payload = load_artifact(artifact_path)
-    lexical = LexicalRidgeScorer(payload)
+    scorers: dict[str, Scorer] = {}
+    if "structure" in payload:
+        if not isinstance(payload.get("lexical"), dict):
+            raise ScorerError("scorer artifact is malformed: no embedded lexical model")
+        lexical = LexicalRidgeScorer({**payload["lexical"], "reference": payload.get("reference")})
+        hybrid = HybridScorer(payload, lexical)
+        scorers[hybrid.name] = hybrid
+    else:
+        lexical = LexicalRidgeScorer(payload)
     seed = SeedHeuristicScorer(lexical.seed_reference)
-    scorers: dict[str, Scorer] = {lexical.name: lexical, seed.name: seed}
+    scorers[lexical.name] = lexical
+    scorers[seed.name] = seed
     if reference_texts is not None:
         feats = [extract_features(t) for t in reference_texts]
         for s in scorers.values():

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from frugal.api.billing.v1 import billing_pb2
 from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
-from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
+from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, baseline_cost, make_event_id
 from frugal.common.grpc_server import GrpcApp, service_full_name
 from frugal.common.metrics import AI_COST_TOTAL, AI_REQUESTS_TOTAL
 from frugal.common.pricing import TIERS, PriceCatalog, PriceCatalogError, TierName, default_catalog
@@ -451,24 +451,27 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                                   estimated=True) if call.emitted else UsageAmounts(requests=1))
             call.usage = usage
         offline = call.provider.offline
+        # An offline stand-in is priced as the model the router chose for the turn, on its estimated usage:
+        # a labelled list-price estimate (offline, usage.estimated, `priced_as`), never real spend. Billing
+        # keeps such events out of budgets; cost and baseline stay comparable, so savings stay meaningful.
+        priced_as = core.catalog.tier_model(call.tier) if offline and call.tier in TIERS else call.model
         try:
-            cost = 0.0 if offline else core.catalog.cost(call.model, usage)
+            cost = core.catalog.cost(priced_as, usage)
         except PriceCatalogError:
-            log.error("no price for %s; cost recorded as 0", call.model)
+            log.error("no price for %s; cost recorded as 0", priced_as)
             cost = 0.0
-        # Offline answers cost nothing and stand for no real tokens: no baseline, so no fake savings.
-        baseline = 0.0 if offline else core.catalog.llm_baseline_cost(usage)
         event_id = make_event_id("router", call.tenant, turn_id, str(attempt))
         event = CostEvent(
             event_id=event_id, tenant_id=call.tenant, session_id=session, request_id=request_id, service="router",
             kind=CostKind.LLM, provider=call.provider.provider, model=call.model, tier=call.tier, usage=usage,
             cost_usd=cost, offline=offline,
             attributes={"turn_id": turn_id, "attempt": str(attempt), "outcome": outcome, "scorer": decision.scorer,
-                        "routed_tier": decision.tier},
+                        "routed_tier": decision.tier, "priced_as": priced_as},
         )
         await core.producer.emit(event)
         account.cost_usd += cost
-        account.baseline_usd += baseline
+        # The same rule billing applies to the ledger (offline: no baseline, so no fake savings).
+        account.baseline_usd += baseline_cost(event, core.catalog)
         account.event_ids.append(event_id)
         AI_COST_TOTAL.labels(service="router", kind="llm", provider=call.provider.provider, model=call.model,
                              tier=call.tier, offline=str(offline).lower()).inc(cost)

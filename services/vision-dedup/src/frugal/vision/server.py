@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import grpc
 from redis.exceptions import RedisError
 
@@ -137,6 +138,9 @@ class VisionServiceServicer(vision_pb2_grpc.VisionServiceServicer):
             decision, width, height = await loop.run_in_executor(self._executor, self._decide, track, frame, t_ms)
         except FrameError as err:
             return self._error(verdict, tenant, str(err), started), None
+        except cv2.error as err:  # a decoder that raised instead of returning nothing
+            msg = str(err).strip().splitlines()[-1][:200] if str(err).strip() else "decoder error"
+            return self._error(verdict, tenant, f"undecodable {fmt.upper()}: {msg}", started), None
         tracks.setdefault(frame.track_id, track)
         track.frames += 1
         elapsed = time.perf_counter() - started
