@@ -43,8 +43,14 @@ def main() -> int:
         print(f"demo: dev stack failed: {err}", file=sys.stderr)
         return 1
     env = stack.env()
+    try:
+        # Its own database, recreated every run: the demo never depends on what `make dev` left behind.
+        demo_dsn = stack.postgres.fresh_database("frugal_demo")
+    except DevStackError as err:
+        print(f"demo: could not create the demo database: {err}", file=sys.stderr)
+        return 1
     log_dir = stack.root / "logs" / "demo"
-    mesh = LocalMesh.on_free_ports(env["PG_ADMIN_URL"], env["REDIS_URL"], log_dir=log_dir,
+    mesh = LocalMesh.on_free_ports(demo_dsn, env["REDIS_URL"], log_dir=log_dir,
                                    extra_env={"LOG_LEVEL": "INFO"})
 
     def on_term(signum: int, _frame: object) -> None:

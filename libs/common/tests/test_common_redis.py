@@ -50,3 +50,25 @@ async def test_outage_buffers_then_delivers(tmp_path: Path) -> None:
         await producer.aclose()
         await client.aclose()
         server.stop()
+
+
+def test_devstack_is_idempotent_and_recreates_databases() -> None:
+    import os
+    import tempfile
+
+    from frugal.common.devstack import DevStack
+
+    tmp = tempfile.TemporaryDirectory(prefix="frugal-devstack-")
+    os.chmod(tmp.name, 0o755)  # as root, postgres runs as an unprivileged user that must reach the data dir
+    stack = DevStack(Path(tmp.name) / "stack", free_port(), free_port())
+    try:
+        stack.start()
+        stack.start()  # a second start is a no-op
+        assert stack.postgres.running() and stack.redis.running()
+        dsn = stack.postgres.fresh_database("frugal_demo_test")
+        assert dsn.endswith("/frugal_demo_test")
+        assert stack.postgres.fresh_database("frugal_demo_test") == dsn  # drop + create again works
+    finally:
+        stack.stop()
+    assert not stack.postgres.running() and not stack.redis.running()
+    tmp.cleanup()

@@ -177,7 +177,7 @@ def test_artifact_rebuilds_bit_for_bit_from_the_public_data() -> None:
 
 def test_default_scorer_beats_the_seed_heuristic_on_held_out_prompts() -> None:
     """Largest cost cut at quality >= 95% of all-premium, on the held-out split of each data set (10% mix grid).
-    hybrid-v2: 47.9% vs 20.5% (llmrouter), 39.3% vs 0% (routerbench); see bench/routing/run.py."""
+    hybrid-v2: 45.9% vs 20.5% (llmrouter), 37.1% vs 0% (routerbench); see bench/routing/run.py --quick."""
     datasets = _datasets_or_skip()
     scorers = load_scorers()
     mixes = mix_grid(10)

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -111,13 +112,25 @@ class EmbeddedPostgres:
                 self._cmd("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                           "--no-instructions")
             except subprocess.CalledProcessError as err:
-                raise DevStackError(f"initdb failed: {err.stderr.strip()}") from err
+                hint = (f" (as root, PostgreSQL runs as the '{PG_SYSTEM_USER}' user: every parent of {self.data} "
+                        "must be world-traversable)" if user is not None and "Permission denied" in err.stderr else "")
+                raise DevStackError(f"initdb failed: {err.stderr.strip()}{hint}") from err
         if not self.running():
             self._start_server()
         exists = self._psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'").strip()
         if not exists:
             self._psql("postgres", f"CREATE DATABASE {DATABASE}")
         self._psql(DATABASE, "CREATE EXTENSION IF NOT EXISTS vector")
+
+    def fresh_database(self, name: str) -> str:
+        """Drops and recreates database `name` with pgvector; returns its admin DSN. For runs (the demo)
+        that must not depend on what an earlier run or `make dev` left behind."""
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name) or name in ("postgres", DATABASE):
+            raise DevStackError(f"refusing to recreate database {name!r}")
+        self._psql("postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self._psql("postgres", f"CREATE DATABASE {name}")
+        self._psql(name, "CREATE EXTENSION IF NOT EXISTS vector")
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
 
     def _start_server(self) -> None:
         if port_open(self.port):
