@@ -1,7 +1,7 @@
 """The labelled screen-share corpus: determinism, and the dedup figures against 1 FPS, 30 FPS and the seed's rule.
 
 Small and short on purpose (320x180, 8 s per scenario): the thumbnail the decision works on is the same
-160x90 at this size as at 720p. `bench/vision/bench_vision.py` runs the full-size corpus.
+160x90 at this size as at 720p. `bench/vision/run.py` runs the full-size corpus.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Ledger ingestion benchmark: events/s written exactly once, and write latency, at 1, 2 and 4 consumers.
 
-    uv run python bench/billing/bench_ledger.py [--quick] [--events N] [--consumers 1,2,4]
+    uv run python bench/billing/run.py [--quick] [--events N] [--consumers 1,2,4]
                                                 [--pg-dsn ADMIN_DSN --redis-url URL]
 
 What it does, per consumer count K:

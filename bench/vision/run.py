@@ -1,7 +1,7 @@
 """vision-dedup benchmark: hash + decision throughput vs the imagehash reference, agreement, corpus dedup figures.
 
-    uv run python bench/vision/bench_vision.py            # full: 720p/1080p throughput, 720p corpus (a few minutes)
-    uv run python bench/vision/bench_vision.py --quick    # smoke run, < 60 s
+    uv run python bench/vision/run.py            # full: 720p/1080p throughput, 720p corpus (a few minutes)
+    uv run python bench/vision/run.py --quick    # smoke run, < 60 s
 
 Everything runs on one thread (OpenCV and BLAS pinned to one thread), so frames/s is per core. CPU time
 (thread_time) is reported next to wall time: on a shared machine wall time includes waiting for a core.
