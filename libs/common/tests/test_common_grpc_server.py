@@ -28,7 +28,7 @@ class EchoRouter(router_pb2_grpc.RouterServiceServicer):
         self.downstream = downstream
         self.finished_streams = 0
 
-    async def Route(self, request: Any, context: grpc.aio.ServicerContext) -> router_pb2.RouteResponse:
+    async def Route(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> router_pb2.RouteResponse:
         if request.turn.text == "unimplemented":
             await abort_unimplemented(context, "Route(unimplemented)")
         if request.turn.text == "forward" and self.downstream:
@@ -45,7 +45,7 @@ class EchoRouter(router_pb2_grpc.RouterServiceServicer):
         return router_pb2.RouteResponse(decision=router_pb2.Decision(
             model=f"{ident.tenant_id}|{ident.session_id}", scorer=f"{left if left is None else round(left)}"))
 
-    async def Respond(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def Respond(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         for i in range(5):
             await asyncio.sleep(0.2)
             yield router_pb2.RespondResponse(delta=router_pb2.TextDelta(text=str(i)))
@@ -56,7 +56,7 @@ async def _start(servicer: EchoRouter) -> GrpcApp:
     app = GrpcApp(ServiceSettings(service_name="t", grpc_host="127.0.0.1", grpc_port=0, metrics_port=0,
                                   shutdown_grace_seconds=5, shutdown_delay_seconds=0.3),
                  services=[ROUTER])
-    router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, app.server)  # type: ignore[no-untyped-call]
+    router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, app.server)
     await app.start()
     return app
 
@@ -131,13 +131,13 @@ async def test_graceful_shutdown_drains_in_flight_streams() -> None:
         health = health_pb2_grpc.HealthStub(ch)
         call = stub.Respond(router_pb2.RespondRequest(), metadata=MD)
         first = await call.read()
-        assert first.delta.text == "0"
+        assert isinstance(first, router_pb2.RespondResponse) and first.delta.text == "0"
         stopping = asyncio.create_task(app.stop(grace=5))
         await asyncio.sleep(0.05)
         status = await health.Check(health_pb2.HealthCheckRequest(service=ROUTER))
         assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
         rest = []
-        while (msg := await call.read()) is not grpc.aio.EOF:
+        while isinstance(msg := await call.read(), router_pb2.RespondResponse):
             rest.append(msg.delta.text)
         assert rest == ["1", "2", "3", "4"]
         await stopping

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -26,7 +27,7 @@ async def test_emit_appends_to_stream(redis_client: aioredis.Redis, redis_url: s
     finally:
         await producer.aclose()
         await client.aclose()
-    entries = await redis_client.xrange(COST_EVENTS_STREAM)
+    entries: list[Any] = await redis_client.xrange(COST_EVENTS_STREAM)  # type: ignore[assignment]
     assert len(entries) == 1
     assert CostEvent.from_stream_fields(entries[0][1]) == event
 
@@ -43,7 +44,7 @@ async def test_outage_buffers_then_delivers(tmp_path: Path) -> None:
         server.start()
         assert await producer.flush() == 0
         check = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
-        entries = await check.xrange(COST_EVENTS_STREAM)
+        entries: list[Any] = await check.xrange(COST_EVENTS_STREAM)  # type: ignore[assignment]
         await check.aclose()
         assert [CostEvent.from_stream_fields(f).usage.input_tokens for _, f in entries] == [1, 2]
     finally:

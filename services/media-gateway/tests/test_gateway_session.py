@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.agents import UserInputTranscribedEvent, UserStateChangedEvent, vad
+from livekit.agents import RunResult, UserInputTranscribedEvent, UserStateChangedEvent, vad
 
 from frugal.common.cost_events import CostKind
 from frugal.common.pricing import default_catalog
@@ -49,7 +49,7 @@ async def test_text_turn_goes_through_the_real_router(mesh: dict[str, str], make
     try:
         async with parts.session as session:
             await session.start(parts.agent)
-            result = await session.run(user_input="What is Lumen Desk, in one sentence?")
+            result: RunResult[None] = await session.run(user_input="What is Lumen Desk, in one sentence?")
             msg = result.expect.next_event().is_message(role="assistant")
             result.expect.no_more_events()
             report = parts.llm.reports[-1]
@@ -77,7 +77,7 @@ async def test_router_down_becomes_a_spoken_apology_not_a_dead_session(
         async with parts.session as session:
             await session.start(parts.agent)
             for question in ("Hello?", "Are you still there?"):
-                result = await session.run(user_input=question)
+                result: RunResult[None] = await session.run(user_input=question)
                 msg = result.expect.next_event().is_message(role="assistant")
                 assert msg.event().item.text_content == APOLOGIES[grpc.StatusCode.UNAVAILABLE]
             assert [r.error_code for r in parts.llm.reports] == ["UNAVAILABLE", "UNAVAILABLE"]
