@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import json
 import math
 import uuid
@@ -34,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from frugal.testkit._server import HttpEmulator
 
 IMAGE_TOKENS = 1600
 
@@ -156,7 +157,7 @@ def _block_text(content: Any, images: list[AnthropicImage]) -> list[str]:
     return texts
 
 
-class AnthropicEmulator:
+class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
     """aiohttp server on 127.0.0.1 (port 0 by default). Async context manager, or start()/aclose()."""
 
     def __init__(
@@ -170,59 +171,22 @@ class AnthropicEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.responder = responder or default_responder
         self.latency_s = latency_s
         self.chunk_delay_s = chunk_delay_s
         self.chunk_chars = max(1, chunk_chars)
         self.require_api_key = require_api_key
-        self.requests: list[AnthropicRequest] = []
-        self._script: collections.deque[AnthropicReply] = collections.deque()
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
-    async def start(self) -> AnthropicEmulator:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1])
-        return self
-
-    async def aclose(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> AnthropicEmulator:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @property
     def base_url(self) -> str:
-        return f"http://{self._host}:{self.port}"
-
-    def script(self, *replies: AnthropicReply) -> None:
-        self._script.extend(replies)
+        return self.origin
 
     def fail_next(self, status: int, times: int = 1, message: str | None = None) -> None:
         self.script(*[AnthropicReply(status=status, error_message=message) for _ in range(times)])
-
-    def clear(self) -> None:
-        self._script.clear()
-        self.requests.clear()
-
-    @property
-    def scripted_left(self) -> int:
-        return len(self._script)
 
     # -- wire format -------------------------------------------------------------------------------
     @staticmethod
@@ -282,7 +246,7 @@ class AnthropicEmulator:
         self.requests.append(req)
         if self.require_api_key and not req.api_key:
             return self._error(401, "x-api-key (or Authorization: Bearer) header is required")
-        reply = self._script.popleft() if self._script else AnthropicReply()
+        reply = self._next_reply(AnthropicReply())
         latency = self.latency_s if reply.latency_s is None else reply.latency_s
         if latency > 0:
             await asyncio.sleep(latency)

@@ -32,6 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
+from frugal.testkit._server import HttpEmulator
+
 MODELS = ("rerank-v3.5", "rerank-english-v3.0", "rerank-multilingual-v3.0", "rerank-v4.0-pro", "rerank-v4.0-fast")
 MAX_DOCUMENTS = 1000
 DOCS_PER_SEARCH_UNIT = 100
@@ -90,7 +92,7 @@ class CohereReply:
 Scorer = Callable[[str, list[str]], list[float]]
 
 
-class CohereEmulator:
+class CohereEmulator(HttpEmulator[CohereReply, CohereRequest]):
     """aiohttp server on 127.0.0.1 (port 0 by default). Async context manager, or start()/aclose()."""
 
     def __init__(
@@ -102,55 +104,22 @@ class CohereEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.api_keys = api_keys
         self.latency_s = latency_s
         self.scorer = scorer or emulated_scores
-        self.requests: list[CohereRequest] = []
-        self._script: collections.deque[CohereReply] = collections.deque()
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
-    async def start(self) -> CohereEmulator:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v2/rerank", self._handle)
         app.router.add_post("/v1/rerank", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1])
-        return self
-
-    async def aclose(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> CohereEmulator:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @property
     def base_url(self) -> str:
         """What the SDK takes as `base_url` (it appends `v2/rerank`)."""
-        return f"http://{self._host}:{self.port}"
-
-    def script(self, *replies: CohereReply) -> None:
-        self._script.extend(replies)
+        return self.origin
 
     def fail_next(self, status: int, times: int = 1, message: str | None = None) -> None:
         self.script(*[CohereReply(status=status, message=message) for _ in range(times)])
-
-    def clear(self) -> None:
-        self._script.clear()
-        self.requests.clear()
 
     # -- wire format -------------------------------------------------------------------------------
     @staticmethod
@@ -204,7 +173,7 @@ class CohereEmulator:
         self.requests.append(req)
         if not req.api_key or (self.api_keys is not None and req.api_key not in self.api_keys):
             return self._error(401, "invalid api token")
-        reply = self._script.popleft() if self._script else CohereReply()
+        reply = self._next_reply(CohereReply())
         latency = self.latency_s if reply.latency_s is None else reply.latency_s
         if latency > 0:
             await asyncio.sleep(latency)

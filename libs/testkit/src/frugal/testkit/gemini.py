@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import hashlib
 import json
 import math
@@ -40,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from frugal.testkit._server import HttpEmulator
 
 IMAGE_TOKENS = 258
 
@@ -172,7 +173,7 @@ def _parse_content_parts(content: dict[str, Any]) -> tuple[list[str], list[Inlin
     return texts, images
 
 
-class GeminiEmulator:
+class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
     """aiohttp server on 127.0.0.1 (port 0 by default). Use as an async context manager or start()/aclose()."""
 
     def __init__(
@@ -186,62 +187,24 @@ class GeminiEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port)
         self.responder = responder or default_responder
         self.latency_s = latency_s
         self.chunk_delay_s = chunk_delay_s
         self.chunk_chars = max(1, chunk_chars)
         self.require_api_key = require_api_key
-        self.requests: list[GeminiRequest] = []
-        self._script: collections.deque[GeminiReply] = collections.deque()
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    async def start(self) -> GeminiEmulator:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{version}/models/{target}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1])
-        return self
-
-    async def aclose(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> GeminiEmulator:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @property
     def base_url(self) -> str:
-        return f"http://{self._host}:{self.port}"
+        return self.origin
 
     # -- scripting ---------------------------------------------------------------------------------
-    def script(self, *replies: GeminiReply) -> None:
-        """Queues replies; each request consumes the next one (generate and stream alike)."""
-        self._script.extend(replies)
-
     def fail_next(self, status: int, times: int = 1, message: str | None = None) -> None:
         self.script(*[GeminiReply(status=status, error_message=message) for _ in range(times)])
-
-    def clear(self) -> None:
-        self._script.clear()
-        self.requests.clear()
-
-    @property
-    def scripted_left(self) -> int:
-        return len(self._script)
 
     # -- wire format -------------------------------------------------------------------------------
     @staticmethod
@@ -352,7 +315,7 @@ class GeminiEmulator:
             return web.json_response({"totalTokens": self._usage(req, "", GeminiReply(), False)["promptTokenCount"]})
         if not req.texts and not req.images:
             return self._error(400, "* GenerateContentRequest.contents: contents is not specified")
-        reply = self._script.popleft() if self._script else GeminiReply()
+        reply = self._next_reply(GeminiReply())
         latency = self.latency_s if reply.latency_s is None else reply.latency_s
         if latency > 0:
             await asyncio.sleep(latency)

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
+from frugal.testkit._server import HttpEmulator
+
 DEFAULT_DIMENSIONS = {"voyage-3.5-lite": 1024, "voyage-3.5": 1024, "voyage-3-large": 1024, "voyage-code-3": 1024}
 FLEXIBLE_DIMENSIONS = (256, 512, 1024, 2048)
 MAX_BATCH = 1000
@@ -102,7 +104,7 @@ class VoyageReply:
 Embedder = Callable[[str, int, str | None], "np.ndarray[Any, np.dtype[np.float32]]"]
 
 
-class VoyageEmulator:
+class VoyageEmulator(HttpEmulator[VoyageReply, VoyageRequest]):
     """aiohttp server on 127.0.0.1 (port 0 by default). Async context manager, or start()/aclose()."""
 
     def __init__(
@@ -114,55 +116,22 @@ class VoyageEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host=host, port=port)
         # None: any non-empty key is accepted.
         self.api_keys = api_keys
         self.latency_s = latency_s
         self.embedder = embedder or (lambda text, dims, _input_type: emulated_embedding(text, dims))
-        self.requests: list[VoyageRequest] = []
-        self._script: collections.deque[VoyageReply] = collections.deque()
-        self._host = host
-        self._port = port
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
-    async def start(self) -> VoyageEmulator:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/embeddings", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1])
-        return self
-
-    async def aclose(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> VoyageEmulator:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     @property
     def base_url(self) -> str:
         """What the SDK takes as `base_url` (it appends `/embeddings`)."""
-        return f"http://{self._host}:{self.port}/v1"
-
-    def script(self, *replies: VoyageReply) -> None:
-        self._script.extend(replies)
+        return f"{self.origin}/v1"
 
     def fail_next(self, status: int, times: int = 1, detail: str | None = None) -> None:
         self.script(*[VoyageReply(status=status, detail=detail) for _ in range(times)])
-
-    def clear(self) -> None:
-        self._script.clear()
-        self.requests.clear()
 
     @property
     def texts_embedded(self) -> int:
@@ -225,7 +194,7 @@ class VoyageEmulator:
         self.requests.append(req)
         if not self._key_ok(req.api_key):
             return self._error(401, "Provided API key is invalid.")
-        reply = self._script.popleft() if self._script else VoyageReply()
+        reply = self._next_reply(VoyageReply())
         latency = self.latency_s if reply.latency_s is None else reply.latency_s
         if latency > 0:
             await asyncio.sleep(latency)
