@@ -72,7 +72,7 @@ async def running_service(stack: Stack, **overrides: Any) -> AsyncIterator[Servi
     port = await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Service(app, channel, rag_pb2_grpc.RagServiceStub(channel), settings)  # type: ignore[no-untyped-call]
+        yield Service(app, channel, rag_pb2_grpc.RagServiceStub(channel), settings)
     finally:
         await channel.close()
         await app.stop(1.0)

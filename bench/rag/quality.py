@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _stack import SHARED_DATA, Stack, bench_stack, running_service
+from _stack import SHARED_DATA, Stack, bench_stack, running_service  # type: ignore[import-not-found]
 
 from frugal.api.rag.v1 import rag_pb2
 from frugal.common.db import create_pool, tenant_transaction
@@ -226,6 +226,38 @@ async def collect(
     return lists, chunk_doc, {k: statistics.median(v) for k, v in timings.items() if v}
 
 
+async def hnsw_recall_real(stack: Stack, queries: list[tuple[int, str]], efs: Sequence[int]) -> list[str]:
+    """HNSW recall@10 against exact search on real all-MiniLM-L6-v2 embeddings (these chunks, these
+    queries), through the service's role under RLS."""
+    from frugal.rag.embedding.local import load_encoder
+
+    space = store.VectorSpace("all-minilm-l6-v2", 384)
+    vecs, _ = load_encoder().encode([t for _, t in queries])
+    pool = await create_pool(stack.app_dsn, min_size=1, max_size=1)
+    lines: list[str] = []
+    try:
+        truth: list[set[str]] = []
+        async with tenant_transaction(pool, TENANT) as conn:
+            for v in vecs:
+                truth.append({c for c, _ in await store.vector_search(conn, space, store.vector_literal(v), 10,
+                                                                     exact=True)})
+        for ef in efs:
+            hits = 0
+            ms: list[float] = []
+            async with tenant_transaction(pool, TENANT) as conn:
+                await store.configure_scan(conn, ef_search=ef, max_scan_tuples=50_000, scan_mem_multiplier=2)
+                for v, t in zip(vecs, truth, strict=True):
+                    t0 = time.perf_counter()
+                    got = await store.vector_search(conn, space, store.vector_literal(v), 10, exact=False)
+                    ms.append((time.perf_counter() - t0) * 1000)
+                    hits += len({c for c, _ in got} & t)
+            lines.append(f"HNSW recall@10 vs exact on real MiniLM embeddings, ef_search={ef}: "
+                         f"{hits / (10 * len(vecs)):.4f} (median {statistics.median(ms):.2f} ms)")
+    finally:
+        await pool.close()
+    return lines
+
+
 Ranker = Callable[[Lists], list[str]]
 
 
@@ -274,6 +306,7 @@ async def main(argv: list[str] | None = None) -> int:
               f"({len(doc_ids) / ingest_s:.1f} docs/s, local NumPy encoder; first page lists {len(listed.documents)})")
         lists, chunk_doc, med = await collect(stack, queries)
         top10 = await grpc_hybrid_top10(stack, queries)
+        recall_lines = await hnsw_recall_real(stack, queries, (40, 100))
     print(f"chunks: {len(chunk_doc)} for {len(doc_ids)} documents")
     print("median in-process latency per query: " + ", ".join(f"{k} {v:.1f} ms" for k, v in med.items()))
 
@@ -308,6 +341,8 @@ async def main(argv: list[str] | None = None) -> int:
     grpc_nd = statistics.fmean(ndcg_at(top10[q], qrels[q]) for q in all_q)
     print(f"{'hybrid via the Retrieve RPC (top_k=30 -> 10 docs)':<58} {grpc_nd:8.4f} {'-':>7} |")
     print(f"engine hybrid vs harness re-fusion: {len(all_q) - mismatched}/{len(all_q)} identical rankings")
+    for line in recall_lines:
+        print(line)
 
     hyb = results["hybrid RRF k=60 1:1 (service)"]
     bm = results["BM25 (service lexical)"]

@@ -13,8 +13,8 @@ import asyncio
 import sys
 import time
 
-import quality
-import speed
+import quality  # type: ignore[import-not-found]
+import speed  # type: ignore[import-not-found]
 
 
 async def main() -> int:
@@ -24,9 +24,9 @@ async def main() -> int:
     flags = ["--quick"] if args.quick else []
     started = time.perf_counter()
     print("### rag retrieval quality (Cranfield)")
-    rc = await quality.main(flags)
+    rc = int(await quality.main(flags))
     print("\n### rag speed")
-    rc = rc or await speed.main(flags)
+    rc = rc or int(await speed.main(flags))
     print(f"\nrag benchmarks finished in {time.perf_counter() - started:.0f} s")
     return rc
 

@@ -37,12 +37,16 @@ from typing import Any
 
 import asyncpg
 import numpy as np
-from _stack import Stack, bench_stack, latency_summary, running_service
+from _stack import Stack, bench_stack, latency_summary, running_service  # type: ignore[import-not-found]
 from prometheus_client import REGISTRY
 
 from frugal.api.rag.v1 import rag_pb2
 from frugal.common.db import create_pool, tenant_transaction
+from frugal.common.pricing import default_catalog
 from frugal.rag import store
+from frugal.rag.config import Settings
+from frugal.rag.embedding.local import LocalEmbedder
+from frugal.rag.engine import RagEngine
 
 MODEL = "all-minilm-l6-v2"
 SPACE = store.VectorSpace(MODEL, 384)
@@ -83,7 +87,8 @@ def tenant_sizes(total: int, tenants: int) -> list[int]:
 
 def centroids(seed: int = 17) -> np.ndarray[Any, np.dtype[np.float32]]:
     c = np.random.default_rng(seed).standard_normal((N_TOPICS, 384)).astype(np.float32)
-    return c / np.linalg.norm(c, axis=1, keepdims=True)
+    out: np.ndarray[Any, np.dtype[np.float32]] = c / np.linalg.norm(c, axis=1, keepdims=True)
+    return out
 
 
 def chunk_topic(global_index: int, tenant_index: int) -> int:
@@ -102,7 +107,8 @@ def sample_queries(tenant_sizes_in_order: list[tuple[int, int]], dist: str, seed
     else:
         topics = [chunk_topic(int(rng.integers(0, size)), t) for t, size in tenant_sizes_in_order]
         q = centroids()[topics] + TOPIC_NOISE * rng.standard_normal((n, 384)).astype(np.float32)
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
+    out: np.ndarray[Any, np.dtype[np.float32]] = q / np.linalg.norm(q, axis=1, keepdims=True)
+    return out
 
 
 async def load(stack: Stack, sizes: dict[str, int], dist: str = "clustered", seed: int = 1) -> float:
@@ -179,7 +185,7 @@ class Sample:
     query: str
 
 
-async def timed_retrieve(stub: Any, s: Sample, mode: int = rag_pb2.RETRIEVAL_MODE_HYBRID) -> tuple[float, Any]:
+async def timed_retrieve(stub: Any, s: Sample, mode: Any = rag_pb2.RETRIEVAL_MODE_HYBRID) -> tuple[float, Any]:
     meta = (("x-tenant-id", s.tenant), ("x-session-id", "bench-speed"))
     t0 = time.perf_counter()
     res = await stub.Retrieve(rag_pb2.RetrieveRequest(query=s.query, top_k=5, mode=mode), metadata=meta)
@@ -238,8 +244,6 @@ async def measure_hnsw(stack: Stack, sizes: dict[str, int], queries: int, efs: l
     """Recall@10 and latency of the service's HNSW statement against an exact scan, per tenant-size bucket:
     tenants above EXACT_SCAN_MAX_CHUNKS take the HNSW path in the service, smaller ones are scanned exactly
     (their HNSW figures are shown for comparison: that is the RLS post-filtering trap)."""
-    from frugal.rag.config import Settings
-
     threshold = Settings().exact_scan_max_chunks
     pool = await create_pool(stack.app_dsn, min_size=1, max_size=2)
     tenants = list(sizes)
@@ -254,14 +258,42 @@ async def measure_hnsw(stack: Stack, sizes: dict[str, int], queries: int, efs: l
                 rows = await store.vector_search(conn, SPACE, store.vector_literal(q), 10, exact=True)
                 exact_ms.append((time.perf_counter() - t0) * 1000)
             exact.append([c for c, _ in rows])
-        buckets = {"all": lambda t: True}
+        buckets: dict[str, Any] = {"all": lambda t: True}
         if len(tenants) > 1:
-            buckets = {f"tenants > {threshold} chunks (service: HNSW)": lambda t: sizes[t] > threshold,
-                       f"tenants <= {threshold} chunks (service: exact)": lambda t: sizes[t] <= threshold}
+            buckets = {f"tenants > {threshold} chunks": lambda t: sizes[t] > threshold,
+                       f"tenants <= {threshold} chunks": lambda t: sizes[t] <= threshold}
         for name, member in buckets.items():
             sel = [i for i, t in enumerate(q_tenants) if member(t)]
             if sel:
                 print(f"  exact scan, {name:<38} ({len(sel):3d} q): {latency_summary([exact_ms[i] for i in sel])}")
+        # What the service does: its own path choice (exact for small tenants / small shares, HNSW with
+        # an iterative scan otherwise, exact fallback if short), 50 candidates, the best 10 kept.
+        settings = Settings(database_url=stack.app_dsn, redis_url=stack.redis_url)
+        engine = RagEngine(settings, pool=pool, embedder=LocalEmbedder(), cache=None, reranker=None, costs=None,
+                           catalog=default_catalog())
+        svc_ms: list[float] = []
+        svc_recall: list[float] = []
+        svc_path: list[str] = []
+        for tenant, q, truth in zip(q_tenants, qvecs, exact, strict=True):
+            async with tenant_transaction(pool, tenant) as conn:
+                n = max(settings.retrieve_candidates, 4 * 5)
+                await store.configure_scan(conn, ef_search=max(settings.hnsw_ef_search, n),
+                                           max_scan_tuples=settings.hnsw_max_scan_tuples,
+                                           scan_mem_multiplier=settings.hnsw_scan_mem_multiplier)
+                stats = await store.tenant_stats(conn)
+                t0 = time.perf_counter()
+                rows, path = await engine._vector_candidates(conn, stats, q, n)
+                svc_ms.append((time.perf_counter() - t0) * 1000)
+            svc_path.append(path)
+            svc_recall.append(len({c for c, _ in rows[:10]} & set(truth)) / max(1, len(truth)))
+        for name, member in buckets.items():
+            sel = [i for i, t in enumerate(q_tenants) if member(t)]
+            if sel:
+                used = sorted({svc_path[i] for i in sel})
+                paths = ", ".join(f"{p} {sum(svc_path[i] == p for i in sel)}" for p in used)
+                print(f"  SERVICE vector path, {name:<35} ({len(sel):3d} q): recall@10 "
+                      f"{statistics.fmean(svc_recall[i] for i in sel):.4f}, {latency_summary([svc_ms[i] for i in sel])}"
+                      f" [{paths}]")
         for ef in efs:
             ms: list[float] = []
             recall: list[float] = []
@@ -286,7 +318,7 @@ async def measure_hnsw(stack: Stack, sizes: dict[str, int], queries: int, efs: l
                 sel = [i for i, t in enumerate(q_tenants) if member(t)]
                 if not sel:
                     continue
-                print(f"  HNSW ef={ef:<4} {name:<38} ({len(sel):3d} q): recall@10 "
+                print(f"  raw HNSW LIMIT 10, ef={ef:<4} {name:<27} ({len(sel):3d} q): recall@10 "
                       f"{statistics.fmean(recall[i] for i in sel):.4f}, {latency_summary([ms[i] for i in sel])}, "
                       f"< k rows: {sum(short[i] for i in sel)}")
             print(f"  (index used in {used_index}/{queries} plans)")

@@ -82,7 +82,7 @@ async def start_rag(rag_db: RagDb, redis_url: str) -> AsyncIterator[RagFactory]:
         app = await build_app(settings)
         port = await app.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        rag = RunningRag(app, channel, rag_pb2_grpc.RagServiceStub(channel), settings)  # type: ignore[no-untyped-call]
+        rag = RunningRag(app, channel, rag_pb2_grpc.RagServiceStub(channel), settings)
         running.append(rag)
         return rag
 

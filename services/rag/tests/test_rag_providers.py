@@ -45,7 +45,7 @@ async def events_for(redis_url: str, tenant: str) -> list[CostEvent]:
         entries = await r.xrange(COST_EVENTS_STREAM)
     finally:
         await r.aclose()
-    out = [CostEvent.from_stream_fields(fields) for _, fields in entries]
+    out = [CostEvent.from_stream_fields(dict(fields or {})) for _, fields in entries or []]
     return [e for e in out if e.tenant_id == tenant]
 
 

@@ -211,7 +211,8 @@ K = 10
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray[Any, np.dtype[np.float32]]:
     v = rng.standard_normal((n, 384)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    out: np.ndarray[Any, np.dtype[np.float32]] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
 async def load_random_tenants(pool: asyncpg.Pool, prefix: str) -> dict[str, np.ndarray[Any, Any]]:
@@ -274,6 +275,7 @@ async def test_every_tenant_gets_k_results_from_hnsw_under_rls(
             recall_total += want
             plain = await search(app_pool, tenant, q, iterative=False, ef=40)
             short_without_iterative += len(plain) < want
+    print(f"short without iterative scans: {short_without_iterative}/{len(data) * len(queries)}")
     # The trap is real: without iterative scans the small tenants get fewer than k rows...
     assert short_without_iterative >= 10
     # ...and with them every tenant got k, mostly the true nearest ones (random 384-d vectors are the
@@ -292,7 +294,7 @@ async def test_engine_falls_back_to_exact_when_the_index_scan_gives_up(
     from frugal.rag.engine import RagEngine
 
     data = random_tenants
-    settings = Settings(database_url=rag_db.app_dsn, redis_url=redis_url, exact_scan_max_chunks=0)
+    settings = Settings(database_url=rag_db.app_dsn, redis_url=redis_url, exact_scan_max_chunks=0, hnsw_cost_ratio=0)
     engine = RagEngine(settings, pool=app_pool, embedder=LocalEmbedder(), cache=None, reranker=None, costs=None,
                        catalog=default_catalog())
 
@@ -312,3 +314,59 @@ async def test_engine_falls_back_to_exact_when_the_index_scan_gives_up(
             assert rows == await search(app_pool, tenant, q, iterative=True, ef=10, exact=True)
     assert paths("exact_fallback") > before["exact_fallback"]  # small tenants needed it
     assert paths("hnsw") > before["hnsw"]  # the big one did not
+
+
+async def test_small_share_tenants_are_scanned_exactly(
+    rag_db: Any, redis_url: str, app_pool: asyncpg.Pool, random_tenants: dict[str, np.ndarray[Any, Any]]
+) -> None:
+    """Above EXACT_SCAN_MAX_CHUNKS, a tenant that is a small share of the index is still scanned exactly
+    (t^2 < ratio * n * T); the big tenant takes the HNSW path. T comes from pg_class.reltuples."""
+    from frugal.common.pricing import default_catalog
+    from frugal.rag.config import Settings
+    from frugal.rag.embedding.local import LocalEmbedder
+    from frugal.rag.engine import RagEngine
+
+    admin = await asyncpg.connect(rag_db.admin_dsn)
+    try:
+        await admin.execute("VACUUM ANALYZE rag_chunks")
+    finally:
+        await admin.close()
+    settings = Settings(database_url=rag_db.app_dsn, redis_url=redis_url, exact_scan_max_chunks=0, hnsw_cost_ratio=1)
+    engine = RagEngine(settings, pool=app_pool, embedder=LocalEmbedder(), cache=None, reranker=None, costs=None,
+                       catalog=default_catalog())
+    q = unit(np.random.default_rng(4), 1)[0]
+    chosen: dict[int, str] = {}
+    for tenant, vecs in random_tenants.items():
+        async with tenant_transaction(app_pool, tenant) as conn:
+            total = await store.indexed_vectors_estimate(conn, SPACE)
+            stats = await store.tenant_stats(conn)
+            rows, path = await engine._vector_candidates(conn, stats, q, K)
+        assert len(rows) == min(K, len(vecs))
+        chosen[len(vecs)] = path
+    assert total >= sum(SIZES)  # every tenant's vectors, as the planner estimates them
+    # ratio 1, n = K: HNSW only when t^2 >= K * T.
+    for size, path in chosen.items():
+        expected_exact = size * size < K * total
+        assert (path == "exact") == expected_exact, (size, path, total)
+    assert "exact" in chosen.values() and any(p != "exact" for p in chosen.values())
+
+
+async def test_iterative_scan_settings_apply_on_a_fresh_connection(
+    rag_db: Any, random_tenants: dict[str, np.ndarray[Any, Any]]
+) -> None:
+    """The first statement of a brand-new backend sets the hnsw.* options; they must be in force."""
+    smallest = min(random_tenants, key=lambda t: len(random_tenants[t]))
+    small_but_k = min((t for t in random_tenants if len(random_tenants[t]) >= K), key=lambda t: len(random_tenants[t]))
+    for tenant in (smallest, small_but_k):
+        conn = await asyncpg.connect(rag_db.app_dsn)  # fresh backend: pgvector not loaded yet
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('app.current_tenant_id', $1, true)", tenant)
+                await store.configure_scan(conn, ef_search=40, max_scan_tuples=20_000, scan_mem_multiplier=1)
+                assert await conn.fetchval("SELECT current_setting('hnsw.iterative_scan')") == "relaxed_order"
+                assert await conn.fetchval("SELECT current_setting('hnsw.ef_search')") == "40"
+                q = store.vector_literal(unit(np.random.default_rng(8), 1)[0])
+                rows = await store.vector_search(conn, SPACE, q, K, exact=False)
+            assert len(rows) == min(K, len(random_tenants[tenant]))
+        finally:
+            await conn.close()

@@ -52,16 +52,16 @@ async def test_build_app_applies_migrations_and_serves(new_database: object, red
     port = await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            health = health_pb2_grpc.HealthStub(ch)  # type: ignore[no-untyped-call]
+            health = health_pb2_grpc.HealthStub(ch)
             status = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
             assert status.status == health_pb2.HealthCheckResponse.SERVING
-            refl = reflection_pb2_grpc.ServerReflectionStub(ch)  # type: ignore[no-untyped-call]
+            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
             names: list[str] = []
             ask = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
             async for resp in refl.ServerReflectionInfo(ask):
                 names += [s.name for s in resp.list_services_response.service]
             assert SERVICE_NAME in names
-            stub = rag_pb2_grpc.RagServiceStub(ch)  # type: ignore[no-untyped-call]
+            stub = rag_pb2_grpc.RagServiceStub(ch)
             meta = (("x-tenant-id", "org_wiring"), ("x-session-id", "s"))
             r = await stub.IngestDocument(rag_pb2.IngestDocumentRequest(
                 document_id="d", content_type="text/plain", content=b"hello wiring"), metadata=meta)

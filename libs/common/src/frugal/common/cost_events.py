@@ -59,7 +59,9 @@ class CostEvent(BaseModel):
     tier: TierName | None = None
     usage: UsageAmounts
     cost_usd: float = Field(ge=0)
-    # True when the call was served by an offline stand-in (no API key): priced at zero real spend.
+    # True when an offline stand-in served the call (no API key): nothing was paid. Its usage is estimated
+    # (usage.estimated) and cost_usd is a list-price estimate of the model it stands in for (0 when that
+    # model has no price); billing keeps such events out of budgets and counts them as estimated.
     offline: bool = False
     occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     # Vision: seconds of screen share this call stands for, so billing can price "1 FPS, no dedup".

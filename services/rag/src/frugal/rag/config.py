@@ -67,6 +67,11 @@ class Settings(DatabaseSettings):
     hnsw_max_scan_tuples: int = Field(default=50_000, ge=1, le=2_000_000_000)
     hnsw_scan_mem_multiplier: float = Field(default=2.0, ge=1, le=1000)
     exact_scan_max_chunks: int = Field(default=3000, ge=0, le=10_000_000)
+    # Above that size a tenant is still scanned exactly when it is a small share of the index:
+    # an HNSW scan under RLS visits about n / share tuples, each needing a heap fetch for the policy
+    # check, while an exact scan reads the tenant's t rows. Exact when t^2 < ratio * n * T (T: vectors
+    # in the index, all tenants, from pg_class.reltuples). Measured in bench/rag/speed.py; 0 disables.
+    hnsw_cost_ratio: float = Field(default=30.0, ge=0, le=100_000)
 
     @field_validator("voyage_dimensions")
     @classmethod

@@ -52,6 +52,7 @@ Mode = Literal["hybrid", "vector", "lexical"]
 RESERVED_METADATA_KEYS = frozenset({"tenant_id", "tenant", "x-tenant-id", "tenant-id"})
 MAX_TOP_K = 50
 _CHUNK_NS = uuid.UUID("3b0f1c51-8d7e-4c1a-9a55-1f0e6b7c2d90")
+INDEX_SIZE_TTL_S = 60.0
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 
@@ -196,8 +197,13 @@ class RagEngine:
         self.catalog = catalog
         self.space = store.VectorSpace(embedder.model, embedder.dimensions)
         self._embed_price_model = embedder.model.split("@", 1)[0]
-        # Fail at start, not on the first call, when a configured model has no price.
-        catalog.price(self._embed_price_model)
+        self._index_size: tuple[int, float] | None = None  # (vectors in the HNSW index, fetched at)
+        self.check_prices(catalog, embedder, reranker)
+
+    @staticmethod
+    def check_prices(catalog: PriceCatalog, embedder: Embedder, reranker: Reranker | None) -> None:
+        """Fail at start, not on the first call, when a configured model has no price."""
+        catalog.price(embedder.model.split("@", 1)[0])
         if reranker is not None:
             catalog.price(reranker.model)
 
@@ -215,7 +221,9 @@ class RagEngine:
         event_parts: tuple[str, ...],
         attributes: Mapping[str, str],
     ) -> float:
-        cost = 0.0 if offline else self.catalog.cost(model, usage)
+        # Priced from the catalog on the (reported or estimated) usage; the local encoder's catalog entry
+        # has no price, so its offline events cost 0.
+        cost = self.catalog.cost(model, usage)
         AI_COST_TOTAL.labels(service=SERVICE, kind=kind.value, provider=provider, model=model, tier="",
                              offline=str(offline).lower()).inc(cost)
         if self.costs is None:
@@ -467,7 +475,9 @@ class RagEngine:
         if count == 0:
             return [], "empty"
         literal = store.vector_literal(qvec)
-        if not self.space.indexed or count <= self.settings.exact_scan_max_chunks:
+        if not self.space.indexed or count <= self.settings.exact_scan_max_chunks or (
+            await self._small_share(conn, count, n)
+        ):
             VECTOR_SCANS.labels(path="exact").inc()
             return await store.vector_search(conn, self.space, literal, n, exact=True), "exact"
         rows = await store.vector_search(conn, self.space, literal, n, exact=False)
@@ -478,6 +488,16 @@ class RagEngine:
         # (a small tenant among many large ones): an exact scan of the tenant's rows is complete.
         VECTOR_SCANS.labels(path="exact_fallback").inc()
         return await store.vector_search(conn, self.space, literal, n, exact=True), "exact_fallback"
+
+    async def _small_share(self, conn: asyncpg.Connection, count: int, n: int) -> bool:
+        ratio = self.settings.hnsw_cost_ratio
+        if ratio <= 0:
+            return False
+        now = time.monotonic()
+        if self._index_size is None or now - self._index_size[1] > INDEX_SIZE_TTL_S:
+            self._index_size = (await store.indexed_vectors_estimate(conn, self.space), now)
+        total = self._index_size[0]
+        return total > 0 and count * count < ratio * n * max(total, count)
 
     def validate_query(self, query: str, top_k: int, max_top_k: int = MAX_TOP_K) -> tuple[str, int]:
         q = query.strip()

@@ -212,20 +212,24 @@ async def build_app(settings: Settings, *, catalog: PriceCatalog | None = None) 
     catalog = catalog or default_catalog(settings.price_catalog_path)
     embedder = build_embedder(settings)
     reranker = build_reranker(settings)
-    pool = await create_pool(
-        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max, application_name="rag"
-    )
+    try:
+        # Before any connection is opened: an unpriced model stops the service here.
+        RagEngine.check_prices(catalog, embedder, reranker)
+        pool = await create_pool(
+            settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+            application_name="rag",
+        )
+    except BaseException:
+        await embedder.aclose()
+        if reranker is not None:
+            await reranker.aclose()
+        raise
     redis = create_redis(settings.redis_url)
     costs = CostEventProducer(redis)
-    try:
-        engine = RagEngine(
-            settings, pool=pool, embedder=embedder, cache=QueryEmbeddingCache(redis, settings.embedding_cache_ttl),
-            reranker=reranker, costs=costs, catalog=catalog,
-        )
-    except Exception:
-        await pool.close()
-        await redis.aclose()
-        raise
+    engine = RagEngine(
+        settings, pool=pool, embedder=embedder, cache=QueryEmbeddingCache(redis, settings.embedding_cache_ttl),
+        reranker=reranker, costs=costs, catalog=catalog,
+    )
     app = GrpcApp(settings, services=[SERVICE_NAME])
     rag_pb2_grpc.add_RagServiceServicer_to_server(RagServiceServicer(engine), app.server)
 

@@ -21,6 +21,11 @@ from frugal.rag.embedding.base import Vectors
 # Embedding spaces that have a partial HNSW index (migrations/0001_init.sql). Other spaces still
 # work, searched exactly.
 INDEXED_SPACES: dict[str, int] = {"all-minilm-l6-v2": 384, "voyage-3.5-lite": 1024, "voyage-3.5": 1024}
+INDEX_NAMES: dict[str, str] = {
+    "all-minilm-l6-v2": "rag_chunks_hnsw_minilm",
+    "voyage-3.5-lite": "rag_chunks_hnsw_voyage35lite",
+    "voyage-3.5": "rag_chunks_hnsw_voyage35",
+}
 _MODEL_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9.@\-]{0,79}$")
 
 
@@ -323,6 +328,17 @@ async def tenant_stats(conn: asyncpg.Connection) -> TenantStats:
     return TenantStats(by_model, sum(by_model.values()), sum(int(r["lex_len_total"]) for r in rows))
 
 
+async def indexed_vectors_estimate(conn: asyncpg.Connection, space: VectorSpace) -> int:
+    """The planner's estimate of how many vectors the space's HNSW index holds, all tenants together
+    (pg_class.reltuples, a world-readable catalog figure: no per-tenant information). -1 when unknown
+    (never vacuumed or analysed)."""
+    name = INDEX_NAMES.get(space.model_key)
+    if name is None or not space.indexed:
+        return -1
+    value = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)", name)
+    return int(value) if value is not None and value >= 0 else -1
+
+
 async def configure_scan(
     conn: asyncpg.Connection,
     *,
@@ -332,7 +348,8 @@ async def configure_scan(
     iterative: bool = True,
     statement_timeout_ms: int | None = None,
 ) -> None:
-    """Transaction-local (SET LOCAL equivalent) HNSW and timeout settings."""
+    """Transaction-local (SET LOCAL equivalent) HNSW and timeout settings. In a fresh backend pgvector is
+    not loaded yet: the hnsw.* values are kept as placeholders and applied when it loads (tested)."""
     await conn.execute(
         "SELECT set_config('hnsw.ef_search', $1, true), set_config('hnsw.iterative_scan', $2, true),"
         " set_config('hnsw.max_scan_tuples', $3, true), set_config('hnsw.scan_mem_multiplier', $4, true),"
