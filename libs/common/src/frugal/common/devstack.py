@@ -207,8 +207,12 @@ class EmbeddedRedis:
         if pid is None:
             return
         os.kill(pid, 15)
-        for _ in range(100):
-            if self._pid() is None:
+        # Wait for the process itself, not the pidfile: Redis removes the pidfile before it has finished
+        # writing its append-only file and exiting.
+        for _ in range(200):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
                 return
             time.sleep(0.05)
         with contextlib.suppress(OSError):
