@@ -3,7 +3,6 @@ turn answered, and billing's ledger agrees with what the turns reported."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,6 @@ from frugal.gateway.demo import format_report, run_demo
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def mesh(new_database: Callable[[], Awaitable[str]], redis_url: str, tmp_path: Path) -> AsyncIterator[LocalMesh]:
-    dsn = await new_database()
-    m = LocalMesh.on_free_ports(dsn, redis_url, log_dir=tmp_path / "logs")
-    try:
-        m.start(timeout_s=180)
-    except BaseException:
-        for log in sorted((tmp_path / "logs").glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
-        raise
-    yield m
-    m.stop()
 
 
 async def test_demo_replay_and_ledger_agree(mesh: LocalMesh, redis_url: str) -> None:

@@ -4,7 +4,6 @@ health SERVING, reflection lists each API, tenant metadata enforced, SIGTERM sto
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import grpc
 import pytest
@@ -24,20 +23,6 @@ EXPECTED = {
     "billing": "frugal.api.billing.v1.BillingService",
     "media-gateway": None,
 }
-
-
-@pytest.fixture
-async def mesh(new_database: Callable[[], Awaitable[str]], redis_url: str, tmp_path: Path) -> AsyncIterator[LocalMesh]:
-    dsn = await new_database()
-    m = LocalMesh.on_free_ports(dsn, redis_url, log_dir=tmp_path / "logs")
-    try:
-        m.start(timeout_s=120)
-    except BaseException:
-        for log in sorted((tmp_path / "logs").glob("*.log")):
-            print(f"--- {log.name}\n{log.read_text()[-3000:]}")
-        raise
-    yield m
-    m.stop()
 
 
 async def _services(port: int) -> set[str]:
