@@ -26,13 +26,14 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from frugal.common.devstack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = {
@@ -264,12 +265,6 @@ def replay_builder(service: str, work: Path, python: str) -> BuildResult:
                 break
     venv = fake_root / env.get("UV_PROJECT_ENVIRONMENT", "/app/.venv").lstrip("/")
     return BuildResult(service, venv, dir_mb(venv) if venv.exists() else 0.0, problems)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def check_venv(result: BuildResult, run: bool) -> None:

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
 from frugal.common.devstack import EmbeddedRedis, free_port
+from frugal.common.healthcheck import wait_serving
 from frugal.common.pricing import default_catalog
 from frugal.router.decision import Decider, TurnText
 from frugal.router.evaldata import DataMissing, load_all
@@ -90,19 +90,8 @@ async def bench_route_rpc(duration_s: float, concurrencies: Sequence[int]) -> No
            "LOG_LEVEL": "WARNING"}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "frugal.router", env=env)
     try:
+        await asyncio.to_thread(wait_serving, f"127.0.0.1:{port}", 60, alive=lambda: proc.returncode is None)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.perf_counter() + 60
-            while True:
-                try:
-                    resp = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.aio.AioRpcError:
-                    pass
-                if proc.returncode is not None or time.perf_counter() > deadline:
-                    raise RuntimeError("router did not start")
-                await asyncio.sleep(0.2)
             stub = router_pb2_grpc.RouterServiceStub(channel)
             md = (("x-tenant-id", "bench"), ("x-session-id", "bench-1"))
             reqs = [router_pb2.RouteRequest(turn=router_pb2.TurnInput(text=t)) for t in TURNS]

@@ -184,3 +184,19 @@ async def test_grpccall_cli_lists_and_calls_with_json() -> None:
         assert rc == 1 and "UNAUTHENTICATED" in err
     finally:
         await app.stop(1)
+
+
+async def test_wait_serving_returns_times_out_and_notices_a_dead_server() -> None:
+    from frugal.common.devstack import free_port
+    from frugal.common.healthcheck import wait_serving
+
+    app = await _start(EchoRouter())
+    try:
+        await asyncio.to_thread(wait_serving, f"127.0.0.1:{app.port}", 10)
+    finally:
+        await app.stop(1)
+    nothing = f"127.0.0.1:{free_port()}"
+    with pytest.raises(TimeoutError):
+        await asyncio.to_thread(wait_serving, nothing, 0.3, interval_s=0.05)
+    with pytest.raises(RuntimeError, match="exited"):
+        await asyncio.to_thread(wait_serving, nothing, 30, alive=lambda: False)

@@ -9,7 +9,6 @@ vision-dedup services is exercised by the end-to-end tests (tests/e2e).
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ import pytest_asyncio
 from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
 from frugal.api.router.v1 import router_pb2_grpc
 from frugal.api.vision.v1 import vision_pb2, vision_pb2_grpc
+from frugal.common.devstack import free_port
 from frugal.common.grpc_server import GrpcApp
 from frugal.router.config import Settings
 from frugal.router.server import build_app
@@ -30,10 +30,7 @@ from frugal.testkit.gemini import GeminiEmulator
 
 def dead_address() -> str:
     """A loopback address where nothing listens (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"127.0.0.1:{port}"
+    return f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture

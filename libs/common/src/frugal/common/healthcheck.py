@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +29,22 @@ def check(target: str, service: str = "", timeout_s: float = 2.0) -> tuple[bool,
             return False, f"{target}: {err.code().name}: {err.details()}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{target}: {status}"
+
+
+def wait_serving(
+    target: str, timeout_s: float, *, alive: Callable[[], bool] | None = None, interval_s: float = 0.2
+) -> None:
+    """Blocks until `target` reports SERVING. Raises TimeoutError after `timeout_s`, and RuntimeError as soon
+    as `alive()` says the server's process is gone (no point waiting for a process that exited)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if alive is not None and not alive():
+            raise RuntimeError(f"{target}: the server exited before serving")
+        if check(target, timeout_s=1.0)[0]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{target}: not serving after {timeout_s:.0f}s")
+        time.sleep(interval_s)
 
 
 def main(argv: list[str] | None = None) -> int:

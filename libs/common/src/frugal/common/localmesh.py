@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from frugal.common.devstack import DevStack, DevStackError, free_port
+from frugal.common.healthcheck import wait_serving
 from frugal.common.settings import PORTS
 
 # (name, module, database role or None), in start order: dependencies first.
@@ -106,23 +104,16 @@ class LocalMesh:
 
     def wait_healthy(self, name: str, timeout_s: float) -> None:
         """Blocks until `name` reports SERVING (plain blocking gRPC: usable with or without a loop)."""
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(f"127.0.0.1:{self.ports[name]}") as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while True:
-                proc = self.procs.get(name)
-                if proc is not None and proc.poll() is not None:
-                    where = f"; see {self.log_dir / (name + '.log')}" if self.log_dir else ""
-                    raise RuntimeError(f"{name} exited with status {proc.returncode} during start-up{where}")
-                try:
-                    resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not healthy after {timeout_s:.0f}s")
-                time.sleep(0.2)
+        proc = self.procs.get(name)
+        try:
+            wait_serving(f"127.0.0.1:{self.ports[name]}", timeout_s,
+                         alive=None if proc is None else lambda: proc.poll() is None)
+        except RuntimeError:
+            where = f"; see {self.log_dir / (name + '.log')}" if self.log_dir else ""
+            code = proc.returncode if proc is not None else None
+            raise RuntimeError(f"{name} exited with status {code} during start-up{where}") from None
+        except TimeoutError:
+            raise TimeoutError(f"{name} not healthy after {timeout_s:.0f}s") from None
 
     def stop(self, timeout_s: float = 15.0) -> dict[str, int | None]:
         """SIGTERM every service (reverse start order), wait, SIGKILL stragglers. Returns exit codes."""
