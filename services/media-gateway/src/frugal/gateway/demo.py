@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
 from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
 from frugal.api.vision.v1 import vision_pb2
+from frugal.common.grpc_client import create_channel, outgoing_metadata
 from frugal.common.pricing import default_catalog
-from frugal.common.tenancy import SESSION_METADATA_KEY, TENANT_METADATA_KEY
 from frugal.gateway.agent import SessionParts
 from frugal.gateway.config import Settings
 from frugal.gateway.replay.runner import ReplayObserver, ReplayResult, ReplayTurn, run_replay
@@ -31,15 +30,12 @@ DEMO_POLICY = billing_pb2.TenantPolicy(
 )
 
 
-def _md(tenant_id: str, session_id: str) -> tuple[tuple[str, str], ...]:
-    return ((TENANT_METADATA_KEY, tenant_id), (SESSION_METADATA_KEY, session_id))
-
-
 async def register_tenant(billing_addr: str, policy: billing_pb2.TenantPolicy = DEMO_POLICY) -> bool:
     """UpsertTenant; True when the tenant was created (False: it existed and was updated)."""
-    async with grpc.aio.insecure_channel(billing_addr) as ch:
+    async with create_channel(billing_addr) as ch:
         resp = await billing_pb2_grpc.BillingServiceStub(ch).UpsertTenant(
-            billing_pb2.UpsertTenantRequest(policy=policy), metadata=_md(policy.tenant_id, "demo-setup"), timeout=15)
+            billing_pb2.UpsertTenantRequest(policy=policy),
+            metadata=outgoing_metadata(tenant_id=policy.tenant_id, session_id="demo-setup"), timeout=15)
     return resp.created
 
 
@@ -56,14 +52,14 @@ class Ingested:
 async def ingest_knowledge_base(rag_addr: str, kb_dir: Path, tenant_id: str = DEMO_TENANT) -> list[Ingested]:
     out: list[Ingested] = []
     docs = await asyncio.to_thread(lambda: [(p, p.read_text(encoding="utf-8")) for p in sorted(kb_dir.glob("*.md"))])
-    async with grpc.aio.insecure_channel(rag_addr) as ch:
+    async with create_channel(rag_addr) as ch:
         stub = rag_pb2_grpc.RagServiceStub(ch)
         for path, text in docs:
             title = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), path.stem)
             resp = await stub.IngestDocument(
                 rag_pb2.IngestDocumentRequest(document_id=f"kb/{path.name}", title=title, content_type="text/markdown",
                                               content=text.encode(), metadata={"source": "demo"}),
-                metadata=_md(tenant_id, "demo-setup"), timeout=120,
+                metadata=outgoing_metadata(tenant_id=tenant_id, session_id="demo-setup"), timeout=120,
             )
             outcome = rag_pb2.IngestOutcome.Name(resp.outcome).removeprefix("INGEST_OUTCOME_").lower()
             embedder = f"{resp.embedder.provider}/{resp.embedder.model}"
@@ -75,9 +71,10 @@ async def ingest_knowledge_base(rag_addr: str, kb_dir: Path, tenant_id: str = DE
 async def usage(billing_addr: str, tenant_id: str, since: datetime) -> billing_pb2.GetUsageResponse:
     start = Timestamp()
     start.FromDatetime(since)
-    async with grpc.aio.insecure_channel(billing_addr) as ch:
+    async with create_channel(billing_addr) as ch:
         return await billing_pb2_grpc.BillingServiceStub(ch).GetUsage(
-            billing_pb2.GetUsageRequest(start=start), metadata=_md(tenant_id, "demo-report"), timeout=15)
+            billing_pb2.GetUsageRequest(start=start),
+            metadata=outgoing_metadata(tenant_id=tenant_id, session_id="demo-report"), timeout=15)
 
 
 async def wait_for_ledger(billing_addr: str, tenant_id: str, since: datetime, *, at_least: int,
