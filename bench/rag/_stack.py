@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from frugal.api.rag.v1 import rag_pb2_grpc
-from frugal.common.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+from frugal.devkit.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 from frugal.common.grpc_server import GrpcApp
 from frugal.common.migrations import apply_migrations
 from frugal.rag.config import Settings

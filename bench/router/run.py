@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
-from frugal.common.devstack import EmbeddedRedis, free_port
+from frugal.devkit.devstack import EmbeddedRedis, free_port
 from frugal.common.healthcheck import wait_serving
 from frugal.common.pricing import default_catalog
 from frugal.router.decision import Decider, TurnText

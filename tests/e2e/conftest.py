@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from frugal.common.localmesh import LocalMesh
+from frugal.devkit.localmesh import LocalMesh
 
 
 @pytest.fixture

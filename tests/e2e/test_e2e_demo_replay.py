@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from frugal.common.cost_events import CostKind
-from frugal.common.localmesh import LocalMesh
+from frugal.devkit.localmesh import LocalMesh
 from frugal.gateway.config import Settings
 from frugal.gateway.demo import format_report, run_demo
 

@@ -14,7 +14,7 @@ from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
 from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
 from frugal.api.vision.v1 import vision_pb2, vision_pb2_grpc
-from frugal.common.localmesh import LocalMesh
+from frugal.devkit.localmesh import LocalMesh
 
 EXPECTED = {
     "router": "frugal.api.router.v1.RouterService",

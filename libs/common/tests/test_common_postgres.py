@@ -10,7 +10,7 @@ import pytest
 
 from frugal.common.db import create_pool, tenant_transaction
 from frugal.common.migrations import MigrationError, apply_migrations
-from frugal.common.testing import with_user
+from frugal.devkit.pytest_plugin import with_user
 
 NOTES_SQL = """
 CREATE TABLE notes (

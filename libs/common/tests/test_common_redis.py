@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, CostEventProducer, CostKind, make_event_id
-from frugal.common.devstack import EmbeddedRedis, free_port
+from frugal.devkit.devstack import EmbeddedRedis, free_port
 from frugal.common.redis_client import create_redis
 from frugal.common.usage import UsageAmounts
 
@@ -57,7 +57,7 @@ def test_devstack_is_idempotent_and_recreates_databases() -> None:
     import os
     import tempfile
 
-    from frugal.common.devstack import DevStack
+    from frugal.devkit.devstack import DevStack
 
     tmp = tempfile.TemporaryDirectory(prefix="frugal-devstack-")
     os.chmod(tmp.name, 0o755)  # as root, postgres runs as an unprivileged user that must reach the data dir

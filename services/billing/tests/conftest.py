@@ -23,7 +23,7 @@ from frugal.billing.config import Settings
 from frugal.billing.server import Billing, build_billing, migrate
 from frugal.common.cost_events import CostEvent, CostKind, make_event_id
 from frugal.common.db import create_pool
-from frugal.common.testing import with_user
+from frugal.devkit.pytest_plugin import with_user
 from frugal.common.usage import UsageAmounts
 
 APP_ROLE = "frugal_billing"

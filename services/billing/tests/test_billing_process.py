@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
 from frugal.billing.cli import CRASH_EXIT_CODE
 from frugal.common.db import tenant_transaction
-from frugal.common.devstack import free_port
+from frugal.devkit.devstack import free_port
 
 
 def _env(db: Any, redis_url: str, **extra: str) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
 from frugal.common.grpc_server import GrpcApp
-from frugal.common.testing import with_user
+from frugal.devkit.pytest_plugin import with_user
 from frugal.gateway.config import Settings
 
 TENANT = "org_lumen"
@@ -37,7 +37,7 @@ def make_settings(redis_url: str) -> SettingsFactory:
 @pytest.fixture
 def dead_addr() -> str:
     """An address nothing listens on (a port just released)."""
-    from frugal.common.devstack import free_port
+    from frugal.devkit.devstack import free_port
 
     return f"127.0.0.1:{free_port()}"
 

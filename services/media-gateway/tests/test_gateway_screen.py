@@ -129,7 +129,7 @@ def test_video_frame_type_is_i420_after_conversion() -> None:
 async def test_streamer_reconnects_when_vision_dedup_restarts(redis_url: str) -> None:
     """Real vision-dedup on a fixed port: verdicts flow, the service stops (frames are dropped, nothing
     blocks), it comes back on the same port, and the same streamer gets verdicts again."""
-    from frugal.common.devstack import free_port
+    from frugal.devkit.devstack import free_port
     from frugal.vision.config import Settings as VisionSettings
     from frugal.vision.server import build_app
 

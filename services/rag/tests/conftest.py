@@ -16,7 +16,7 @@ import pytest_asyncio
 from frugal.api.rag.v1 import rag_pb2_grpc
 from frugal.common.grpc_server import GrpcApp
 from frugal.common.migrations import apply_migrations
-from frugal.common.testing import with_user
+from frugal.devkit.pytest_plugin import with_user
 from frugal.rag.config import Settings
 from frugal.rag.server import APP_ROLE, MIGRATIONS_PACKAGE, build_app
 

@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from frugal.api.rag.v1 import rag_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, baseline_cost
 from frugal.common.pricing import PriceCatalogError, default_catalog
-from frugal.testkit.cohere import CohereEmulator, CohereReply
-from frugal.testkit.voyage import VoyageEmulator, VoyageReply
+from frugal.devkit.emulators.cohere import CohereEmulator, CohereReply
+from frugal.devkit.emulators.voyage import VoyageEmulator, VoyageReply
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
 from frugal.common.settings import ConfigError, load_settings
-from frugal.common.testing import with_user
+from frugal.devkit.pytest_plugin import with_user
 from frugal.rag.config import Settings
 from frugal.rag.server import SERVICE_NAME, build_app
 

@@ -1,4 +1,4 @@
-"""The provider emulators (frugal.testkit.gemini / .anthropic) driven through the official SDKs.
+"""The provider emulators (frugal.devkit.emulators.gemini / .anthropic) driven through the official SDKs.
 
 Each test talks to a real aiohttp server on a loopback socket through `google-genai` or `anthropic` with the
 SDK's base-URL option, so what passes here is the wire format those SDKs really parse.
@@ -17,8 +17,8 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from frugal.testkit.anthropic import AnthropicEmulator, AnthropicReply
-from frugal.testkit.gemini import IMAGE_TOKENS, GeminiEmulator, GeminiReply
+from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
+from frugal.devkit.emulators.gemini import IMAGE_TOKENS, GeminiEmulator, GeminiReply
 
 PNG_1X1 = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="

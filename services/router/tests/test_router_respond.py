@@ -19,8 +19,8 @@ from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, make_event_id
 from frugal.common.pricing import PriceCatalog, TierName
 from frugal.common.usage import UsageAmounts
-from frugal.testkit.anthropic import AnthropicEmulator, AnthropicReply
-from frugal.testkit.gemini import GeminiEmulator, GeminiReply
+from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
+from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
 
 TIER_NAMES: dict[int, TierName] = {
     common_pb2.TIER_LITE: "lite", common_pb2.TIER_STANDARD: "standard", common_pb2.TIER_PREMIUM: "premium"}

@@ -1,4 +1,4 @@
-"""The Gemini path through the real google-genai SDK against the local Gemini emulator (frugal.testkit)."""
+"""The Gemini path through the real google-genai SDK against the local Gemini emulator (frugal.devkit.emulators)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
 from frugal.common.pricing import default_catalog
 from frugal.common.usage import UsageAmounts
-from frugal.testkit.gemini import IMAGE_TOKENS, GeminiEmulator, GeminiReply, count_text_tokens
+from frugal.devkit.emulators.gemini import IMAGE_TOKENS, GeminiEmulator, GeminiReply, count_text_tokens
 from frugal.vision import corpus
 from frugal.vision.evaluation import i420_frame
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from frugal.testkit._server import HttpEmulator
+from frugal.devkit.emulators._server import HttpEmulator
 
 IMAGE_TOKENS = 1600
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from frugal.testkit._server import HttpEmulator
+from frugal.devkit.emulators._server import HttpEmulator
 
 MODELS = ("rerank-v3.5", "rerank-english-v3.0", "rerank-multilingual-v3.0", "rerank-v4.0-pro", "rerank-v4.0-fast")
 MAX_DOCUMENTS = 1000

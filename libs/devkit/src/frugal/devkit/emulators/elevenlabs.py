@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from frugal.testkit._server import HttpEmulator
+from frugal.devkit.emulators._server import HttpEmulator
 
 SECONDS_PER_CHAR = 0.06
 CHUNK_SECONDS = 0.25  # audio frames/chunks are about this long

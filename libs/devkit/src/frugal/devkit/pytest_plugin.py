@@ -2,7 +2,7 @@
 
 With a reachable Docker engine the servers come from testcontainers; otherwise from the embedded dev
 stack binaries, in a temporary directory on free ports. Real servers either way. Loaded by the root
-conftest (`pytest_plugins = ["frugal.common.testing"]`).
+conftest (`pytest_plugins = ["frugal.devkit.pytest_plugin"]`).
 
 Fixtures:
 - `pg_admin_dsn` (session): superuser DSN of a database with the `vector` extension.
@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from frugal.common.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+from frugal.devkit.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 
 
 def docker_available() -> bool:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from frugal.testkit._server import HttpEmulator
+from frugal.devkit.emulators._server import HttpEmulator
 
 DEFAULT_DIMENSIONS = {"voyage-3.5-lite": 1024, "voyage-3.5": 1024, "voyage-3-large": 1024, "voyage-code-3": 1024}
 FLEXIBLE_DIMENSIONS = (256, 512, 1024, 2048)

@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from frugal.testkit._server import HttpEmulator
+from frugal.devkit.emulators._server import HttpEmulator
 
 BYTES_PER_SAMPLE = 2  # linear16
 

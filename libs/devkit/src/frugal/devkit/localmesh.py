@@ -1,6 +1,6 @@
 """Run the whole mesh locally: embedded Postgres+Redis, then the five services as child processes.
 
-    python -m frugal.common.localmesh        # `make dev`: serve until Ctrl-C, then stop everything
+    python -m frugal.devkit.localmesh        # `make dev`: serve until Ctrl-C, then stop everything
 
 Services apply their own migrations at start (MIGRATION_DATABASE_URL) and connect as their
 non-owner roles. `LocalMesh` is also used by the demo and by the e2e tests (with free ports).
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from frugal.common.devstack import DevStack, DevStackError, free_port
+from frugal.devkit.devstack import DevStack, DevStackError, free_port
 from frugal.common.healthcheck import wait_serving
 from frugal.common.settings import PORTS
 

