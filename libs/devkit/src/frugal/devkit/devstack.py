@@ -74,12 +74,17 @@ def pg_bin_for(user: str | None) -> Path:
     src = _pg_bin()
     if user is None or reachable_by(user, src / "initdb"):
         return src
-    install = src.parent
+    install = src.parent  # site-packages/pgserver/pginstall
+    site = install.parent.parent
     dest = _staged_dir(f"pginstall-{_digest(str(install))}")
-    if not (dest / "bin" / "initdb").exists():
+    staged_bin = dest / install.parent.name / install.name / "bin"
+    if not (staged_bin / "initdb").exists():
         tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(install, tmp, symlinks=True)
+        shutil.copytree(install, tmp / install.parent.name / install.name, symlinks=True)
+        # The binaries find their bundled shared libraries via RPATH $ORIGIN/../../../<wheel>.libs.
+        for libs in site.glob("pgserver*.libs"):
+            shutil.copytree(libs, tmp / libs.name, symlinks=True)
         for d, _dirs, _files in os.walk(tmp):
             os.chmod(d, 0o755)
         try:
@@ -88,7 +93,7 @@ def pg_bin_for(user: str | None) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
         print(f"devstack: {install} is not reachable by user '{user}'; PostgreSQL binaries staged at {dest}",
               file=sys.stderr)
-    return dest / "bin"
+    return staged_bin
 
 
 def _redis_server() -> str:

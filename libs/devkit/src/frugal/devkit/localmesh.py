@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from frugal.devkit.devstack import DevStack, DevStackError, free_port
 from frugal.common.healthcheck import wait_serving
 from frugal.common.settings import PORTS
+from frugal.devkit.devstack import DevStack, DevStackError, free_port
 
 # (name, module, database role or None), in start order: dependencies first.
 SERVICES: tuple[tuple[str, str, str | None], ...] = (
