@@ -28,7 +28,7 @@ proto-check: proto ## Fail if committed generated code is stale
 
 lint: .venv/.synced ## ruff, mypy (strict), buf lint
 	$(UV) run ruff check .
-	$(UV) run mypy libs/common/src libs/devkit/src services/*/src
+	$(UV) run mypy libs/common/src libs/devkit/src libs/encoder/src services/*/src
 	@# one mypy run per test/bench dir: several hold a conftest.py, which a single run sees as one module twice
 	@for d in libs/common/tests services/*/tests bench/* deploy scripts tests/e2e; do $(UV) run mypy $$d || exit 1; done
 	$(BUF) lint

@@ -187,8 +187,8 @@ async def test_grpccall_cli_lists_and_calls_with_json() -> None:
 
 
 async def test_wait_serving_returns_times_out_and_notices_a_dead_server() -> None:
-    from frugal.devkit.devstack import free_port
     from frugal.common.healthcheck import wait_serving
+    from frugal.devkit.devstack import free_port
 
     app = await _start(EchoRouter())
     try:

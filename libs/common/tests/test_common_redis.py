@@ -8,9 +8,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, CostEventProducer, CostKind, make_event_id
-from frugal.devkit.devstack import EmbeddedRedis, free_port
 from frugal.common.redis_client import create_redis
 from frugal.common.usage import UsageAmounts
+from frugal.devkit.devstack import EmbeddedRedis, free_port
 
 
 def _event(i: int) -> CostEvent:

@@ -23,8 +23,8 @@ from frugal.billing.config import Settings
 from frugal.billing.server import Billing, build_billing, migrate
 from frugal.common.cost_events import CostEvent, CostKind, make_event_id
 from frugal.common.db import create_pool
-from frugal.devkit.pytest_plugin import with_user
 from frugal.common.usage import UsageAmounts
+from frugal.devkit.pytest_plugin import with_user
 
 APP_ROLE = "frugal_billing"
 

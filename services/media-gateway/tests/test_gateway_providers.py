@@ -1,6 +1,6 @@
 """The real livekit Deepgram STT and ElevenLabs TTS plugins, built the way the gateway builds them
-(`speech.build_stt` / `build_tts` with DEEPGRAM_BASE_URL / ELEVENLABS_BASE_URL), against the local emulators
-of frugal.devkit.emulators speaking the providers' wire protocols (websockets and HTTP). No LiveKit server, no network."""
+(`speech.build_stt` / `build_tts` with DEEPGRAM_BASE_URL / ELEVENLABS_BASE_URL), against the local
+emulators of frugal.devkit.emulators speaking the providers' wire protocols (websockets and HTTP). No LiveKit server, no network."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from livekit.plugins import elevenlabs
 
 from frugal.common.cost_events import CostEvent, CostKind
 from frugal.common.pricing import default_catalog
-from frugal.gateway.config import Settings
-from frugal.gateway.speech import SpeechCostMeter, build_stt, build_tts
 from frugal.devkit.emulators.deepgram import DeepgramEmulator, DeepgramReply
 from frugal.devkit.emulators.elevenlabs import ElevenLabsEmulator, ElevenLabsReply
+from frugal.gateway.config import Settings
+from frugal.gateway.speech import SpeechCostMeter, build_stt, build_tts
 
 WAV = Path(__file__).resolve().parents[3] / "demo" / "session" / "audio" / "pricing-question.wav"
 DG_KEY = "dg-test-key"

