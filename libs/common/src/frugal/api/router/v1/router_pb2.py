@@ -25,45 +25,49 @@ _sym_db = _symbol_database.Default()
 from frugal.api.common.v1 import common_pb2 as frugal_dot_api_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!frugal/api/router/v1/router.proto\x12\x14\x66rugal.api.router.v1\x1a!frugal/api/common/v1/common.proto\"H\n\x0b\x43hatMessage\x12(\n\x04role\x18\x01 \x01(\x0e\x32\x1a.frugal.api.router.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x86\x01\n\tTurnInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x32\n\x07history\x18\x02 \x03(\x0b\x32!.frugal.api.router.v1.ChatMessage\x12\x19\n\x11rag_context_chars\x18\x03 \x01(\x05\x12\x1c\n\x14vision_context_chars\x18\x04 \x01(\x05\"\xf9\x01\n\x08\x46\x65\x61tures\x12\x14\n\x0clength_chars\x18\x01 \x01(\x05\x12\x12\n\nword_count\x18\x02 \x01(\x05\x12\x16\n\x0equestion_count\x18\x03 \x01(\x05\x12\x10\n\x08has_code\x18\x04 \x01(\x08\x12\x17\n\x0ftechnical_terms\x18\x05 \x01(\x05\x12\x17\n\x0freasoning_terms\x18\x06 \x01(\x05\x12\x12\n\ndata_terms\x18\x07 \x01(\x05\x12\x1a\n\x12\x63onversation_depth\x18\x08 \x01(\x05\x12\x19\n\x11rag_context_chars\x18\t \x01(\x05\x12\x1c\n\x14vision_context_chars\x18\n \x01(\x05\"\xb0\x02\n\x08\x44\x65\x63ision\x12\r\n\x05score\x18\x01 \x01(\x01\x12(\n\x04tier\x18\x02 \x01(\x0e\x32\x1a.frugal.api.common.v1.Tier\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x0e\n\x06scorer\x18\x05 \x01(\t\x12\x30\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x1e.frugal.api.router.v1.Features\x12\x12\n\nthresholds\x18\x07 \x03(\x01\x12\x1e\n\x16\x65stimated_input_tokens\x18\x08 \x01(\x03\x12\x1f\n\x17\x65stimated_output_tokens\x18\t \x01(\x03\x12\x1a\n\x12\x65stimated_cost_usd\x18\n \x01(\x01\x12\x17\n\x0foverride_reason\x18\x0b \x01(\t\"M\n\x0cRouteRequest\x12-\n\x04turn\x18\x01 \x01(\x0b\x32\x1f.frugal.api.router.v1.TurnInput\x12\x0e\n\x06scorer\x18\x02 \x01(\t\"A\n\rRouteResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.frugal.api.router.v1.Decision\"\xa2\x01\n\x0eRespondRequest\x12-\n\x04turn\x18\x01 \x01(\x0b\x32\x1f.frugal.api.router.v1.TurnInput\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12\x10\n\x08skip_rag\x18\x03 \x01(\x08\x12\x13\n\x0bskip_vision\x18\x04 \x01(\x08\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x05\x12\x0e\n\x06scorer\x18\x06 \x01(\t\"\xa5\x01\n\rContextStatus\x12\x33\n\x06source\x18\x01 \x01(\x0e\x32#.frugal.api.router.v1.ContextSource\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\".frugal.api.router.v1.ContextState\x12\r\n\x05items\x18\x03 \x01(\x05\x12\r\n\x05\x63hars\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"@\n\x08\x46\x61llback\x12\x12\n\nfrom_model\x18\x01 \x01(\t\x12\x10\n\x08to_model\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"x\n\x0eRespondStarted\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.frugal.api.router.v1.Decision\x12\x34\n\x07\x63ontext\x18\x02 \x03(\x0b\x32#.frugal.api.router.v1.ContextStatus\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb8\x03\n\x10RespondCompleted\x12\x34\n\x08provider\x18\x01 \x01(\x0b\x32\".frugal.api.common.v1.ProviderInfo\x12(\n\x04tier\x18\x02 \x01(\x0e\x32\x1a.frugal.api.common.v1.Tier\x12*\n\x05usage\x18\x03 \x01(\x0b\x32\x1b.frugal.api.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\x12\x19\n\x11\x62\x61seline_cost_usd\x18\x05 \x01(\x01\x12\x1e\n\x16\x66irst_token_latency_ms\x18\x06 \x01(\x01\x12\x18\n\x10total_latency_ms\x18\x07 \x01(\x01\x12\x31\n\tfallbacks\x18\x08 \x03(\x0b\x32\x1e.frugal.api.router.v1.Fallback\x12\x34\n\x07\x63ontext\x18\t \x03(\x0b\x32#.frugal.api.router.v1.ContextStatus\x12\x16\n\x0e\x63ost_event_ids\x18\n \x03(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x0b \x01(\x0b\x32\x1e.frugal.api.router.v1.Decision\"\xfa\x01\n\x0fRespondResponse\x12\x37\n\x07started\x18\x01 \x01(\x0b\x32$.frugal.api.router.v1.RespondStartedH\x00\x12\x30\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1f.frugal.api.router.v1.TextDeltaH\x00\x12;\n\tcompleted\x18\x03 \x01(\x0b\x32&.frugal.api.router.v1.RespondCompletedH\x00\x12\x34\n\x08provider\x18\x04 \x01(\x0b\x32\".frugal.api.common.v1.ProviderInfoB\t\n\x07payload*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03*b\n\rContextSource\x12\x1e\n\x1a\x43ONTEXT_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONTEXT_SOURCE_RAG\x10\x01\x12\x19\n\x15\x43ONTEXT_SOURCE_VISION\x10\x02*\xb3\x01\n\x0c\x43ontextState\x12\x1d\n\x19\x43ONTEXT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONTEXT_STATE_USED\x10\x01\x12\x17\n\x13\x43ONTEXT_STATE_EMPTY\x10\x02\x12\x19\n\x15\x43ONTEXT_STATE_SKIPPED\x10\x03\x12\x1d\n\x19\x43ONTEXT_STATE_UNAVAILABLE\x10\x04\x12\x19\n\x15\x43ONTEXT_STATE_TIMEOUT\x10\x05\x32\xbb\x01\n\rRouterService\x12P\n\x05Route\x12\".frugal.api.router.v1.RouteRequest\x1a#.frugal.api.router.v1.RouteResponse\x12X\n\x07Respond\x12$.frugal.api.router.v1.RespondRequest\x1a%.frugal.api.router.v1.RespondResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!frugal/api/router/v1/router.proto\x12\x14\x66rugal.api.router.v1\x1a!frugal/api/common/v1/common.proto\"L\n\x0eToolDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\"<\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x03 \x01(\t\"\xa6\x01\n\x0b\x43hatMessage\x12(\n\x04role\x18\x01 \x01(\x0e\x32\x1a.frugal.api.router.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x32\n\ntool_calls\x18\x03 \x03(\x0b\x32\x1e.frugal.api.router.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x12\n\ntool_error\x18\x05 \x01(\x08\"\x86\x01\n\tTurnInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x32\n\x07history\x18\x02 \x03(\x0b\x32!.frugal.api.router.v1.ChatMessage\x12\x19\n\x11rag_context_chars\x18\x03 \x01(\x05\x12\x1c\n\x14vision_context_chars\x18\x04 \x01(\x05\"\xf9\x01\n\x08\x46\x65\x61tures\x12\x14\n\x0clength_chars\x18\x01 \x01(\x05\x12\x12\n\nword_count\x18\x02 \x01(\x05\x12\x16\n\x0equestion_count\x18\x03 \x01(\x05\x12\x10\n\x08has_code\x18\x04 \x01(\x08\x12\x17\n\x0ftechnical_terms\x18\x05 \x01(\x05\x12\x17\n\x0freasoning_terms\x18\x06 \x01(\x05\x12\x12\n\ndata_terms\x18\x07 \x01(\x05\x12\x1a\n\x12\x63onversation_depth\x18\x08 \x01(\x05\x12\x19\n\x11rag_context_chars\x18\t \x01(\x05\x12\x1c\n\x14vision_context_chars\x18\n \x01(\x05\"\xb0\x02\n\x08\x44\x65\x63ision\x12\r\n\x05score\x18\x01 \x01(\x01\x12(\n\x04tier\x18\x02 \x01(\x0e\x32\x1a.frugal.api.common.v1.Tier\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x0e\n\x06scorer\x18\x05 \x01(\t\x12\x30\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x1e.frugal.api.router.v1.Features\x12\x12\n\nthresholds\x18\x07 \x03(\x01\x12\x1e\n\x16\x65stimated_input_tokens\x18\x08 \x01(\x03\x12\x1f\n\x17\x65stimated_output_tokens\x18\t \x01(\x03\x12\x1a\n\x12\x65stimated_cost_usd\x18\n \x01(\x01\x12\x17\n\x0foverride_reason\x18\x0b \x01(\t\"M\n\x0cRouteRequest\x12-\n\x04turn\x18\x01 \x01(\x0b\x32\x1f.frugal.api.router.v1.TurnInput\x12\x0e\n\x06scorer\x18\x02 \x01(\t\"A\n\rRouteResponse\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.frugal.api.router.v1.Decision\"\xed\x01\n\x0eRespondRequest\x12-\n\x04turn\x18\x01 \x01(\x0b\x32\x1f.frugal.api.router.v1.TurnInput\x12\x0f\n\x07turn_id\x18\x02 \x01(\t\x12\x10\n\x08skip_rag\x18\x03 \x01(\x08\x12\x13\n\x0bskip_vision\x18\x04 \x01(\x08\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x05\x12\x0e\n\x06scorer\x18\x06 \x01(\t\x12\x33\n\x05tools\x18\x07 \x03(\x0b\x32$.frugal.api.router.v1.ToolDefinition\x12\x14\n\x0cinstructions\x18\x08 \x01(\t\"\xa5\x01\n\rContextStatus\x12\x33\n\x06source\x18\x01 \x01(\x0e\x32#.frugal.api.router.v1.ContextSource\x12\x31\n\x05state\x18\x02 \x01(\x0e\x32\".frugal.api.router.v1.ContextState\x12\r\n\x05items\x18\x03 \x01(\x05\x12\r\n\x05\x63hars\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"@\n\x08\x46\x61llback\x12\x12\n\nfrom_model\x18\x01 \x01(\t\x12\x10\n\x08to_model\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"x\n\x0eRespondStarted\x12\x30\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.frugal.api.router.v1.Decision\x12\x34\n\x07\x63ontext\x18\x02 \x03(\x0b\x32#.frugal.api.router.v1.ContextStatus\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb8\x03\n\x10RespondCompleted\x12\x34\n\x08provider\x18\x01 \x01(\x0b\x32\".frugal.api.common.v1.ProviderInfo\x12(\n\x04tier\x18\x02 \x01(\x0e\x32\x1a.frugal.api.common.v1.Tier\x12*\n\x05usage\x18\x03 \x01(\x0b\x32\x1b.frugal.api.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\x12\x19\n\x11\x62\x61seline_cost_usd\x18\x05 \x01(\x01\x12\x1e\n\x16\x66irst_token_latency_ms\x18\x06 \x01(\x01\x12\x18\n\x10total_latency_ms\x18\x07 \x01(\x01\x12\x31\n\tfallbacks\x18\x08 \x03(\x0b\x32\x1e.frugal.api.router.v1.Fallback\x12\x34\n\x07\x63ontext\x18\t \x03(\x0b\x32#.frugal.api.router.v1.ContextStatus\x12\x16\n\x0e\x63ost_event_ids\x18\n \x03(\t\x12\x30\n\x08\x64\x65\x63ision\x18\x0b \x01(\x0b\x32\x1e.frugal.api.router.v1.Decision\"\xaf\x02\n\x0fRespondResponse\x12\x37\n\x07started\x18\x01 \x01(\x0b\x32$.frugal.api.router.v1.RespondStartedH\x00\x12\x30\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1f.frugal.api.router.v1.TextDeltaH\x00\x12;\n\tcompleted\x18\x03 \x01(\x0b\x32&.frugal.api.router.v1.RespondCompletedH\x00\x12\x33\n\ttool_call\x18\x05 \x01(\x0b\x32\x1e.frugal.api.router.v1.ToolCallH\x00\x12\x34\n\x08provider\x18\x04 \x01(\x0b\x32\".frugal.api.common.v1.ProviderInfoB\t\n\x07payload*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02\x12\x0f\n\x0bROLE_SYSTEM\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*b\n\rContextSource\x12\x1e\n\x1a\x43ONTEXT_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONTEXT_SOURCE_RAG\x10\x01\x12\x19\n\x15\x43ONTEXT_SOURCE_VISION\x10\x02*\xb3\x01\n\x0c\x43ontextState\x12\x1d\n\x19\x43ONTEXT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONTEXT_STATE_USED\x10\x01\x12\x17\n\x13\x43ONTEXT_STATE_EMPTY\x10\x02\x12\x19\n\x15\x43ONTEXT_STATE_SKIPPED\x10\x03\x12\x1d\n\x19\x43ONTEXT_STATE_UNAVAILABLE\x10\x04\x12\x19\n\x15\x43ONTEXT_STATE_TIMEOUT\x10\x05\x32\xbb\x01\n\rRouterService\x12P\n\x05Route\x12\".frugal.api.router.v1.RouteRequest\x1a#.frugal.api.router.v1.RouteResponse\x12X\n\x07Respond\x12$.frugal.api.router.v1.RespondRequest\x1a%.frugal.api.router.v1.RespondResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'frugal.api.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=2254
-  _globals['_ROLE']._serialized_end=2334
-  _globals['_CONTEXTSOURCE']._serialized_start=2336
-  _globals['_CONTEXTSOURCE']._serialized_end=2434
-  _globals['_CONTEXTSTATE']._serialized_start=2437
-  _globals['_CONTEXTSTATE']._serialized_end=2616
-  _globals['_CHATMESSAGE']._serialized_start=94
-  _globals['_CHATMESSAGE']._serialized_end=166
-  _globals['_TURNINPUT']._serialized_start=169
-  _globals['_TURNINPUT']._serialized_end=303
-  _globals['_FEATURES']._serialized_start=306
-  _globals['_FEATURES']._serialized_end=555
-  _globals['_DECISION']._serialized_start=558
-  _globals['_DECISION']._serialized_end=862
-  _globals['_ROUTEREQUEST']._serialized_start=864
-  _globals['_ROUTEREQUEST']._serialized_end=941
-  _globals['_ROUTERESPONSE']._serialized_start=943
-  _globals['_ROUTERESPONSE']._serialized_end=1008
-  _globals['_RESPONDREQUEST']._serialized_start=1011
-  _globals['_RESPONDREQUEST']._serialized_end=1173
-  _globals['_CONTEXTSTATUS']._serialized_start=1176
-  _globals['_CONTEXTSTATUS']._serialized_end=1341
-  _globals['_FALLBACK']._serialized_start=1343
-  _globals['_FALLBACK']._serialized_end=1407
-  _globals['_RESPONDSTARTED']._serialized_start=1409
-  _globals['_RESPONDSTARTED']._serialized_end=1529
-  _globals['_TEXTDELTA']._serialized_start=1531
-  _globals['_TEXTDELTA']._serialized_end=1556
-  _globals['_RESPONDCOMPLETED']._serialized_start=1559
-  _globals['_RESPONDCOMPLETED']._serialized_end=1999
-  _globals['_RESPONDRESPONSE']._serialized_start=2002
-  _globals['_RESPONDRESPONSE']._serialized_end=2252
-  _globals['_ROUTERSERVICE']._serialized_start=2619
-  _globals['_ROUTERSERVICE']._serialized_end=2806
+  _globals['_ROLE']._serialized_start=2617
+  _globals['_ROLE']._serialized_end=2712
+  _globals['_CONTEXTSOURCE']._serialized_start=2714
+  _globals['_CONTEXTSOURCE']._serialized_end=2812
+  _globals['_CONTEXTSTATE']._serialized_start=2815
+  _globals['_CONTEXTSTATE']._serialized_end=2994
+  _globals['_TOOLDEFINITION']._serialized_start=94
+  _globals['_TOOLDEFINITION']._serialized_end=170
+  _globals['_TOOLCALL']._serialized_start=172
+  _globals['_TOOLCALL']._serialized_end=232
+  _globals['_CHATMESSAGE']._serialized_start=235
+  _globals['_CHATMESSAGE']._serialized_end=401
+  _globals['_TURNINPUT']._serialized_start=404
+  _globals['_TURNINPUT']._serialized_end=538
+  _globals['_FEATURES']._serialized_start=541
+  _globals['_FEATURES']._serialized_end=790
+  _globals['_DECISION']._serialized_start=793
+  _globals['_DECISION']._serialized_end=1097
+  _globals['_ROUTEREQUEST']._serialized_start=1099
+  _globals['_ROUTEREQUEST']._serialized_end=1176
+  _globals['_ROUTERESPONSE']._serialized_start=1178
+  _globals['_ROUTERESPONSE']._serialized_end=1243
+  _globals['_RESPONDREQUEST']._serialized_start=1246
+  _globals['_RESPONDREQUEST']._serialized_end=1483
+  _globals['_CONTEXTSTATUS']._serialized_start=1486
+  _globals['_CONTEXTSTATUS']._serialized_end=1651
+  _globals['_FALLBACK']._serialized_start=1653
+  _globals['_FALLBACK']._serialized_end=1717
+  _globals['_RESPONDSTARTED']._serialized_start=1719
+  _globals['_RESPONDSTARTED']._serialized_end=1839
+  _globals['_TEXTDELTA']._serialized_start=1841
+  _globals['_TEXTDELTA']._serialized_end=1866
+  _globals['_RESPONDCOMPLETED']._serialized_start=1869
+  _globals['_RESPONDCOMPLETED']._serialized_end=2309
+  _globals['_RESPONDRESPONSE']._serialized_start=2312
+  _globals['_RESPONDRESPONSE']._serialized_end=2615
+  _globals['_ROUTERSERVICE']._serialized_start=2997
+  _globals['_ROUTERSERVICE']._serialized_end=3184
 # @@protoc_insertion_point(module_scope)

@@ -14,6 +14,7 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_USER: _ClassVar[Role]
     ROLE_ASSISTANT: _ClassVar[Role]
     ROLE_SYSTEM: _ClassVar[Role]
+    ROLE_TOOL: _ClassVar[Role]
 
 class ContextSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,6 +34,7 @@ ROLE_UNSPECIFIED: Role
 ROLE_USER: Role
 ROLE_ASSISTANT: Role
 ROLE_SYSTEM: Role
+ROLE_TOOL: Role
 CONTEXT_SOURCE_UNSPECIFIED: ContextSource
 CONTEXT_SOURCE_RAG: ContextSource
 CONTEXT_SOURCE_VISION: ContextSource
@@ -43,13 +45,39 @@ CONTEXT_STATE_SKIPPED: ContextState
 CONTEXT_STATE_UNAVAILABLE: ContextState
 CONTEXT_STATE_TIMEOUT: ContextState
 
+class ToolDefinition(_message.Message):
+    __slots__ = ("name", "description", "parameters_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters_json: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_json: _Optional[str] = ...) -> None: ...
+
+class ToolCall(_message.Message):
+    __slots__ = ("id", "name", "arguments_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    arguments_json: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments_json: _Optional[str] = ...) -> None: ...
+
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "content")
+    __slots__ = ("role", "content", "tool_calls", "tool_call_id", "tool_error")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_ERROR_FIELD_NUMBER: _ClassVar[int]
     role: Role
     content: str
-    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    tool_call_id: str
+    tool_error: bool
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., tool_error: _Optional[bool] = ...) -> None: ...
 
 class TurnInput(_message.Message):
     __slots__ = ("text", "history", "rag_context_chars", "vision_context_chars")
@@ -128,20 +156,24 @@ class RouteResponse(_message.Message):
     def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
 
 class RespondRequest(_message.Message):
-    __slots__ = ("turn", "turn_id", "skip_rag", "skip_vision", "max_output_tokens", "scorer")
+    __slots__ = ("turn", "turn_id", "skip_rag", "skip_vision", "max_output_tokens", "scorer", "tools", "instructions")
     TURN_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     SKIP_RAG_FIELD_NUMBER: _ClassVar[int]
     SKIP_VISION_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SCORER_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     turn: TurnInput
     turn_id: str
     skip_rag: bool
     skip_vision: bool
     max_output_tokens: int
     scorer: str
-    def __init__(self, turn: _Optional[_Union[TurnInput, _Mapping]] = ..., turn_id: _Optional[str] = ..., skip_rag: _Optional[bool] = ..., skip_vision: _Optional[bool] = ..., max_output_tokens: _Optional[int] = ..., scorer: _Optional[str] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[ToolDefinition]
+    instructions: str
+    def __init__(self, turn: _Optional[_Union[TurnInput, _Mapping]] = ..., turn_id: _Optional[str] = ..., skip_rag: _Optional[bool] = ..., skip_vision: _Optional[bool] = ..., max_output_tokens: _Optional[int] = ..., scorer: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[ToolDefinition, _Mapping]]] = ..., instructions: _Optional[str] = ...) -> None: ...
 
 class ContextStatus(_message.Message):
     __slots__ = ("source", "state", "items", "chars", "detail")
@@ -208,13 +240,15 @@ class RespondCompleted(_message.Message):
     def __init__(self, provider: _Optional[_Union[_common_pb2.ProviderInfo, _Mapping]] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., first_token_latency_ms: _Optional[float] = ..., total_latency_ms: _Optional[float] = ..., fallbacks: _Optional[_Iterable[_Union[Fallback, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[ContextStatus, _Mapping]]] = ..., cost_event_ids: _Optional[_Iterable[str]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
 
 class RespondResponse(_message.Message):
-    __slots__ = ("started", "delta", "completed", "provider")
+    __slots__ = ("started", "delta", "completed", "tool_call", "provider")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     started: RespondStarted
     delta: TextDelta
     completed: RespondCompleted
+    tool_call: ToolCall
     provider: _common_pb2.ProviderInfo
-    def __init__(self, started: _Optional[_Union[RespondStarted, _Mapping]] = ..., delta: _Optional[_Union[TextDelta, _Mapping]] = ..., completed: _Optional[_Union[RespondCompleted, _Mapping]] = ..., provider: _Optional[_Union[_common_pb2.ProviderInfo, _Mapping]] = ...) -> None: ...
+    def __init__(self, started: _Optional[_Union[RespondStarted, _Mapping]] = ..., delta: _Optional[_Union[TextDelta, _Mapping]] = ..., completed: _Optional[_Union[RespondCompleted, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., provider: _Optional[_Union[_common_pb2.ProviderInfo, _Mapping]] = ...) -> None: ...
