@@ -84,8 +84,8 @@ def main() -> int:
 
 
 async def _replay(mesh: object, speed: float) -> int:
-    from frugal.devkit.localmesh import LocalMesh
     from frugal.common.settings import load_settings
+    from frugal.devkit.localmesh import LocalMesh
     from frugal.gateway.clients import TenantRejected
     from frugal.gateway.config import Settings
     from frugal.gateway.demo import format_report, run_demo

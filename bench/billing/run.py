@@ -45,11 +45,11 @@ from frugal.billing.state import StatePublisher
 from frugal.billing.tenants import TenantRegistry
 from frugal.common.cost_events import CostEvent, CostKind, make_event_id
 from frugal.common.db import create_pool
-from frugal.devkit.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 from frugal.common.migrations import apply_migrations
 from frugal.common.pricing import default_catalog
 from frugal.common.redis_client import create_redis
 from frugal.common.usage import UsageAmounts
+from frugal.devkit.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 
 TENANTS = [f"bench_t{i}" for i in range(8)]
 STREAM, GROUP = "cost-events", "billing-ledger"

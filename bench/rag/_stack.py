@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 
 from frugal.api.rag.v1 import rag_pb2_grpc
-from frugal.devkit.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 from frugal.common.grpc_server import GrpcApp
 from frugal.common.migrations import apply_migrations
+from frugal.devkit.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 from frugal.rag.config import Settings
 from frugal.rag.server import APP_ROLE, MIGRATIONS_PACKAGE, build_app
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import grpc
 
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
-from frugal.devkit.devstack import EmbeddedRedis, free_port
 from frugal.common.healthcheck import wait_serving
 from frugal.common.pricing import default_catalog
+from frugal.devkit.devstack import EmbeddedRedis, free_port
 from frugal.router.decision import Decider, TurnText
 from frugal.router.evaldata import DataMissing, load_all
 from frugal.router.scoring import DEFAULT_SCORER, SEED_SCORER, TierMix, load_scorers
