@@ -43,12 +43,15 @@ def private_clone() -> Iterator[Path]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _devstack(clone: Path, command: str, staging: Path, pg_port: int, redis_port: int) -> subprocess.CompletedProcess[str]:
+def _devstack(
+    clone: Path, command: str, staging: Path, pg_port: int, redis_port: int
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FRUGAL_DEVSTACK_STAGING": str(staging), "FRUGAL_PG_PORT": str(pg_port),
            "FRUGAL_REDIS_PORT": str(redis_port), "UV_FROZEN": "1"}
     env.pop("VIRTUAL_ENV", None)
     return subprocess.run(
-        [_uv(), "run", "--frozen", "python", "-m", "frugal.devkit.devstack", command, "--dir", str(clone / ".devstack")],
+        [_uv(), "run", "--frozen", "python", "-m", "frugal.devkit.devstack", command,
+         "--dir", str(clone / ".devstack")],
         cwd=clone, capture_output=True, text=True, timeout=300, env=env,
     )
 
@@ -91,6 +94,7 @@ def test_unreachable_staging_fails_with_one_clear_line(private_clone: Path) -> N
         assert failed.returncode == 1
         assert "Traceback" not in failed.stderr
         error_lines = [line for line in failed.stderr.splitlines() if line.startswith("devstack: ")]
-        assert any("world-traversable" in line and "FRUGAL_DEVSTACK_STAGING" in line for line in error_lines), failed.stderr
+        named_fix = ["world-traversable" in line and "FRUGAL_DEVSTACK_STAGING" in line for line in error_lines]
+        assert any(named_fix), failed.stderr
     finally:
         _devstack(private_clone, "stop", staging, free_port(), free_port())
