@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from frugal.common.errors import abort_for
 from frugal.common.metrics import (
     GRPC_SERVER_HANDLED,
     GRPC_SERVER_HANDLING_SECONDS,
@@ -188,6 +189,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                             yield item
                     else:
                         await result
+                except Exception as exc:
+                    error = exc
+                    if not isinstance(exc, grpc.aio.AbortError):
+                        await abort_for(context, exc)
+                    raise
                 except BaseException as exc:
                     error = exc
                     raise
@@ -208,6 +214,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     started = await enter(context)
                     return await unary_inner(request, context)
+                except Exception as exc:
+                    error = exc
+                    if not isinstance(exc, grpc.aio.AbortError):
+                        await abort_for(context, exc)
+                    raise
                 except BaseException as exc:
                     error = exc
                     raise
