@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 BUF := npx --yes @bufbuild/buf@1.75.0
 export UV_FROZEN := 1
 
-.PHONY: help setup proto proto-check lint test test-fast demo dev devstack-stop up down bench bench-quick deploy-check
+.PHONY: help setup proto proto-check lint test demo dev devstack-stop up down bench bench-quick deploy-check
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
