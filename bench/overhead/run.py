@@ -144,6 +144,16 @@ def start_litellm(exe: Path, anthropic_url: str, workdir: Path) -> tuple[subproc
     return proc, f"http://127.0.0.1:{port}", key
 
 
+def start_profiler(svg: str | None, pid: int) -> subprocess.Popen[bytes] | None:
+    if not svg:
+        return None
+    exe = shutil.which("py-spy")
+    if exe is None:
+        print("py-spy is not installed (uv tool install py-spy): no profile")
+        return None
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-o", svg, "-f", "raw", "-r", "250", "--nonblocking"])
+
+
 # ---------------------------------------------------------------------------------------------- clients
 Turn = Callable[[str], Awaitable[Sample]]
 
@@ -373,6 +383,7 @@ async def bench(args: argparse.Namespace) -> int:
                         await run_round(turn, 1, i)
                     except Exception as err:  # noqa: BLE001 - a system that cannot answer is reported, not fatal
                         raise SystemExit(f"{name}: warm-up turn failed: {err!r}") from err
+            profiler = start_profiler(args.profile_router, mesh.procs["router"].pid)
             series = {name: Series() for name in systems}
             rng = random.Random(7)
             for conc in args.concurrency:
@@ -393,6 +404,10 @@ async def bench(args: argparse.Namespace) -> int:
                         s.samples.setdefault(conc, []).append(samples)
                         s.cpu_s[conc] = s.cpu_s.get(conc, 0.0) + (cpu1 - cpu0)
                         s.turns[conc] = s.turns.get(conc, 0) + len(samples)
+            if profiler is not None:
+                profiler.send_signal(2)
+                profiler.wait(60)
+                print(f"router profile written to {args.profile_router}")
             report(series, args.concurrency)
         finally:
             for close in closers:
@@ -452,6 +467,7 @@ def main() -> int:
     p.add_argument("--concurrency", default="1,10,50")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy comparison")
+    p.add_argument("--profile-router", metavar="FILE", help="record the router with py-spy (if installed): collapsed stacks into this file")
     args = p.parse_args()
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
     if args.quick:
