@@ -338,7 +338,7 @@ async def bench(args: argparse.Namespace) -> int:
         print("litellm: skipped (not installable here); figures below compare direct and mesh only")
     with tempfile.TemporaryDirectory(prefix="frugal-overhead-") as tmp_name:
         tmp = Path(tmp_name)
-        tmp.chmod(0o755)  # as root, PostgreSQL runs as another user who must reach its data dir
+        os.chmod(tmp, 0o755)  # as root, PostgreSQL runs as another user who must reach its data dir
         pg = EmbeddedPostgres(tmp / "pg", free_port())
         redis = EmbeddedRedis(tmp / "redis", free_port())
         pg.start()
@@ -467,7 +467,8 @@ def main() -> int:
     p.add_argument("--concurrency", default="1,10,50")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy comparison")
-    p.add_argument("--profile-router", metavar="FILE", help="record the router with py-spy (if installed): collapsed stacks into this file")
+    p.add_argument("--profile-router", metavar="FILE",
+                   help="record the router with py-spy (if installed): collapsed stacks into FILE")
     args = p.parse_args()
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
     if args.quick:
