@@ -55,7 +55,7 @@ down: ## Stop the docker compose mesh
 	docker compose down
 
 deploy-check: .venv/.synced ## Validate Dockerfiles, compose, kustomize, Istio and monitoring offline (also part of make test)
-	$(UV) run python deploy/validate.py
+	$(UV) run python -m deploy.checks
 
 bench: .venv/.synced ## Run every benchmark under bench/ and print the figures
 	@set -e; for b in $$(ls bench/*/run.py 2>/dev/null); do echo "=== $$b"; $(UV) run python $$b; done
