@@ -9,9 +9,9 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from deploy import validate as v
+from deploy.checks.base import ROOT
 
-SCRIPT = v.ROOT / "scripts" / "verify-deployment"
+SCRIPT = ROOT / "scripts" / "verify-deployment"
 
 FAKE_KUBECTL = textwrap.dedent('''\
     #!/usr/bin/env python3
