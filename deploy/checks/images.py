@@ -185,12 +185,11 @@ def devkit_references(path: Path) -> Iterator[tuple[int, str]]:
                 re.fullmatch(r"frugal\.devkit(\.[\w.]+)?", node.value):
             yield node.lineno, f"names module {node.value!r} (runtime code must not load frugal.devkit)"
             continue
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
         for name in names:
             if name == "frugal.devkit" or name.startswith("frugal.devkit."):
                 yield node.lineno, f"imports {name} (frugal-devkit is dev-only: no runtime package imports it)"
-                break
-            if name == "frugal" and isinstance(node, ast.ImportFrom) and any(a.name == "devkit" for a in node.names):
-                yield node.lineno, "imports frugal.devkit (frugal-devkit is dev-only)"
                 break
 
 
