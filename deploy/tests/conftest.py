@@ -1,4 +1,5 @@
-"""Makes `deploy` (deploy/validate.py, deploy/simulate_build.py) importable as a namespace package."""
+"""Makes `deploy` (deploy/checks, deploy/simulate_build.py, deploy/tests/helpers.py) importable as a
+namespace package."""
 
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from deploy import validate as v
+from deploy.checks.base import ROOT
 
-SCRIPT = v.ROOT / "scripts" / "verify-deployment"
+SCRIPT = ROOT / "scripts" / "verify-deployment"
 
 FAKE_KUBECTL = textwrap.dedent('''\
     #!/usr/bin/env python3
@@ -78,3 +78,24 @@ def test_reports_each_problem(tmp_path: Path) -> None:
     assert "router: no errors" in out
     assert "Istio is not installed" in out
     assert "3 problem(s)" in out
+
+
+def test_keda_scaled_objects_and_missing_secrets(tmp_path: Path) -> None:
+    """With KEDA (overlays/prod): the ScaledObject's readiness and its HPA's replicas are reported; a pod
+    that cannot start because a required Secret key is missing is named with the reason."""
+    fake = FAKE_KUBECTL.replace(
+        'if line.startswith("get hpa"): out("2 2 10 35 70")\n',
+        'if line.startswith("get scaledobject router"): out("True 3 20 prometheus")\n'
+        'if line.startswith("get scaledobject billing"): out("False 2 8 redis-streams")\n'
+        'if line.startswith("get hpa keda-hpa-router"): out("4")\n'
+        'if line.startswith("get hpa"): out("2 2 10 35 70")\n',
+    ).replace("rag-1 5,CrashLoopBackOff;", "gateway-1 0,CreateContainerConfigError;")
+    assert "get scaledobject router" in fake and "CreateContainerConfigError" in fake
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(fake)
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
+    out = _run({"KUBECTL": str(kubectl)}, "--timeout", "5s").stdout
+    assert "router: 4 replicas (min 3, max 20), KEDA on prometheus" in out
+    assert "billing: ScaledObject not Ready" in out
+    assert "rag: 2 replicas (min 2, max 10), CPU 35% (target 70%)" in out  # no ScaledObject: the HPA
+    assert "gateway-1: CreateContainerConfigError: a required Secret or Secret key is missing" in out

@@ -5,8 +5,13 @@ serialises concurrent runners with an advisory lock, refuses to run when an appl
 creates the service's application role: LOGIN, no superuser, no BYPASSRLS, owning nothing. In SQL,
 `@app_role@` stands for that role's quoted name.
 
+The database may come up after the runner (compose starts them together; in Kubernetes the init
+container may start before a managed database is reachable): the runner waits up to `--wait-seconds` for
+it, retrying the connection with backoff while the server refuses connections, is still starting, or has
+not created the database yet. Wrong credentials or a bad DSN fail at once.
+
 CLI: python -m frugal.common.migrations --dsn OWNER_DSN --package frugal.rag.migrations \
-         --component rag --app-role frugal_rag
+         --component rag --app-role frugal_rag [--wait-seconds 120]
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -25,6 +32,10 @@ import asyncpg
 FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 LOCK_KEY = 0x46525547  # "FRUG"
+# Errors that mean "the database is not there yet": worth waiting for. Anything else (authentication,
+# a malformed DSN, SQL errors) is a configuration problem and fails at once.
+_NOT_YET = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError, asyncpg.InvalidCatalogNameError,
+            asyncpg.TooManyConnectionsError)
 
 
 class MigrationError(RuntimeError):
@@ -82,6 +93,31 @@ async def ensure_app_role(conn: asyncpg.Connection, role: str, password: str | N
     await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
 
 
+async def connect_when_ready(dsn: str, wait_s: float, *, log: bool = True) -> asyncpg.Connection:
+    """Connects to `dsn`, retrying (backoff 0.2 s doubling to 2 s) for up to `wait_s` seconds while the
+    database is not reachable yet. The last error is raised when the time is up."""
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    delay = 0.2
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10)
+        except _NOT_YET as err:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            if log:
+                print(f"migrations: database not ready ({type(err).__name__}: {err}); retrying "
+                      f"(attempt {attempt}, {left:.0f}s left)", file=sys.stderr, flush=True)
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 2.0)
+            continue
+        if attempt > 1 and log:
+            print(f"migrations: connected after {attempt} attempts", file=sys.stderr, flush=True)
+        return conn
+
+
 async def apply_migrations(
     dsn: str,
     *,
@@ -89,10 +125,11 @@ async def apply_migrations(
     component: str,
     app_role: str,
     app_password: str | None = None,
+    wait_s: float = 0.0,
 ) -> list[str]:
-    """Applies pending migrations; returns the names applied now."""
+    """Applies pending migrations; returns the names applied now. Waits up to `wait_s` for the database."""
     migrations = load_migrations(package)
-    conn = await asyncpg.connect(dsn)
+    conn = await connect_when_ready(dsn, wait_s)
     applied_now: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
@@ -141,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--component", required=True)
     p.add_argument("--app-role", required=True)
     p.add_argument("--app-password", default=None)
+    p.add_argument("--wait-seconds", type=float, default=float(os.environ.get("MIGRATIONS_WAIT_SECONDS", "120")),
+                   help="how long to wait for the database to accept connections (default 120, "
+                        "env MIGRATIONS_WAIT_SECONDS; 0: one attempt)")
     args = p.parse_args(argv)
     try:
         applied = asyncio.run(
             apply_migrations(args.dsn, package=args.package, component=args.component,
-                             app_role=args.app_role, app_password=args.app_password)
+                             app_role=args.app_role, app_password=args.app_password, wait_s=args.wait_seconds)
         )
     except (MigrationError, asyncpg.PostgresError, OSError) as err:
         print(f"migrations failed: {err}", file=sys.stderr)

@@ -12,14 +12,10 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Default ports, one pair per service; also used by the dev stack, compose and k8s manifests.
-PORTS: dict[str, tuple[int, int]] = {
-    "router": (50051, 9101),
-    "vision-dedup": (50052, 9102),
-    "rag": (50053, 9103),
-    "billing": (50054, 9104),
-    "media-gateway": (50055, 9105),
-}
+from frugal.common.service_table import SERVICES
+
+# Default (gRPC, metrics) ports per service, from the one service table (frugal.common.service_table).
+PORTS: dict[str, tuple[int, int]] = {s.name: (s.grpc_port, s.metrics_port) for s in SERVICES}
 
 
 class ServiceSettings(BaseSettings):
@@ -41,10 +37,10 @@ class ServiceSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Optional override of the bundled price catalog (TOML).
     price_catalog_path: str | None = None
-    router_addr: str = "127.0.0.1:50051"
-    vision_addr: str = "127.0.0.1:50052"
-    rag_addr: str = "127.0.0.1:50053"
-    billing_addr: str = "127.0.0.1:50054"
+    router_addr: str = f"127.0.0.1:{PORTS['router'][0]}"
+    vision_addr: str = f"127.0.0.1:{PORTS['vision-dedup'][0]}"
+    rag_addr: str = f"127.0.0.1:{PORTS['rag'][0]}"
+    billing_addr: str = f"127.0.0.1:{PORTS['billing'][0]}"
 
     # A validator rather than Field(ge, le): services re-declare the port fields with their own defaults,
     # which replaces a Field's constraints but keeps inherited validators.

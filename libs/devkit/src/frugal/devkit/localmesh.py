@@ -19,27 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from frugal.common import service_table
 from frugal.common.healthcheck import wait_serving
-from frugal.common.settings import PORTS
 from frugal.devkit.devstack import DevStack, DevStackError, free_port
 
-# (name, module, database role or None), in start order: dependencies first.
-SERVICES: tuple[tuple[str, str, str | None], ...] = (
-    ("billing", "frugal.billing", "frugal_billing"),
-    ("rag", "frugal.rag", "frugal_rag"),
-    ("vision-dedup", "frugal.vision", None),
-    ("router", "frugal.router", None),
-    ("media-gateway", "frugal.gateway", None),
+# (name, module, database role or None), in start order (dependencies first): the one service table.
+SERVICES: tuple[tuple[str, str, str | None], ...] = tuple(
+    (s.name, s.package, s.db_role) for s in service_table.SERVICES
 )
 
 
 def _addr_env(ports: Mapping[str, int]) -> dict[str, str]:
-    return {
-        "ROUTER_ADDR": f"127.0.0.1:{ports['router']}",
-        "VISION_ADDR": f"127.0.0.1:{ports['vision-dedup']}",
-        "RAG_ADDR": f"127.0.0.1:{ports['rag']}",
-        "BILLING_ADDR": f"127.0.0.1:{ports['billing']}",
-    }
+    return service_table.addresses({s.name: "127.0.0.1" for s in service_table.SERVICES}, ports)
 
 
 @dataclass
@@ -48,8 +39,9 @@ class LocalMesh:
 
     admin_dsn: str
     redis_url: str
-    ports: dict[str, int] = field(default_factory=lambda: {n: PORTS[n][0] for n, _, _ in SERVICES})
-    metrics_ports: dict[str, int] = field(default_factory=lambda: {n: PORTS[n][1] for n, _, _ in SERVICES})
+    ports: dict[str, int] = field(default_factory=lambda: {s.name: s.grpc_port for s in service_table.SERVICES})
+    metrics_ports: dict[str, int] = field(
+        default_factory=lambda: {s.name: s.metrics_port for s in service_table.SERVICES})
     extra_env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
     services: tuple[str, ...] = tuple(n for n, _, _ in SERVICES)
