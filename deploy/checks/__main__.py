@@ -77,7 +77,8 @@ def sections() -> list[tuple[str, Callable[[], list[str]]]]:
         ("compose: start order, healthchecks, Redis roles, bootstrap", lambda: compose.check_compose(
             tools.compose_config(COMPOSE))),
         ("compose: service table", lambda: service_table.check_compose(tools.compose_config(COMPOSE))),
-        ("docs: service table in deploy/README.md", service_table.check_docs),
+        ("docs: service table in deploy/README.md and README.md; verify-deployment",
+         lambda: service_table.check_docs() + service_table.check_readme() + service_table.check_verify_script()),
         (".env.example: complete", lambda: env_file.check_env_example(settings=metrics.introspect().settings)),
         ("images: every runtime import is installed (uv.lock)", images.check_image_dependencies),
         ("images: no frugal-devkit in images or runtime imports", images.check_no_devkit),
