@@ -35,6 +35,7 @@ from deploy.checks.base import (  # noqa: E402
     CheckError,
     Obj,
     ToolMissing,
+    load_yaml_docs,
     overlays,
 )
 
@@ -77,7 +78,8 @@ def sections() -> list[tuple[str, Callable[[], list[str]]]]:
         ("compose: start order, healthchecks, Redis roles, bootstrap", lambda: compose.check_compose(
             tools.compose_config(COMPOSE))),
         ("compose: service table", lambda: service_table.check_compose(tools.compose_config(COMPOSE))),
-        ("docs: service table in deploy/README.md", service_table.check_docs),
+        ("docs: service table in deploy/README.md and README.md; verify-deployment",
+         lambda: service_table.check_docs() + service_table.check_readme() + service_table.check_verify_script()),
         (".env.example: complete", lambda: env_file.check_env_example(settings=metrics.introspect().settings)),
         ("images: every runtime import is installed (uv.lock)", images.check_image_dependencies),
         ("images: no frugal-devkit in images or runtime imports", images.check_no_devkit),
@@ -111,8 +113,18 @@ def _monitoring_objects() -> list[str]:
     return problems
 
 
+def _raw(*paths: Path) -> list[Obj]:
+    """Source files read as they are: no kustomize patch touches a rule or a ScaledObject query, so these
+    checks need no kubectl."""
+    return [d for p in paths for d in load_yaml_docs(p)]
+
+
+RULES = MONITORING / "prometheus-rule.yaml"
+SCALED_OBJECTS = ROOT / "deploy" / "k8s" / "components" / "keda" / "scaledobjects.yaml"
+
+
 def _rule_groups() -> list[Obj]:
-    return [g for o in tools.render(MONITORING) if o.get("kind") == "PrometheusRule" for g in o["spec"]["groups"]]
+    return [g for o in _raw(RULES) if o.get("kind") == "PrometheusRule" for g in o["spec"]["groups"]]
 
 
 def _promtool_rules() -> list[str]:
@@ -121,10 +133,7 @@ def _promtool_rules() -> list[str]:
 
 def _all_queries() -> list[tuple[str, str]]:
     exprs = metrics.dashboard_exprs(MONITORING / "grafana-dashboard.json")
-    exprs = [(w, e) for w, e in exprs if not w.startswith("variable ")]
-    for overlay in overlays():
-        exprs += keda.queries(tools.render(overlay))
-    return exprs
+    return [(w, e) for w, e in exprs if not w.startswith("variable ")] + keda.queries(_raw(SCALED_OBJECTS))
 
 
 def _promtool_queries() -> list[str]:
@@ -133,7 +142,7 @@ def _promtool_queries() -> list[str]:
 
 def _metric_names() -> list[str]:
     exprs = metrics.dashboard_exprs(MONITORING / "grafana-dashboard.json") + metrics.rule_exprs(
-        tools.render(MONITORING)) + _all_queries()
+        _raw(RULES)) + keda.queries(_raw(SCALED_OBJECTS))
     return metrics.check_metric_names(exprs, metrics.introspect().metrics, metrics.external_metrics())
 
 

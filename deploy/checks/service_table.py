@@ -40,6 +40,31 @@ def write_docs(path: Path = DOCS) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def check_readme(path: Path = DEPLOY.parent / "README.md") -> list[str]:
+    """The top-level README's services table (`| name | `python -m pkg` | ... | grpc | metrics |`)."""
+    problems: list[str] = []
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| ([a-z-]+) \| `python -m [\w.]+` \|.*$",
+                                                          path.read_text(encoding="utf-8"), flags=re.M)}
+    for spec in SERVICES:
+        row = rows.get(spec.name)
+        if row is None:
+            problems.append(f"{path.name}: the services table has no row for {spec.name}")
+            continue
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if f"`python -m {spec.package}`" != cells[1] or cells[-2:] != [str(spec.grpc_port), str(spec.metrics_port)]:
+            problems.append(f"{path.name}: row {spec.name} must say `python -m {spec.package}`, gRPC "
+                            f"{spec.grpc_port}, metrics {spec.metrics_port}")
+    return problems
+
+
+def check_verify_script(path: Path = DEPLOY.parent / "scripts" / "verify-deployment") -> list[str]:
+    m = re.search(r"^SERVICES=\(([^)]*)\)", path.read_text(encoding="utf-8"), flags=re.M)
+    names = m.group(1).split() if m else []
+    want = [s.name for s in SERVICES]
+    return [] if sorted(names) == sorted(want) else [f"{path.name}: SERVICES=({' '.join(names)}) but the table has "
+                                                     f"{' '.join(want)}"]
+
+
 def check_manifests(objs: list[Obj]) -> list[str]:
     problems: list[str] = []
     deployments = {str(d["metadata"]["name"]): d for d in service_deployments(objs)}

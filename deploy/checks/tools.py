@@ -12,7 +12,6 @@ import tempfile
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -170,6 +169,3 @@ def run_hadolint(paths: Iterable[Path]) -> list[str]:
     proc = _run([hadolint(), "--no-color", "--failure-threshold", "warning", *map(str, paths)])
     return [line for line in proc.stdout.splitlines() if line.strip()] if proc.returncode else []
 
-
-def parse_json(text: str) -> Any:
-    return json.loads(text)

@@ -102,3 +102,14 @@ def test_docs_service_table(tmp_path: Path) -> None:
         "README.md: the service table is stale; regenerate it with `uv run python -m deploy.checks --docs`"]
     service_table.write_docs(stale)
     assert service_table.check_docs(stale) == []
+
+
+def test_readme_and_verify_script_follow_the_service_table(tmp_path: Path) -> None:
+    assert service_table.check_readme() == [] and service_table.check_verify_script() == []
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text().replace("| 50053 | 9103 |", "| 50063 | 9103 |"))
+    assert service_table.check_readme(readme) == [
+        "README.md: row rag must say `python -m frugal.rag`, gRPC 50053, metrics 9103"]
+    script = tmp_path / "verify-deployment"
+    script.write_text("SERVICES=(router rag billing media-gateway)\n")
+    assert service_table.check_verify_script(script) != []

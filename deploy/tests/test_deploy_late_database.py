@@ -86,3 +86,42 @@ def test_wrong_credentials_are_not_retried(late_postgres: EmbeddedPostgres) -> N
                           timeout=120)
     assert proc.returncode == 1 and "migrations failed" in proc.stderr, proc.stderr
     assert "retrying" not in proc.stderr  # one attempt: it did not sit out the wait
+
+
+def _compose_healthcheck(port: int, socket_dir: str) -> subprocess.CompletedProcess[str]:
+    """docker-compose.yml's postgres healthcheck, as Compose runs it (CMD-SHELL), in an environment like the
+    image's: pg_isready's default socket directory is where the server listens (PGHOST)."""
+    from deploy.checks import tools
+    from deploy.checks.base import COMPOSE, ToolMissing
+
+    try:
+        test = tools.compose_config(COMPOSE)["services"]["postgres"]["healthcheck"]["test"]
+    except ToolMissing as err:
+        pytest.skip(str(err))
+    assert test[0] == "CMD-SHELL"
+    command = test[1].replace("-U frugal", "-U postgres") + f" -p {port}"
+    bindir = pg_bin_for(pg_run_user())
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30,
+                          env={"PATH": f"{bindir}:/usr/bin:/bin", "PGHOST": socket_dir})
+
+
+def test_the_healthcheck_ignores_the_init_time_server(late_postgres: EmbeddedPostgres) -> None:
+    """On a fresh volume the postgres image runs its init scripts on a temporary server that listens on the
+    Unix socket only (listen_addresses=''), then restarts. A socket healthcheck (`pg_isready` without -h)
+    passes during that window and lets the migrations in too early; the compose one (`pg_isready -h
+    127.0.0.1`) does not, and passes once the real server listens on TCP."""
+    late_postgres.start()
+    assert _compose_healthcheck(late_postgres.port, str(late_postgres.data)).returncode == 0
+    late_postgres.stop()
+    late_postgres.stop()
+    sock = str(late_postgres.data)
+    late_postgres._cmd("pg_ctl", "-D", sock, "-l", f"{sock}/init-server.log", "-w", "-t", "60", "-o",
+                       f"-p {late_postgres.port} -c listen_addresses='' -k {sock}", "start")
+    try:
+        exe = str(pg_bin_for(pg_run_user()) / "pg_isready")
+        over_socket = subprocess.run([exe, "-h", sock, "-p", str(late_postgres.port), "-U", "postgres"],
+                                     capture_output=True, text=True, timeout=30)
+        assert over_socket.returncode == 0, over_socket.stdout + over_socket.stderr  # the old check: "ready"
+        assert _compose_healthcheck(late_postgres.port, sock).returncode != 0  # the compose check: not yet
+    finally:
+        late_postgres._cmd("pg_ctl", "-D", sock, "-m", "fast", "-w", "stop", check=False)
