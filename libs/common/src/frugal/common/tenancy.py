@@ -96,9 +96,3 @@ def current_tenant_id() -> str:
         raise TenancyError("no tenant in the current request context")
     return ident.tenant_id
 
-
-def current_session_id() -> str:
-    ident = _identity.get()
-    if ident is None or ident.session_id is None:
-        raise TenancyError("no session in the current request context")
-    return ident.session_id
