@@ -61,12 +61,12 @@ async def test_requests_per_minute_hold_across_two_router_instances(
 
 
 async def test_tokens_per_minute_are_enforced(start_router: Any, redis_client: aioredis.Redis) -> None:
-    # Each turn reserves ~prompt/4 + min(max_output, 250) tokens; the first one fits an empty window.
-    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="wordy", tokens_per_minute=100))
+    # Each turn reserves ~prompt/4 + min(max_output, 250) tokens (~142 here): one fits, two do not.
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="wordy", tokens_per_minute=200))
     router = await start_router()
     await answer(router, "wordy", max_output_tokens=100)
     err = await rejected(router, "wordy", max_output_tokens=100)
-    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "100 tokens per minute" in (err.details() or "")
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "200 tokens per minute" in (err.details() or "")
     assert dict(err.trailing_metadata() or ())["x-ratelimit-exceeded"] == "tokens"
 
 

@@ -389,7 +389,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                                     history_system=history_system, reply_instructions=request.instructions)
         turn_budget = input_budget("", windows={"": 1 << 40}, max_output_tokens=max_out,
                                    per_turn_cap=s.max_turn_input_tokens,
-                                   tenant_tokens_per_minute=tpm if s.rate_limits_enabled else None)
+                                   tenant_tokens_per_minute=tpm if s.rate_limits_enabled else None,
+                                   reserved_output_tokens=min(max_out, s.expected_output_tokens))
         try:
             trimmed = self._trim(messages, estimate_tokens(base_system), turn_budget, tools)
         except TurnTooLarge as err:
@@ -607,7 +608,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         s = self.core.settings
         budget = input_budget(model, windows=self.core.windows, max_output_tokens=max_out,
                               per_turn_cap=s.max_turn_input_tokens,
-                              tenant_tokens_per_minute=tpm if s.rate_limits_enabled else None)
+                              tenant_tokens_per_minute=tpm if s.rate_limits_enabled else None,
+                              reserved_output_tokens=min(max_out, s.expected_output_tokens))
         try:
             trimmed = self._trim(messages, estimate_tokens(system), budget, tools)
         except TurnTooLarge:

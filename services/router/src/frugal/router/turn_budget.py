@@ -61,11 +61,13 @@ class TurnBudget:
 
 
 def input_budget(model: str, *, windows: Mapping[str, int], max_output_tokens: int, per_turn_cap: int,
-                 tenant_tokens_per_minute: int | None) -> TurnBudget:
+                 tenant_tokens_per_minute: int | None, reserved_output_tokens: int | None = None) -> TurnBudget:
+    """`reserved_output_tokens`: the output the rate limiter reserves (default: max_output_tokens)."""
     window = windows.get(model, UNKNOWN_MODEL_WINDOW) - max_output_tokens
     options = [(window, f"context window of {model}"), (per_turn_cap, "per-turn cap")]
     if tenant_tokens_per_minute is not None and tenant_tokens_per_minute > 0:
-        options.append((tenant_tokens_per_minute - max_output_tokens, "tenant tokens per minute"))
+        out = max_output_tokens if reserved_output_tokens is None else reserved_output_tokens
+        options.append((tenant_tokens_per_minute - out, "tenant tokens per minute"))
     tokens, why = min(options, key=lambda o: o[0])
     return TurnBudget(max(0, tokens), why)
 
