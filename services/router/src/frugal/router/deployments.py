@@ -119,7 +119,8 @@ class TierRoute:
 class DeploymentPool:
     catalog: PriceCatalog
     deployments: list[Deployment]
-    _turns: itertools.count[int] = field(default_factory=itertools.count)
+    # Per model: how many plans it has been in (the round-robin position).
+    _turns: dict[str, itertools.count[int]] = field(default_factory=dict)
 
     def for_model(self, model: str) -> list[Deployment]:
         provider = self.catalog.price(model).provider
@@ -151,7 +152,7 @@ class DeploymentPool:
         ds = self.for_model(model)
         if not ds:
             return []
-        shift = next(self._turns) % len(ds)
+        shift = next(self._turns.setdefault(model, itertools.count())) % len(ds)
         rotated = ds[shift:] + ds[:shift]
         return sorted(rotated, key=lambda d: (is_open(d), d.in_flight / d.spec.weight))
 
