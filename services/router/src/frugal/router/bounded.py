@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -19,30 +20,54 @@ log = logging.getLogger(__name__)
 DEADLINE_RESERVE_S = 0.05
 # A Redis call may use at most this share of the time left.
 REDIS_SHARE = 0.25
+REDIS_DEPENDENCIES = frozenset({"tenant_state", "rate_limiter", "breaker_store"})
+
+
+class RedisWatch:
+    """Process-wide: after a Redis call failed or timed out, the next calls for `suspect_s` get a short
+    timeout (`probe_s`), so an outage costs each turn milliseconds, not one full timeout per call; the
+    first call that succeeds again is simply fast."""
+
+    def __init__(self, *, suspect_s: float = 2.0, probe_s: float = 0.02) -> None:
+        self.suspect_s = suspect_s
+        self.probe_s = probe_s
+        self._until = 0.0
+
+    def mark_failed(self) -> None:
+        self._until = time.monotonic() + self.suspect_s
+
+    @property
+    def suspect(self) -> bool:
+        return time.monotonic() < self._until
 
 
 class TurnClock:
     """The caller's deadline as seen by one RPC, and the notes of what this turn ran without."""
 
-    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], redis_op_timeout_s: float) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], redis_op_timeout_s: float,
+                 watch: RedisWatch | None = None) -> None:
         self._context = context
         self._redis_op_timeout_s = redis_op_timeout_s
+        self._watch = watch or RedisWatch()
         self.degraded: list[str] = []
 
     def left(self) -> float | None:
         return self._context.time_remaining()
 
     def redis_timeout(self) -> float:
+        base = min(self._redis_op_timeout_s, self._watch.probe_s) if self._watch.suspect else self._redis_op_timeout_s
         left = self.left()
         if left is None:
-            return self._redis_op_timeout_s
-        return max(0.001, min(self._redis_op_timeout_s, (left - DEADLINE_RESERVE_S) * REDIS_SHARE))
+            return base
+        return max(0.001, min(base, (left - DEADLINE_RESERVE_S) * REDIS_SHARE))
 
     def fail_open(self, dependency: str, note: str) -> None:
         """A dependency did not answer in time (or at all) and the turn goes on without it: logged, counted,
         and said in the result."""
         log.warning("%s", note, extra={"dependency": dependency})
         m.FAIL_OPEN.labels(dependency=dependency).inc()
+        if dependency in REDIS_DEPENDENCIES:
+            self._watch.mark_failed()
         if note not in self.degraded:
             self.degraded.append(note)
 

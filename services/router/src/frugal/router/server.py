@@ -36,7 +36,7 @@ from frugal.common.tenancy import current_identity
 from frugal.common.tenant_state import TenantStateCache
 from frugal.common.usage import UsageAmounts
 from frugal.router import metrics as m
-from frugal.router.bounded import DEADLINE_RESERVE_S, EMIT_WAIT_S, BoundedProducer, TurnClock
+from frugal.router.bounded import DEADLINE_RESERVE_S, EMIT_WAIT_S, BoundedProducer, RedisWatch, TurnClock
 from frugal.router.config import Settings
 from frugal.router.context import RAG, VISION, ContextClients, ContextResult, skipped
 from frugal.router.decision import TIER_ENUM, Decider, Decision, TurnText, budget_verdict
@@ -156,6 +156,7 @@ class RouterCore:
         self.tenant_state = TenantStateCache(redis, ttl_s=settings.tenant_state_ttl_s)
         self.limiter = TenantRateLimiter(redis)
         self.producer = BoundedProducer(CostEventProducer(redis))
+        self.redis_watch = RedisWatch()
         self.health = DeploymentHealth(redis, HealthConfig(
             failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s,
             rate_limit_cooldown_s=settings.rate_limit_cooldown_s))
@@ -337,7 +338,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await self._validate_turn(request.turn, context)
         tenant, _, _ = _tenant_and_session()
-        clock = TurnClock(context, self.core.settings.redis_op_timeout_s)
+        clock = TurnClock(context, self.core.settings.redis_op_timeout_s, self.core.redis_watch)
         policy, budget = await self.core.tenant_policy_and_budget(tenant, clock)
         messages, _ = _conversation(request.turn)
         try:
@@ -353,7 +354,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.RespondResponse]:
         core, s = self.core, self.core.settings
         started = time.perf_counter()
-        clock = TurnClock(context, s.redis_op_timeout_s)
+        clock = TurnClock(context, s.redis_op_timeout_s, core.redis_watch)
         await self._validate_turn(request.turn, context)
         if request.max_output_tokens < 0:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "max_output_tokens must not be negative")
@@ -589,8 +590,9 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
 
     @staticmethod
     def _emit_wait(clock: TurnClock) -> float | None:
-        left = clock.left()
-        return None if left is None else max(0.001, left - DEADLINE_RESERVE_S)
+        """A cost-event write holds the turn at most like any other Redis call; past that it goes on in the
+        background (and buffers if Redis fails), so the event is not lost and the turn is not late."""
+        return None if clock.left() is None else clock.redis_timeout()
 
     def _trim(self, messages: list[Message], system_tokens: int, budget: Any, tools: Sequence[ToolSpec]) -> Any:
         """History before the current turn trimmed to `budget`; the turn itself (and tool results it answers
@@ -678,7 +680,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    what = "the whole answer" if call.emitted else "the first token"
+                    what = "complete answer" if call.emitted else "first token"
                     raise ProviderError("interrupted" if call.emitted else "timeout",
                                         f"no {what} within {limit - start:.2f}s") from None
                 except ProviderError:

@@ -362,7 +362,11 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
                 },
                 headers={"request-id": f"req_{uuid.uuid4().hex[:24]}"},
             )
-        return await self._stream(request, req, reply, chunks, msg_id, usage_obj, stop_reason, tool_blocks)
+        try:
+            return await self._stream(request, req, reply, chunks, msg_id, usage_obj, stop_reason, tool_blocks)
+        except ConnectionResetError:
+            # The client gave up (timeout, cancel) while we were answering: nothing left to send.
+            raise web.HTTPRequestTimeout() from None
 
     @staticmethod
     def _usage_obj(input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> dict[str, Any]:

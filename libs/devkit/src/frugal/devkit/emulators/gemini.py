@@ -379,7 +379,11 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
             usage = self._usage(req, text, reply, True)
             return web.json_response(self._response(req, text, usage, response_id, reply.finish_reason,
                                                     reply.function_calls))
-        return await self._stream(request, req, reply, text, response_id)
+        try:
+            return await self._stream(request, req, reply, text, response_id)
+        except ConnectionResetError:
+            # The client gave up (timeout, cancel) while we were answering: nothing left to send.
+            raise web.HTTPRequestTimeout() from None
 
     async def _stream(
         self, request: web.Request, req: GeminiRequest, reply: GeminiReply, text: str, response_id: str
