@@ -12,7 +12,8 @@ DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 ROUTER_REQUESTS = Counter(
     "router_requests_total",
     "Turns handled by Respond, by tenant, final tier, model and outcome "
-    "(ok, fallback_ok, rate_limited, budget_exhausted, provider_error, deadline_exceeded, cancelled, invalid).",
+    "(ok, fallback_ok, rate_limited, too_large, budget_exhausted, provider_error, deadline_exceeded, cancelled, "
+    "invalid).",
     ["tenant", "tier", "model", "outcome"],
 )
 ROUTER_DECISIONS = Counter(

@@ -200,13 +200,13 @@ class RouterCore:
                                    offline=False, estimated_cost_usd=est,
                                    override_reasons=(*decision.override_reasons, route.reason))
 
-    def plan(self, tier: TierName) -> tuple[list[Candidate], list[Deployment]]:
+    def plan(self, tier: TierName) -> tuple[list[Candidate], list[Candidate]]:
         """Calls to try in order (tiers of the fallback chain x their deployments, balanced), and the
         deployments skipped because they are cooling down."""
         s = self.settings
         pool = self.providers.pool
         candidates: list[Candidate] = []
-        cooling: list[Deployment] = []
+        cooling: list[Candidate] = []
         seen_models: set[str] = set()
         now = time.time()
         for t in fallback_sequence(tier, self.chain, s.max_fallbacks):
@@ -218,8 +218,7 @@ class RouterCore:
             seen_models.add(route.model)
             for d in pool.balanced(route.model, lambda d: self.health.is_open(d.name, now)):
                 if self.health.is_open(d.name, now):
-                    if d not in cooling:
-                        cooling.append(d)
+                    cooling.append(Candidate(route.tier, route.model, d))
                 elif len(candidates) < s.max_attempts:
                     candidates.append(Candidate(route.tier, route.model, d))
         return candidates, cooling
@@ -449,15 +448,18 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         # (A cascade hook, e.g. "try the cheaper tier first", slots in here: it may change `decision`.)
         candidates, cooling = await self._candidates(decision, clock)
         account = TurnAccount()
-        for d in cooling:
+        for skip in cooling:
+            assert skip.deployment is not None
+            d = skip.deployment
             more = max(0.0, core.health.open_until(d.name) - time.time())
             account.fallbacks.append(router_pb2.Fallback(
-                from_model=", ".join(d.spec.models) or d.provider, to_model="",
+                from_model=skip.model, to_model=candidates[0].model if candidates else "",
                 reason=f"skipped {d.name}: cooling down for {more:.1f}s more "
                        f"({core.health.reason(d.name) or 'failures reported by another replica'})"))
             m.DEPLOYMENT_SKIPS.labels(deployment=d.name).inc()
         if not candidates:
-            wait = min((core.health.open_until(d.name) - time.time() for d in cooling), default=1.0)
+            wait = min((core.health.open_until(c.deployment.name) - time.time() for c in cooling
+                        if c.deployment is not None), default=1.0)
             context.set_trailing_metadata((("retry-after", str(max(1, int(wait + 0.999)))),))
             m.ROUTER_REQUESTS.labels(tenant=tenant, tier=decision.tier, model=decision.model,
                                      outcome="provider_error").inc()
@@ -623,7 +625,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             return trimmed.messages, trimmed.note(budget)
         return messages, ""
 
-    async def _candidates(self, decision: Decision, clock: TurnClock) -> tuple[list[Candidate], list[Deployment]]:
+    async def _candidates(self, decision: Decision, clock: TurnClock) -> tuple[list[Candidate], list[Candidate]]:
         """The attempts of this turn, after reading the shared breaker state (bounded; fail open)."""
         core = self.core
         names = [d.name for d in core.providers.pool.deployments]
