@@ -63,7 +63,15 @@ from frugal.router.providers.claude import ClaudeProvider
 from frugal.router.providers.gemini import GeminiProvider
 from frugal.router.providers.offline import OFFLINE_MODEL, OfflineProvider
 from frugal.router.scoring import ScorerError, ScorerSet, TierMix, load_scorers, read_reference_sample
-from frugal.router.turn_budget import TurnTooLarge, fit_history, input_budget, message_tokens, parse_context_windows
+from frugal.router.turn_budget import (
+    Trimmed,
+    TurnBudget,
+    TurnTooLarge,
+    fit_history,
+    input_budget,
+    message_tokens,
+    parse_context_windows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -371,60 +379,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         max_out = min(request.max_output_tokens or s.default_max_output_tokens, s.max_output_tokens_limit)
         messages, history_system = _conversation(request.turn)
 
-        policy, budget = await core.tenant_policy_and_budget(tenant, clock)
-        verdict = budget_verdict(policy, budget)
-        if verdict.status == "exhausted":
-            m.LIMIT_REJECTIONS.labels(tenant=tenant, limit="budget").inc()
-            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="budget_exhausted").inc()
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"monthly budget exhausted for tenant {tenant}: {verdict.detail}")
-        rpm = (policy.requests_per_minute if policy is not None and policy.requests_per_minute > 0
-               else s.default_requests_per_minute)
-        tpm = (policy.tokens_per_minute if policy is not None and policy.tokens_per_minute > 0
-               else s.default_tokens_per_minute)
-
-        # Turn size, before anything is reserved: history trimmed oldest-first to the per-turn cap and the
-        # tenant's window (the chosen model's window is applied per attempt, below).
-        base_system = system_prompt(s.system_prompt, tenant_instructions=policy.instructions if policy else "",
-                                    history_system=history_system, reply_instructions=request.instructions)
-        turn_budget = input_budget("", windows={"": 1 << 40}, max_output_tokens=max_out,
-                                   per_turn_cap=s.max_turn_input_tokens,
-                                   tenant_tokens_per_minute=tpm if s.rate_limits_enabled else None,
-                                   reserved_output_tokens=min(max_out, s.expected_output_tokens))
-        try:
-            trimmed = self._trim(messages, estimate_tokens(base_system), turn_budget, tools)
-        except TurnTooLarge as err:
-            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="too_large").inc()
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
-        if trimmed.dropped:
-            messages = trimmed.messages
-            m.HISTORY_TRIMMED.inc(trimmed.dropped)
-            clock.degraded.append(trimmed.note(turn_budget))
-
-        # Rate limits: count the request and reserve its estimated tokens, atomically across replicas.
-        reserved = 0
-        if s.rate_limits_enabled:
-            reserved = trimmed.tokens + min(max_out, s.expected_output_tokens)
-            limit = await core.limiter.check(tenant, requests_per_minute=rpm, tokens_per_minute=tpm,
-                                             estimated_tokens=reserved, timeout_s=clock.redis_timeout())
-            if not limit.allowed:
-                m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="rate_limited").inc()
-                if limit.limit == "too_large":
-                    await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                 f"this turn needs about {reserved} tokens, more than tenant {tenant}'s whole "
-                                 f"window of {tpm} tokens per minute")
-                context.set_trailing_metadata((
-                    ("retry-after", limit.retry_after_header),
-                    ("x-ratelimit-limit", f"{rpm} requests/min; {tpm} tokens/min"),
-                    ("x-ratelimit-exceeded", limit.limit),
-                ))
-                what = f"{rpm} requests per minute" if limit.limit == "requests" else f"{tpm} tokens per minute"
-                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"rate limit exceeded for tenant {tenant}: {what}; retry after "
-                             f"{limit.retry_after_header}s")
-            if limit.error is not None:
-                reserved = 0
-                clock.fail_open("rate_limiter", f"rate limiter unavailable ({limit.error}): request allowed")
+        admitted = await self._admit(request, context, clock, tenant, messages, history_system, tools, max_out)
+        policy, budget, messages, reserved, tpm = admitted
 
         # Context, concurrently, each bounded by its own timeout and by the caller's deadline.
         rag_task, vision_task = self._context_tasks(request, policy, context)
@@ -590,13 +546,78 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                 else grpc.StatusCode.UNAVAILABLE)
         await _abort(context, code, "every provider of the fallback chain failed: " + "; ".join(failures))
 
+    async def _admit(
+        self, request: router_pb2.RespondRequest, context: grpc.aio.ServicerContext[Any, Any], clock: TurnClock,
+        tenant: str, messages: list[Message], history_system: list[str], tools: Sequence[ToolSpec], max_out: int,
+    ) -> tuple[billing_pb2.TenantPolicy | None, billing_pb2.BudgetState | None, list[Message], int, int]:
+        """Budget, turn size and rate limits; aborts the RPC when the turn may not run. Returns the tenant's
+        policy and budget state, the (trimmed) messages, the tokens reserved, and the tokens-per-minute limit."""
+        core, s = self.core, self.core.settings
+        policy, budget = await core.tenant_policy_and_budget(tenant, clock)
+        verdict = budget_verdict(policy, budget)
+        if verdict.status == "exhausted":
+            m.LIMIT_REJECTIONS.labels(tenant=tenant, limit="budget").inc()
+            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="budget_exhausted").inc()
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"monthly budget exhausted for tenant {tenant}: {verdict.detail}")
+        rpm = (policy.requests_per_minute if policy is not None and policy.requests_per_minute > 0
+               else s.default_requests_per_minute)
+        tpm = (policy.tokens_per_minute if policy is not None and policy.tokens_per_minute > 0
+               else s.default_tokens_per_minute)
+
+        # Turn size, before anything is reserved: history trimmed oldest-first to the per-turn cap and the
+        # tenant's window (the chosen model's window is applied per attempt, below).
+        base_system = system_prompt(s.system_prompt, tenant_instructions=policy.instructions if policy else "",
+                                    history_system=history_system, reply_instructions=request.instructions)
+        turn_budget = input_budget("", windows={"": 1 << 40}, max_output_tokens=max_out,
+                                   per_turn_cap=s.max_turn_input_tokens,
+                                   tenant_tokens_per_minute=tpm if s.rate_limits_enabled else None,
+                                   reserved_output_tokens=min(max_out, s.expected_output_tokens))
+        try:
+            trimmed = self._trim(messages, estimate_tokens(base_system), turn_budget, tools)
+        except TurnTooLarge as err:
+            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="too_large").inc()
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        if trimmed.dropped:
+            messages = trimmed.messages
+            m.HISTORY_TRIMMED.inc(trimmed.dropped)
+            clock.degraded.append(trimmed.note(turn_budget))
+
+        # Rate limits: count the request and reserve its estimated tokens, atomically across replicas.
+        reserved = 0
+        if s.rate_limits_enabled:
+            reserved = trimmed.tokens + min(max_out, s.expected_output_tokens)
+            limit = await core.limiter.check(tenant, requests_per_minute=rpm, tokens_per_minute=tpm,
+                                             estimated_tokens=reserved, timeout_s=clock.redis_timeout())
+            if not limit.allowed:
+                m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="rate_limited").inc()
+                if limit.limit == "too_large":
+                    await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 f"this turn needs about {reserved} tokens, more than tenant {tenant}'s whole "
+                                 f"window of {tpm} tokens per minute")
+                context.set_trailing_metadata((
+                    ("retry-after", limit.retry_after_header),
+                    ("x-ratelimit-limit", f"{rpm} requests/min; {tpm} tokens/min"),
+                    ("x-ratelimit-exceeded", limit.limit),
+                ))
+                what = f"{rpm} requests per minute" if limit.limit == "requests" else f"{tpm} tokens per minute"
+                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"rate limit exceeded for tenant {tenant}: {what}; retry after "
+                             f"{limit.retry_after_header}s")
+            if limit.error is not None:
+                reserved = 0
+                clock.fail_open("rate_limiter", f"rate limiter unavailable ({limit.error}): request allowed")
+
+        return policy, budget, messages, reserved, tpm
+
     @staticmethod
     def _emit_wait(clock: TurnClock) -> float | None:
         """A cost-event write holds the turn at most like any other Redis call; past that it goes on in the
         background (and buffers if Redis fails), so the event is not lost and the turn is not late."""
         return None if clock.left() is None else clock.redis_timeout()
 
-    def _trim(self, messages: list[Message], system_tokens: int, budget: Any, tools: Sequence[ToolSpec]) -> Any:
+    def _trim(self, messages: list[Message], system_tokens: int, budget: TurnBudget,
+              tools: Sequence[ToolSpec]) -> Trimmed:
         """History before the current turn trimmed to `budget`; the turn itself (and tool results it answers
         with) is part of the fixed cost."""
         tail = 1 if messages and messages[-1].role == "user" else 0
