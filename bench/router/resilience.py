@@ -114,7 +114,7 @@ async def big_history(redis_url: str, messages: int, chars: int) -> None:
         ms, done, code = await turn(channel, HARD, history=history)
         sent = claude.requests[-1].input_tokens if claude.requests else 0
         print(f"  history of {messages * chars // 4:,} tokens: {code} in {ms:.0f} ms; Claude received {sent:,} input "
-              f"tokens (window 200,000); {done.degraded[0] if done and done.degraded else ''}")
+              f"tokens (window 200,000); {' / '.join(done.degraded) if done else ''}")
         await channel.close()
         await app.stop(0.5)
 
