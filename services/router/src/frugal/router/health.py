@@ -66,6 +66,8 @@ class HealthConfig:
     rate_limit_cooldown_s: float = 10.0
     max_cooldown_s: float = 600.0
     failure_window_s: float = 60.0
+    # The shared state is read at most this often per process (one MGET per interval, not per turn).
+    refresh_interval_s: float = 0.5
 
 
 @dataclass
@@ -74,6 +76,7 @@ class DeploymentHealth:
     config: HealthConfig = field(default_factory=HealthConfig)
     _local: dict[str, _Local] = field(default_factory=dict)
     _shared_open: dict[str, float] = field(default_factory=dict)
+    _refreshed_at: float = -1e9
 
     def __post_init__(self) -> None:
         self._fail_script = self.redis.register_script(_FAIL)
@@ -93,13 +96,14 @@ class DeploymentHealth:
 
     async def refresh(self, names: list[str], *, timeout_s: float) -> str | None:
         """Reads the shared breaker state of `names`; returns None, or why it could not (fail open)."""
-        if not names:
+        if not names or time.monotonic() - self._refreshed_at < self.config.refresh_interval_s:
             return None
         try:
             async with asyncio.timeout(timeout_s):
                 raw = await self.redis.mget([f"{PREFIX}:{n}" for n in names])
         except (TimeoutError, RedisError, OSError) as err:
             return f"circuit-breaker store unavailable ({_what(err)}): local deployment health only"
+        self._refreshed_at = time.monotonic()
         for name, value in zip(names, raw, strict=True):
             until = float(value) / 1000 if value is not None else 0.0
             self._shared_open[name] = until
