@@ -45,9 +45,13 @@ class FakeRag(rag_pb2_grpc.RagServiceServicer):
     chunks: list[rag_pb2.RetrievedChunk] = field(default_factory=list)
     delay_s: float = 0.0
     calls: list[tuple[rag_pb2.RetrieveRequest, dict[str, str]]] = field(default_factory=list)
+    # Awaited before answering (e.g. a barrier with the vision double); None: answer at once.
+    gate: Callable[[], Awaitable[None]] | None = None
 
     async def Retrieve(self, request: rag_pb2.RetrieveRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         self.calls.append((request, {k: str(v) for k, v in context.invocation_metadata() or ()}))
+        if self.gate is not None:
+            await self.gate()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return rag_pb2.RetrieveResponse(chunks=self.chunks[: request.top_k or 5])
@@ -69,11 +73,14 @@ class FakeVision(vision_pb2_grpc.VisionServiceServicer):
     analyses: list[vision_pb2.FrameAnalysis] = field(default_factory=list)
     delay_s: float = 0.0
     calls: list[tuple[vision_pb2.GetContextRequest, dict[str, str]]] = field(default_factory=list)
+    gate: Callable[[], Awaitable[None]] | None = None
 
     async def GetContext(
         self, request: vision_pb2.GetContextRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
         self.calls.append((request, {k: str(v) for k, v in context.invocation_metadata() or ()}))
+        if self.gate is not None:
+            await self.gate()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return vision_pb2.GetContextResponse(analyses=self.analyses[: request.limit or 5])
@@ -120,6 +127,43 @@ async def claude_emu() -> AsyncIterator[AnthropicEmulator]:
         yield emu
 
 
+class HungRedis:
+    """A TCP server that accepts connections, reads what it is sent and never answers: a hung Redis."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.connections = 0
+        self.port = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        while await reader.read(65536):
+            pass
+
+    async def __aenter__(self) -> HungRedis:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for w in self._writers:
+            w.close()
+        if self._server is not None:
+            self._server.close()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest_asyncio.fixture
+async def hung_redis() -> AsyncIterator[HungRedis]:
+    async with HungRedis() as hung:
+        yield hung
+
+
 @dataclass
 class RunningRouter:
     app: GrpcApp
@@ -132,9 +176,10 @@ RouterFactory = Callable[..., Awaitable[RunningRouter]]
 
 
 @pytest_asyncio.fixture
-async def start_router(redis_url: str) -> AsyncIterator[RouterFactory]:
+async def start_router(redis_url: str, redis_client: Any) -> AsyncIterator[RouterFactory]:
     """`await start_router(**settings)` -> a started router on 127.0.0.1:<free port>. Defaults: no provider
-    keys (offline), rag/vision at dead addresses, metrics off; everything is stopped after the test."""
+    keys (offline), rag/vision at dead addresses, metrics off; everything is stopped after the test.
+    Redis is flushed first (redis_client), so no breaker state or rate-limit window leaks between tests."""
     started: list[RunningRouter] = []
 
     async def factory(**overrides: Any) -> RunningRouter:

@@ -61,12 +61,12 @@ async def test_requests_per_minute_hold_across_two_router_instances(
 
 
 async def test_tokens_per_minute_are_enforced(start_router: Any, redis_client: aioredis.Redis) -> None:
-    # Each turn reserves ~prompt/4 + min(max_output, 250) tokens; the first one fits an empty window.
-    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="wordy", tokens_per_minute=100))
+    # Each turn reserves ~prompt/4 + min(max_output, 250) tokens (~142 here): one fits, two do not.
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="wordy", tokens_per_minute=200))
     router = await start_router()
     await answer(router, "wordy", max_output_tokens=100)
     err = await rejected(router, "wordy", max_output_tokens=100)
-    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "100 tokens per minute" in (err.details() or "")
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "200 tokens per minute" in (err.details() or "")
     assert dict(err.trailing_metadata() or ())["x-ratelimit-exceeded"] == "tokens"
 
 
@@ -119,3 +119,44 @@ async def test_redis_outage_does_not_stop_answers(start_router: Any, dead_addr: 
     router = await start_router(redis_url=f"redis://{dead_addr}/0")
     completed = await answer(router, "acme")
     assert completed.provider.offline and completed.cost_event_ids
+
+
+async def test_the_window_slides_the_previous_minute_still_counts(redis_client: aioredis.Redis) -> None:
+    """A fixed window would forget the previous minute at the boundary; the sliding one weighs it in."""
+    limiter = TenantRateLimiter(redis_client)
+    seconds, _ = await redis_client.time()
+    previous = int(seconds) // 60 - 1
+    # The previous minute used 10^9 requests: weighted by the part of it still in the last 60 s, far above 10.
+    await redis_client.set(f"frugal:ratelimit:{{slide}}:req:{previous}", 10**9, ex=300)
+    result = await limiter.check("slide", requests_per_minute=10, tokens_per_minute=1000, estimated_tokens=1)
+    assert not result.allowed and result.limit == "requests"
+
+
+async def test_a_request_larger_than_the_whole_window_is_refused_even_when_empty(
+    redis_client: aioredis.Redis, start_router: Any
+) -> None:
+    limiter = TenantRateLimiter(redis_client)
+    result = await limiter.check("big", requests_per_minute=100, tokens_per_minute=1000, estimated_tokens=1001)
+    assert not result.allowed and result.limit == "too_large"
+    assert (await limiter.check("big", requests_per_minute=100, tokens_per_minute=1000, estimated_tokens=1000)).allowed
+    # Through Respond: a turn whose own text exceeds the tenant's window is refused, not let through.
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="tiny", tokens_per_minute=300))
+    router = await start_router()
+    err = await rejected(router, "tiny", text="word " * 400)
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "tenant tokens per minute" in (err.details() or "")
+
+
+async def test_respond_settles_the_reservation_to_the_reported_usage(
+    start_router: Any, redis_client: aioredis.Redis
+) -> None:
+    from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
+
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="heavy", tokens_per_minute=10_000))
+    async with GeminiEmulator() as emu:
+        router = await start_router(gemini_api_key="g", gemini_base_url=emu.base_url)
+        # The turn reserves ~260 tokens; Gemini reports 9,900: settle() books the difference.
+        emu.script(GeminiReply(text="ok", usage={"promptTokenCount": 9_800, "candidatesTokenCount": 100}))
+        await answer(router, "heavy")
+        err = await rejected(router, "heavy")
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dict(err.trailing_metadata() or ())["x-ratelimit-exceeded"] == "tokens"

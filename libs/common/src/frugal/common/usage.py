@@ -13,6 +13,9 @@ class UsageAmounts(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     input_tokens: int = Field(default=0, ge=0)
+    # The part of input_tokens the provider served from its prompt cache (Anthropic cache_read_input_tokens,
+    # Gemini cached_content_token_count); priced at the cached-input rate where the catalog has one.
+    cached_input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     audio_seconds: float = Field(default=0.0, ge=0)
     characters: int = Field(default=0, ge=0)
@@ -23,6 +26,7 @@ class UsageAmounts(BaseModel):
     def to_proto(self) -> common_pb2.Usage:
         return common_pb2.Usage(
             input_tokens=self.input_tokens,
+            cached_input_tokens=self.cached_input_tokens,
             output_tokens=self.output_tokens,
             audio_seconds=self.audio_seconds,
             characters=self.characters,
@@ -35,6 +39,7 @@ class UsageAmounts(BaseModel):
     def from_proto(cls, msg: common_pb2.Usage) -> UsageAmounts:
         return cls(
             input_tokens=msg.input_tokens,
+            cached_input_tokens=msg.cached_input_tokens,
             output_tokens=msg.output_tokens,
             audio_seconds=msg.audio_seconds,
             characters=msg.characters,

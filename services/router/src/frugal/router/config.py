@@ -5,9 +5,12 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from frugal.common.limits import MAX_HISTORY_MESSAGES
 from frugal.common.settings import PORTS, ServiceSettings
-from frugal.router.fallback import parse_fallback_chain
+from frugal.router.deployments import parse_deployments
+from frugal.router.fallback import DEFAULT_FALLBACK_CHAIN, parse_fallback_chain
 from frugal.router.scoring import DEFAULT_SCORER, TierMix
+from frugal.router.turn_budget import parse_context_windows
 
 
 class Settings(ServiceSettings):
@@ -25,8 +28,24 @@ class Settings(ServiceSettings):
     # Base-URL overrides (emulators, proxies); empty means the SDK's default endpoint.
     gemini_base_url: str | None = None
     anthropic_base_url: str | None = None
+    # Several deployments per provider (keys, regions, base URLs), load-balanced: a JSON list, see
+    # frugal.router.deployments. Empty: one deployment per provider key above.
+    llm_deployments: str = ""
     # Per provider call: time to the first token, and in total. The caller's deadline caps both.
     provider_first_token_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # An attempt that is not the last candidate waits at most this share of the time left for its first
+    # token, so a hung deployment leaves time for the next one within the caller's deadline.
+    first_token_deadline_share: float = Field(default=0.5, gt=0, le=1)
+    # Provider calls per turn at most (deployments x tiers of the fallback chain).
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    # Deployment health: consecutive failures before a cooldown, its length, and the cooldown after a 429
+    # without retry-after. Shared by replicas through Redis.
+    breaker_failure_threshold: int = Field(default=3, ge=1, le=100)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, le=3600)
+    rate_limit_cooldown_s: float = Field(default=10.0, gt=0, le=3600)
+    # Longest a single Redis call (rate limiter, tenant state, breaker) may wait; the caller's deadline
+    # caps it further. On timeout the turn goes on without it and says so.
+    redis_op_timeout_s: float = Field(default=0.25, gt=0, le=10)
     provider_timeout_s: float = Field(default=60.0, gt=0, le=600)
     # Retries inside the SDK on 429/5xx before our fallback chain takes over (0: fall back at once).
     provider_max_retries: int = Field(default=0, ge=0, le=5)
@@ -35,7 +54,7 @@ class Settings(ServiceSettings):
     gemini_thinking_budget: int = Field(default=0, ge=-1, le=32768)
     # "premium>standard>lite,lite>standard": on a provider error or timeout, the next tier of the chain
     # that starts at the failed tier answers. Empty disables fallbacks.
-    fallback_chain: str = "premium>standard>lite,lite>standard"
+    fallback_chain: str = DEFAULT_FALLBACK_CHAIN
     max_fallbacks: int = Field(default=2, ge=0, le=4)
 
     # Decision.
@@ -50,7 +69,13 @@ class Settings(ServiceSettings):
     default_max_output_tokens: int = Field(default=512, ge=1, le=64_000)
     max_output_tokens_limit: int = Field(default=4096, ge=1, le=64_000)
     max_turn_chars: int = Field(default=32_000, ge=100, le=1_000_000)
-    max_history_messages: int = Field(default=64, ge=0, le=1000)
+    # The shared cap (frugal.common.limits): the gateway never sends more.
+    max_history_messages: int = Field(default=MAX_HISTORY_MESSAGES, ge=0, le=MAX_HISTORY_MESSAGES)
+    # Input tokens one turn may send at most (history is trimmed oldest-first to fit this, the chosen
+    # model's context window and the tenant's tokens per minute).
+    max_turn_input_tokens: int = Field(default=100_000, ge=1000, le=2_000_000)
+    # '{"model": tokens}' merged over frugal.router.turn_budget.DEFAULT_CONTEXT_WINDOWS.
+    model_context_windows: str = ""
     system_prompt: str = (
         "You are a concise, friendly voice assistant in a live meeting. Answer in plain spoken sentences "
         "(no markdown), briefly unless asked for detail."
@@ -82,6 +107,18 @@ class Settings(ServiceSettings):
     @classmethod
     def _chain(cls, value: str) -> str:
         parse_fallback_chain(value)
+        return value
+
+    @field_validator("llm_deployments")
+    @classmethod
+    def _deployments(cls, value: str) -> str:
+        parse_deployments(value)
+        return value
+
+    @field_validator("model_context_windows")
+    @classmethod
+    def _windows(cls, value: str) -> str:
+        parse_context_windows(value)
         return value
 
     @field_validator("gemini_base_url", "anthropic_base_url", "reference_sample_path", "scorer_artifact_path",

@@ -1,15 +1,25 @@
-"""The fallback chain: which tier answers when the chosen tier's provider fails or times out."""
+"""The fallback chain: which tiers answer, in order, when the chosen tier's provider fails or times out.
+
+"premium>standard>lite,standard>lite>premium,lite>standard>premium": each chain lists, for the tier it
+starts with, the tiers tried after it. A tier without a chain of its own follows the rest of the first
+chain it appears in ("premium>standard>lite" alone gives standard the sequence standard, lite).
+
+The default crosses providers (Gemini tiers end on Claude, Claude on Gemini), so one provider's outage
+does not fail the turns it normally serves while the other is up.
+"""
 
 from __future__ import annotations
 
 from frugal.common.pricing import TIERS, TierName
 
+DEFAULT_FALLBACK_CHAIN = "premium>standard>lite,standard>lite>premium,lite>standard>premium"
+FallbackChains = dict[TierName, tuple[TierName, ...]]
 
-def parse_fallback_chain(text: str) -> dict[TierName, TierName]:
-    """"premium>standard>lite,lite>standard" -> {premium: standard, standard: lite, lite: standard}.
 
-    Each chain lists tiers in the order they are tried; a tier may have one successor only."""
-    nxt: dict[TierName, TierName] = {}
+def parse_fallback_chain(text: str) -> FallbackChains:
+    """-> {start tier: (tiers to try after it, in order)}; raises ValueError on a malformed chain."""
+    own: dict[TierName, tuple[TierName, ...]] = {}
+    derived: dict[TierName, tuple[TierName, ...]] = {}
     for chain in (c.strip() for c in text.split(",")):
         if not chain:
             continue
@@ -20,22 +30,23 @@ def parse_fallback_chain(text: str) -> dict[TierName, TierName]:
         for n in names:
             if n not in TIERS:
                 raise ValueError(f"fallback chain {chain!r}: unknown tier {n!r} (use {', '.join(TIERS)})")
+            if n in tiers:
+                raise ValueError(f"fallback chain {chain!r}: {n} appears twice")
             tiers.append(n)
-        for a, b in zip(tiers, tiers[1:], strict=False):
-            if a == b:
-                raise ValueError(f"fallback chain {chain!r}: {a} falls back to itself")
-            if a in nxt and nxt[a] != b:
-                raise ValueError(f"fallback chain: {a} has two successors ({nxt[a]} and {b})")
-            nxt[a] = b
-    return nxt
+        if tiers[0] in own:
+            raise ValueError(f"fallback chain: two chains start at {tiers[0]}")
+        own[tiers[0]] = tuple(tiers[1:])
+        for i, t in enumerate(tiers[1:-1], start=1):
+            derived.setdefault(t, tuple(tiers[i + 1:]))
+    return {**derived, **own}
 
 
-def fallback_sequence(start: TierName, chain: dict[TierName, TierName], max_fallbacks: int) -> list[TierName]:
-    """Tiers to try, starting with `start`: follows the chain without revisiting a tier."""
+def fallback_sequence(start: TierName, chain: FallbackChains, max_fallbacks: int) -> list[TierName]:
+    """Tiers to try, starting with `start`, at most 1 + max_fallbacks of them."""
     seq: list[TierName] = [start]
-    while len(seq) <= max_fallbacks:
-        nxt = chain.get(seq[-1])
-        if nxt is None or nxt in seq:
+    for t in chain.get(start, ()):
+        if len(seq) > max_fallbacks:
             break
-        seq.append(nxt)
+        if t not in seq:
+            seq.append(t)
     return seq

@@ -5,6 +5,11 @@ estimated tokens, atomically (Redis runs a script alone). Windows are a sliding-
 minute's count plus the previous minute's, weighted by how much of it still overlaps the last 60 s. Time
 comes from Redis (`TIME`), so replicas with skewed clocks agree. After the call, `settle` corrects the
 reservation to the tokens the provider reported (may push the tenant over; later requests then wait).
+A request larger than the whole token window is refused (`too_large`): it could never fit, and letting one
+through an empty window is how a 2.4 M-token turn passed a 200 k tokens/minute limit.
+
+Every call is bounded (`timeout_s`, from the caller's deadline): a Redis that accepts connections and never
+answers fails open within that time, like one that refuses them.
 
 Why not the `limits` package: its limiters test one limit per call and cannot record usage that ends up
 above the limit, so an RPM+TPM check with post-hoc token accounting would not be atomic.
@@ -12,6 +17,7 @@ above the limit, so an RPM+TPM check with post-hoc token accounting would not be
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass
@@ -56,11 +62,12 @@ local tc, tp, t_used = used(KEYS[2])
 if req_limit > 0 and r_used + 1 > req_limit then
   return {0, 'requests', tostring(wait_for(rc, rp, req_limit, 1)), tostring(r_used)}
 end
--- A single request larger than the whole budget passes when nothing else is in the window.
-local need = cost
-if tok_limit > 0 and need > tok_limit then need = tok_limit end
-if tok_limit > 0 and t_used + need > tok_limit then
-  return {0, 'tokens', tostring(wait_for(tc, tp, tok_limit, need)), tostring(t_used)}
+-- A request larger than the whole window can never fit: refused outright (no retry helps).
+if tok_limit > 0 and cost > tok_limit then
+  return {0, 'too_large', '0', tostring(t_used)}
+end
+if tok_limit > 0 and t_used + cost > tok_limit then
+  return {0, 'tokens', tostring(wait_for(tc, tp, tok_limit, cost)), tostring(t_used)}
 end
 local ttl = window * 2000 + 5000
 redis.call('INCRBY', KEYS[1] .. ':' .. cur, 1)
@@ -87,7 +94,7 @@ return v
 @dataclass(frozen=True, slots=True)
 class LimitResult:
     allowed: bool
-    limit: str  # "ok", "requests" or "tokens"
+    limit: str  # "ok", "requests", "tokens" or "too_large"
     retry_after_s: float
     # The limits applied (requests/min, tokens/min).
     requests_per_minute: int
@@ -113,21 +120,24 @@ class TenantRateLimiter:
         return f"{self._prefix}:{{{tenant_id}}}:req", f"{self._prefix}:{{{tenant_id}}}:tok"
 
     async def check(self, tenant_id: str, *, requests_per_minute: int, tokens_per_minute: int,
-                    estimated_tokens: int) -> LimitResult:
+                    estimated_tokens: int, timeout_s: float = 1.0) -> LimitResult:
         """Counts the request and reserves `estimated_tokens` if both limits allow it.
 
         Redis unreachable -> allowed, with `error` set (fail-open: an outage of the limiter's store does
-        not take every conversation down; it is logged and counted)."""
+        not take every conversation down; it is logged and counted). So is a Redis that does not answer
+        within `timeout_s`."""
         req_key, tok_key = self._keys(tenant_id)
         try:
-            raw = await self._check(
-                keys=[req_key, tok_key],
-                args=[requests_per_minute, tokens_per_minute, max(0, estimated_tokens), self._window],
-            )
-        except (RedisError, OSError) as err:
-            log.warning("rate limiter unavailable, request allowed: %s", err)
+            async with asyncio.timeout(timeout_s):
+                raw = await self._check(
+                    keys=[req_key, tok_key],
+                    args=[requests_per_minute, tokens_per_minute, max(0, estimated_tokens), self._window],
+                )
+        except (TimeoutError, RedisError, OSError) as err:
+            why = f"no answer within {timeout_s:.2f}s" if isinstance(err, TimeoutError) else str(err)
+            log.warning("rate limiter unavailable, request allowed: %s", why)
             LIMIT_REJECTIONS.labels(tenant=tenant_id, limit="store_unavailable").inc()
-            return LimitResult(True, "ok", 0.0, requests_per_minute, tokens_per_minute, error=str(err))
+            return LimitResult(True, "ok", 0.0, requests_per_minute, tokens_per_minute, error=why)
         allowed = int(raw[0]) == 1
         kind = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
         retry = float(raw[2])
@@ -135,12 +145,17 @@ class TenantRateLimiter:
             LIMIT_REJECTIONS.labels(tenant=tenant_id, limit=kind).inc()
         return LimitResult(allowed, kind, retry, requests_per_minute, tokens_per_minute)
 
-    async def settle(self, tenant_id: str, delta_tokens: int) -> None:
-        """Adds (or refunds, when negative) the difference between reserved and actual tokens."""
+    async def settle(self, tenant_id: str, delta_tokens: int, *, timeout_s: float = 1.0) -> str | None:
+        """Adds (or refunds, when negative) the difference between reserved and actual tokens.
+        Returns None, or why it could not (the turn goes on; the window is then off by `delta_tokens`)."""
         if delta_tokens == 0:
-            return
+            return None
         _, tok_key = self._keys(tenant_id)
         try:
-            await self._settle(keys=[tok_key], args=[delta_tokens, self._window])
-        except (RedisError, OSError) as err:
-            log.warning("could not settle %d tokens for %s: %s", delta_tokens, tenant_id, err)
+            async with asyncio.timeout(timeout_s):
+                await self._settle(keys=[tok_key], args=[delta_tokens, self._window])
+        except (TimeoutError, RedisError, OSError) as err:
+            why = f"no answer within {timeout_s:.2f}s" if isinstance(err, TimeoutError) else str(err)
+            log.warning("could not settle %d tokens for %s: %s", delta_tokens, tenant_id, why)
+            return f"rate limiter could not record the {delta_tokens:+d} tokens of this turn ({why})"
+        return None

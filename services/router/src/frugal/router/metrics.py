@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from frugal.common.metrics import LATENCY_BUCKETS
 
@@ -12,7 +12,8 @@ DECISION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01
 ROUTER_REQUESTS = Counter(
     "router_requests_total",
     "Turns handled by Respond, by tenant, final tier, model and outcome "
-    "(ok, fallback_ok, rate_limited, budget_exhausted, provider_error, deadline_exceeded, cancelled, invalid).",
+    "(ok, fallback_ok, rate_limited, too_large, budget_exhausted, provider_error, deadline_exceeded, cancelled, "
+    "invalid).",
     ["tenant", "tier", "model", "outcome"],
 )
 ROUTER_DECISIONS = Counter(
@@ -49,4 +50,26 @@ LIMIT_REJECTIONS = Counter(
     "router_limit_rejections_total",
     "Requests refused by a limit (requests, tokens, budget) or let through because the store was down.",
     ["tenant", "limit"],
+)
+DEPLOYMENT_OPEN = Gauge(
+    "router_deployment_open", "1 while a deployment is cooling down (breaker open), 0 when closed.", ["deployment"]
+)
+DEPLOYMENT_FAILURES = Counter(
+    "router_deployment_failures_total", "Failed provider calls, by deployment and error kind.", ["deployment", "kind"]
+)
+DEPLOYMENT_SKIPS = Counter(
+    "router_deployment_skips_total", "Deployments skipped without a call because they were cooling down.",
+    ["deployment"],
+)
+DEPLOYMENT_CALLS = Counter(
+    "router_deployment_calls_total", "Provider calls started, by deployment (load balancing).", ["deployment"]
+)
+FAIL_OPEN = Counter(
+    "router_fail_open_total",
+    "Turns that went on without a dependency that did not answer in time (rate limiter, tenant state, "
+    "breaker store, cost events), by dependency.",
+    ["dependency"],
+)
+HISTORY_TRIMMED = Counter(
+    "router_history_trimmed_messages_total", "History messages dropped (oldest first) to fit the turn budget."
 )

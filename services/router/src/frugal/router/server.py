@@ -1,10 +1,16 @@
-"""gRPC wiring of the router service: Route (decision only) and Respond (the streamed answer)."""
+"""gRPC wiring of the router service: Route (decision only) and Respond (the streamed answer).
+
+Respond, in order: validate; tenant state and budget; turn size and rate limits; context (rag, vision,
+concurrently); decision and tier availability; then the attempts (deployments along the fallback chain,
+skipping those cooling down) until one answers. Every wait is bounded by the caller's deadline.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
-import math
 import re
 import sys
 import time
@@ -30,71 +36,90 @@ from frugal.common.tenancy import current_identity
 from frugal.common.tenant_state import TenantStateCache
 from frugal.common.usage import UsageAmounts
 from frugal.router import metrics as m
+from frugal.router.bounded import DEADLINE_RESERVE_S, EMIT_WAIT_S, BoundedProducer, RedisWatch, TurnClock
 from frugal.router.config import Settings
 from frugal.router.context import RAG, VISION, ContextClients, ContextResult, skipped
 from frugal.router.decision import TIER_ENUM, Decider, Decision, TurnText, budget_verdict
+from frugal.router.deployments import Deployment, DeploymentPool, DeploymentSpec, describe, parse_deployments
 from frugal.router.fallback import fallback_sequence, parse_fallback_chain
+from frugal.router.health import DeploymentHealth, HealthConfig
 from frugal.router.limits import TenantRateLimiter
+from frugal.router.prompt import system_prompt
 from frugal.router.providers.base import (
     LlmProvider,
+    Message,
     ProviderError,
     ProviderRequest,
     StreamDone,
     TextChunk,
+    ToolCallChunk,
+    ToolCallOut,
+    ToolSpec,
+    UsageReport,
     estimate_tokens,
+    merge_partial,
 )
 from frugal.router.providers.claude import ClaudeProvider
 from frugal.router.providers.gemini import GeminiProvider
 from frugal.router.providers.offline import OFFLINE_MODEL, OfflineProvider
 from frugal.router.scoring import ScorerError, ScorerSet, TierMix, load_scorers, read_reference_sample
+from frugal.router.turn_budget import (
+    Trimmed,
+    TurnBudget,
+    TurnTooLarge,
+    fit_history,
+    input_budget,
+    message_tokens,
+    parse_context_windows,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = service_full_name(router_pb2.DESCRIPTOR, "RouterService")
 TURN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-# Time kept back from the caller's deadline: to emit the cost event and send the final message ourselves.
-DEADLINE_RESERVE_S = 0.05
+TOOL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+MAX_TOOLS = 64
 # Below this, a provider attempt is not worth starting.
 MIN_ATTEMPT_S = 0.05
 
 
+def _default_specs(settings: Settings) -> list[DeploymentSpec]:
+    specs: list[DeploymentSpec] = []
+    if settings.gemini_api_key is not None and settings.gemini_api_key.get_secret_value():
+        specs.append(DeploymentSpec(name="google-default", provider="google", base_url=settings.gemini_base_url,
+                                    api_key=settings.gemini_api_key.get_secret_value()))
+    if settings.anthropic_api_key is not None and settings.anthropic_api_key.get_secret_value():
+        specs.append(DeploymentSpec(name="anthropic-default", provider="anthropic",
+                                    base_url=settings.anthropic_base_url,
+                                    api_key=settings.anthropic_api_key.get_secret_value()))
+    return specs
+
+
+def _provider_impl(spec: DeploymentSpec, settings: Settings) -> LlmProvider:
+    if spec.provider == "google":
+        return GeminiProvider(spec.api_key, base_url=spec.base_url, timeout_s=settings.provider_timeout_s,
+                              max_retries=settings.provider_max_retries,
+                              thinking_budget=settings.gemini_thinking_budget)
+    return ClaudeProvider(spec.api_key, base_url=spec.base_url, timeout_s=settings.provider_timeout_s,
+                          max_retries=settings.provider_max_retries)
+
+
 class Providers:
-    """Tier -> provider implementation: the SDK provider when its key is configured, else offline."""
+    """The deployments (SDK clients) and which model answers each tier; offline only with none at all."""
 
     def __init__(self, settings: Settings, catalog: PriceCatalog) -> None:
         self.catalog = catalog
         self.offline = OfflineProvider(word_delay_s=settings.offline_word_delay_s)
-        self.by_name: dict[str, LlmProvider] = {}
-        if settings.gemini_api_key is not None and settings.gemini_api_key.get_secret_value():
-            self.by_name["google"] = GeminiProvider(
-                settings.gemini_api_key.get_secret_value(), base_url=settings.gemini_base_url,
-                timeout_s=settings.provider_timeout_s, max_retries=settings.provider_max_retries,
-                thinking_budget=settings.gemini_thinking_budget,
-            )
-        if settings.anthropic_api_key is not None and settings.anthropic_api_key.get_secret_value():
-            self.by_name["anthropic"] = ClaudeProvider(
-                settings.anthropic_api_key.get_secret_value(), base_url=settings.anthropic_base_url,
-                timeout_s=settings.provider_timeout_s, max_retries=settings.provider_max_retries,
-            )
-
-    def for_tier(self, tier: TierName) -> tuple[LlmProvider, str]:
-        """(provider, model name to send/record); offline stand-ins record OFFLINE_MODEL."""
-        model = self.catalog.tier_model(tier)
-        impl = self.by_name.get(self.catalog.price(model).provider)
-        if impl is None:
-            return self.offline, OFFLINE_MODEL
-        return impl, model
+        specs = list(parse_deployments(settings.llm_deployments)) or _default_specs(settings)
+        self.pool = DeploymentPool(catalog, [Deployment(s, _provider_impl(s, settings)) for s in specs])
+        self.specs = specs
 
     def describe(self, tier: TierName) -> tuple[str, bool]:
-        impl, _ = self.for_tier(tier)
-        return impl.provider, impl.offline
+        route = self.pool.route_tier(tier)
+        return route.provider, route.offline
 
     async def aclose(self) -> None:
-        for p in self.by_name.values():
-            try:
-                await p.aclose()
-            except Exception:
-                log.exception("closing provider %s failed", p.provider)
+        await self.pool.aclose()
 
 
 @dataclass
@@ -105,6 +130,19 @@ class TurnAccount:
     baseline_usd: float = 0.0
     event_ids: list[str] = field(default_factory=list)
     fallbacks: list[router_pb2.Fallback] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One provider call to try: a tier's model on one deployment (None: the offline stand-in)."""
+
+    tier: TierName
+    model: str
+    deployment: Deployment | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.tier} ({self.model}{' @ ' + self.deployment.name if self.deployment else ''})"
 
 
 class RouterCore:
@@ -125,8 +163,13 @@ class RouterCore:
         self.contexts = contexts
         self.tenant_state = TenantStateCache(redis, ttl_s=settings.tenant_state_ttl_s)
         self.limiter = TenantRateLimiter(redis)
-        self.producer = CostEventProducer(redis)
+        self.producer = BoundedProducer(CostEventProducer(redis))
+        self.redis_watch = RedisWatch()
+        self.health = DeploymentHealth(redis, HealthConfig(
+            failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s,
+            rate_limit_cooldown_s=settings.rate_limit_cooldown_s))
         self.chain = parse_fallback_chain(settings.fallback_chain)
+        self.windows = parse_context_windows(settings.model_context_windows)
         self.decider = Decider(
             scorers, catalog, TierMix.parse(settings.default_mix), provider_of=providers.describe,
             system_prompt_chars=len(settings.system_prompt), expected_output_tokens=settings.expected_output_tokens,
@@ -139,16 +182,54 @@ class RouterCore:
         await self.redis.aclose()
 
     async def tenant_policy_and_budget(
-        self, tenant: str
-    ) -> tuple[billing_pb2.TenantPolicy | None, billing_pb2.BudgetState | None, str]:
-        """Cached reads of billing's published state; Redis down -> (None, None, why)."""
+        self, tenant: str, clock: TurnClock
+    ) -> tuple[billing_pb2.TenantPolicy | None, billing_pb2.BudgetState | None]:
+        """Cached reads of billing's published state, bounded by the caller's deadline; Redis down or silent
+        -> (None, None), said in the turn's notes."""
+        timeout = clock.redis_timeout()
         try:
-            policy = await self.tenant_state.policy(tenant)
-            budget = await self.tenant_state.budget(tenant)
-        except (RedisError, OSError) as err:
-            log.warning("tenant state unavailable for %s: %s", tenant, err)
-            return None, None, f"tenant state unavailable ({type(err).__name__})"
-        return policy, budget, ""
+            async with asyncio.timeout(timeout):
+                policy, budget = await asyncio.gather(self.tenant_state.policy(tenant),
+                                                      self.tenant_state.budget(tenant))
+        except (TimeoutError, RedisError, OSError) as err:
+            why = f"no answer within {timeout:.2f}s" if isinstance(err, TimeoutError) else type(err).__name__
+            clock.fail_open("tenant_state", f"tenant state unavailable ({why}): default policy, budget unknown")
+            return None, None
+        return policy, budget
+
+    def with_availability(self, decision: Decision) -> Decision:
+        """The decision's tier mapped to the nearest tier that has a deployment (said in override_reason)."""
+        route = self.providers.pool.route_tier(decision.tier)
+        if route.tier == decision.tier:
+            return decision
+        est = self.catalog.cost(route.model, UsageAmounts(input_tokens=decision.estimated_input_tokens,
+                                                          output_tokens=decision.estimated_output_tokens))
+        return dataclasses.replace(decision, tier=route.tier, model=route.model, provider=route.provider,
+                                   offline=False, estimated_cost_usd=est,
+                                   override_reasons=(*decision.override_reasons, route.reason))
+
+    def plan(self, tier: TierName) -> tuple[list[Candidate], list[Candidate]]:
+        """Calls to try in order (tiers of the fallback chain x their deployments, balanced), and the
+        deployments skipped because they are cooling down."""
+        s = self.settings
+        pool = self.providers.pool
+        candidates: list[Candidate] = []
+        cooling: list[Candidate] = []
+        seen_models: set[str] = set()
+        now = time.time()
+        for t in fallback_sequence(tier, self.chain, s.max_fallbacks):
+            route = pool.route_tier(t)
+            if route.offline:
+                return [Candidate(t, OFFLINE_MODEL, None)], []
+            if route.model in seen_models:
+                continue
+            seen_models.add(route.model)
+            for d in pool.balanced(route.model, lambda d: self.health.is_open(d.name, now)):
+                if self.health.is_open(d.name, now):
+                    cooling.append(Candidate(route.tier, route.model, d))
+                elif len(candidates) < s.max_attempts:
+                    candidates.append(Candidate(route.tier, route.model, d))
+        return candidates, cooling
 
 
 def _tenant_and_session() -> tuple[str, str, str]:
@@ -158,11 +239,65 @@ def _tenant_and_session() -> tuple[str, str, str]:
     return ident.tenant_id, ident.session_id, ident.request_id
 
 
-ROLE_NAMES = {router_pb2.ROLE_USER: "user", router_pb2.ROLE_ASSISTANT: "assistant", router_pb2.ROLE_SYSTEM: "system"}
+def _conversation(turn: router_pb2.TurnInput) -> tuple[list[Message], list[str]]:
+    """History (and the turn's own text) as provider-neutral messages, plus the history's system texts.
+    Unknown roles (a newer gateway) count as the user's."""
+    messages: list[Message] = []
+    system: list[str] = []
+    names: dict[str, str] = {}
+    for msg in turn.history:
+        if msg.role == router_pb2.ROLE_SYSTEM:
+            system.append(msg.content)
+        elif msg.role == router_pb2.ROLE_ASSISTANT:
+            calls = tuple(ToolCallOut(c.id, c.name, c.arguments_json or "{}") for c in msg.tool_calls)
+            names.update({c.id: c.name for c in calls})
+            if msg.content.strip() or calls:
+                messages.append(Message("assistant", msg.content, tool_calls=calls))
+        elif msg.role == router_pb2.ROLE_TOOL:
+            messages.append(Message("tool", msg.content, tool_call_id=msg.tool_call_id,
+                                    tool_name=names.get(msg.tool_call_id, ""), tool_error=msg.tool_error))
+        elif msg.content.strip():
+            messages.append(Message("user", msg.content))
+    if turn.text.strip():
+        messages.append(Message("user", turn.text))
+    return messages, system
 
 
-def _history(turn: router_pb2.TurnInput) -> list[tuple[str, str]]:
-    return [(ROLE_NAMES.get(msg.role, "user"), msg.content) for msg in turn.history if msg.content.strip()]
+def _decision_text(turn: router_pb2.TurnInput) -> str:
+    """What the decision scores: the turn's text, or (a reply to tool results) the last user message."""
+    if turn.text.strip():
+        return turn.text
+    for msg in reversed(turn.history):
+        if msg.role == router_pb2.ROLE_USER and msg.content.strip():
+            return msg.content
+    return "(tool results)"
+
+
+def _history_pairs(messages: Sequence[Message]) -> list[tuple[str, str]]:
+    return [(msg.role, msg.text) for msg in messages[:-1]] if messages else []
+
+
+def _tools(request: router_pb2.RespondRequest) -> tuple[list[ToolSpec], str]:
+    """-> (tools, error message or "")."""
+    tools: list[ToolSpec] = []
+    if len(request.tools) > MAX_TOOLS:
+        return [], f"{len(request.tools)} tools; the limit is {MAX_TOOLS}"
+    for t in request.tools:
+        if not TOOL_NAME_RE.fullmatch(t.name):
+            return [], f"tool name {t.name!r} must match {TOOL_NAME_RE.pattern}"
+        try:
+            params = json.loads(t.parameters_json) if t.parameters_json.strip() else {"type": "object",
+                                                                                       "properties": {}}
+        except json.JSONDecodeError as err:
+            return [], f"tool {t.name}: parameters_json is not JSON ({err})"
+        if not isinstance(params, dict) or params.get("type", "object") != "object":
+            return [], f"tool {t.name}: parameters_json must be a JSON Schema object ({{\"type\": \"object\", ...}})"
+        params.setdefault("type", "object")
+        tools.append(ToolSpec(t.name, t.description, params))
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        return [], "tool names must be unique"
+    return tools, ""
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> NoReturn:
@@ -176,27 +311,46 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def _validate_turn(self, turn: router_pb2.TurnInput, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         s = self.core.settings
-        if not turn.text.strip():
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "turn.text is empty")
+        answers_tools = bool(turn.history) and turn.history[-1].role == router_pb2.ROLE_TOOL
+        if not turn.text.strip() and not answers_tools:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "turn.text is empty (it may be empty only when the history ends with tool results)")
         if len(turn.text) > s.max_turn_chars:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"turn.text has {len(turn.text)} characters; the limit is {s.max_turn_chars}")
         if len(turn.history) > s.max_history_messages:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"turn.history has {len(turn.history)} messages; the limit is {s.max_history_messages} "
-                         "(send the most recent ones)")
+                         "(frugal.common.limits.MAX_HISTORY_MESSAGES; send the most recent ones)")
+        for i, msg in enumerate(turn.history):
+            if msg.role == router_pb2.ROLE_TOOL and not msg.tool_call_id:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                             f"turn.history[{i}]: a ROLE_TOOL message needs tool_call_id")
+            for c in msg.tool_calls:
+                if not c.id or not TOOL_NAME_RE.fullmatch(c.name):
+                    await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"turn.history[{i}]: a tool call needs an id and a valid name")
         if turn.rag_context_chars < 0 or turn.vision_context_chars < 0:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "context sizes must not be negative")
+
+    def _decide(self, turn: router_pb2.TurnInput, messages: Sequence[Message], rag_chars: int, vision_chars: int,
+                scorer: str, policy: billing_pb2.TenantPolicy | None, budget: billing_pb2.BudgetState | None,
+                max_output_tokens: int | None = None) -> Decision:
+        text = TurnText(_decision_text(turn), _history_pairs(messages), rag_chars, vision_chars)
+        decision = self.core.decider.decide(text, scorer_name=scorer, policy=policy, budget=budget,
+                                            max_output_tokens=max_output_tokens)
+        return self.core.with_availability(decision)
 
     # ------------------------------------------------------------------------------------------- Route
     async def Route(self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await self._validate_turn(request.turn, context)
         tenant, _, _ = _tenant_and_session()
-        policy, budget, _ = await self.core.tenant_policy_and_budget(tenant)
-        turn = TurnText(request.turn.text, _history(request.turn), request.turn.rag_context_chars,
-                        request.turn.vision_context_chars)
+        clock = TurnClock(context, self.core.settings.redis_op_timeout_s, self.core.redis_watch)
+        policy, budget = await self.core.tenant_policy_and_budget(tenant, clock)
+        messages, _ = _conversation(request.turn)
         try:
-            decision = self.core.decider.decide(turn, scorer_name=request.scorer, policy=policy, budget=budget)
+            decision = self._decide(request.turn, messages, request.turn.rag_context_chars,
+                                    request.turn.vision_context_chars, request.scorer, policy, budget)
         except ScorerError as err:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         return router_pb2.RouteResponse(decision=decision.to_proto())
@@ -207,6 +361,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.RespondResponse]:
         core, s = self.core, self.core.settings
         started = time.perf_counter()
+        clock = TurnClock(context, s.redis_op_timeout_s, core.redis_watch)
         await self._validate_turn(request.turn, context)
         if request.max_output_tokens < 0:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "max_output_tokens must not be negative")
@@ -216,52 +371,24 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         if request.scorer and request.scorer not in core.decider.scorers.names:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"unknown scorer {request.scorer!r}; available: {', '.join(core.decider.scorers.names)}")
+        tools, tools_error = _tools(request)
+        if tools_error:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, tools_error)
         tenant, session, request_id = _tenant_and_session()
         turn_id = request.turn_id or uuid.uuid4().hex
         max_out = min(request.max_output_tokens or s.default_max_output_tokens, s.max_output_tokens_limit)
-        history = _history(request.turn)
+        messages, history_system = _conversation(request.turn)
 
-        policy, budget, _ = await core.tenant_policy_and_budget(tenant)
-        verdict = budget_verdict(policy, budget)
-        if verdict.status == "exhausted":
-            m.LIMIT_REJECTIONS.labels(tenant=tenant, limit="budget").inc()
-            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="budget_exhausted").inc()
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"monthly budget exhausted for tenant {tenant}: {verdict.detail}")
-
-        # Rate limits: count the request and reserve its estimated tokens, atomically across replicas.
-        reserved = 0
-        if s.rate_limits_enabled:
-            rpm = (policy.requests_per_minute if policy is not None and policy.requests_per_minute > 0
-                   else s.default_requests_per_minute)
-            tpm = (policy.tokens_per_minute if policy is not None and policy.tokens_per_minute > 0
-                   else s.default_tokens_per_minute)
-            prompt_chars = len(s.system_prompt) + len(request.turn.text) + sum(len(t) for _, t in history)
-            reserved = math.ceil(prompt_chars / 4) + min(max_out, s.expected_output_tokens)
-            limit = await core.limiter.check(tenant, requests_per_minute=rpm, tokens_per_minute=tpm,
-                                             estimated_tokens=reserved)
-            if not limit.allowed:
-                m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="rate_limited").inc()
-                context.set_trailing_metadata((
-                    ("retry-after", limit.retry_after_header),
-                    ("x-ratelimit-limit", f"{rpm} requests/min; {tpm} tokens/min"),
-                    ("x-ratelimit-exceeded", limit.limit),
-                ))
-                what = f"{rpm} requests per minute" if limit.limit == "requests" else f"{tpm} tokens per minute"
-                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"rate limit exceeded for tenant {tenant}: {what}; retry after "
-                             f"{limit.retry_after_header}s")
-            if limit.error is not None:
-                reserved = 0
+        admitted = await self._admit(request, context, clock, tenant, messages, history_system, tools, max_out)
+        policy, budget, messages, reserved, tpm = admitted
 
         # Context, concurrently, each bounded by its own timeout and by the caller's deadline.
         rag_task, vision_task = self._context_tasks(request, policy, context)
         rag_ctx, vision_ctx = await asyncio.gather(rag_task, vision_task)
         contexts = [rag_ctx, vision_ctx]
 
-        turn = TurnText(request.turn.text, history, rag_ctx.chars, vision_ctx.chars)
-        decision = core.decider.decide(turn, scorer_name=request.scorer, policy=policy, budget=budget,
-                                       max_output_tokens=max_out)
+        decision = self._decide(request.turn, messages, rag_ctx.chars, vision_ctx.chars, request.scorer, policy,
+                                budget, max_output_tokens=max_out)
         provider_info = common_pb2.ProviderInfo(provider=decision.provider,
                                                 model=OFFLINE_MODEL if decision.offline else decision.model,
                                                 offline=decision.offline)
@@ -270,40 +397,84 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             provider=provider_info,
         )
 
-        system = self._system_prompt(policy, history, rag_ctx, vision_ctx)
-        messages = [(r, t) for r, t in history if r != "system"] + [("user", request.turn.text)]
+        system = system_prompt(s.system_prompt, tenant_instructions=policy.instructions if policy else "",
+                               history_system=history_system, reply_instructions=request.instructions,
+                               passages=rag_ctx.passages, screen_notes=vision_ctx.notes,
+                               screen_ages_s=vision_ctx.ages_s)
+        # (A cascade hook, e.g. "try the cheaper tier first", slots in here: it may change `decision`.)
+        candidates, cooling = await self._candidates(decision, clock)
         account = TurnAccount()
-        tiers = fallback_sequence(decision.tier, core.chain, s.max_fallbacks)
+        for skip in cooling:
+            assert skip.deployment is not None
+            d = skip.deployment
+            more = max(0.0, core.health.open_until(d.name) - time.time())
+            account.fallbacks.append(router_pb2.Fallback(
+                from_model=skip.model, to_model=candidates[0].model if candidates else "",
+                reason=f"skipped {d.name}: cooling down for {more:.1f}s more "
+                       f"({core.health.reason(d.name) or 'failures reported by another replica'})"))
+            m.DEPLOYMENT_SKIPS.labels(deployment=d.name).inc()
+        if not candidates:
+            wait = min((core.health.open_until(c.deployment.name) - time.time() for c in cooling
+                        if c.deployment is not None), default=1.0)
+            context.set_trailing_metadata((("retry-after", str(max(1, int(wait + 0.999)))),))
+            m.ROUTER_REQUESTS.labels(tenant=tenant, tier=decision.tier, model=decision.model,
+                                     outcome="provider_error").inc()
+            await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                         "every deployment for this turn is cooling down after failures: "
+                         + "; ".join(f.reason for f in account.fallbacks))
         first_token_at: float | None = None
         failures: list[str] = []
-        for attempt, tier in enumerate(tiers):
-            provider, model = core.providers.for_tier(tier)
+        for attempt, cand in enumerate(candidates):
+            tier, model = cand.tier, cand.model
+            provider = cand.deployment.impl if cand.deployment is not None else core.providers.offline
             info = common_pb2.ProviderInfo(provider=provider.provider, model=model, offline=provider.offline)
-            left = context.time_remaining()
+            left = clock.left()
             budget_s = s.provider_timeout_s if left is None else min(s.provider_timeout_s, left - DEADLINE_RESERVE_S)
             if budget_s < MIN_ATTEMPT_S:
-                failures.append(f"{tier}: no time left before the caller's deadline")
+                failures.append(f"{cand.label}: no time left before the caller's deadline")
                 m.ROUTER_REQUESTS.labels(tenant=tenant, tier=tier, model=model, outcome="deadline_exceeded").inc()
                 await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                              "the caller's deadline leaves no time for a provider call"
                              + (f" (after: {'; '.join(failures[:-1])})" if len(failures) > 1 else ""))
+            # A non-last attempt may not spend the whole deadline waiting for its first token.
+            last = attempt == len(candidates) - 1
+            first_token_s = s.provider_first_token_timeout_s
+            if left is not None and not last:
+                first_token_s = min(first_token_s, max(MIN_ATTEMPT_S, budget_s * s.first_token_deadline_share))
+            attempt_messages, note = self._fit_model(messages, system, model, max_out, tpm, tools)
+            if note and note not in clock.degraded:
+                clock.degraded.append(note)
             preq = ProviderRequest(
-                model=model, system=system, messages=messages, max_output_tokens=max_out,
-                question=request.turn.text, passages=rag_ctx.passages, screen_notes=vision_ctx.notes,
-                timeout_s=budget_s,
+                model=model, system=system, messages=attempt_messages, max_output_tokens=max_out,
+                question=_decision_text(request.turn), passages=rag_ctx.passages, screen_notes=vision_ctx.notes,
+                tools=tools, timeout_s=budget_s,
             )
             call = _Call(tenant, tier, model, provider)
+            if cand.deployment is not None:
+                cand.deployment.in_flight += 1
+                m.DEPLOYMENT_CALLS.labels(deployment=cand.deployment.name).inc()
+            token = EMIT_WAIT_S.set(None if left is None else max(0.001, budget_s))
             try:
-                async for text in self._stream_call(call, preq, budget_s):
+                async for item in self._stream_call(call, preq, budget_s, first_token_s):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
                         m.FIRST_TOKEN_SECONDS.labels(tier=tier, model=model).observe(first_token_at - started)
-                    yield router_pb2.RespondResponse(delta=router_pb2.TextDelta(text=text), provider=info)
+                    if isinstance(item, ToolCallOut):
+                        out = router_pb2.ToolCall(id=item.id, name=item.name, arguments_json=item.arguments_json)
+                        yield router_pb2.RespondResponse(tool_call=out, provider=info)
+                    else:
+                        yield router_pb2.RespondResponse(delta=router_pb2.TextDelta(text=item), provider=info)
             except ProviderError as err:
+                call.usage = merge_partial(call.reported, call.emitted)
+                EMIT_WAIT_S.set(self._emit_wait(clock))
                 await self._account(call, account, attempt, turn_id, session, request_id, decision, outcome=err.kind)
                 AI_REQUESTS_TOTAL.labels(service="router", kind="llm", provider=provider.provider, model=model,
                                          outcome=err.kind).inc()
-                failures.append(f"{tier} ({model}): {err}")
+                failures.append(f"{cand.label}: {err}")
+                if cand.deployment is not None:
+                    store = await core.health.failure(cand.deployment.name, err, timeout_s=clock.redis_timeout())
+                    if store:
+                        clock.fail_open("breaker_store", store)
                 if call.emitted:
                     m.ROUTER_REQUESTS.labels(tenant=tenant, tier=tier, model=model, outcome="provider_error").inc()
                     await _abort(context, grpc.StatusCode.UNAVAILABLE,
@@ -311,31 +482,45 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                 if not err.fallback_ok:
                     m.ROUTER_REQUESTS.labels(tenant=tenant, tier=tier, model=model, outcome="provider_error").inc()
                     await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"{model} rejected the request: {err}")
-                nxt = tiers[attempt + 1] if attempt + 1 < len(tiers) else None
+                nxt = candidates[attempt + 1] if attempt + 1 < len(candidates) else None
                 if nxt is not None:
-                    _, nxt_model = core.providers.for_tier(nxt)
-                    account.fallbacks.append(router_pb2.Fallback(from_model=model, to_model=nxt_model,
-                                                                 reason=str(err)[:500]))
-                    m.FALLBACKS.labels(from_tier=tier, to_tier=nxt, reason=err.kind).inc()
-                    log.warning("provider %s failed (%s); falling back to %s", model, err, nxt_model)
+                    where = f" @ {cand.deployment.name}" if cand.deployment is not None else ""
+                    account.fallbacks.append(router_pb2.Fallback(from_model=model, to_model=nxt.model,
+                                                                 reason=f"{err}{where}"[:500]))
+                    m.FALLBACKS.labels(from_tier=tier, to_tier=nxt.tier, reason=err.kind).inc()
+                    log.warning("%s failed (%s); falling back to %s", cand.label, err, nxt.label)
                 continue
             except (asyncio.CancelledError, GeneratorExit):
-                # The caller went away (or its deadline passed) mid-call: the partial call is still billed.
+                # The caller went away (or its deadline passed) mid-call: the partial call is still billed,
+                # with the usage the provider had already reported.
+                call.usage = merge_partial(call.reported, call.emitted)
                 await asyncio.shield(self._account(call, account, attempt, turn_id, session, request_id, decision,
                                                    outcome="cancelled"))
                 m.ROUTER_REQUESTS.labels(tenant=tenant, tier=tier, model=model, outcome="cancelled").inc()
                 raise
+            finally:
+                EMIT_WAIT_S.reset(token)
+                if cand.deployment is not None:
+                    cand.deployment.in_flight -= 1
             # Success.
+            EMIT_WAIT_S.set(self._emit_wait(clock))
             await self._account(call, account, attempt, turn_id, session, request_id, decision, outcome="ok")
             AI_REQUESTS_TOTAL.labels(service="router", kind="llm", provider=provider.provider, model=model,
                                      outcome="ok").inc()
             assert call.usage is not None
+            if cand.deployment is not None:
+                await core.health.success(cand.deployment.name, timeout_s=clock.redis_timeout())
             if reserved:
-                await core.limiter.settle(tenant, call.usage.input_tokens + call.usage.output_tokens - reserved)
+                used = call.usage.input_tokens + call.usage.output_tokens
+                settle_note = await core.limiter.settle(tenant, used - reserved, timeout_s=clock.redis_timeout())
+                if settle_note:
+                    clock.fail_open("rate_limiter", settle_note)
+            if core.producer.pending_writes:
+                clock.degraded.append("cost events: Redis slow, the write goes on in the background")
             total = time.perf_counter() - started
             m.TOTAL_SECONDS.labels(tier=tier, model=model).observe(total)
             m.ROUTER_REQUESTS.labels(tenant=tenant, tier=tier, model=model,
-                                     outcome="fallback_ok" if attempt else "ok").inc()
+                                     outcome="fallback_ok" if attempt or cooling else "ok").inc()
             yield router_pb2.RespondResponse(
                 completed=router_pb2.RespondCompleted(
                     provider=info,
@@ -349,16 +534,126 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                     context=[c.to_proto() for c in contexts],
                     cost_event_ids=account.event_ids,
                     decision=decision.to_proto(),
+                    degraded=clock.degraded,
                 ),
                 provider=info,
             )
             return
         m.ROUTER_REQUESTS.labels(tenant=tenant, tier=decision.tier, model=decision.model,
                                  outcome="provider_error").inc()
-        left = context.time_remaining()
+        left = clock.left()
         code = (grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left < MIN_ATTEMPT_S + DEADLINE_RESERVE_S
                 else grpc.StatusCode.UNAVAILABLE)
         await _abort(context, code, "every provider of the fallback chain failed: " + "; ".join(failures))
+
+    async def _admit(
+        self, request: router_pb2.RespondRequest, context: grpc.aio.ServicerContext[Any, Any], clock: TurnClock,
+        tenant: str, messages: list[Message], history_system: list[str], tools: Sequence[ToolSpec], max_out: int,
+    ) -> tuple[billing_pb2.TenantPolicy | None, billing_pb2.BudgetState | None, list[Message], int, int]:
+        """Budget, turn size and rate limits; aborts the RPC when the turn may not run. Returns the tenant's
+        policy and budget state, the (trimmed) messages, the tokens reserved, and the tokens-per-minute limit."""
+        core, s = self.core, self.core.settings
+        policy, budget = await core.tenant_policy_and_budget(tenant, clock)
+        verdict = budget_verdict(policy, budget)
+        if verdict.status == "exhausted":
+            m.LIMIT_REJECTIONS.labels(tenant=tenant, limit="budget").inc()
+            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="budget_exhausted").inc()
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"monthly budget exhausted for tenant {tenant}: {verdict.detail}")
+        rpm = (policy.requests_per_minute if policy is not None and policy.requests_per_minute > 0
+               else s.default_requests_per_minute)
+        tpm = (policy.tokens_per_minute if policy is not None and policy.tokens_per_minute > 0
+               else s.default_tokens_per_minute)
+
+        # Turn size, before anything is reserved: history trimmed oldest-first to the per-turn cap and the
+        # tenant's window (the chosen model's window is applied per attempt, below).
+        base_system = system_prompt(s.system_prompt, tenant_instructions=policy.instructions if policy else "",
+                                    history_system=history_system, reply_instructions=request.instructions)
+        turn_budget = input_budget("", windows={"": 1 << 40}, max_output_tokens=max_out,
+                                   per_turn_cap=s.max_turn_input_tokens,
+                                   tenant_tokens_per_minute=tpm if s.rate_limits_enabled else None,
+                                   reserved_output_tokens=min(max_out, s.expected_output_tokens))
+        try:
+            trimmed = self._trim(messages, estimate_tokens(base_system), turn_budget, tools)
+        except TurnTooLarge as err:
+            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="too_large").inc()
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        if trimmed.dropped:
+            messages = trimmed.messages
+            m.HISTORY_TRIMMED.inc(trimmed.dropped)
+            clock.degraded.append(trimmed.note(turn_budget))
+
+        # Rate limits: count the request and reserve its estimated tokens, atomically across replicas.
+        reserved = 0
+        if s.rate_limits_enabled:
+            reserved = trimmed.tokens + min(max_out, s.expected_output_tokens)
+            limit = await core.limiter.check(tenant, requests_per_minute=rpm, tokens_per_minute=tpm,
+                                             estimated_tokens=reserved, timeout_s=clock.redis_timeout())
+            if not limit.allowed:
+                m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="rate_limited").inc()
+                if limit.limit == "too_large":
+                    await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                 f"this turn needs about {reserved} tokens, more than tenant {tenant}'s whole "
+                                 f"window of {tpm} tokens per minute")
+                context.set_trailing_metadata((
+                    ("retry-after", limit.retry_after_header),
+                    ("x-ratelimit-limit", f"{rpm} requests/min; {tpm} tokens/min"),
+                    ("x-ratelimit-exceeded", limit.limit),
+                ))
+                what = f"{rpm} requests per minute" if limit.limit == "requests" else f"{tpm} tokens per minute"
+                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"rate limit exceeded for tenant {tenant}: {what}; retry after "
+                             f"{limit.retry_after_header}s")
+            if limit.error is not None:
+                reserved = 0
+                clock.fail_open("rate_limiter", f"rate limiter unavailable ({limit.error}): request allowed")
+
+        return policy, budget, messages, reserved, tpm
+
+    @staticmethod
+    def _emit_wait(clock: TurnClock) -> float | None:
+        """A cost-event write holds the turn at most like any other Redis call; past that it goes on in the
+        background (and buffers if Redis fails), so the event is not lost and the turn is not late."""
+        return None if clock.left() is None else clock.redis_timeout()
+
+    def _trim(self, messages: list[Message], system_tokens: int, budget: TurnBudget,
+              tools: Sequence[ToolSpec]) -> Trimmed:
+        """History before the current turn trimmed to `budget`; the turn itself (and tool results it answers
+        with) is part of the fixed cost."""
+        tail = 1 if messages and messages[-1].role == "user" else 0
+        history, current = messages[: len(messages) - tail], messages[len(messages) - tail:]
+        fixed = system_tokens + sum(message_tokens(x) for x in current) + sum(
+            estimate_tokens(t.description) + estimate_tokens(json.dumps(t.parameters)) for t in tools)
+        trimmed = fit_history(history, fixed_tokens=fixed, budget=budget)
+        return dataclasses.replace(trimmed, messages=[*trimmed.messages, *current])
+
+    def _fit_model(self, messages: list[Message], system: str, model: str, max_out: int, tpm: int,
+                   tools: Sequence[ToolSpec]) -> tuple[list[Message], str]:
+        """Messages trimmed to `model`'s context window (with the system prompt and its context)."""
+        s = self.core.settings
+        budget = input_budget(model, windows=self.core.windows, max_output_tokens=max_out,
+                              per_turn_cap=s.max_turn_input_tokens,
+                              tenant_tokens_per_minute=tpm if s.rate_limits_enabled else None,
+                              reserved_output_tokens=min(max_out, s.expected_output_tokens))
+        try:
+            trimmed = self._trim(messages, estimate_tokens(system), budget, tools)
+        except TurnTooLarge:
+            # The context made it too large for this model: send the turn without history; the provider
+            # refuses if even that does not fit, and the fallback chain goes on.
+            return [x for x in messages[-1:]], f"{model}: turn too large for its window; history dropped"
+        if trimmed.dropped:
+            m.HISTORY_TRIMMED.inc(trimmed.dropped)
+            return trimmed.messages, trimmed.note(budget)
+        return messages, ""
+
+    async def _candidates(self, decision: Decision, clock: TurnClock) -> tuple[list[Candidate], list[Candidate]]:
+        """The attempts of this turn, after reading the shared breaker state (bounded; fail open)."""
+        core = self.core
+        names = [d.name for d in core.providers.pool.deployments]
+        store = await core.health.refresh(names, timeout_s=clock.redis_timeout())
+        if store:
+            clock.fail_open("breaker_store", store)
+        return core.plan(decision.tier)
 
     def _context_tasks(
         self, request: router_pb2.RespondRequest, policy: billing_pb2.TenantPolicy | None,
@@ -375,12 +670,13 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         async def done(r: ContextResult) -> ContextResult:
             return r
 
+        query = _decision_text(request.turn)
         if request.skip_rag:
             rag = done(skipped(RAG, "skip_rag requested by the caller"))
         elif policy is not None and not policy.knowledge_base_enabled:
             rag = done(skipped(RAG, "knowledge base disabled in the tenant policy"))
         else:
-            rag = core.contexts.rag(request.turn.text, top_k=s.rag_top_k, timeout_s=bounded(s.rag_timeout_s),
+            rag = core.contexts.rag(query, top_k=s.rag_top_k, timeout_s=bounded(s.rag_timeout_s),
                                     max_chars=s.rag_max_chars)
         if request.skip_vision:
             vision = done(skipped(VISION, "skip_vision requested by the caller"))
@@ -388,33 +684,15 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             vision = core.contexts.vision(limit=s.vision_max_analyses, timeout_s=bounded(s.vision_timeout_s))
         return asyncio.ensure_future(rag), asyncio.ensure_future(vision)
 
-    def _system_prompt(
-        self, policy: billing_pb2.TenantPolicy | None, history: Sequence[tuple[str, str]],
-        rag: ContextResult, vision: ContextResult,
-    ) -> str:
-        parts = [self.core.settings.system_prompt]
-        if policy is not None and policy.instructions.strip():
-            parts.append(policy.instructions.strip())
-        parts.extend(t for r, t in history if r == "system")
-        if rag.passages:
-            lines = ["Knowledge base passages (use them when relevant; say when they do not cover the question):"]
-            for i, p in enumerate(rag.passages, 1):
-                lines.append(f"[{i}] {p.title}: {p.content}" if p.title else f"[{i}] {p.content}")
-            parts.append("\n".join(lines))
-        if vision.notes:
-            lines = ["What the user's shared screen showed recently (newest first):"]
-            for note, age in zip(vision.notes, vision.ages_s, strict=False):
-                lines.append(f"- {f'{age:.0f}s ago: ' if age is not None else ''}{note}")
-            parts.append("\n".join(lines))
-        return "\n\n".join(parts)
-
-    async def _stream_call(self, call: _Call, preq: ProviderRequest, budget_s: float) -> AsyncIterator[str]:
-        """Yields text; enforces the first-token and total timeouts; sets call.usage at the end."""
-        s = self.core.settings
+    async def _stream_call(self, call: _Call, preq: ProviderRequest, budget_s: float,
+                           first_token_s: float) -> AsyncIterator[str | ToolCallOut]:
+        """Yields text and complete tool calls; enforces the first-token and total timeouts; keeps the usage the
+        provider reports as it goes (call.reported) and sets call.usage at the end. Anything the provider
+        raises comes out as a ProviderError (an unexpected exception is a provider failure like any other)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         total_deadline = start + budget_s
-        first_deadline = min(total_deadline, start + s.provider_first_token_timeout_s)
+        first_deadline = min(total_deadline, start + first_token_s)
         gen = call.provider.stream(preq)
         try:
             while True:
@@ -425,12 +703,24 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    what = "the whole answer" if call.emitted else "the first token"
-                    raise ProviderError("timeout", f"no {what} within {limit - start:.2f}s") from None
+                    what = "complete answer" if call.emitted else "first token"
+                    raise ProviderError("interrupted" if call.emitted else "timeout",
+                                        f"no {what} within {limit - start:.2f}s") from None
+                except ProviderError:
+                    raise
+                except Exception as err:
+                    log.exception("provider %s raised an unexpected error", call.provider.provider)
+                    raise ProviderError("interrupted" if call.emitted else "unknown",
+                                        f"{type(err).__name__}: {str(err)[:300]}") from err
                 if isinstance(event, TextChunk):
                     if event.text:
                         call.emitted += event.text
                         yield event.text
+                elif isinstance(event, ToolCallChunk):
+                    call.emitted += event.call.arguments_json
+                    yield event.call
+                elif isinstance(event, UsageReport):
+                    call.reported = event.usage
                 elif isinstance(event, StreamDone):
                     call.usage = event.usage
         finally:
@@ -481,6 +771,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         m.TOKENS.labels(model=call.model, direction="output", estimated=est).inc(usage.output_tokens)
 
 
+
+
 @dataclass
 class _Call:
     tenant: str
@@ -489,6 +781,8 @@ class _Call:
     provider: LlmProvider
     emitted: str = ""
     usage: UsageAmounts | None = None
+    # The latest usage the provider reported during the stream (billed if the call is cut short).
+    reported: UsageAmounts | None = None
 
 
 def _startup_error(message: str) -> NoReturn:
@@ -511,9 +805,17 @@ async def build_app(settings: Settings) -> GrpcApp:
     except ScorerError as err:
         _startup_error(str(err))
     providers = Providers(settings, catalog)
+    for spec in providers.specs:
+        for model in spec.models or [mm for mm, p in catalog.models.items() if p.provider == spec.provider
+                                     and p.kind == "llm"]:
+            if model not in catalog.models:
+                _startup_error(f"LLM_DEPLOYMENTS: deployment {spec.name} serves {model!r}, which the price "
+                               "catalog does not list")
+    log.info("LLM deployments: %s", describe(providers.specs))
     for tier in TIERS:
-        impl, model = providers.for_tier(tier)
-        log.info("tier %s -> %s via %s%s", tier, model, impl.provider, " (OFFLINE: no API key)" if impl.offline else "")
+        route = providers.pool.route_tier(tier)
+        log.info("tier %s -> %s via %s%s", tier, route.model, route.provider,
+                 " (OFFLINE: no API key)" if route.offline else (f" ({route.reason})" if route.reason else ""))
     core = RouterCore(
         settings, catalog=catalog, scorers=scorers, redis=create_redis(settings.redis_url), providers=providers,
         contexts=ContextClients(settings.rag_addr, settings.vision_addr, max_message_bytes=settings.max_message_bytes),

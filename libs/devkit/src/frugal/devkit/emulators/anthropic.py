@@ -11,6 +11,13 @@ Speaks the real wire format, so tests drive the official `anthropic` SDK pointed
 - Streaming (SSE): `message_start` (with input usage), `content_block_start`, `ping`, one
   `content_block_delta` (`text_delta`) per chunk, `content_block_stop`, `message_delta` (stop_reason and the
   output usage), `message_stop`.
+- Tool use: `tools` in the request are recorded; a scripted reply with `tool_calls` answers with `tool_use`
+  content blocks (streamed as `content_block_start` {type: tool_use} + `input_json_delta` pieces +
+  `content_block_stop`) and `stop_reason: "tool_use"`. `tool_use` blocks of assistant messages and
+  `tool_result` blocks of user messages are recorded; a `tool_result` whose `tool_use_id` is not a
+  `tool_use` of the assistant message just before it is refused with 400, like the API.
+- Prompt caching: a scripted usage may carry `cache_read_input_tokens` / `cache_creation_input_tokens`
+  (reported in `message_start`, as the API does; `input_tokens` then excludes them).
 - Errors: HTTP status with `{"type": "error", "error": {"type": ..., "message": ...}}` (429 rate_limit_error
   with `retry-after`, 500 api_error, 503/529 overloaded_error, ...), or an `event: error` in the middle of a
   stream (`error_after_chunks`), or a dropped connection (`drop_after_chunks`).
@@ -76,6 +83,10 @@ class AnthropicRequest:
     # (role, text) per text block, in order.
     messages: tuple[tuple[str, str], ...]
     images: tuple[AnthropicImage, ...]
+    # Tool definitions, and the tool_use / tool_result blocks of the messages (raw JSON objects), in order.
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_uses: tuple[dict[str, Any], ...] = ()
+    tool_results: tuple[dict[str, Any], ...] = ()
 
     @property
     def api_key(self) -> str | None:
@@ -97,6 +108,7 @@ class AnthropicRequest:
             count_text_tokens(self.system)
             + sum(count_text_tokens(t) for _, t in self.messages)
             + IMAGE_TOKENS * len(self.images)
+            + sum(count_text_tokens(json.dumps(b)) for b in (*self.tools, *self.tool_uses, *self.tool_results))
         )
 
 
@@ -117,8 +129,12 @@ class AnthropicReply:
     # Drop the connection after this many deltas.
     drop_after_chunks: int | None = None
     stop_reason: str = "end_turn"
-    # Replaces the computed usage: {"input_tokens": .., "output_tokens": ..}.
+    # Replaces the computed usage: {"input_tokens": .., "output_tokens": .., "cache_read_input_tokens": ..}.
     usage: dict[str, int] | None = None
+    # Tool calls to make after the text: (name, arguments object). Text defaults to "" when set.
+    tool_calls: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # Characters of arguments JSON per input_json_delta event.
+    json_chunk_chars: int = 7
 
 
 Responder = Callable[[AnthropicRequest], str]
@@ -145,6 +161,12 @@ def _block_text(content: Any, images: list[AnthropicImage]) -> list[str]:
             raise ValueError("each content block must be an object with a type")
         if block["type"] == "text":
             texts.append(str(block.get("text", "")))
+        elif block["type"] == "tool_result":
+            inner = block.get("content", "")
+            if isinstance(inner, list):
+                texts.extend(f"[tool_result] {t}" for t in _block_text(inner, images))
+            else:
+                texts.append(f"[tool_result] {inner}")
         elif block["type"] == "image":
             source = block.get("source") or {}
             if source.get("type") != "base64":
@@ -215,11 +237,39 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
             raise ValueError("messages: at least one message is required")
         images: list[AnthropicImage] = []
         messages: list[tuple[str, str]] = []
+        tool_uses: list[dict[str, Any]] = []
+        tool_results: list[dict[str, Any]] = []
+        previous_uses: set[str] = set()
         for m in raw_messages:
             if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
                 raise ValueError("messages: each message needs role 'user' or 'assistant'")
             for text in _block_text(m.get("content", ""), images):
                 messages.append((str(m["role"]), text))
+            raw_content = m.get("content")
+            blocks: list[Any] = raw_content if isinstance(raw_content, list) else []
+            uses = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_use"]
+            results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
+            if m["role"] == "user":
+                for r in results:
+                    if r.get("tool_use_id") not in previous_uses:
+                        raise ValueError(f"messages: unexpected `tool_use_id` found in `tool_result` blocks: "
+                                         f"{r.get('tool_use_id')}. Each `tool_result` block must have a "
+                                         "corresponding `tool_use` block in the previous message.")
+            elif results:
+                raise ValueError("messages: tool_result blocks belong in user messages")
+            for u in uses:
+                if m["role"] != "assistant" or not u.get("id") or not u.get("name") or not isinstance(
+                        u.get("input"), dict):
+                    raise ValueError("messages: tool_use blocks need id, name and an input object, in an "
+                                     "assistant message")
+            previous_uses = {str(u["id"]) for u in uses}
+            tool_uses.extend(uses)
+            tool_results.extend(results)
+        tools = body.get("tools") or []
+        if not isinstance(tools, list) or any(
+                not isinstance(t, dict) or not t.get("name") or not isinstance(t.get("input_schema"), dict)
+                for t in tools):
+            raise ValueError("tools: each tool needs a name and an input_schema object")
         system_raw = body.get("system", "")
         system = "\n".join(_block_text(system_raw, images)) if system_raw else ""
         return AnthropicRequest(
@@ -233,6 +283,9 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
             system=system,
             messages=tuple(messages),
             images=tuple(images),
+            tools=tuple(tools),
+            tool_uses=tuple(tool_uses),
+            tool_results=tuple(tool_results),
         )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -259,7 +312,7 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
             }.get(reply.status, f"emulated error {reply.status}")
             return self._error(reply.status, message, reply.retry_after_s)
         text = reply.text if reply.text is not None else (
-            "".join(reply.chunks) if reply.chunks is not None else self.responder(req)
+            "".join(reply.chunks) if reply.chunks is not None else "" if reply.tool_calls else self.responder(req)
         )
         chunks = list(reply.chunks) if reply.chunks is not None else [
             text[i : i + self.chunk_chars] for i in range(0, len(text), self.chunk_chars)
@@ -281,11 +334,19 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
             used += len(chunk)
         chunks = kept
         text = "".join(chunks)
+        tool_blocks = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": name, "input": args}
+                       for name, args in reply.tool_calls]
+        if tool_blocks:
+            stop_reason = "tool_use"
         input_tokens = req.input_tokens
-        output_tokens = count_text_tokens(text)
+        output_tokens = count_text_tokens(text) + sum(count_text_tokens(json.dumps(b)) for b in tool_blocks)
+        cache_read = cache_write = 0
         if reply.usage is not None:
             input_tokens = reply.usage.get("input_tokens", input_tokens)
             output_tokens = reply.usage.get("output_tokens", output_tokens)
+            cache_read = reply.usage.get("cache_read_input_tokens", 0)
+            cache_write = reply.usage.get("cache_creation_input_tokens", 0)
+        usage_obj = self._usage_obj(input_tokens, output_tokens, cache_read, cache_write)
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
         if not req.stream:
             return web.json_response(
@@ -294,22 +355,26 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
                     "type": "message",
                     "role": "assistant",
                     "model": req.model,
-                    "content": [{"type": "text", "text": text}],
+                    "content": ([{"type": "text", "text": text}] if text or not tool_blocks else []) + tool_blocks,
                     "stop_reason": stop_reason,
                     "stop_sequence": None,
-                    "usage": self._usage_obj(input_tokens, output_tokens),
+                    "usage": usage_obj,
                 },
                 headers={"request-id": f"req_{uuid.uuid4().hex[:24]}"},
             )
-        return await self._stream(request, req, reply, chunks, msg_id, input_tokens, output_tokens, stop_reason)
+        try:
+            return await self._stream(request, req, reply, chunks, msg_id, usage_obj, stop_reason, tool_blocks)
+        except ConnectionResetError:
+            # The client gave up (timeout, cancel) while we were answering: nothing left to send.
+            raise web.HTTPRequestTimeout() from None
 
     @staticmethod
-    def _usage_obj(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    def _usage_obj(input_tokens: int, output_tokens: int, cache_read: int = 0, cache_write: int = 0) -> dict[str, Any]:
         return {
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": cache_write,
+            "cache_read_input_tokens": cache_read,
         }
 
     async def _stream(
@@ -319,9 +384,9 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
         reply: AnthropicReply,
         chunks: list[str],
         msg_id: str,
-        input_tokens: int,
-        output_tokens: int,
+        usage_obj: dict[str, Any],
         stop_reason: str,
+        tool_blocks: list[dict[str, Any]],
     ) -> web.StreamResponse:
         resp = web.StreamResponse(
             status=200,
@@ -348,14 +413,16 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
                     "content": [],
                     "stop_reason": None,
                     "stop_sequence": None,
-                    "usage": self._usage_obj(input_tokens, 1),
+                    "usage": {**usage_obj, "output_tokens": 1},
                 },
             },
         )
-        await event(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        )
+        text_block = bool(chunks) or not tool_blocks
+        if text_block:
+            await event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            )
         await event("ping", {"type": "ping"})
         delay = self.chunk_delay_s if reply.chunk_delay_s is None else reply.chunk_delay_s
         for i, chunk in enumerate(chunks):
@@ -373,13 +440,23 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
                 "content_block_delta",
                 {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": chunk}},
             )
-        await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        if text_block:
+            await event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        step = max(1, reply.json_chunk_chars)
+        for i, block in enumerate(tool_blocks, start=1 if text_block else 0):
+            await event("content_block_start", {"type": "content_block_start", "index": i,
+                                                "content_block": {**block, "input": {}}})
+            args = json.dumps(block["input"])
+            for j in range(0, len(args), step):
+                await event("content_block_delta", {"type": "content_block_delta", "index": i, "delta": {
+                    "type": "input_json_delta", "partial_json": args[j : j + step]}})
+            await event("content_block_stop", {"type": "content_block_stop", "index": i})
         await event(
             "message_delta",
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": output_tokens},
+                "usage": {"output_tokens": usage_obj["output_tokens"]},
             },
         )
         await event("message_stop", {"type": "message_stop"})

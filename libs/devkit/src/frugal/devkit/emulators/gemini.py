@@ -22,7 +22,13 @@ is empty the default responder answers (deterministic text derived from the prom
 description naming the image's type, size and a digest, so different frames give different answers).
 `GeminiReply` can inject latency (before headers, between chunks), HTTP errors with Google's error JSON
 (429 RESOURCE_EXHAUSTED with a RetryInfo detail, 500 INTERNAL, 503 UNAVAILABLE, ...), a dropped connection
-mid-stream, thinking tokens and a usage override. Every request is recorded in `.requests`.
+mid-stream, an unparseable chunk (`malformed_after_chunks`), thinking tokens and a usage override (which
+may carry `cachedContentTokenCount`). Every request is recorded in `.requests`.
+
+Function calling: `tools[].functionDeclarations` are recorded; a reply with `function_calls` answers with
+`functionCall` parts (`{"name", "args"}`, in one chunk after the text, as the API streams them), and the
+`functionCall` / `functionResponse` parts of the request's contents are recorded. A `functionResponse`
+whose name matches no `functionCall` of the contents before it is refused with 400.
 """
 
 from __future__ import annotations
@@ -90,6 +96,10 @@ class GeminiRequest:
     images: tuple[InlineImage, ...]
     system_instruction: str
     generation_config: dict[str, Any]
+    # Function declarations of the request's tools; functionCall / functionResponse parts of its contents.
+    function_declarations: tuple[dict[str, Any], ...] = ()
+    function_calls: tuple[dict[str, Any], ...] = ()
+    function_responses: tuple[dict[str, Any], ...] = ()
 
     @property
     def api_key(self) -> str | None:
@@ -127,6 +137,10 @@ class GeminiReply:
     thoughts_tokens: int = 0
     # Replaces the computed usageMetadata (camelCase keys, as on the wire).
     usage: dict[str, int] | None = None
+    # Function calls to make after the text: (name, args object). Text defaults to "" when set.
+    function_calls: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # Send a chunk that is not JSON after this many good chunks, then end the stream.
+    malformed_after_chunks: int | None = None
 
 
 Responder = Callable[[GeminiRequest], str]
@@ -150,7 +164,10 @@ def _get(d: dict[str, Any], camel: str, snake: str) -> Any:
     return d.get(camel, d.get(snake))
 
 
-def _parse_content_parts(content: dict[str, Any]) -> tuple[list[str], list[InlineImage]]:
+def _parse_content_parts(
+    content: dict[str, Any], calls: list[dict[str, Any]] | None = None,
+    responses: list[dict[str, Any]] | None = None,
+) -> tuple[list[str], list[InlineImage]]:
     texts: list[str] = []
     images: list[InlineImage] = []
     for part in content.get("parts") or []:
@@ -158,6 +175,20 @@ def _parse_content_parts(content: dict[str, Any]) -> tuple[list[str], list[Inlin
             raise ValueError("each part must be an object")
         if "text" in part:
             texts.append(str(part["text"]))
+        call = _get(part, "functionCall", "function_call")
+        if call is not None:
+            if not isinstance(call, dict) or not call.get("name"):
+                raise ValueError("functionCall.name is required")
+            if calls is not None:
+                calls.append(call)
+        response = _get(part, "functionResponse", "function_response")
+        if response is not None:
+            if not isinstance(response, dict) or not response.get("name"):
+                raise ValueError("functionResponse.name is required")
+            if calls is not None and not any(c.get("name") == response["name"] for c in calls):
+                raise ValueError(f"functionResponse {response['name']!r} answers no functionCall of the contents")
+            if responses is not None:
+                responses.append(response)
         inline = _get(part, "inlineData", "inline_data")
         if inline is not None:
             mime = str(_get(inline, "mimeType", "mime_type") or "")
@@ -249,9 +280,12 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
 
     @staticmethod
     def _response(
-        req: GeminiRequest, text: str, usage: dict[str, Any], response_id: str, finish: str | None
+        req: GeminiRequest, text: str, usage: dict[str, Any], response_id: str, finish: str | None,
+        calls: tuple[tuple[str, dict[str, Any]], ...] = (),
     ) -> dict[str, Any]:
-        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        parts: list[dict[str, Any]] = [{"text": text}] if text or not calls else []
+        parts.extend({"functionCall": {"name": name, "args": args}} for name, args in calls)
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if finish is not None:
             candidate["finishReason"] = finish
         return {
@@ -270,16 +304,24 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
         texts: list[str] = []
         roles: list[str] = []
         images: list[InlineImage] = []
+        calls: list[dict[str, Any]] = []
+        responses: list[dict[str, Any]] = []
         for content in contents:
             if not isinstance(content, dict):
                 raise ValueError("each content must be an object")
-            t, im = _parse_content_parts(content)
+            t, im = _parse_content_parts(content, calls, responses)
             texts.extend(t)
             roles.extend([str(content.get("role", ""))] * len(t))
             images.extend(im)
         system = _get(body, "systemInstruction", "system_instruction") or {}
         system_texts, _ = _parse_content_parts(system) if isinstance(system, dict) else ([], [])
         gen_config = _get(body, "generationConfig", "generation_config") or {}
+        declarations: list[dict[str, Any]] = []
+        for tool in body.get("tools") or []:
+            for decl in _get(tool, "functionDeclarations", "function_declarations") or []:
+                if not isinstance(decl, dict) or not decl.get("name"):
+                    raise ValueError("functionDeclarations[].name is required")
+                declarations.append(decl)
         return GeminiRequest(
             method=request.method,
             path=request.path,
@@ -294,6 +336,9 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
             images=tuple(images),
             system_instruction="\n".join(system_texts),
             generation_config=dict(gen_config),
+            function_declarations=tuple(declarations),
+            function_calls=tuple(calls),
+            function_responses=tuple(responses),
         )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -313,7 +358,7 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
             return self._error(401, "Method doesn't allow unregistered callers. Please use an API key.")
         if action == "countTokens":
             return web.json_response({"totalTokens": self._usage(req, "", GeminiReply(), False)["promptTokenCount"]})
-        if not req.texts and not req.images:
+        if not req.texts and not req.images and not req.function_responses:
             return self._error(400, "* GenerateContentRequest.contents: contents is not specified")
         reply = self._next_reply(GeminiReply())
         latency = self.latency_s if reply.latency_s is None else reply.latency_s
@@ -327,13 +372,18 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
             }.get(reply.status, f"emulated error {reply.status}")
             return self._error(reply.status, message, reply.retry_after_s)
         text = reply.text if reply.text is not None else (
-            "".join(reply.chunks) if reply.chunks is not None else self.responder(req)
+            "".join(reply.chunks) if reply.chunks is not None else "" if reply.function_calls else self.responder(req)
         )
         response_id = uuid.uuid4().hex[:20]
         if not req.stream:
             usage = self._usage(req, text, reply, True)
-            return web.json_response(self._response(req, text, usage, response_id, reply.finish_reason))
-        return await self._stream(request, req, reply, text, response_id)
+            return web.json_response(self._response(req, text, usage, response_id, reply.finish_reason,
+                                                    reply.function_calls))
+        try:
+            return await self._stream(request, req, reply, text, response_id)
+        except ConnectionResetError:
+            # The client gave up (timeout, cancel) while we were answering: nothing left to send.
+            raise web.HTTPRequestTimeout() from None
 
     async def _stream(
         self, request: web.Request, req: GeminiRequest, reply: GeminiReply, text: str, response_id: str
@@ -343,7 +393,9 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
             return self._error(400, "this emulator streams only with alt=sse")
         chunks = list(reply.chunks) if reply.chunks is not None else [
             text[i : i + self.chunk_chars] for i in range(0, len(text), self.chunk_chars)
-        ] or [""]
+        ]
+        if not chunks and not reply.function_calls:
+            chunks = [""]
         delay = self.chunk_delay_s if reply.chunk_delay_s is None else reply.chunk_delay_s
         resp = web.StreamResponse(
             status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -356,12 +408,23 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
                 if transport is not None:
                     transport.abort()
                 return resp
+            if reply.malformed_after_chunks is not None and i >= reply.malformed_after_chunks:
+                await resp.write(b'data: {"candidates": [{"content": {"parts": [{"text": "cut\r\n\r\n')
+                await resp.write_eof()
+                return resp
             if i > 0 and delay > 0:
                 await asyncio.sleep(delay)
             sent += chunk
-            final = i == len(chunks) - 1
+            final = i == len(chunks) - 1 and not reply.function_calls
             usage = self._usage(req, sent, reply, final)
             payload = self._response(req, chunk, usage, response_id, reply.finish_reason if final else None)
+            await resp.write(f"data: {json.dumps(payload)}\r\n\r\n".encode())
+        if reply.function_calls:
+            if chunks and delay > 0:
+                await asyncio.sleep(delay)
+            sent += json.dumps([list(c) for c in reply.function_calls])
+            usage = self._usage(req, sent, reply, True)
+            payload = self._response(req, "", usage, response_id, reply.finish_reason, reply.function_calls)
             await resp.write(f"data: {json.dumps(payload)}\r\n\r\n".encode())
         await resp.write_eof()
         return resp

@@ -1,51 +1,108 @@
-"""The Claude tier through the official `anthropic` SDK (async client, streaming Messages API)."""
+"""The Claude tier through the official `anthropic` SDK (async client, streaming Messages API, tool use)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import anthropic
 from anthropic.types import (
     AssistantMessageParam,
+    InputJSONDelta,
     MessageParam,
     RawContentBlockDeltaEvent,
+    RawContentBlockStartEvent,
+    RawContentBlockStopEvent,
     RawMessageDeltaEvent,
     RawMessageStartEvent,
     TextDelta,
+    ToolParam,
+    ToolUseBlock,
     UserMessageParam,
 )
 
 from frugal.common.usage import UsageAmounts
 from frugal.router.providers.base import (
+    Message,
     ProviderError,
     ProviderRequest,
     StreamDone,
     StreamEvent,
     TextChunk,
+    ToolCallChunk,
+    ToolCallOut,
+    ToolSpec,
+    UsageReport,
     estimate_tokens,
     kind_for_status,
+    parse_retry_after,
 )
 
 
-def claude_messages(messages: Sequence[tuple[str, str]]) -> list[MessageParam]:
-    """Messages API rules: starts with a user message, roles alternate (same-role neighbours merged)."""
-    merged: list[tuple[Literal["user", "assistant"], str]] = []
-    for role, text in messages:
-        r: Literal["user", "assistant"] = "assistant" if role == "assistant" else "user"
-        if not merged and r == "assistant":
+def _arguments(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {"_raw": text}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def claude_messages(messages: Sequence[Message]) -> list[MessageParam]:
+    """Messages API rules: starts with a user message, roles alternate (same-role neighbours merged into one
+    message of several blocks), tool results are user `tool_result` blocks answering an earlier `tool_use`."""
+    merged: list[tuple[Literal["user", "assistant"], list[dict[str, Any]]]] = []
+    known_calls: set[str] = set()
+    for msg in messages:
+        role: Literal["user", "assistant"] = "assistant" if msg.role == "assistant" else "user"
+        blocks: list[dict[str, Any]] = []
+        if msg.role == "tool":
+            if msg.tool_call_id in known_calls:
+                blocks.append({"type": "tool_result", "tool_use_id": msg.tool_call_id,
+                               "content": msg.text or "(no output)", "is_error": msg.tool_error})
+            else:  # its tool_use was trimmed away: keep the information as plain text
+                blocks.append({"type": "text", "text": f"[result of tool {msg.tool_name or msg.tool_call_id}] "
+                                                       f"{msg.text}"})
+        else:
+            if msg.text.strip():
+                blocks.append({"type": "text", "text": msg.text})
+            for call in msg.tool_calls if role == "assistant" else ():
+                blocks.append({"type": "tool_use", "id": call.id, "name": call.name,
+                               "input": _arguments(call.arguments_json)})
+        if not blocks:
             continue
-        if merged and merged[-1][0] == r:
-            merged[-1] = (r, merged[-1][1] + "\n\n" + text)
+        if not merged and role == "assistant":
+            continue
+        if role == "assistant":
+            known_calls.update(c.id for c in msg.tool_calls)
+        if merged and merged[-1][0] == role:
+            merged[-1][1].extend(blocks)
         else:
-            merged.append((r, text))
+            merged.append((role, blocks))
     out: list[MessageParam] = []
-    for r, t in merged:
-        if r == "user":
-            out.append(UserMessageParam(role="user", content=t))
-        else:
-            out.append(AssistantMessageParam(role="assistant", content=t))
+    for r, b in merged:
+        content: Any = b[0]["text"] if len(b) == 1 and b[0]["type"] == "text" else b
+        out.append(UserMessageParam(role="user", content=content) if r == "user"
+                   else AssistantMessageParam(role="assistant", content=content))
     return out
+
+
+def claude_tools(tools: Sequence[ToolSpec]) -> list[ToolParam]:
+    return [ToolParam(name=t.name, description=t.description, input_schema=t.parameters) for t in tools]
+
+
+def _usage(u: Any, *, previous: UsageAmounts | None = None) -> UsageAmounts:
+    """Anthropic counts cache reads and cache writes outside `input_tokens`: the total input is the sum."""
+    def num(name: str) -> int | None:
+        v = getattr(u, name, None)
+        return int(v) if isinstance(v, int) else None
+
+    plain, read, write = num("input_tokens"), num("cache_read_input_tokens"), num("cache_creation_input_tokens")
+    out = num("output_tokens")
+    if previous is not None and plain is None:  # message_delta: output only, input as at message_start
+        return previous.model_copy(update={"output_tokens": out if out is not None else previous.output_tokens})
+    total_in = (plain or 0) + (read or 0) + (write or 0)
+    return UsageAmounts(input_tokens=total_in, cached_input_tokens=read or 0, output_tokens=out or 0, requests=1)
 
 
 class ClaudeProvider:
@@ -59,10 +116,12 @@ class ClaudeProvider:
         )
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
-        input_tokens: int | None = None
-        output_tokens: int | None = None
+        usage: UsageAmounts | None = None
         stop = ""
-        emitted = ""
+        emitted = False
+        text_out = ""
+        # content block index -> (tool_use id, name, streamed JSON pieces)
+        pending_tools: dict[int, tuple[str, str, list[str]]] = {}
         try:
             events = await self._client.with_options(timeout=request.timeout_s).messages.create(
                 model=request.model,
@@ -70,43 +129,53 @@ class ClaudeProvider:
                 messages=claude_messages(request.messages),
                 stream=True,
                 system=request.system if request.system else anthropic.omit,
+                tools=claude_tools(request.tools) if request.tools else anthropic.omit,
             )
             async with events:
                 async for event in events:
                     if isinstance(event, RawMessageStartEvent):
-                        input_tokens = event.message.usage.input_tokens
-                        output_tokens = event.message.usage.output_tokens
-                    elif isinstance(event, RawContentBlockDeltaEvent) and isinstance(event.delta, TextDelta):
-                        emitted += event.delta.text
-                        yield TextChunk(event.delta.text)
+                        usage = _usage(event.message.usage)
+                        yield UsageReport(usage)
+                    elif isinstance(event, RawContentBlockStartEvent) and isinstance(event.content_block,
+                                                                                     ToolUseBlock):
+                        block = event.content_block
+                        pending_tools[event.index] = (block.id, block.name, [])
+                    elif isinstance(event, RawContentBlockDeltaEvent):
+                        if isinstance(event.delta, TextDelta) and event.delta.text:
+                            emitted = True
+                            text_out += event.delta.text
+                            yield TextChunk(event.delta.text)
+                        elif isinstance(event.delta, InputJSONDelta) and event.index in pending_tools:
+                            pending_tools[event.index][2].append(event.delta.partial_json)
+                    elif isinstance(event, RawContentBlockStopEvent) and event.index in pending_tools:
+                        call_id, name, pieces = pending_tools.pop(event.index)
+                        emitted = True
+                        yield ToolCallChunk(ToolCallOut(call_id, name, "".join(pieces) or "{}"))
                     elif isinstance(event, RawMessageDeltaEvent):
-                        output_tokens = event.usage.output_tokens
+                        usage = _usage(event.usage, previous=usage)
+                        yield UsageReport(usage)
                         if event.delta.stop_reason:
                             stop = event.delta.stop_reason
         except anthropic.APITimeoutError as err:
-            raise ProviderError("timeout", "anthropic: request timed out") from err
+            raise ProviderError("interrupted" if emitted else "timeout", "anthropic: request timed out") from err
         except anthropic.APIStatusError as err:
-            retry = err.response.headers.get("retry-after")
             kind = kind_for_status(err.status_code)
             if err.status_code == 200:  # an `error` event in the middle of the stream
-                kind = "interrupted" if emitted else "unavailable"
+                kind = "unavailable"
             raise ProviderError("interrupted" if emitted else kind, f"anthropic: {err.message}",
                                 status=err.status_code if err.status_code != 200 else None,
-                                retry_after_s=float(retry) if retry and retry.replace(".", "").isdigit() else None,
+                                retry_after_s=parse_retry_after(err.response.headers.get("retry-after")),
                                 ) from err
         except anthropic.APIConnectionError as err:
             raise ProviderError("interrupted" if emitted else "unavailable", f"anthropic: {err}") from err
-        except Exception as err:  # transport errors the SDK does not wrap (e.g. a dropped stream)
-            if isinstance(err, ProviderError):
-                raise
+        except ProviderError:
+            raise
+        except Exception as err:  # transport or parse errors the SDK does not wrap (e.g. a dropped stream)
             raise ProviderError("interrupted" if emitted else "unavailable",
                                 f"anthropic: {type(err).__name__}: {err}") from err
-        if input_tokens is None:
-            prompt = request.system + "".join(t for _, t in request.messages)
-            usage = UsageAmounts(input_tokens=estimate_tokens(prompt), output_tokens=estimate_tokens(emitted),
-                                 requests=1, estimated=True)
-        else:
-            usage = UsageAmounts(input_tokens=input_tokens, output_tokens=output_tokens or 0, requests=1)
+        if usage is None:
+            usage = UsageAmounts(input_tokens=estimate_tokens(request.prompt_text),
+                                 output_tokens=estimate_tokens(text_out), requests=1, estimated=True)
         yield StreamDone(usage, stop)
 
     async def aclose(self) -> None:

@@ -32,7 +32,7 @@ def _terms(text: str) -> set[str]:
 
 
 def compose_answer(request: ProviderRequest, *, max_sentences: int = 3) -> str:
-    question = request.question or (request.messages[-1][1] if request.messages else "")
+    question = request.question or (request.messages[-1].text if request.messages else "")
     q_terms = _terms(question)
     parts = [NOTICE]
     scored: list[tuple[int, int, str, str]] = []
@@ -83,9 +83,9 @@ class OfflineProvider:
             piece = " ".join(words[i : i + self._words])
             yield TextChunk(piece if i == 0 else " " + piece)
             await asyncio.sleep(self._delay)  # also yields to the loop between chunks
-        prompt = request.system + "".join(t for _, t in request.messages)
         usage = UsageAmounts(
-            input_tokens=estimate_tokens(prompt), output_tokens=estimate_tokens(answer), requests=1, estimated=True
+            input_tokens=estimate_tokens(request.prompt_text), output_tokens=estimate_tokens(answer), requests=1,
+            estimated=True,
         )
         yield StreamDone(usage, "offline")
 

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!frugal/api/common/v1/common.proto\x12\x14\x66rugal.api.common.v1\"\x94\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x15\n\raudio_seconds\x18\x03 \x01(\x01\x12\x12\n\ncharacters\x18\x04 \x01(\x03\x12\x0e\n\x06images\x18\x05 \x01(\x03\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x11\n\testimated\x18\x07 \x01(\x08\"@\n\x0cProviderInfo\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07offline\x18\x03 \x01(\x08\":\n\x07TierMix\x12\x0c\n\x04lite\x18\x01 \x01(\x01\x12\x10\n\x08standard\x18\x02 \x01(\x01\x12\x0f\n\x07premium\x18\x03 \x01(\x01*P\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_LITE\x10\x01\x12\x11\n\rTIER_STANDARD\x10\x02\x12\x10\n\x0cTIER_PREMIUM\x10\x03*\xa3\x01\n\x08\x43ostKind\x12\x19\n\x15\x43OST_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rCOST_KIND_LLM\x10\x01\x12\x14\n\x10\x43OST_KIND_VISION\x10\x02\x12\x17\n\x13\x43OST_KIND_EMBEDDING\x10\x03\x12\x14\n\x10\x43OST_KIND_RERANK\x10\x04\x12\x11\n\rCOST_KIND_STT\x10\x05\x12\x11\n\rCOST_KIND_TTS\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!frugal/api/common/v1/common.proto\x12\x14\x66rugal.api.common.v1\"\xb1\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x15\n\raudio_seconds\x18\x03 \x01(\x01\x12\x12\n\ncharacters\x18\x04 \x01(\x03\x12\x0e\n\x06images\x18\x05 \x01(\x03\x12\x10\n\x08requests\x18\x06 \x01(\x03\x12\x11\n\testimated\x18\x07 \x01(\x08\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x08 \x01(\x03\"@\n\x0cProviderInfo\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07offline\x18\x03 \x01(\x08\":\n\x07TierMix\x12\x0c\n\x04lite\x18\x01 \x01(\x01\x12\x10\n\x08standard\x18\x02 \x01(\x01\x12\x0f\n\x07premium\x18\x03 \x01(\x01*P\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\r\n\tTIER_LITE\x10\x01\x12\x11\n\rTIER_STANDARD\x10\x02\x12\x10\n\x0cTIER_PREMIUM\x10\x03*\xa3\x01\n\x08\x43ostKind\x12\x19\n\x15\x43OST_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rCOST_KIND_LLM\x10\x01\x12\x14\n\x10\x43OST_KIND_VISION\x10\x02\x12\x17\n\x13\x43OST_KIND_EMBEDDING\x10\x03\x12\x14\n\x10\x43OST_KIND_RERANK\x10\x04\x12\x11\n\rCOST_KIND_STT\x10\x05\x12\x11\n\rCOST_KIND_TTS\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'frugal.api.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=336
-  _globals['_TIER']._serialized_end=416
-  _globals['_COSTKIND']._serialized_start=419
-  _globals['_COSTKIND']._serialized_end=582
+  _globals['_TIER']._serialized_start=365
+  _globals['_TIER']._serialized_end=445
+  _globals['_COSTKIND']._serialized_start=448
+  _globals['_COSTKIND']._serialized_end=611
   _globals['_USAGE']._serialized_start=60
-  _globals['_USAGE']._serialized_end=208
-  _globals['_PROVIDERINFO']._serialized_start=210
-  _globals['_PROVIDERINFO']._serialized_end=274
-  _globals['_TIERMIX']._serialized_start=276
-  _globals['_TIERMIX']._serialized_end=334
+  _globals['_USAGE']._serialized_end=237
+  _globals['_PROVIDERINFO']._serialized_start=239
+  _globals['_PROVIDERINFO']._serialized_end=303
+  _globals['_TIERMIX']._serialized_start=305
+  _globals['_TIERMIX']._serialized_end=363
 # @@protoc_insertion_point(module_scope)

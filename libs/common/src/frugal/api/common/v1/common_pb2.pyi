@@ -34,7 +34,7 @@ COST_KIND_STT: CostKind
 COST_KIND_TTS: CostKind
 
 class Usage(_message.Message):
-    __slots__ = ("input_tokens", "output_tokens", "audio_seconds", "characters", "images", "requests", "estimated")
+    __slots__ = ("input_tokens", "output_tokens", "audio_seconds", "characters", "images", "requests", "estimated", "cached_input_tokens")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class Usage(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     output_tokens: int
     audio_seconds: float
@@ -49,7 +50,8 @@ class Usage(_message.Message):
     images: int
     requests: int
     estimated: bool
-    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., audio_seconds: _Optional[float] = ..., characters: _Optional[int] = ..., images: _Optional[int] = ..., requests: _Optional[int] = ..., estimated: _Optional[bool] = ...) -> None: ...
+    cached_input_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., audio_seconds: _Optional[float] = ..., characters: _Optional[int] = ..., images: _Optional[int] = ..., requests: _Optional[int] = ..., estimated: _Optional[bool] = ..., cached_input_tokens: _Optional[int] = ...) -> None: ...
 
 class ProviderInfo(_message.Message):
     __slots__ = ("provider", "model", "offline")

@@ -214,7 +214,7 @@ class TextDelta(_message.Message):
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
 class RespondCompleted(_message.Message):
-    __slots__ = ("provider", "tier", "usage", "cost_usd", "baseline_cost_usd", "first_token_latency_ms", "total_latency_ms", "fallbacks", "context", "cost_event_ids", "decision")
+    __slots__ = ("provider", "tier", "usage", "cost_usd", "baseline_cost_usd", "first_token_latency_ms", "total_latency_ms", "fallbacks", "context", "cost_event_ids", "decision", "degraded")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +226,7 @@ class RespondCompleted(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     COST_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     provider: _common_pb2.ProviderInfo
     tier: _common_pb2.Tier
     usage: _common_pb2.Usage
@@ -237,7 +238,8 @@ class RespondCompleted(_message.Message):
     context: _containers.RepeatedCompositeFieldContainer[ContextStatus]
     cost_event_ids: _containers.RepeatedScalarFieldContainer[str]
     decision: Decision
-    def __init__(self, provider: _Optional[_Union[_common_pb2.ProviderInfo, _Mapping]] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., first_token_latency_ms: _Optional[float] = ..., total_latency_ms: _Optional[float] = ..., fallbacks: _Optional[_Iterable[_Union[Fallback, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[ContextStatus, _Mapping]]] = ..., cost_event_ids: _Optional[_Iterable[str]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
+    degraded: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, provider: _Optional[_Union[_common_pb2.ProviderInfo, _Mapping]] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., first_token_latency_ms: _Optional[float] = ..., total_latency_ms: _Optional[float] = ..., fallbacks: _Optional[_Iterable[_Union[Fallback, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[ContextStatus, _Mapping]]] = ..., cost_event_ids: _Optional[_Iterable[str]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., degraded: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RespondResponse(_message.Message):
     __slots__ = ("started", "delta", "completed", "tool_call", "provider")
