@@ -133,7 +133,7 @@ async def _consume(args: argparse.Namespace) -> int:
     await migrate(settings)
     pool = await create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max,
                              application_name="frugal-billing-consumer")
-    redis = create_redis(settings.redis_url)
+    redis = create_redis(settings.cost_redis_url)
     commits = 0
 
     async def crash_after(_result: TenantWriteResult) -> None:
@@ -178,7 +178,7 @@ def _text(value: Any) -> str:
 
 async def _dlq(args: argparse.Namespace) -> int:
     settings = load_settings(Settings)
-    redis = create_redis(settings.redis_url)
+    redis = create_redis(settings.cost_redis_url)
     try:
         if args.dlq_command == "list":
             entries: Any = await redis.xrevrange(settings.ledger_dlq_stream, count=args.count)
