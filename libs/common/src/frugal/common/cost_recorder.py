@@ -183,7 +183,7 @@ class CostRecorder:
         if usage is None:
             usage = (est.model_copy(update={"estimated": True}) if est is not None
                      else UsageAmounts(requests=1, estimated=True))
-        elif est is not None and usage.input_tokens == 0 and est.input_tokens > 0:
+        elif est is not None and usage.input_tokens == 0 and usage.output_tokens > 0 and est.input_tokens > 0:
             # The provider reported output but no input (some streams report input only at the end): the
             # prompt was sent all the same, so bill our count of it, labelled as an estimate.
             usage = usage.model_copy(update={"input_tokens": est.input_tokens, "cached_input_tokens": 0,
