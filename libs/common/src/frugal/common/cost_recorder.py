@@ -169,10 +169,18 @@ class CostRecorder:
         )
 
     async def record(self, *, usage: UsageAmounts, outcome: str = "ok", **attempt_args: Any) -> CostEvent:
-        """A call whose usage is known at once: open an attempt, report, finish."""
+        """A call whose usage is known at once: open an attempt, report, finish (emitted)."""
         att = self.attempt(**attempt_args)
         att.report(usage)
         return await att.finish(outcome)
+
+    def build(self, *, usage: UsageAmounts, outcome: str = "ok", **attempt_args: Any) -> CostEvent:
+        """The same event as `record`, built synchronously (for callbacks) and NOT emitted: the caller must
+        pass it to `emit` (e.g. from a queue worker)."""
+        att = self.attempt(**attempt_args)
+        att.report(usage)
+        att.event = self.build_event(att, outcome)
+        return att.event
 
     # ------------------------------------------------------------------------------------------ rules
 
