@@ -233,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     client_args(up)
     up.add_argument("--name")
     up.add_argument("--plan")
-    up.add_argument("--budget", type=float, help="monthly budget, USD (0 = no budget)")
+    up.add_argument("--budget", type=float, help="monthly budget, USD (0 suspends the tenant, -1 = no cap)")
     up.add_argument("--rpm", type=int)
     up.add_argument("--tpm", type=int)
     up.add_argument("--mix", help="target tier mix lite,standard,premium, e.g. 0.6,0.3,0.1 (or 'default')")
