@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -208,14 +207,15 @@ async def test_spool_survives_a_killed_producer_and_is_replayed_at_restart(tmp_p
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     spool = tmp_path / "spool"
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, url, str(spool), "25"], stdout=subprocess.PIPE, text=True)
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, url, str(spool), "25",
+                                                 stdout=asyncio.subprocess.PIPE)
     try:
         assert child.stdout is not None
-        line = await asyncio.to_thread(child.stdout.readline)
-        assert line.split() == ["spooled", "25"]
+        line = await child.stdout.readline()
+        assert line.decode().split() == ["spooled", "25"]
     finally:
         os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+        await child.wait()
     server = EmbeddedRedis(tmp_path / "redis", port)
     server.start()
     client = create_redis(url)

@@ -476,3 +476,28 @@ async def test_committed_entries_leave_the_stream_at_once(ledger_env: Any, kit: 
     await kit.wait_for(lambda: kit.drained(redis), what="drained")
     assert await redis.xlen("cost-events") == 0
     assert c.totals.written == 120
+
+
+async def test_batch_path_keeps_rls_the_ingest_list_shows_only_its_tenants(ledger_env: Any, kit: Any) -> None:
+    """billing_ingest_batch writes many tenants in one transaction through app.ingest_tenant_ids; that list
+    exposes its tenants only, and a transaction that sets nothing still sees nothing."""
+    redis = ledger_env.redis
+    await kit.xadd_events(redis, [kit.event(t) for t in ("acme", "beta", "org_abc") for _ in range(5)])
+    c = ledger_env.consumer("c1")
+    await c.start()
+    await kit.wait_for(lambda: kit.drained(redis), what="drained")
+    async with ledger_env.pool.acquire() as conn:
+        async with conn.transaction():
+            assert await conn.fetchval("SELECT count(*) FROM cost_ledger") == 0
+            assert await conn.fetchval("SELECT count(*) FROM tenant_monthly_spend") == 0
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.ingest_tenant_ids', 'acme,org_abc', true)")
+            rows = await conn.fetch("SELECT tenant_id, count(*) AS n FROM cost_ledger GROUP BY 1 ORDER BY 1")
+            assert [(r["tenant_id"], r["n"]) for r in rows] == [("acme", 5), ("org_abc", 5)]
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # append-only: no UPDATE for the app role
+                await conn.execute("UPDATE cost_ledger SET cost_usd = 0")
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.ingest_tenant_ids', 'acme', true)")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # rows outside the list are refused
+                await conn.execute(
+                    "INSERT INTO tenant_monthly_spend (tenant_id, month, online_usd) VALUES ('beta', '2026-01-01', 1)")

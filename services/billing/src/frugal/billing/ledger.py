@@ -149,10 +149,10 @@ _INGEST = "SELECT * FROM billing_ingest_batch($1, $2, " + ", ".join(f"${i}" for 
 async def write_batch(
     pool: asyncpg.Pool, entries: Sequence[LedgerEntry], *, catalog_version: str, now: datetime
 ) -> dict[str, TenantWriteResult]:
-    """Writes a whole batch, every tenant, in ONE transaction and one round trip (billing_ingest_batch:
-    RLS in force, the tenant setting switched per tenant inside the transaction). Each event_id at most once,
-    ever; `entries` must have distinct event ids."""
-    ordered = sorted(entries, key=lambda e: (e.event.tenant_id, e.event.event_id))
+    """Writes a whole batch, every tenant, in ONE transaction and one round trip (billing_ingest_batch,
+    migrations/0002: RLS in force through the batch's declared tenant list). Each event_id at most once, ever;
+    `entries` must have distinct event ids."""
+    ordered = sorted(entries, key=lambda e: e.event.event_id)
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(_INGEST, catalog_version, now, *_batch_columns(ordered))
     results: dict[str, TenantWriteResult] = {}
