@@ -282,7 +282,7 @@ async def main_async(args: argparse.Namespace) -> int:
         finally:
             await pool.close()
 
-        n = args.events or (6_000 if args.quick else 40_000)
+        n = args.events or (6_000 if args.quick else 20_000)
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {n} distinct events + 5 % "
               f"replays per run, one consumer process\n", flush=True)
         table: dict[tuple[str, int], RunResult] = {}
@@ -320,7 +320,7 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small run: 6000 events per (path, tenant count)")
-    p.add_argument("--events", type=int, default=0, help="distinct events per run (default 40000, quick 6000)")
+    p.add_argument("--events", type=int, default=0, help="distinct events per run (default 20000, quick 6000)")
     p.add_argument("--tenants", default="1,50,500", help="comma-separated active tenant counts")
     p.add_argument("--paths", default="old,new", help="old (per-tenant transactions), new (one per batch)")
     p.add_argument("--batch", type=int, default=2000, help="LEDGER_BATCH_SIZE of the new path")

@@ -36,6 +36,7 @@ class StatePublisher:
         self._redis = redis
         self.count_offline = count_offline
         self._ttl = budget_ttl_s
+        self._gauges: dict[str, tuple[Any, Any]] = {}
 
     def state(self, inputs: BudgetInputs, now: datetime | None = None) -> billing_pb2.BudgetState:
         return budget_state(inputs, now=now or datetime.now(UTC), count_offline=self.count_offline)
@@ -55,8 +56,12 @@ class StatePublisher:
     def stage_budget(self, pipe: Any, inputs: BudgetInputs, now: datetime | None = None) -> billing_pb2.BudgetState:
         """Queues the budget state's SET on a pipeline (the consumer's ack MULTI); returns the state."""
         state = self.state(inputs, now)
-        BUDGET_FRACTION.labels(tenant_id=inputs.tenant_id).set(state.fraction_used)
-        BUDGET_STATUS.labels(tenant_id=inputs.tenant_id).set(state.status)
+        gauges = self._gauges.get(inputs.tenant_id)
+        if gauges is None:  # labels() validates names on each call: cached, it is per tenant per batch
+            gauges = self._gauges[inputs.tenant_id] = (BUDGET_FRACTION.labels(tenant_id=inputs.tenant_id),
+                                                       BUDGET_STATUS.labels(tenant_id=inputs.tenant_id))
+        gauges[0].set(state.fraction_used)
+        gauges[1].set(state.status)
         pipe.set(BUDGET_KEY.format(tenant_id=state.tenant_id), state.SerializeToString(), ex=self._ttl)
         return state
 
