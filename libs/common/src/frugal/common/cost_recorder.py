@@ -24,6 +24,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -76,8 +77,11 @@ class CallAttempt:
         frames_considered: int | None,
         attributes: Mapping[str, str] | None,
         nonce: str | None,
+        occurred_at: datetime | None = None,
     ) -> None:
         self._recorder = recorder
+        # When the call started: fixed with the attempt, so a re-sent event is byte-for-byte the same.
+        self.occurred_at = occurred_at or datetime.now(UTC)
         self.tenant_id = tenant_id
         self.kind = kind
         self.provider = provider
@@ -160,12 +164,15 @@ class CostRecorder:
         frames_considered: int | None = None,
         attributes: Mapping[str, str] | None = None,
         nonce: str | None = None,
+        occurred_at: datetime | None = None,
     ) -> CallAttempt:
+        """`nonce`: the attempt's own idempotency key, when the caller persists one (e.g. a job that can be
+        re-run after a crash, or the provider's request id); default a fresh random one."""
         return CallAttempt(
             self, tenant_id=tenant_id, kind=kind, provider=provider, model=model, key=key, session_id=session_id,
             request_id=request_id, tier=tier, offline=offline, priced_as=priced_as, estimate=estimate,
             covered_seconds=covered_seconds, frames_considered=frames_considered, attributes=attributes,
-            nonce=nonce,
+            nonce=nonce, occurred_at=occurred_at,
         )
 
     async def record(self, *, usage: UsageAmounts, outcome: str = "ok", **attempt_args: Any) -> CostEvent:
@@ -218,7 +225,8 @@ class CostRecorder:
         event = CostEvent(
             event_id=att.event_id, tenant_id=att.tenant_id, session_id=att.session_id, request_id=att.request_id,
             service=self.service, kind=att.kind, provider=att.provider, model=att.model, tier=att.tier,
-            usage=usage, cost_usd=cost, offline=att.offline, covered_seconds=att.covered_seconds,
+            usage=usage, cost_usd=cost, offline=att.offline, occurred_at=att.occurred_at,
+            covered_seconds=att.covered_seconds,
             frames_considered=att.frames_considered, attributes=attributes,
         )
         AI_COST_TOTAL.labels(service=self.service, kind=att.kind.value, provider=att.provider, model=att.model,
