@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -320,6 +321,9 @@ def main() -> int:
     p.add_argument("--total", type=int, default=0)
     p.add_argument("--base-ts")
     args = p.parse_args()
+    if args.role != "orchestrator":
+        # The children report through stdout; their expected outage warnings would drown the figures.
+        logging.basicConfig(level=logging.CRITICAL)
     role = {"orchestrator": orchestrate, "producer": producer_role, "consumer": consumer_role}[args.role]
     return asyncio.run(role(args))
 

@@ -529,7 +529,6 @@ class LedgerConsumer:
 
         poison: list[Poison] = []
         ack_ids: list[str] = []
-        by_eid = {e.event.event_id: e for e in entries}
 
         def copies(e: LedgerEntry) -> list[str]:
             return [e.stream_id, *extra_ids.get(e.event.event_id, ())]
@@ -553,7 +552,6 @@ class LedgerConsumer:
             dups = sum(len(copies(e)) for e in res.duplicates) + sum(
                 len(extra_ids.get(e.event.event_id, ())) for e in res.inserted)
             outcome.duplicates += dups
-        del by_eid
 
         pipe = self._redis.pipeline(transaction=True)
         self._stage_dead_letters(pipe, poison)
@@ -561,11 +559,10 @@ class LedgerConsumer:
             pipe.xack(self.config.stream, self.config.group, *ack_ids)
             if self.config.trim_on_commit and self._sole_group:
                 pipe.xdel(self.config.stream, *ack_ids)
-        states = []
         if self._publisher is not None:
             for res in results.values():
                 if res.budget is not None and res.inserted:
-                    states.append(self._publisher.stage_budget(pipe, res.budget))
+                    self._publisher.stage_budget(pipe, res.budget)
         await pipe.execute()
         self._after_dead_letters(poison)
         outcome.dead_lettered += len(poison)
