@@ -18,8 +18,9 @@ def _state(spent: float, budget: float, *, month: str = "2026-12", age_s: float 
     return billing_pb2.BudgetState(tenant_id="t", month=month, spent_usd=spent, budget_usd=budget, updated_at=ts)
 
 
-def _policy(budget: float, **kw: float) -> billing_pb2.TenantPolicy:
-    return billing_pb2.TenantPolicy(tenant_id="t", monthly_budget_usd=budget, **kw)
+def _policy(budget: float, *, downgrade_at: float = 0.0, refuse_at: float = 0.0) -> billing_pb2.TenantPolicy:
+    return billing_pb2.TenantPolicy(tenant_id="t", monthly_budget_usd=budget, downgrade_at=downgrade_at,
+                                    refuse_at=refuse_at)
 
 
 def test_budget_zero_suspends_and_negative_means_no_cap() -> None:
