@@ -228,6 +228,8 @@ class CostEventProducer:
         try:
             self._spool = open_own_spool(self._dir, self._prefix)
             self._orphans = list(orphan_spools(self._dir, self._prefix, self._spool.path))
+            if not self._memory:
+                self._broken = None
         except OSError as err:
             self._broken = f"{self._dir}: {err}"
             log.error("cost-event spool unavailable: %s", self._broken)
@@ -284,6 +286,8 @@ class CostEventProducer:
                     if self._spool is None:
                         raise OSError(self._broken or "spool not open")
                     await asyncio.to_thread(self._spool.append, lines)
+                    if not self._memory:
+                        self._broken = None  # the disk took this write: spending may resume
                 except OSError as err:
                     self._broken = str(err)
                     self._memory.extend(lines)
@@ -327,6 +331,8 @@ class CostEventProducer:
                     chunk = self._memory[: self._replay_batch]
                     await self._xadd_many(chunk)
                     del self._memory[: len(chunk)]
+                    if not self._memory and self._spool is not None:
+                        self._broken = None  # nothing held in memory only any more
             except (RedisError, OSError) as err:
                 log.info("cost-event replay paused, Redis unavailable: %s (%d pending)", err, self.pending)
             self._update_gauges()
