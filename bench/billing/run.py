@@ -1,22 +1,23 @@
-"""Ledger ingestion benchmark: events/s written exactly once, and write latency, at 1, 2 and 4 consumers.
+"""Ledger ingestion benchmark: events/s written exactly once at 1, 50 and 500 active tenants, old and new path.
 
-    uv run python bench/billing/run.py [--quick] [--events N] [--consumers 1,2,4]
+    uv run python bench/billing/run.py [--quick] [--events N] [--tenants 1,50,500] [--paths old,new]
                                                 [--pg-dsn ADMIN_DSN --redis-url URL]
 
-What it does, per consumer count K:
-- empties the ledger and the stream, then XADDs a backlog of N cost events for 8 tenants (LLM, vision, STT
-  mixed), plus 5 % replays of the same events (producer retries): exactly-once is ON, the duplicates must
-  be detected and acknowledged, not written;
-- starts K consumer processes (the real LedgerConsumer: consumer group, one transaction per tenant per
-  batch under RLS, XACK after commit, budget state published to Redis after each commit) and measures the
-  wall time from "go" until every entry is acknowledged;
+What it does, per (path, tenant count):
+- empties the ledger and the stream, then XADDs a backlog of N cost events spread over T active tenants (LLM,
+  vision, STT mixed), plus 5 % replays of the same events (producer retries): exactly-once is ON, the
+  duplicates must be detected and acknowledged, not written;
+- starts one consumer process (the real LedgerConsumer: consumer group, XACK after commit, budget state
+  published to Redis after each commit) and measures the wall time from "go" until every entry is
+  acknowledged;
 - checks exactly-once: ledger rows == distinct events, month-to-date roll-up == sum of the ledger, nothing
   pending, nothing dead-lettered.
-Reference in the same process: the same consumer with batch size 1 (one event per transaction and per XACK).
+Paths: "old" = one transaction per tenant per batch (LEDGER_PER_TENANT_TRANSACTIONS=true, batch 500, 4 tenant
+transactions in flight), the path before issue 13; "new" = ONE transaction per batch whatever the number of
+tenants (billing_ingest_batch), one MULTI/EXEC for XACK + XDEL + budget states, batch 2000.
 
-Latency figures are per tenant transaction (pool acquire + BEGIN .. COMMIT). With no --pg-dsn the bench
-starts the embedded PostgreSQL of the dev stack, which runs with fsync=off: commits are cheaper than on a
-durable production database, so treat absolute numbers as an upper bound.
+With no --pg-dsn the bench starts the embedded PostgreSQL of the dev stack, which runs with fsync=off: commits
+are cheaper than on a durable production database, so treat absolute numbers as an upper bound.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -51,7 +51,11 @@ from frugal.common.redis_client import create_redis
 from frugal.common.usage import UsageAmounts
 from frugal.devkit.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
 
-TENANTS = [f"bench_t{i}" for i in range(8)]
+MAX_TENANTS = 500
+
+
+def tenant_ids(n: int) -> list[str]:
+    return [f"bench_t{i}" for i in range(n)]
 STREAM, GROUP = "cost-events", "billing-ledger"
 
 
@@ -60,13 +64,13 @@ def _with_user(dsn: str, user: str) -> str:
     return f"{scheme}://{user}@{rest.split('@', 1)[-1]}"
 
 
-def make_events(n: int, seed: int) -> list[CostEvent]:
+def make_events(n: int, seed: int, tenants: list[str]) -> list[CostEvent]:
     rng = random.Random(seed)
     catalog = default_catalog()
     out: list[CostEvent] = []
     now = datetime.now(UTC)
     for i in range(n):
-        tenant = rng.choice(TENANTS)
+        tenant = tenants[i % len(tenants)] if i < len(tenants) else rng.choice(tenants)
         roll = rng.random()
         extra: dict[str, Any]
         if roll < 0.7:
@@ -103,12 +107,14 @@ async def _worker_async(cfg: dict[str, Any], ready: Any, go: Any, stop: Any, res
     latencies: list[float] = []
 
     async def on_commit(result: TenantWriteResult) -> None:
-        latencies.append(result.write_seconds)
+        if result.write_seconds:
+            latencies.append(result.write_seconds)
 
     consumer = LedgerConsumer(
         pool, redis, default_catalog(),
         ConsumerConfig(stream=STREAM, group=GROUP, consumer=cfg["name"], batch_size=cfg["batch"], block_ms=200,
-                       claim_idle_ms=60_000, maintenance_s=2.0, write_concurrency=cfg["concurrency"]),
+                       claim_idle_ms=60_000, maintenance_s=2.0, write_concurrency=cfg["concurrency"],
+                       per_tenant_transactions=cfg["old"]),
         publisher=StatePublisher(pool, redis), after_commit=on_commit,
     )
     await consumer.ensure_group()
@@ -209,14 +215,15 @@ async def _check(admin_dsn: str, redis_url: str, distinct: int) -> tuple[bool, s
 
 
 async def run(label: str, k: int, events: list[CostEvent], *, admin_dsn: str, app_dsn: str, redis_url: str,
-              batch: int, concurrency: int, seed: int, dup_fraction: float = 0.05) -> RunResult:
+              batch: int, concurrency: int, seed: int, old: bool, dup_fraction: float = 0.05) -> RunResult:
     await _reset(admin_dsn, redis_url)
     entries = await _fill(redis_url, events, dup_fraction, seed)
     ctx = mp.get_context("spawn")
     ready, go, stop, results = ctx.Semaphore(0), ctx.Event(), ctx.Event(), ctx.Queue()
     procs = [
         ctx.Process(target=_worker, args=({"name": f"bench-{label}-{i}", "app_dsn": app_dsn, "redis_url": redis_url,
-                                           "batch": batch, "concurrency": concurrency}, ready, go, stop, results))
+                                           "batch": batch, "concurrency": concurrency, "old": old},
+                                          ready, go, stop, results))
         for i in range(k)
     ]
     for p in procs:
@@ -265,48 +272,42 @@ async def main_async(args: argparse.Namespace) -> int:
             admin_dsn, redis_url = pg.admin_dsn, rs.url
         await apply_migrations(admin_dsn, package=MIGRATIONS_PACKAGE, component="billing", app_role=APP_ROLE)
         app_dsn = _with_user(admin_dsn, APP_ROLE)
-        pool = await create_pool(app_dsn, min_size=1, max_size=2)
+        pool = await create_pool(app_dsn, min_size=1, max_size=4)
         try:
             registry = TenantRegistry(pool)
-            for t in TENANTS:
-                await registry.upsert(billing_pb2.TenantPolicy(tenant_id=t, monthly_budget_usd=1000.0))
+            all_tenants = tenant_ids(max(args.tenants))
+            for i in range(0, len(all_tenants), 25):
+                await asyncio.gather(*(registry.upsert(billing_pb2.TenantPolicy(tenant_id=t, monthly_budget_usd=1e6))
+                                       for t in all_tenants[i:i + 25]))
         finally:
             await pool.close()
 
-        n = args.events or (10_000 if args.quick else 50_000)
-        n_ref = max(200, n // 20)
-        repeat = args.repeat or (1 if args.quick else 3)
-        events = make_events(n, seed=1)
-        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
-              f"{len(TENANTS)} tenants, batch {args.batch}, {args.concurrency} tenant transactions in flight per "
-              f"consumer, 5 % replays, median of {repeat} run(s)\n", flush=True)
-        results: list[RunResult] = []
-        for k in args.consumers:
-            reps = [await run(f"k{k}r{i}", k, events, admin_dsn=admin_dsn, app_dsn=app_dsn, redis_url=redis_url,
-                              batch=args.batch, concurrency=args.concurrency, seed=1) for i in range(repeat)]
-            # Median wall time of the repetitions; latencies pooled over all of them.
-            reps.sort(key=lambda x: x.seconds)
-            r = reps[len(reps) // 2]
-            r.latencies = [x for rep in reps for x in rep.latencies]
-            r.ok = all(rep.ok for rep in reps)
-            results.append(r)
-            print(f"batched   consumers={k}: {r.entries:6d} entries in {r.seconds:6.2f}s = {r.rate:8.0f} events/s   "
-                  f"write p50 {r.pct(50):6.1f} ms  p95 {r.pct(95):6.1f} ms  p99 {r.pct(99):6.1f} ms  "
-                  f"({len(r.latencies)} transactions)  exactly-once: {'OK' if r.ok else 'FAILED'}", flush=True)
-            if not r.ok:
-                print(f"  {r.detail}", flush=True)
-        ref = await run("ref", 1, events[:n_ref], admin_dsn=admin_dsn, app_dsn=app_dsn, redis_url=redis_url,
-                        batch=1, concurrency=1, seed=2)
-        print(f"reference consumers=1, batch 1 (one event per transaction and XACK): {ref.entries} entries in "
-              f"{ref.seconds:.2f}s = {ref.rate:.0f} events/s, write p50 {ref.pct(50):.1f} ms p99 {ref.pct(99):.1f} ms "
-              f"exactly-once: {'OK' if ref.ok else 'FAILED'}")
-        if results:
-            print(f"\nbatched (1 consumer) vs reference: {results[0].rate / ref.rate:.1f}x events/s")
-            base = results[0].rate
-            print("scaling vs 1 consumer: " + ", ".join(f"{r.consumers} -> {r.rate / base:.2f}x" for r in results))
-        mean = statistics.fmean(r.rate for r in results) if results else 0
-        print(f"mean over consumer counts: {mean:.0f} events/s")
-        return 0 if all(r.ok for r in results) and ref.ok else 1
+        n = args.events or (6_000 if args.quick else 20_000)
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {n} distinct events + 5 % "
+              f"replays per run, one consumer process\n", flush=True)
+        table: dict[tuple[str, int], RunResult] = {}
+        for t in args.tenants:
+            events = make_events(n, seed=t, tenants=tenant_ids(t))
+            for path in args.paths:
+                old = path == "old"
+                r = await run(f"{path}-{t}", 1, events, admin_dsn=admin_dsn, app_dsn=app_dsn, redis_url=redis_url,
+                              batch=500 if old else args.batch, concurrency=4 if old else 1, seed=t, old=old)
+                table[(path, t)] = r
+                print(f"{path:3s} path, {t:3d} active tenants: {r.entries:6d} entries in {r.seconds:6.2f}s = "
+                      f"{r.rate:8.0f} events/s   transaction p50 {r.pct(50):6.1f} ms p99 {r.pct(99):6.1f} ms "
+                      f"({len(r.latencies)} transactions)  exactly-once: {'OK' if r.ok else 'FAILED'}", flush=True)
+                if not r.ok:
+                    print(f"  {r.detail}", flush=True)
+        print("\nevents/s      " + "".join(f"{t:>10d} tenants" for t in args.tenants))
+        for path in args.paths:
+            print(f"{path:3s} path     " + "".join(f"{table[(path, t)].rate:>18.0f}" for t in args.tenants))
+        if "old" in args.paths and "new" in args.paths:
+            print("new / old    " + "".join(f"{table[('new', t)].rate / table[('old', t)].rate:>17.1f}x"
+                                           for t in args.tenants))
+        if "new" in args.paths and MAX_TENANTS in args.tenants:
+            r = table[("new", MAX_TENANTS)]
+            print(f"target >= 20000 events/s at 500 tenants: {r.rate:.0f} ({'met' if r.rate >= 20_000 else 'NOT met'})")
+        return 0 if all(r.ok for r in table.values()) else 1
     finally:
         if rs is not None:
             rs.stop()
@@ -318,16 +319,16 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small run (< 60 s): 10000 events, one repetition")
-    p.add_argument("--events", type=int, default=0, help="distinct events per run (default 50000, quick 10000)")
-    p.add_argument("--repeat", type=int, default=0, help="repetitions per consumer count (default 3, quick 1)")
-    p.add_argument("--consumers", default="1,2,4", help="comma-separated consumer counts")
-    p.add_argument("--batch", type=int, default=500, help="LEDGER_BATCH_SIZE")
-    p.add_argument("--concurrency", type=int, default=4, help="LEDGER_WRITE_CONCURRENCY")
+    p.add_argument("--quick", action="store_true", help="small run: 6000 events per (path, tenant count)")
+    p.add_argument("--events", type=int, default=0, help="distinct events per run (default 20000, quick 6000)")
+    p.add_argument("--tenants", default="1,50,500", help="comma-separated active tenant counts")
+    p.add_argument("--paths", default="old,new", help="old (per-tenant transactions), new (one per batch)")
+    p.add_argument("--batch", type=int, default=2000, help="LEDGER_BATCH_SIZE of the new path")
     p.add_argument("--pg-dsn", default=None, help="admin DSN of an existing database (else embedded)")
     p.add_argument("--redis-url", default=None)
     args = p.parse_args()
-    args.consumers = [int(x) for x in args.consumers.split(",") if x]
+    args.tenants = [int(x) for x in args.tenants.split(",") if x]
+    args.paths = [x for x in args.paths.split(",") if x]
     return asyncio.run(main_async(args))
 
 

@@ -175,10 +175,11 @@ async def test_crash_between_commit_and_ack_then_reclaim(ledger_env: Any, kit: A
     assert task is not None
     with pytest.raises(BaseException):  # noqa: B017 - the simulated crash, wrapped by the TaskGroup
         await task
-    written_before_ack = {e.event.event_id for e in commits[0].inserted}
-    assert written_before_ack
+    assert commits and commits[0].inserted
+    # One transaction per batch, whatever the number of tenants: the whole first batch committed at once.
+    written_before_ack = {e.event_id for e in events[:50]}
     pending: Any = await redis.xpending("cost-events", "billing-ledger")
-    assert pending["pending"] == 50  # the whole first batch: committed (partly) but never acknowledged
+    assert pending["pending"] == 50  # the whole first batch: committed but never acknowledged
     in_ledger = {r["event_id"] for t in ("acme", "beta") for r in await _ledger(ledger_env.pool, t)}
     assert in_ledger == written_before_ack
 
@@ -404,7 +405,11 @@ async def test_database_outage_loses_nothing_and_dead_letters_nothing(ledger_env
             return bool(pending["pending"] == 40 and c._db_down)
 
         await kit.wait_for(stuck, what="consumer waiting for the database")
+        lag_before = REGISTRY.get_sample_value("billing_consumer_lag_seconds") or 0.0
         await asyncio.sleep(1.0)  # several back-off rounds while the database is down
+        await asyncio.sleep(0.6)
+        # The lag gauge keeps moving during the outage (its alert must be able to fire when it matters).
+        assert (REGISTRY.get_sample_value("billing_consumer_lag_seconds") or 0.0) > lag_before + 0.5
         rows: Any = await redis.xpending_range("cost-events", "billing-ledger", "-", "+", 100)
         assert max(r["times_delivered"] for r in rows) == 1
         assert await _dlq(redis) == []
@@ -415,3 +420,84 @@ async def test_database_outage_loses_nothing_and_dead_letters_nothing(ledger_env
     assert await _dlq(redis) == []
     written = [r["event_id"] for t in ("acme", "beta") for r in await _ledger(ledger_env.pool, t)]
     assert sorted(written) == sorted(e.event_id for e in events)
+
+
+async def test_conflicting_duplicate_is_dead_lettered_never_merged(ledger_env: Any, kit: Any) -> None:
+    """Stripe's rule: a key reused with another payload is an error, not a replay (first-wins hid it)."""
+    redis = ledger_env.redis
+    original = kit.event("acme", cost_usd=0.5)
+    replay = original  # the same payload again (producer retry, spool replay): a duplicate
+    conflicting = original.model_copy(update={"cost_usd": 0.75})
+    await kit.xadd_events(redis, [original])
+    c = ledger_env.consumer("c1")
+    await c.start()
+    await kit.wait_for(lambda: kit.drained(redis), what="first drained")
+    ids = await kit.xadd_events(redis, [replay, conflicting])
+    same_batch = kit.event("beta", cost_usd=0.1)
+    ids2 = await kit.xadd_events(redis, [same_batch, same_batch.model_copy(update={"cost_usd": 0.2})])
+    await kit.wait_for(lambda: kit.drained(redis), what="second drained")
+    rows = await _ledger(ledger_env.pool, "acme")
+    assert [(r["event_id"], float(r["cost_usd"])) for r in rows] == [(original.event_id, 0.5)]
+    assert [float(r["cost_usd"]) for r in await _ledger(ledger_env.pool, "beta")] == [0.1]
+    dlq = {d["stream_id"]: d for d in await _dlq(redis)}
+    assert set(dlq) == {ids[1], ids2[1]}
+    assert all(d["reason"] == "conflicting_duplicate" and "different payload" in d["detail"] for d in dlq.values())
+    assert c.totals.duplicates == 1
+
+
+async def test_timestamps_outside_the_window_are_refused(ledger_env: Any, kit: Any) -> None:
+    redis = ledger_env.redis
+    now = datetime.now(UTC)
+    ok = [kit.event("acme", occurred_at=now - timedelta(days=34)),
+          kit.event("acme", occurred_at=now + timedelta(minutes=4))]
+    bad = {
+        "timestamp_too_old": [kit.event("acme", occurred_at=datetime(2001, 1, 1, tzinfo=UTC)),
+                              kit.event("acme", occurred_at=now - timedelta(days=36))],
+        "timestamp_in_future": [kit.event("acme", occurred_at=datetime(2099, 1, 1, tzinfo=UTC)),
+                                kit.event("acme", occurred_at=now + timedelta(minutes=6))],
+    }
+    await kit.xadd_events(redis, ok + [e for es in bad.values() for e in es])
+    c = ledger_env.consumer("c1")
+    await c.start()
+    await kit.wait_for(lambda: kit.drained(redis), what="drained")
+    assert sorted(r["event_id"] for r in await _ledger(ledger_env.pool, "acme")) == sorted(e.event_id for e in ok)
+    dlq = await _dlq(redis)
+    for reason, events in bad.items():
+        got = sorted(json.loads(d["event"])["event_id"] for d in dlq if d["reason"] == reason)
+        assert got == sorted(e.event_id for e in events)
+
+
+async def test_committed_entries_leave_the_stream_at_once(ledger_env: Any, kit: Any) -> None:
+    redis = ledger_env.redis
+    await redis.delete("cost-events")
+    await kit.xadd_events(redis, [kit.event(random.choice(["acme", "beta", "org_abc"])) for _ in range(120)])
+    c = ledger_env.consumer("c1", maintenance_s=3600)  # no maintenance trim: XDEL at commit does it
+    await c.start()
+    await kit.wait_for(lambda: kit.drained(redis), what="drained")
+    assert await redis.xlen("cost-events") == 0
+    assert c.totals.written == 120
+
+
+async def test_batch_path_keeps_rls_the_ingest_list_shows_only_its_tenants(ledger_env: Any, kit: Any) -> None:
+    """billing_ingest_batch writes many tenants in one transaction through app.ingest_tenant_ids; that list
+    exposes its tenants only, and a transaction that sets nothing still sees nothing."""
+    redis = ledger_env.redis
+    await kit.xadd_events(redis, [kit.event(t) for t in ("acme", "beta", "org_abc") for _ in range(5)])
+    c = ledger_env.consumer("c1")
+    await c.start()
+    await kit.wait_for(lambda: kit.drained(redis), what="drained")
+    async with ledger_env.pool.acquire() as conn:
+        async with conn.transaction():
+            assert await conn.fetchval("SELECT count(*) FROM cost_ledger") == 0
+            assert await conn.fetchval("SELECT count(*) FROM tenant_monthly_spend") == 0
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.ingest_tenant_ids', 'acme,org_abc', true)")
+            rows = await conn.fetch("SELECT tenant_id, count(*) AS n FROM cost_ledger GROUP BY 1 ORDER BY 1")
+            assert [(r["tenant_id"], r["n"]) for r in rows] == [("acme", 5), ("org_abc", 5)]
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # append-only: no UPDATE for the app role
+                await conn.execute("UPDATE cost_ledger SET cost_usd = 0")
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.ingest_tenant_ids', 'acme', true)")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):  # rows outside the list are refused
+                await conn.execute(
+                    "INSERT INTO tenant_monthly_spend (tenant_id, month, online_usd) VALUES ('beta', '2026-01-01', 1)")

@@ -38,7 +38,7 @@ async def test_upsert_creates_updates_and_publishes(service: Any, kit: Any, redi
     assert budget is not None and budget.status == billing_pb2.BUDGET_STATUS_OK and budget.budget_usd == 50.0
     assert 0 < await redis_client.ttl("frugal:budget:org_abc123") <= 7200
 
-    again = await kit.upsert(service.stub, "org_abc123", display_name="ACME Corp", monthly_budget_usd=0)
+    again = await kit.upsert(service.stub, "org_abc123", display_name="ACME Corp", monthly_budget_usd=-5)
     assert again.created is False
     assert again.policy.display_name == "ACME Corp" and not again.policy.HasField("target_mix")
     assert again.policy.plan == "default"
@@ -46,7 +46,13 @@ async def test_upsert_creates_updates_and_publishes(service: Any, kit: Any, redi
     assert got.policy == again.policy
     assert (await read_policy(redis_client, "org_abc123")) == again.policy
     budget = await read_budget(redis_client, "org_abc123")
+    assert again.policy.monthly_budget_usd == -1  # any negative budget is stored as "no cap"
     assert budget is not None and budget.status == billing_pb2.BUDGET_STATUS_UNLIMITED
+
+    # Budget 0 suspends the tenant (it used to mean "unlimited": fail open).
+    await kit.upsert(service.stub, "org_abc123", monthly_budget_usd=0)
+    budget = await read_budget(redis_client, "org_abc123")
+    assert budget is not None and budget.status == billing_pb2.BUDGET_STATUS_EXHAUSTED
 
 
 INVALID_POLICIES: list[tuple[dict[str, Any], str]] = [
@@ -55,7 +61,7 @@ INVALID_POLICIES: list[tuple[dict[str, Any], str]] = [
     (dict(target_mix=common_pb2.TierMix()), "sum to 1"),
     (dict(target_mix=common_pb2.TierMix(lite=0.5, standard=0.0, premium=0.5), max_tier=common_pb2.TIER_STANDARD),
      "above max_tier"),
-    (dict(monthly_budget_usd=-1.0), "monthly_budget_usd"),
+    (dict(monthly_budget_usd=-2e9), "monthly_budget_usd"),
     (dict(monthly_budget_usd=float("nan")), "monthly_budget_usd"),
     (dict(monthly_budget_usd=float("inf")), "monthly_budget_usd"),
     (dict(requests_per_minute=-5), "requests_per_minute"),

@@ -62,7 +62,7 @@ async def test_usage_and_savings_come_from_the_ledger(served: Any, kit: Any, red
     ]
     others = [
         kit.event("beta", cost_usd=1.0),  # another tenant
-        kit.event("acme", cost_usd=1.0, occurred_at=now - timedelta(days=40)),  # outside the default window
+        kit.event("acme", cost_usd=1.0, occurred_at=now - timedelta(days=33)),  # outside the default window
     ]
     await kit.xadd_events(redis_client, evs + others + evs[:3])  # with replays
     await kit.wait_for(lambda: kit.drained(redis_client), what="stream drained")

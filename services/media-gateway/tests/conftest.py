@@ -71,6 +71,7 @@ async def _register(billing: str, tenant_id: str = TENANT, display_name: str = "
         await stub.UpsertTenant(
             billing_pb2.UpsertTenantRequest(policy=billing_pb2.TenantPolicy(
                 tenant_id=tenant_id, display_name=display_name, plan="business", knowledge_base_enabled=True,
+                monthly_budget_usd=-1,  # no cap (0 would suspend the tenant)
             )),
             metadata=(("x-tenant-id", tenant_id), ("x-session-id", "test-setup")), timeout=10,
         )

@@ -144,7 +144,9 @@ async def test_audio_turn_from_a_wav_goes_through_vad_and_throttles_frames(
     stt = [e for e in parts.meter.events if e.kind is CostKind.STT]
     assert len(stt) == 1 and stt[0].offline and stt[0].usage.estimated
     assert 2.0 <= stt[0].usage.audio_seconds <= 4.5
-    assert stt[0].cost_usd == 0.0 and float(stt[0].attributes["list_price_usd"]) > 0
+    # The one offline rule: list price of the model it stands in for, on the estimated usage, labelled.
+    assert stt[0].attributes["priced_as"] == parts.meter.catalog.price("nova-3").model
+    assert stt[0].cost_usd == pytest.approx(parts.meter.catalog.cost("nova-3", stt[0].usage)) and stt[0].cost_usd > 0
     tts = [e for e in parts.meter.events if e.kind is CostKind.TTS]
     assert tts and sum(e.usage.characters for e in tts) >= len(parts.llm.reports[0].answer) * 0.8
     # Frames: 0.5 fps before the speech, 4 fps while VAD said "speaking".

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ import redis.asyncio as aioredis
 
 from frugal.api.billing.v1 import billing_pb2
 from frugal.api.router.v1 import router_pb2
-from frugal.common.tenant_state import publish_budget, publish_policy
+from frugal.common.tenant_state import NO_CAP, publish_budget, publish_policy
 from frugal.router.limits import TenantRateLimiter
 
 
@@ -41,7 +42,8 @@ async def rejected(router: Any, tenant: str, **kwargs: Any) -> grpc.aio.AioRpcEr
 async def test_requests_per_minute_hold_across_two_router_instances(
     start_router: Any, redis_client: aioredis.Redis
 ) -> None:
-    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="small", requests_per_minute=3))
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(
+        tenant_id="small", monthly_budget_usd=NO_CAP, requests_per_minute=3))
     a = await start_router()
     b = await start_router()
     assert a.app.port != b.app.port
@@ -62,7 +64,8 @@ async def test_requests_per_minute_hold_across_two_router_instances(
 
 async def test_tokens_per_minute_are_enforced(start_router: Any, redis_client: aioredis.Redis) -> None:
     # Each turn reserves ~prompt/4 + min(max_output, 250) tokens (~142 here): one fits, two do not.
-    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="wordy", tokens_per_minute=200))
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(
+        tenant_id="wordy", monthly_budget_usd=NO_CAP, tokens_per_minute=200))
     router = await start_router()
     await answer(router, "wordy", max_output_tokens=100)
     err = await rejected(router, "wordy", max_output_tokens=100)
@@ -95,7 +98,7 @@ async def test_settle_charges_actual_tokens(redis_client: aioredis.Redis) -> Non
 async def test_exhausted_budget_is_refused(start_router: Any, redis_client: aioredis.Redis) -> None:
     await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="broke", monthly_budget_usd=5.0))
     await publish_budget(redis_client, billing_pb2.BudgetState(
-        tenant_id="broke", month="2026-11", spent_usd=5.2, budget_usd=5.0, fraction_used=1.04,
+        tenant_id="broke", month=f"{datetime.now(UTC):%Y-%m}", spent_usd=5.2, budget_usd=5.0, fraction_used=1.04,
         status=billing_pb2.BUDGET_STATUS_EXHAUSTED))
     router = await start_router()
     err = await rejected(router, "broke")

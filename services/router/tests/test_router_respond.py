@@ -105,15 +105,33 @@ async def test_gemini_answer_streams_with_provider_usage_and_one_cost_event(
     assert req.model == "gemini-2.5-flash-lite" and req.stream and req.texts[-1] == EASY
     assert "voice assistant" in req.system_instruction
     assert req.generation_config["maxOutputTokens"] == 512
-    # One cost event, keyed by (service, tenant, turn, attempt).
+    # One cost event, its id drawn for this attempt (turn id, attempt number and a nonce kept in the event).
     events = await cost_events(redis_client)
     assert len(events) == 1
     ev = events[0]
-    assert ev.event_id == make_event_id("router", "acme", "turn-1", "0") == c.cost_event_ids[0]
+    assert ev.event_id == c.cost_event_ids[0] == make_event_id(
+        "router", "acme", "llm", "turn-1", "0", ev.attributes["attempt_nonce"])
+    assert ev.attributes["turn_id"] == "turn-1" and ev.attributes["attempt"] == "0"
     assert (ev.tenant_id, ev.session_id, ev.kind.value, ev.provider, ev.model, ev.tier) == (
         "acme", "s1", "llm", "google", "gemini-2.5-flash-lite", "lite")
     assert ev.usage.input_tokens == 1234 and ev.usage.output_tokens == 56 and not ev.offline
     assert ev.cost_usd == pytest.approx(c.cost_usd)
+
+
+async def test_reused_turn_id_never_hides_a_call(
+    start_router: Any, gemini_emu: GeminiEmulator, redis_client: aioredis.Redis
+) -> None:
+    """Two Respond calls with the same turn_id make two provider calls: two events, two ids, both billed."""
+    router = await start_router(**keys(gemini_emu))
+    gemini_emu.script(GeminiReply(text="One.", usage={"promptTokenCount": 100, "candidatesTokenCount": 5}),
+                      GeminiReply(text="Two.", usage={"promptTokenCount": 100, "candidatesTokenCount": 5}))
+    first = await respond(router, EASY, turn_id="same-turn", skip_rag=True, skip_vision=True)
+    second = await respond(router, EASY, turn_id="same-turn", skip_rag=True, skip_vision=True)
+    assert first.completed is not None and second.completed is not None
+    ids = [*first.completed.cost_event_ids, *second.completed.cost_event_ids]
+    assert len(ids) == 2 and ids[0] != ids[1]
+    events = await cost_events(redis_client)
+    assert sorted(e.event_id for e in events) == sorted(ids)
 
 
 async def test_claude_answers_premium_turns_with_usage_from_the_stream(
@@ -150,8 +168,8 @@ async def test_provider_error_falls_back_along_the_chain(
     # The decision still says what was routed; the completion says who answered.
     assert c.decision.tier == common_pb2.TIER_PREMIUM
     events = await cost_events(redis_client)
-    assert [e.event_id for e in events] == list(c.cost_event_ids) == [
-        make_event_id("router", "acme", "t-fb", "0"), make_event_id("router", "acme", "t-fb", "1")]
+    assert [e.event_id for e in events] == list(c.cost_event_ids) and len(set(c.cost_event_ids)) == 2
+    assert [(e.attributes["turn_id"], e.attributes["attempt"]) for e in events] == [("t-fb", "0"), ("t-fb", "1")]
     failed, ok = events
     assert failed.model == "claude-sonnet-4-6" and failed.attributes["outcome"] == "unavailable"
     assert failed.usage.input_tokens == 0 and failed.cost_usd == 0
@@ -199,8 +217,10 @@ async def test_failure_mid_answer_is_not_papered_over_and_is_billed(
         info.value.details() or "")
     assert gemini_emu.requests == []  # no fallback once part of the answer went out
     (event,) = await cost_events(redis_client)
-    assert event.event_id == make_event_id("router", "acme", "t-mid", "0")
+    assert event.attributes["turn_id"] == "t-mid"
     assert event.attributes["outcome"] == "interrupted" and event.usage.estimated and event.usage.output_tokens == 7
+    # The prompt reached the provider: an interrupted call is never billed 0 input tokens.
+    assert event.usage.input_tokens > 0 and event.cost_usd > 0
 
 
 async def test_every_provider_failing_is_unavailable_with_the_reasons(
@@ -314,5 +334,6 @@ async def test_caller_cancelling_mid_answer_still_bills_the_partial_call(
             break
         await asyncio.sleep(0.05)
     (event,) = events
-    assert event.event_id == make_event_id("router", "acme", "t-cancel", "0")
+    assert event.attributes["turn_id"] == "t-cancel"
     assert event.attributes["outcome"] == "cancelled" and event.usage.estimated and event.usage.output_tokens >= 2
+    assert event.usage.input_tokens > 0 and event.cost_usd > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -12,7 +13,7 @@ from google.protobuf import json_format
 from frugal.api.billing.v1 import billing_pb2
 from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2
-from frugal.common.tenant_state import publish_budget, publish_policy
+from frugal.common.tenant_state import NO_CAP, publish_budget, publish_policy
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 CODE_TURN = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string?"
@@ -75,11 +76,13 @@ async def test_route_requires_tenant_metadata(start_router: Any) -> None:
 
 async def test_tenant_policy_pins_caps_and_changes_the_mix(start_router: Any, redis_client: aioredis.Redis) -> None:
     router = await start_router(tenant_state_ttl_s=0)
-    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="pinned",
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="pinned", monthly_budget_usd=NO_CAP,
                                                                 pinned_tier=common_pb2.TIER_STANDARD))
-    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="capped", max_tier=common_pb2.TIER_LITE))
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="capped", monthly_budget_usd=NO_CAP,
+                                                                max_tier=common_pb2.TIER_LITE))
     await publish_policy(redis_client, billing_pb2.TenantPolicy(
-        tenant_id="rich", target_mix=common_pb2.TierMix(lite=0.0, standard=0.0, premium=1.0)))
+        tenant_id="rich", monthly_budget_usd=NO_CAP,
+        target_mix=common_pb2.TierMix(lite=0.0, standard=0.0, premium=1.0)))
 
     async def decide(tenant: str, text: str) -> router_pb2.Decision:
         resp = await router.stub.Route(route_request(text), metadata=(("x-tenant-id", tenant), ("x-session-id", "s")))
@@ -101,7 +104,7 @@ async def test_budget_near_its_limit_downgrades_the_tier(start_router: Any, redi
     router = await start_router(tenant_state_ttl_s=0)
     await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="thrifty", monthly_budget_usd=10.0))
     await publish_budget(redis_client, billing_pb2.BudgetState(
-        tenant_id="thrifty", month="2026-11", spent_usd=8.5, budget_usd=10.0, fraction_used=0.85,
+        tenant_id="thrifty", month=f"{datetime.now(UTC):%Y-%m}", spent_usd=8.5, budget_usd=10.0, fraction_used=0.85,
         status=billing_pb2.BUDGET_STATUS_DOWNGRADE))
     resp = await router.stub.Route(route_request(CODE_TURN), metadata=(("x-tenant-id", "thrifty"),
                                                                         ("x-session-id", "s")))

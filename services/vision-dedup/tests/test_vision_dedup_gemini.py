@@ -8,6 +8,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 import redis.asyncio as aioredis
 
 from frugal.api.vision.v1 import vision_pb2
@@ -133,7 +134,11 @@ async def test_model_error_falls_back_to_labelled_offline_analysis(start_server:
         _, analyses = await collect(stub.StreamFrames(requests_from(screens(1, 320, 180)), metadata=md()))
     assert len(analyses) == 1
     a = analyses[0]
-    assert a.provider.offline and a.cost_usd == 0 and a.usage.estimated
+    assert a.provider.offline and a.usage.estimated
     assert "gemini-2.5-flash call failed" in a.description and "not read" in a.description
     (e,) = await events(redis_url)
     assert e.offline and e.attributes["fallback_from"] == "gemini-2.5-flash" and "503" in e.attributes["error"]
+    # The one offline rule: list price of the model it stands in for, on estimated usage, labelled.
+    assert e.attributes["priced_as"] == "gemini-2.5-flash" and e.usage.estimated
+    assert e.cost_usd > 0 and e.cost_usd == pytest.approx(a.cost_usd)
+    assert e.cost_usd == pytest.approx(default_catalog().cost("gemini-2.5-flash", e.usage))

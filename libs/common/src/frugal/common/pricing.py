@@ -25,6 +25,8 @@ class ModelPrice:
     provider: str
     kind: str
     input_per_mtok: float = 0.0
+    # Input tokens read from the provider's prompt cache; None means "no cached price": full input price.
+    cached_input_per_mtok: float | None = None
     output_per_mtok: float = 0.0
     per_audio_second: float = 0.0
     per_character: float = 0.0
@@ -32,8 +34,11 @@ class ModelPrice:
     per_request: float = 0.0
 
     def cost(self, usage: UsageAmounts) -> float:
+        cached = usage.cached_input_tokens
+        cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
         return (
-            usage.input_tokens * self.input_per_mtok / 1e6
+            (usage.input_tokens - cached) * self.input_per_mtok / 1e6
+            + cached * cached_price / 1e6
             + usage.output_tokens * self.output_per_mtok / 1e6
             + usage.audio_seconds * self.per_audio_second
             + usage.characters * self.per_character
@@ -81,6 +86,8 @@ class PriceCatalog:
         except (KeyError, TypeError, AssertionError) as err:
             raise PriceCatalogError(f"price catalog {source}: malformed ({err!r})") from err
         for m in models.values():
+            if m.cached_input_per_mtok is not None and float(m.cached_input_per_mtok) < 0:
+                raise PriceCatalogError(f"price catalog {source}: {m.model}.cached_input_per_mtok is negative")
             for field in ("input_per_mtok", "output_per_mtok", "per_audio_second", "per_character",
                           "per_image", "per_request"):
                 if float(getattr(m, field)) < 0:
@@ -114,7 +121,8 @@ class PriceCatalog:
     def llm_baseline_cost(self, usage: UsageAmounts) -> float:
         """What the same token counts would have cost on the all-premium baseline model."""
         return self.price(self.baseline_llm_model).cost(
-            UsageAmounts(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
+            UsageAmounts(input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
+                         output_tokens=usage.output_tokens)
         )
 
 

@@ -35,12 +35,26 @@ class ServiceSettings(BaseSettings):
     shutdown_delay_seconds: float = Field(default=1.0, ge=0, le=60)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024, le=256 * 1024 * 1024)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The persistent (AOF, noeviction) Redis of the cost-events stream and of billing's published tenant and
+    # budget state; unset means REDIS_URL (which may then hold caches too: give it noeviction).
+    cost_events_redis_url: str | None = None
+    # Where cost events that cannot reach Redis are spooled (append + fsync) until they can; empty means
+    # "{tmpdir}/frugal-cost-spool". Give it a volume that survives the container (emptyDir at least).
+    cost_spool_dir: str = ""
+    # Spool size at which the service stops starting paid calls (UNAVAILABLE); events already paid for are
+    # still spooled beyond it, never dropped.
+    cost_spool_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     # Optional override of the bundled price catalog (TOML).
     price_catalog_path: str | None = None
     router_addr: str = f"127.0.0.1:{PORTS['router'][0]}"
     vision_addr: str = f"127.0.0.1:{PORTS['vision-dedup'][0]}"
     rag_addr: str = f"127.0.0.1:{PORTS['rag'][0]}"
     billing_addr: str = f"127.0.0.1:{PORTS['billing'][0]}"
+
+    @property
+    def cost_redis_url(self) -> str:
+        """COST_EVENTS_REDIS_URL, or REDIS_URL when unset."""
+        return self.cost_events_redis_url or self.redis_url
 
     # A validator rather than Field(ge, le): services re-declare the port fields with their own defaults,
     # which replaces a Field's constraints but keeps inherited validators.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import redis.asyncio as aioredis
 
@@ -19,6 +20,10 @@ BUDGET_KEY = "frugal:budget:{tenant_id}"
 # Default fractions of the monthly budget: downgrade tiers from here, refuse from here.
 DEFAULT_DOWNGRADE_AT = 0.8
 DEFAULT_REFUSE_AT = 1.0
+# TenantPolicy.monthly_budget_usd: > 0 a hard cap, 0 suspends the tenant, < 0 (NO_CAP) means no cap.
+NO_CAP = -1.0
+# A published budget state older than this is not trusted (billing re-publishes every few seconds).
+STATE_MAX_AGE_S = 900.0
 
 
 def _bytes(raw: bytes | str) -> bytes:
@@ -69,3 +74,100 @@ class TenantStateCache:
         value = await read_budget(self.redis, tenant_id)
         self._budgets[tenant_id] = (now, value)
         return value
+
+
+# ------------------------------------------------------------------------------------------ the verdict
+
+
+def effective_thresholds(downgrade_at: float, refuse_at: float) -> tuple[float, float]:
+    """The fractions of the budget in force: 0 means the defaults."""
+    return (downgrade_at or DEFAULT_DOWNGRADE_AT, refuse_at or DEFAULT_REFUSE_AT)
+
+
+def budget_status(cap_usd: float, spent_usd: float, downgrade_at: float, refuse_at: float) -> str:
+    """The one rule, used by billing to publish and by the router to decide:
+    "unlimited" (cap < 0), "suspended" (cap 0), "exhausted", "downgrade" or "ok"."""
+    if cap_usd < 0:
+        return "unlimited"
+    if cap_usd == 0:
+        return "suspended"
+    down, refuse = effective_thresholds(downgrade_at, refuse_at)
+    fraction = spent_usd / cap_usd
+    if fraction >= refuse:
+        return "exhausted"
+    if fraction >= down:
+        return "downgrade"
+    return "ok"
+
+
+STATUS_ENUM: dict[str, int] = {
+    "unlimited": billing_pb2.BUDGET_STATUS_UNLIMITED,
+    "ok": billing_pb2.BUDGET_STATUS_OK,
+    "downgrade": billing_pb2.BUDGET_STATUS_DOWNGRADE,
+    "exhausted": billing_pb2.BUDGET_STATUS_EXHAUSTED,
+    "suspended": billing_pb2.BUDGET_STATUS_EXHAUSTED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetVerdict:
+    """What the router does with a tenant's budget.
+
+    status: "unlimited", "ok", "downgrade" (one tier down), "exhausted" and "suspended" (refused,
+    RESOURCE_EXHAUSTED), "unknown" (a capped tenant whose state billing has not published, or published too
+    long ago: refused, UNAVAILABLE, because spending without knowing the spend would fail open),
+    "unpublished" (billing has published neither policy nor state for this tenant: no cap is known, allowed).
+    """
+
+    status: str
+    detail: str = ""
+
+    @property
+    def refuses(self) -> bool:
+        return self.status in ("exhausted", "suspended", "unknown")
+
+    @property
+    def retryable(self) -> bool:
+        """True when the refusal is about missing state (UNAVAILABLE), not about money (RESOURCE_EXHAUSTED)."""
+        return self.status == "unknown"
+
+
+def _month(now: datetime) -> str:
+    return f"{now.astimezone(UTC):%Y-%m}"
+
+
+def budget_verdict(
+    policy: billing_pb2.TenantPolicy | None,
+    budget: billing_pb2.BudgetState | None,
+    *,
+    now: datetime | None = None,
+    max_age_s: float = STATE_MAX_AGE_S,
+) -> BudgetVerdict:
+    """The verdict from billing's published policy and budget state (the policy's cap wins: it is newer)."""
+    now = now or datetime.now(UTC)
+    if policy is None and budget is None:
+        return BudgetVerdict("unpublished", "billing has published no policy for this tenant")
+    cap = policy.monthly_budget_usd if policy is not None else budget.budget_usd if budget is not None else NO_CAP
+    if cap < 0:
+        return BudgetVerdict("unlimited")
+    if cap == 0:
+        return BudgetVerdict("suspended", "tenant suspended (monthly budget 0)")
+    if budget is None:
+        return BudgetVerdict("unknown", f"budget state unknown (billing has not published it) and the tenant has "
+                                        f"a hard cap of ${cap:.2f}: paid tiers refused until it does")
+    if budget.HasField("updated_at"):
+        age = (now - budget.updated_at.ToDatetime(UTC)).total_seconds()
+        if age > max_age_s:
+            return BudgetVerdict("unknown", f"budget state {age:.0f}s old (billing down?) and the tenant has a "
+                                            f"hard cap of ${cap:.2f}: paid tiers refused until it is fresh")
+    month = _month(now)
+    # A state from last month says nothing about this one: the new month starts at 0 spent, at once.
+    spent = budget.spent_usd if budget.month in ("", month) else 0.0
+    down = policy.downgrade_at if policy is not None else 0.0
+    refuse = policy.refuse_at if policy is not None else 0.0
+    status = budget_status(cap, spent, down, refuse)
+    detail = f"${spent:.2f} of ${cap:.2f} spent in {month}"
+    if status == "downgrade":
+        d, _ = effective_thresholds(down, refuse)
+        detail = f"{detail} ({spent / cap:.0%}, downgrade from {d:.0%})"
+    return BudgetVerdict(status, detail)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from frugal.api.common.v1 import common_pb2
 
@@ -13,8 +13,8 @@ class UsageAmounts(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     input_tokens: int = Field(default=0, ge=0)
-    # The part of input_tokens the provider served from its prompt cache (Anthropic cache_read_input_tokens,
-    # Gemini cached_content_token_count); priced at the cached-input rate where the catalog has one.
+    # Of input_tokens, those the provider served from its prompt cache (Anthropic cache_read_input_tokens,
+    # Gemini cached_content_token_count): priced at the catalog's cached-input price.
     cached_input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     audio_seconds: float = Field(default=0.0, ge=0)
@@ -22,6 +22,12 @@ class UsageAmounts(BaseModel):
     images: int = Field(default=0, ge=0)
     requests: int = Field(default=0, ge=0)
     estimated: bool = False
+
+    @model_validator(mode="after")
+    def _cached_within_input(self) -> UsageAmounts:
+        if self.cached_input_tokens > self.input_tokens:
+            raise ValueError("cached_input_tokens must not exceed input_tokens (they are a part of them)")
+        return self
 
     def to_proto(self) -> common_pb2.Usage:
         return common_pb2.Usage(

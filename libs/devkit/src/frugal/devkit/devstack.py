@@ -266,7 +266,11 @@ class EmbeddedRedis:
         subprocess.run(
             [_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
              "--daemonize", "yes", "--pidfile", str(self.pidfile), "--logfile", str(self.root / "redis.log"),
-             "--save", "", "--appendonly", "yes", "--protected-mode", "no"],
+             # The cost-events Redis: AOF, fsynced every second (a killed redis-server loses nothing: the AOF is
+             # written to the OS before the reply; a machine crash, at most ~1 s), and never evicting (an
+             # evicted stream entry is lost money).
+             "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+             "--maxmemory-policy", "noeviction", "--protected-mode", "no"],
             check=True, capture_output=True, text=True,
         )
         for _ in range(100):

@@ -9,7 +9,7 @@ import asyncpg
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from frugal.api.billing.v1 import billing_pb2
-from frugal.billing.tenants import effective_thresholds
+from frugal.common.tenant_state import STATUS_ENUM, budget_status
 
 
 def month_start(moment: datetime) -> date:
@@ -39,19 +39,11 @@ def budget_state(inputs: BudgetInputs, *, now: datetime, count_offline: bool) ->
         budget_usd=inputs.budget_usd,
         updated_at=ts,
     )
-    if inputs.budget_usd <= 0:
-        state.status = billing_pb2.BUDGET_STATUS_UNLIMITED
-        state.fraction_used = 0.0
-        return state
-    fraction = spent / inputs.budget_usd
-    downgrade_at, refuse_at = effective_thresholds(inputs.downgrade_at, inputs.refuse_at)
-    state.fraction_used = fraction
-    if fraction >= refuse_at:
-        state.status = billing_pb2.BUDGET_STATUS_EXHAUSTED
-    elif fraction >= downgrade_at:
-        state.status = billing_pb2.BUDGET_STATUS_DOWNGRADE
-    else:
-        state.status = billing_pb2.BUDGET_STATUS_OK
+    # The one rule (frugal.common.tenant_state.budget_status), which the router applies to what we publish.
+    status = budget_status(inputs.budget_usd, spent, inputs.downgrade_at, inputs.refuse_at)
+    state.status = STATUS_ENUM[status]  # type: ignore[assignment]
+    suspended = 1.0 if status == "suspended" else 0.0
+    state.fraction_used = spent / inputs.budget_usd if inputs.budget_usd > 0 else suspended
     return state
 
 

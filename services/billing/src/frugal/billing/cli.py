@@ -133,7 +133,7 @@ async def _consume(args: argparse.Namespace) -> int:
     await migrate(settings)
     pool = await create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_max,
                              application_name="frugal-billing-consumer")
-    redis = create_redis(settings.redis_url)
+    redis = create_redis(settings.cost_redis_url)
     commits = 0
 
     async def crash_after(_result: TenantWriteResult) -> None:
@@ -178,7 +178,7 @@ def _text(value: Any) -> str:
 
 async def _dlq(args: argparse.Namespace) -> int:
     settings = load_settings(Settings)
-    redis = create_redis(settings.redis_url)
+    redis = create_redis(settings.cost_redis_url)
     try:
         if args.dlq_command == "list":
             entries: Any = await redis.xrevrange(settings.ledger_dlq_stream, count=args.count)
@@ -233,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     client_args(up)
     up.add_argument("--name")
     up.add_argument("--plan")
-    up.add_argument("--budget", type=float, help="monthly budget, USD (0 = no budget)")
+    up.add_argument("--budget", type=float, help="monthly budget, USD (0 suspends the tenant, -1 = no cap)")
     up.add_argument("--rpm", type=int)
     up.add_argument("--tpm", type=int)
     up.add_argument("--mix", help="target tier mix lite,standard,premium, e.g. 0.6,0.3,0.1 (or 'default')")

@@ -35,8 +35,8 @@ class Settings(DatabaseSettings):
     ledger_group: str = Field(default=CONSUMER_GROUP, min_length=1, max_length=200)
     # Empty means "{hostname}-{pid}".
     ledger_consumer_name: str = Field(default="", max_length=200)
-    # Stream entries read per XREADGROUP; one transaction per tenant in the batch.
-    ledger_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Stream entries read per XREADGROUP; one transaction per batch.
+    ledger_batch_size: int = Field(default=2000, ge=1, le=10_000)
     # XREADGROUP BLOCK; must stay below the Redis client's 5 s socket timeout.
     ledger_block_ms: int = Field(default=1000, ge=10, le=4000)
     # A pending entry idle this long belongs to a dead or stuck consumer and is reclaimed (XAUTOCLAIM).
@@ -45,14 +45,18 @@ class Settings(DatabaseSettings):
     ledger_maintenance_seconds: float = Field(default=5.0, gt=0, le=3600)
     # An entry delivered this many times without being written goes to the dead-letter stream.
     ledger_max_deliveries: int = Field(default=10, ge=2, le=1000)
-    # Tenant transactions of one batch run concurrently, at most this many at once.
+    # LEGACY per-tenant path only (LEDGER_PER_TENANT_TRANSACTIONS=true, for comparisons): concurrent
+    # tenant transactions of one batch.
+    ledger_per_tenant_transactions: bool = False
     ledger_write_concurrency: int = Field(default=4, ge=1, le=64)
-    # Acknowledged entries older than this are trimmed from the stream (XTRIM MINID); 0 never trims.
-    ledger_stream_retention_seconds: int = Field(default=86_400, ge=0)
+    # Acknowledged entries are deleted as soon as they are committed (XDEL) when billing's group is the only
+    # one; maintenance also trims (XTRIM MINID) entries every group acknowledged, once older than this (0: at
+    # once).
+    ledger_stream_retention_seconds: int = Field(default=0, ge=0)
 
     # Budget state in Redis: re-published for every tenant this often (month roll-over, Redis restarts),
     # with this TTL (readers treat a missing key as "unknown").
-    budget_refresh_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    budget_refresh_seconds: float = Field(default=15.0, gt=0, le=86_400)
     budget_state_ttl_seconds: int = Field(default=3600, ge=10)
     # Whether offline (no API key, nothing was paid) events count toward the month-to-date spend.
     budget_count_offline: bool = False

@@ -7,17 +7,23 @@ Guarantees and how they are met:
 - at-most-once effect: the ledger's primary key is the producer's idempotency key (event_id); a replayed
   event hits ON CONFLICT DO NOTHING, is counted as a duplicate and acknowledged. The month-to-date roll-up is
   updated in the same statement from the rows actually inserted, so replays cannot inflate spend.
+- idempotency like Stripe's: a replay must carry the same payload (SHA-256 of the event JSON, stored with
+  the row); the same event_id with another payload is dead-lettered ("conflicting_duplicate"), never merged.
+  Events dated more than 35 days ago or more than 5 minutes ahead are dead-lettered the same way.
 - nothing silently dropped: entries that can never be written (unparseable, invalid, unknown tenant, event id
   owned by another tenant, rejected by the database, delivered too many times, deleted from the stream) are
   appended to the dead-letter stream with the reason and acknowledged in the same MULTI/EXEC transaction.
-- batched: up to LEDGER_BATCH_SIZE entries per read, one transaction per tenant (RLS: the transaction's tenant
-  setting decides which rows it may write), tenants written concurrently.
+- batched: up to LEDGER_BATCH_SIZE entries per read, ONE transaction per batch whatever the number of tenants
+  (billing_ingest_batch, migrations/0002: SECURITY INVOKER, RLS in force, app.current_tenant_id switched per
+  tenant inside the transaction), then one MULTI/EXEC for XACK + XDEL (entries are trimmed as soon as they
+  are committed) + dead letters + the budget states of the tenants touched. Metrics are counted per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -25,7 +31,7 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -37,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from frugal.billing import metrics as m
 from frugal.billing.config import Settings
-from frugal.billing.ledger import LedgerEntry, TenantWriteResult, write_tenant_events
+from frugal.billing.ledger import LedgerEntry, TenantWriteResult, write_batch, write_tenant_events
 from frugal.billing.state import StatePublisher
 from frugal.common.cost_events import SCHEMA_VERSION, CostEvent, baseline_cost
 from frugal.common.pricing import PriceCatalog
@@ -50,6 +56,10 @@ MAX_EVENT_COST_USD = 10_000.0
 MAX_COUNT = 2**53
 MAX_TEXT = 256
 MAX_ATTRIBUTES_JSON = 8192
+# Stripe keeps idempotency keys 24 h and refuses events outside its window; ours: the ledger keeps ids forever,
+# and refuses events dated before the previous month could close (35 days) or from the future (clock skew).
+MAX_EVENT_AGE = timedelta(days=35)
+MAX_EVENT_SKEW = timedelta(minutes=5)
 
 # Errors caused by the data of some event in the batch: isolate it and dead-letter it.
 DATA_ERRORS: tuple[type[BaseException], ...] = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
@@ -80,13 +90,19 @@ class ConsumerConfig:
     dlq_stream: str = "cost-events-dlq"
     group: str = "billing-ledger"
     consumer: str = "billing-1"
-    batch_size: int = 500
+    batch_size: int = 2000
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
     maintenance_s: float = 5.0
     max_deliveries: int = 10
     write_concurrency: int = 4
-    retention_s: int = 86_400
+    # Acknowledged entries are deleted at once (XDEL in the ack's MULTI) when this group is the stream's only
+    # one; otherwise, and as a safety net, maintenance trims (XTRIM MINID) below every group's oldest pending
+    # entry once older than retention_s (0: at once).
+    retention_s: int = 0
+    trim_on_commit: bool = True
+    # LEGACY (bench/billing's comparison only): one transaction per tenant, no conflict detection.
+    per_tenant_transactions: bool = False
     # Transient database errors are retried this many times within a batch before the entries are left
     # pending for a later round.
     write_attempts: int = 3
@@ -98,7 +114,7 @@ class ConsumerConfig:
             consumer=consumer or s.consumer_name, batch_size=s.ledger_batch_size, block_ms=s.ledger_block_ms,
             claim_idle_ms=s.ledger_claim_idle_ms, maintenance_s=s.ledger_maintenance_seconds,
             max_deliveries=s.ledger_max_deliveries, write_concurrency=s.ledger_write_concurrency,
-            retention_s=s.ledger_stream_retention_seconds,
+            retention_s=s.ledger_stream_retention_seconds, per_tenant_transactions=s.ledger_per_tenant_transactions,
         )
 
 
@@ -165,7 +181,9 @@ def _check_sanity(ev: CostEvent, baseline: float) -> str | None:
     return None
 
 
-def parse_entry(stream_id: str, fields: dict[Any, Any] | None, catalog: PriceCatalog) -> LedgerEntry | Poison:
+def parse_entry(
+    stream_id: str, fields: dict[Any, Any] | None, catalog: PriceCatalog, now: datetime | None = None
+) -> LedgerEntry | Poison:
     """A stream entry -> a ledger entry (with its baseline cost), or the reason it can never be written."""
     if not fields:
         return Poison(stream_id, "deleted", "entry has no fields: deleted from the stream before it was written",
@@ -192,7 +210,19 @@ def parse_entry(stream_id: str, fields: dict[Any, Any] | None, catalog: PriceCat
     problem = _check_sanity(event, baseline)
     if problem is not None:
         return Poison(stream_id, "invalid", problem, fields, event.tenant_id)
-    return LedgerEntry(stream_id=stream_id, event=event, baseline_usd=baseline)
+    now = now or datetime.now(UTC)
+    if event.occurred_at < now - MAX_EVENT_AGE:
+        return Poison(stream_id, "timestamp_too_old",
+                      f"occurred_at {event.occurred_at.isoformat()} is more than {MAX_EVENT_AGE.days} days ago",
+                      fields, event.tenant_id)
+    if event.occurred_at > now + MAX_EVENT_SKEW:
+        return Poison(stream_id, "timestamp_in_future",
+                      f"occurred_at {event.occurred_at.isoformat()} is more than "
+                      f"{MAX_EVENT_SKEW.total_seconds() / 60:.0f} minutes ahead", fields, event.tenant_id)
+    raw = fields.get("event", fields.get(b"event"))
+    payload = raw if isinstance(raw, bytes) else str(raw).encode()
+    return LedgerEntry(stream_id=stream_id, event=event, baseline_usd=baseline,
+                       payload_sha256=hashlib.sha256(payload.strip()).hexdigest())
 
 
 class _Backoff:
@@ -234,6 +264,8 @@ class LedgerConsumer:
         # Set after a write failed with a transient database error: no entries are read (and their delivery
         # counters spent toward LEDGER_MAX_DELIVERIES) until the database answers again.
         self._db_down = False
+        # Whether our group is the stream's only one (then acknowledged entries are XDELed at once).
+        self._sole_group = False
         self.totals = BatchOutcome()
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -293,11 +325,15 @@ class LedgerConsumer:
         while not self._stopping.is_set():
             try:
                 if self._db_down and not await self._db_reachable():
-                    # Reading entries now would only fail them again and spend their delivery count.
+                    # Reading entries now would only fail them again and spend their delivery count. The lag
+                    # gauges keep moving (Redis only), so the lag alert fires during a database outage.
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.refresh_gauges_and_trim()
                     await self._sleep(backoff.next())
                     continue
                 if not group_ready:
                     await self.ensure_group()
+                    await self.refresh_gauges_and_trim()
                     group_ready = True
                 if loop.time() >= self._next_maintenance:
                     await self.maintenance()
@@ -387,6 +423,7 @@ class LedgerConsumer:
         poison: list[Poison] = []
         parsed: list[LedgerEntry] = []
         deliveries = await self._deliveries(raw_entries) if check_deliveries else {}
+        now = datetime.now(UTC)
         for sid_raw, fields in raw_entries:
             sid = _s(sid_raw)
             if deliveries.get(sid, 0) > self.config.max_deliveries:
@@ -395,7 +432,7 @@ class LedgerConsumer:
                                      f"delivered {deliveries[sid]} times without being written; last error: {last}",
                                      fields or {}))
                 continue
-            item = parse_entry(sid, fields, self._catalog)
+            item = parse_entry(sid, fields, self._catalog, now)
             if isinstance(item, Poison):
                 poison.append(item)
             else:
@@ -408,6 +445,9 @@ class LedgerConsumer:
         for entry in parsed:
             eid = entry.event.event_id
             if eid in first:
+                if entry.payload_sha256 != first[eid].payload_sha256:
+                    poison.append(_conflict(entry, "an earlier entry of the same batch"))
+                    continue
                 extra_ids[eid].append(entry.stream_id)
                 continue
             first[eid] = entry
@@ -416,6 +456,13 @@ class LedgerConsumer:
         if poison:
             await self._dead_letter(poison)
             outcome.dead_lettered += len(poison)
+
+        if not self.config.per_tenant_transactions:
+            if first:
+                _merge(outcome, await self._write_all(list(first.values()), extra_ids))
+            m.BATCH_SECONDS.observe(time.perf_counter() - started)
+            _merge(self.totals, outcome)
+            return outcome
 
         sem = asyncio.Semaphore(self.config.write_concurrency)
 
@@ -440,6 +487,145 @@ class LedgerConsumer:
             consumername=self.config.consumer,
         )
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    async def _write_all(self, entries: list[LedgerEntry], extra_ids: dict[str, list[str]]) -> BatchOutcome:
+        """The whole batch in one transaction; then one MULTI/EXEC: dead letters, XACK, XDEL, budget states."""
+        outcome = BatchOutcome(tenants={e.event.tenant_id for e in entries})
+        results: dict[str, TenantWriteResult] | None = None
+        last_err: BaseException | None = None
+        for attempt in range(self.config.write_attempts):
+            try:
+                started = time.perf_counter()
+                results = await write_batch(self._pool, entries, catalog_version=self._catalog.version,
+                                            now=datetime.now(UTC))
+                seconds = time.perf_counter() - started
+                m.WRITE_SECONDS.observe(seconds)
+                for res in results.values():
+                    res.write_seconds = seconds
+                break
+            except DATA_ERRORS as err:
+                return await self._isolate(entries, extra_ids, err)
+            except RETRYABLE_DB_ERRORS as err:
+                last_err = err
+                m.WRITE_ERRORS.labels(error=type(err).__name__).inc()
+                if attempt + 1 < self.config.write_attempts:
+                    await asyncio.sleep(0.05 * (2 ** attempt))
+        if results is None:
+            log.warning("ledger write of %d events failed %d times (%s); left pending",
+                        len(entries), self.config.write_attempts, last_err)
+            self._db_down = True
+            for e in entries:
+                self._remember_error(e.stream_id, f"{type(last_err).__name__}: {last_err}")
+            outcome.left_pending += len(entries) + sum(len(extra_ids.get(e.event.event_id, ())) for e in entries)
+            return outcome
+
+        if self._after_commit is not None:
+            # Once per batch (the transaction), with the first tenant's result, then once per further tenant
+            # with write_seconds 0: a hook sees every tenant, and per-transaction figures stay per transaction.
+            for i, res in enumerate(r for r in results.values() if not r.unknown_tenant):
+                if i:
+                    res.write_seconds = 0.0
+                await self._after_commit(res)
+
+        poison: list[Poison] = []
+        ack_ids: list[str] = []
+
+        def copies(e: LedgerEntry) -> list[str]:
+            return [e.stream_id, *extra_ids.get(e.event.event_id, ())]
+
+        for tenant_id, res in results.items():
+            if res.unknown_tenant:
+                for e in entries:
+                    if e.event.tenant_id == tenant_id:
+                        poison.extend(Poison(sid, "unknown_tenant", f"tenant {tenant_id!r} is not registered",
+                                             e.event.to_stream_fields(), tenant_id) for sid in copies(e))
+                continue
+            for e in res.collisions:
+                poison.extend(Poison(sid, "event_id_conflict",
+                                     f"event_id {e.event.event_id!r} is already in the ledger for another tenant",
+                                     e.event.to_stream_fields(), tenant_id) for sid in copies(e))
+            for e in res.conflicts:
+                poison.extend(_conflict(e, "the ledger", sid) for sid in copies(e))
+            for e in res.inserted + res.duplicates:
+                ack_ids.extend(copies(e))
+            outcome.written += len(res.inserted)
+            dups = sum(len(copies(e)) for e in res.duplicates) + sum(
+                len(extra_ids.get(e.event.event_id, ())) for e in res.inserted)
+            outcome.duplicates += dups
+
+        pipe = self._redis.pipeline(transaction=True)
+        self._stage_dead_letters(pipe, poison)
+        if ack_ids:
+            pipe.xack(self.config.stream, self.config.group, *ack_ids)
+            if self.config.trim_on_commit and self._sole_group:
+                pipe.xdel(self.config.stream, *ack_ids)
+        if self._publisher is not None:
+            for res in results.values():
+                if res.budget is not None and res.inserted:
+                    self._publisher.stage_budget(pipe, res.budget)
+        await pipe.execute()
+        self._after_dead_letters(poison)
+        outcome.dead_lettered += len(poison)
+        for sid in ack_ids:
+            self._last_errors.pop(sid, None)
+        m.EVENTS_DUPLICATE.inc(outcome.duplicates)
+        self._record_batch([e for res in results.values() for e in res.inserted])
+        return outcome
+
+    async def _isolate(self, entries: list[LedgerEntry], extra_ids: dict[str, list[str]],
+                       err: BaseException) -> BatchOutcome:
+        """The database rejected some event's data: split the batch (by tenant, then event) to find it."""
+        outcome = BatchOutcome()
+        tenants: dict[str, list[LedgerEntry]] = defaultdict(list)
+        for e in entries:
+            tenants[e.event.tenant_id].append(e)
+        if len(entries) == 1:
+            entry = entries[0]
+            sids = [entry.stream_id, *extra_ids.get(entry.event.event_id, ())]
+            await self._dead_letter([
+                Poison(sid, "db_rejected", f"{type(err).__name__}: {err}"[:2000], entry.event.to_stream_fields(),
+                       entry.event.tenant_id)
+                for sid in sids
+            ])
+            outcome.dead_lettered += len(sids)
+            return outcome
+        log.warning("batch of %d events rejected (%s); isolating the culprit", len(entries), type(err).__name__)
+        groups = list(tenants.values()) if len(tenants) > 1 else [[e] for e in entries]
+        for group in groups:
+            _merge(outcome, await self._write_all(group, extra_ids))
+        return outcome
+
+    def _record_batch(self, inserted: list[LedgerEntry]) -> None:
+        """Metrics of a batch, aggregated first: one increment per label set, not per event."""
+        if not inserted:
+            return
+        kinds: dict[str, int] = defaultdict(int)
+        cost: dict[tuple[str, str, str, str, str], float] = defaultdict(float)
+        base: dict[tuple[str, str], float] = defaultdict(float)
+        tokens: dict[tuple[str, str, str], int] = defaultdict(int)
+        now_ms = time.time() * 1000
+        oldest_ms = now_ms
+        for e in inserted:
+            ev = e.event
+            kinds[ev.kind.value] += 1
+            offline = "true" if ev.offline else "false"
+            cost[(ev.tenant_id, ev.kind.value, ev.model, ev.tier or "", offline)] += ev.cost_usd
+            base[(ev.tenant_id, ev.kind.value)] += e.baseline_usd
+            if ev.usage.input_tokens:
+                tokens[(ev.tenant_id, ev.model, "input")] += ev.usage.input_tokens
+            if ev.usage.output_tokens:
+                tokens[(ev.tenant_id, ev.model, "output")] += ev.usage.output_tokens
+            oldest_ms = min(oldest_ms, _ms_of(e.stream_id))
+        for kind, n in kinds.items():
+            _child(m.EVENTS_WRITTEN, (kind,)).inc(n)
+        for key, usd in cost.items():
+            _child(m.LEDGER_COST, key).inc(usd)
+        for key2, usd in base.items():
+            _child(m.LEDGER_BASELINE, key2).inc(usd)
+        for key3, n in tokens.items():
+            _child(m.LEDGER_TOKENS, key3).inc(n)
+        # Per batch: the delay of its oldest entry (the figure an ingestion-delay alert cares about).
+        m.INGEST_DELAY_SECONDS.observe(max(0.0, (now_ms - oldest_ms) / 1000))
 
     async def _write_tenant(
         self, tenant_id: str, entries: list[LedgerEntry], extra_ids: dict[str, list[str]]
@@ -559,8 +745,13 @@ class LedgerConsumer:
         """XADD to the dead-letter stream and XACK the original, atomically (MULTI/EXEC)."""
         if not items:
             return
-        now = datetime.now(UTC).isoformat()
         pipe = self._redis.pipeline(transaction=True)
+        self._stage_dead_letters(pipe, items)
+        await pipe.execute()
+        self._after_dead_letters(items)
+
+    def _stage_dead_letters(self, pipe: Any, items: Sequence[Poison]) -> None:
+        now = datetime.now(UTC).isoformat()
         for p in items:
             record: dict[str, str | bytes] = {
                 "reason": p.reason,
@@ -578,9 +769,12 @@ class LedgerConsumer:
                 record["event"] = raw
             else:
                 record["fields"] = json.dumps({_s(k): _s(v) for k, v in p.fields.items()})
-            pipe.xadd(self.config.dlq_stream, record)  # type: ignore[arg-type]
+            pipe.xadd(self.config.dlq_stream, record)
             pipe.xack(self.config.stream, self.config.group, p.stream_id)
-        await pipe.execute()
+            if self.config.trim_on_commit and self._sole_group:
+                pipe.xdel(self.config.stream, p.stream_id)
+
+    def _after_dead_letters(self, items: Sequence[Poison]) -> None:
         for p in items:
             m.EVENTS_DEAD_LETTERED.labels(reason=p.reason).inc()
             self._last_errors.pop(p.stream_id, None)
@@ -634,31 +828,60 @@ class LedgerConsumer:
         return total
 
     async def refresh_gauges_and_trim(self) -> None:
+        """Lag and pending gauges (Redis only: they keep moving when the database is down), and the trim."""
         groups = await self._redis.xinfo_groups(self.config.stream)
+        self._sole_group = len(groups) == 1 and _s(groups[0]["name"]) == self.config.group
         cutoff: str | None = None
         for g in groups:
             name = _s(g["name"])
             last = _s(g["last-delivered-id"])
             pending = int(g["pending"])
             safe = last
+            oldest_pending: str | None = None
             if pending:
                 summary = await self._redis.xpending(self.config.stream, name)
                 if summary.get("min"):
-                    safe = min(_s(summary["min"]), last, key=_id_key)
+                    oldest_pending = _s(summary["min"])
+                    safe = min(oldest_pending, last, key=_id_key)
             if name == self.config.group:
                 m.CONSUMER_PENDING.set(pending)
+                # Lag: age of the oldest entry not yet committed, delivered (pending) or not.
                 nxt = await self._redis.xrange(self.config.stream, min=f"({last}", max="+", count=1)
-                lag = (time.time() * 1000 - _ms_of(_s(nxt[0][0]))) / 1000 if nxt else 0.0
+                candidates = [x for x in (oldest_pending, _s(nxt[0][0]) if nxt else None) if x is not None]
+                oldest = min(candidates, key=_id_key) if candidates else None
+                lag = (time.time() * 1000 - _ms_of(oldest)) / 1000 if oldest is not None else 0.0
                 m.CONSUMER_LAG_SECONDS.set(max(lag, 0.0))
             cutoff = safe if cutoff is None else min(cutoff, safe, key=_id_key)
-        if self.config.retention_s > 0 and cutoff is not None:
+        if cutoff is not None:
             # XTRIM MINID removes entries below the id: only entries that every group has acknowledged
             # (below its oldest pending entry and at or below its last delivered one), older than retention.
-            retention_id = f"{int(time.time() * 1000) - self.config.retention_s * 1000}-0"
-            minid = min(cutoff, retention_id, key=_id_key)
+            minid = cutoff
+            if self.config.retention_s > 0:
+                retention_id = f"{int(time.time() * 1000) - self.config.retention_s * 1000}-0"
+                minid = min(cutoff, retention_id, key=_id_key)
             if _id_key(minid) > (0, 0):
-                await self._redis.xtrim(self.config.stream, minid=minid, approximate=True)
+                await self._redis.xtrim(self.config.stream, minid=minid, approximate=False)
         m.STREAM_LENGTH.set(await self._redis.xlen(self.config.stream))
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, labels: tuple[str, ...]) -> Any:
+    """metric.labels(*labels), cached: prometheus_client validates label names on every call (~0.1 ms), which
+    at 500 tenants per batch costs more than the database."""
+    key = (id(metric), labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
+def _conflict(entry: LedgerEntry, where: str, stream_id: str | None = None) -> Poison:
+    return Poison(stream_id or entry.stream_id, "conflicting_duplicate",
+                  f"event_id {entry.event.event_id!r} was already recorded by {where} with a different payload "
+                  f"(sha256 {entry.payload_sha256[:16]}...): not merged", entry.event.to_stream_fields(),
+                  entry.event.tenant_id)
 
 
 def _id_key(stream_id: str) -> tuple[int, int]:

@@ -25,6 +25,8 @@ class LedgerEntry:
     stream_id: str
     event: CostEvent
     baseline_usd: float
+    # SHA-256 of the event's canonical JSON: tells a replay (same payload) from a conflict (another payload).
+    payload_sha256: str = ""
 
 
 @dataclass
@@ -35,6 +37,8 @@ class TenantWriteResult:
     duplicates: list[LedgerEntry] = field(default_factory=list)
     # The event_id exists in the ledger for ANOTHER tenant (invisible under RLS): dead-lettered.
     collisions: list[LedgerEntry] = field(default_factory=list)
+    # The event_id is already in this tenant's ledger with ANOTHER payload: dead-lettered, never merged.
+    conflicts: list[LedgerEntry] = field(default_factory=list)
     unknown_tenant: bool = False
     budget: BudgetInputs | None = None
     # BEGIN..COMMIT of this tenant's transaction, seconds (set by the consumer).
@@ -102,10 +106,97 @@ def _columns(entries: Sequence[LedgerEntry]) -> list[list[object]]:
     return cols
 
 
+def _batch_columns(entries: Sequence[LedgerEntry]) -> list[list[object]]:
+    cols: list[list[object]] = [[] for _ in range(26)]
+    (c_tenant, c_id, c_session, c_request, c_service, c_kind, c_provider, c_model, c_tier, c_in, c_cached, c_out,
+     c_audio, c_chars, c_images, c_requests, c_est, c_off, c_cost, c_base, c_cov, c_frames, c_at, c_sid, c_attrs,
+     c_sha) = cols
+    for e in entries:
+        ev = e.event
+        u = ev.usage
+        c_tenant.append(ev.tenant_id)
+        c_id.append(ev.event_id)
+        c_session.append(ev.session_id)
+        c_request.append(ev.request_id)
+        c_service.append(ev.service)
+        c_kind.append(ev.kind.value)
+        c_provider.append(ev.provider)
+        c_model.append(ev.model)
+        c_tier.append(ev.tier)
+        c_in.append(u.input_tokens)
+        c_cached.append(u.cached_input_tokens)
+        c_out.append(u.output_tokens)
+        c_audio.append(u.audio_seconds)
+        c_chars.append(u.characters)
+        c_images.append(u.images)
+        c_requests.append(u.requests)
+        c_est.append(u.estimated)
+        c_off.append(ev.offline)
+        c_cost.append(_dec(ev.cost_usd))
+        c_base.append(_dec(e.baseline_usd))
+        c_cov.append(ev.covered_seconds)
+        c_frames.append(ev.frames_considered)
+        c_at.append(ev.occurred_at)
+        c_sid.append(e.stream_id)
+        c_attrs.append(json.dumps(ev.attributes))
+        c_sha.append(e.payload_sha256 or None)
+    return cols
+
+
+_INGEST = "SELECT * FROM billing_ingest_batch($1, $2, " + ", ".join(f"${i}" for i in range(3, 29)) + ")"
+
+
+async def write_batch(
+    pool: asyncpg.Pool, entries: Sequence[LedgerEntry], *, catalog_version: str, now: datetime
+) -> dict[str, TenantWriteResult]:
+    """Writes a whole batch, every tenant, in ONE transaction and one round trip (billing_ingest_batch,
+    migrations/0002: RLS in force through the batch's declared tenant list). Each event_id at most once, ever;
+    `entries` must have distinct event ids."""
+    ordered = sorted(entries, key=lambda e: e.event.event_id)
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(_INGEST, catalog_version, now, *_batch_columns(ordered))
+    results: dict[str, TenantWriteResult] = {}
+    inserted: set[str] = set()
+    seen: dict[str, str | None] = {}
+    for r in rows:
+        tenant, status = r["r_tenant"], r["r_status"]
+        res = results.get(tenant)
+        if res is None:
+            res = results[tenant] = TenantWriteResult(tenant)
+        if status == "inserted":
+            inserted.add(r["r_event_id"])
+        elif status == "seen":
+            seen[r["r_event_id"]] = r["r_detail"]
+        elif status == "unknown_tenant":
+            res.unknown_tenant = True
+        elif status == "budget":
+            res.budget = BudgetInputs(tenant_id=tenant, budget_usd=r["r_budget"], downgrade_at=r["r_downgrade"],
+                                      refuse_at=r["r_refuse"], online_usd=r["r_online"], offline_usd=r["r_offline"])
+    for e in ordered:
+        eid = e.event.event_id
+        res = results.setdefault(e.event.tenant_id, TenantWriteResult(e.event.tenant_id))
+        if res.unknown_tenant:
+            continue
+        if eid in inserted:
+            res.inserted.append(e)
+        elif eid in seen:
+            stored = seen[eid]
+            if stored is None or not e.payload_sha256 or stored == e.payload_sha256:
+                res.duplicates.append(e)
+            else:
+                res.conflicts.append(e)
+        else:
+            res.collisions.append(e)
+    return results
+
+
 async def write_tenant_events(
     pool: asyncpg.Pool, tenant_id: str, entries: Sequence[LedgerEntry], *, catalog_version: str, now: datetime
 ) -> TenantWriteResult:
-    """Writes one tenant's events in one transaction; each event_id at most once, ever.
+    """LEGACY path, kept for bench/billing's old-vs-new comparison: one transaction per tenant, no conflict
+    detection. The consumer uses write_batch.
+
+    Writes one tenant's events in one transaction; each event_id at most once, ever.
 
     `entries` must have distinct event ids and all belong to `tenant_id`. The month-to-date roll-up is
     updated in the same statement from the rows actually inserted, so a replayed event changes nothing.

@@ -184,7 +184,7 @@ async def build_billing(settings: Settings) -> Billing:
     catalog = default_catalog(settings.price_catalog_path)
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
                              application_name="frugal-billing")
-    redis = create_redis(settings.redis_url)
+    redis = create_redis(settings.cost_redis_url)
     registry = TenantRegistry(pool)
     publisher = StatePublisher(pool, redis, count_offline=settings.budget_count_offline,
                                budget_ttl_s=settings.budget_state_ttl_seconds)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -22,7 +23,7 @@ from frugal.billing.budget import BudgetInputs, budget_state, read_budget_inputs
 from frugal.billing.metrics import BUDGET_FRACTION, BUDGET_STATUS, STATE_PUBLISH_ERRORS
 from frugal.billing.tenants import TenantRegistry, fetch_policy
 from frugal.common.db import tenant_transaction
-from frugal.common.tenant_state import publish_budget, publish_policy
+from frugal.common.tenant_state import BUDGET_KEY, publish_budget, publish_policy
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class StatePublisher:
         self._redis = redis
         self.count_offline = count_offline
         self._ttl = budget_ttl_s
+        self._gauges: dict[str, tuple[Any, Any]] = {}
 
     def state(self, inputs: BudgetInputs, now: datetime | None = None) -> billing_pb2.BudgetState:
         return budget_state(inputs, now=now or datetime.now(UTC), count_offline=self.count_offline)
@@ -49,6 +51,18 @@ class StatePublisher:
         except (RedisError, OSError):
             STATE_PUBLISH_ERRORS.labels(what="budget").inc()
             raise
+        return state
+
+    def stage_budget(self, pipe: Any, inputs: BudgetInputs, now: datetime | None = None) -> billing_pb2.BudgetState:
+        """Queues the budget state's SET on a pipeline (the consumer's ack MULTI); returns the state."""
+        state = self.state(inputs, now)
+        gauges = self._gauges.get(inputs.tenant_id)
+        if gauges is None:  # labels() validates names on each call: cached, it is per tenant per batch
+            gauges = self._gauges[inputs.tenant_id] = (BUDGET_FRACTION.labels(tenant_id=inputs.tenant_id),
+                                                       BUDGET_STATUS.labels(tenant_id=inputs.tenant_id))
+        gauges[0].set(state.fraction_used)
+        gauges[1].set(state.status)
+        pipe.set(BUDGET_KEY.format(tenant_id=state.tenant_id), state.SerializeToString(), ex=self._ttl)
         return state
 
     async def publish_policy(self, policy: billing_pb2.TenantPolicy) -> None:
@@ -78,6 +92,14 @@ class StatePublisher:
         return done
 
 
+def _until_next_month(now: datetime | None = None) -> float:
+    """Seconds to the next UTC month (plus a little): the refresher re-publishes every budget at once then,
+    though readers already treat last month's state as a fresh month (frugal.common.tenant_state)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    nxt = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
+    return max(0.05, (nxt - now).total_seconds() + 0.05)
+
+
 class StateRefresher:
     """Background loop: `refresh_all` at start, then every `interval_s`; failures are logged and retried."""
 
@@ -104,7 +126,7 @@ class StateRefresher:
                 log.exception("tenant state refresh failed")
             self.rounds += 1
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._interval)
+                await asyncio.wait_for(self._stop.wait(), min(self._interval, _until_next_month()))
 
     async def aclose(self) -> None:
         self._stop.set()

@@ -18,7 +18,7 @@ from frugal.api.billing.v1 import billing_pb2
 from frugal.api.common.v1 import common_pb2
 from frugal.common.db import tenant_transaction
 from frugal.common.tenancy import TenancyError, room_tenant_candidates, validate_tenant_id
-from frugal.common.tenant_state import DEFAULT_DOWNGRADE_AT, DEFAULT_REFUSE_AT
+from frugal.common.tenant_state import DEFAULT_DOWNGRADE_AT, DEFAULT_REFUSE_AT, NO_CAP, effective_thresholds
 
 PLAN_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 DEFAULT_PLAN = "default"
@@ -77,11 +77,6 @@ def _text(name: str, value: str, max_len: int, *, allow_newlines: bool = False) 
     return value
 
 
-def effective_thresholds(downgrade_at: float, refuse_at: float) -> tuple[float, float]:
-    """The fractions of the budget in force: 0 means the defaults of frugal.common.tenant_state."""
-    return (downgrade_at or DEFAULT_DOWNGRADE_AT, refuse_at or DEFAULT_REFUSE_AT)
-
-
 def validate_policy(policy: billing_pb2.TenantPolicy) -> billing_pb2.TenantPolicy:
     """Checks every field; returns a normalised copy (defaults filled in: display name, plan)."""
     out = billing_pb2.TenantPolicy()
@@ -96,7 +91,10 @@ def validate_policy(policy: billing_pb2.TenantPolicy) -> billing_pb2.TenantPolic
     if not PLAN_RE.fullmatch(plan):
         raise PolicyError(f"plan {policy.plan!r} must be 1-32 of [a-z0-9_-], starting with a letter or digit")
     out.plan = plan
-    _finite("monthly_budget_usd", policy.monthly_budget_usd, 0.0, MAX_BUDGET_USD)
+    # > 0 a hard cap, 0 suspends the tenant, < 0 means no cap (stored as NO_CAP).
+    _finite("monthly_budget_usd", policy.monthly_budget_usd, -MAX_BUDGET_USD, MAX_BUDGET_USD)
+    if policy.monthly_budget_usd < 0:
+        out.monthly_budget_usd = NO_CAP
     if policy.requests_per_minute < 0 or policy.tokens_per_minute < 0:
         raise PolicyError("requests_per_minute and tokens_per_minute must be >= 0 (0 means the service default)")
     valid_tiers = set(common_pb2.Tier.values())

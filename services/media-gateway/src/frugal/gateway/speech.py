@@ -25,8 +25,9 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConn
 # livekit plugins register themselves on import, which must happen on the main thread.
 from livekit.plugins import deepgram, elevenlabs
 
-from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
-from frugal.common.pricing import PriceCatalog, PriceCatalogError
+from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind
+from frugal.common.cost_recorder import CostRecorder
+from frugal.common.pricing import PriceCatalog
 from frugal.common.usage import UsageAmounts
 from frugal.gateway import metrics
 from frugal.gateway.config import Settings
@@ -180,6 +181,7 @@ class SpeechCostMeter:
     ) -> None:
         self.producer = producer
         self.catalog = catalog
+        self.recorder = CostRecorder(producer, catalog, service=SERVICE)
         self.tenant_id = tenant_id
         self.session_id = session_id
         self.events: list[CostEvent] = []
@@ -207,23 +209,14 @@ class SpeechCostMeter:
         self._watched.append((engine, on_metrics))
 
     def record(self, label: ProviderLabel, usage: UsageAmounts, request_id: str = "") -> CostEvent:
+        """One cost event per STT/TTS request (frugal.common.cost_recorder: own id per attempt; the one
+        offline rule: an offline stand-in is priced at the list price of the model it stands in for)."""
         self._seq += 1
-        try:
-            cost = self.catalog.cost(label.model, usage)
-        except PriceCatalogError:
-            log.error("no price for %s; cost recorded as 0", label.model)
-            cost = 0.0
-        attributes = {"list_price_model": label.list_price_model}
-        if label.offline:
-            try:
-                attributes["list_price_usd"] = f"{self.catalog.cost(label.list_price_model, usage):.6f}"
-            except PriceCatalogError:
-                pass
-        event = CostEvent(
-            event_id=make_event_id(SERVICE, self.session_id, label.kind.value, str(self._seq), request_id),
-            tenant_id=self.tenant_id, session_id=self.session_id, request_id=request_id or None, service=SERVICE,
-            kind=label.kind, provider=label.provider, model=label.model, usage=usage, cost_usd=cost,
-            offline=label.offline, attributes=attributes,
+        event = self.recorder.build(
+            usage=usage, tenant_id=self.tenant_id, kind=label.kind, provider=label.provider, model=label.model,
+            key=(self.session_id, str(self._seq), request_id), session_id=self.session_id,
+            request_id=request_id or None, offline=label.offline, priced_as=label.list_price_model,
+            attributes={"list_price_model": label.list_price_model},
         )
         self.events.append(event)
         metrics.SPEECH_EVENTS.labels(kind=label.kind.value, offline=str(label.offline).lower()).inc()
@@ -242,10 +235,7 @@ class SpeechCostMeter:
             event = await self._queue.get()
             if event is None:
                 return
-            try:
-                await self.producer.emit(event)
-            except Exception:
-                log.exception("could not emit cost event %s", event.event_id)
+            await self.recorder.emit(event)  # spools when Redis is down; logs anything else
 
     async def aclose(self) -> None:
         for engine, cb in self._watched:

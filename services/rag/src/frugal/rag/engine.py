@@ -22,9 +22,10 @@ from typing import Literal
 
 import asyncpg
 
-from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
+from frugal.common.cost_events import CostEventProducer, CostKind
+from frugal.common.cost_recorder import CostRecorder
 from frugal.common.db import tenant_transaction
-from frugal.common.metrics import AI_COST_TOTAL, AI_REQUESTS_TOTAL
+from frugal.common.metrics import AI_REQUESTS_TOTAL
 from frugal.common.pricing import PriceCatalog
 from frugal.common.usage import UsageAmounts
 from frugal.rag import store
@@ -195,6 +196,7 @@ class RagEngine:
         self.reranker = reranker
         self.costs = costs
         self.catalog = catalog
+        self._recorder = CostRecorder(costs, catalog, service=SERVICE)
         self.space = store.VectorSpace(embedder.model, embedder.dimensions)
         self._embed_price_model = embedder.model.split("@", 1)[0]
         self._index_size: tuple[int, float] | None = None  # (vectors in the HNSW index, fetched at)
@@ -221,29 +223,16 @@ class RagEngine:
         event_parts: tuple[str, ...],
         attributes: Mapping[str, str],
     ) -> float:
-        # Priced from the catalog on the (reported or estimated) usage; the local encoder's catalog entry
-        # has no price, so its offline events cost 0.
-        cost = self.catalog.cost(model, usage)
-        AI_COST_TOTAL.labels(service=SERVICE, kind=kind.value, provider=provider, model=model, tier="",
-                             offline=str(offline).lower()).inc(cost)
-        if self.costs is None:
-            return cost
-        event = CostEvent(
-            event_id=make_event_id(SERVICE, kind.value, caller.tenant_id, caller.request_id, *event_parts),
-            tenant_id=caller.tenant_id,
-            session_id=caller.session_id,
-            request_id=caller.request_id,
-            service=SERVICE,
-            kind=kind,
-            provider=provider,
-            model=model,
-            usage=usage,
-            cost_usd=cost,
-            offline=offline,
-            attributes=dict(attributes),
+        """One cost event per provider call (frugal.common.cost_recorder: own id per attempt, the one offline
+        rule). The local encoder is a free model of its own, not a stand-in: its catalog entry has no price,
+        so its (offline, estimated) events cost 0."""
+        # Without a producer (tools, tests) the call is priced all the same and nothing is emitted.
+        event = await self._recorder.record(
+            usage=usage, tenant_id=caller.tenant_id, kind=kind, provider=provider, model=model,
+            key=(caller.request_id, *event_parts), session_id=caller.session_id, request_id=caller.request_id,
+            offline=offline, attributes=attributes,
         )
-        await self.costs.emit(event)
-        return cost
+        return event.cost_usd
 
     async def _embed(
         self, caller: Caller, texts: list[str], input_type: InputType, *, deadline: float | None, purpose: str,

@@ -85,6 +85,9 @@ class BoundedProducer:
         self._background: set[asyncio.Task[bool]] = set()
         self._close_wait_s = close_wait_s
 
+    def check_can_spend(self) -> None:
+        self.inner.check_can_spend()
+
     async def emit(self, event: CostEvent) -> bool:
         wait = EMIT_WAIT_S.get()
         if wait is None:

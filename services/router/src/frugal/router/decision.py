@@ -11,7 +11,7 @@ from frugal.api.billing.v1 import billing_pb2
 from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2
 from frugal.common.pricing import TIERS, PriceCatalog, TierName
-from frugal.common.tenant_state import DEFAULT_DOWNGRADE_AT, DEFAULT_REFUSE_AT
+from frugal.common.tenant_state import BudgetVerdict, budget_verdict
 from frugal.common.usage import UsageAmounts
 from frugal.router.features import TurnFeatures, extract_features
 from frugal.router.metrics import DECISION_SECONDS, ROUTER_DECISIONS
@@ -25,32 +25,9 @@ TIER_ENUM: dict[TierName, int] = {
 ENUM_TIER: dict[int, TierName] = {v: k for k, v in TIER_ENUM.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetVerdict:
-    # "unlimited" (no budget), "unknown" (budget set, billing has published no state yet), "ok",
-    # "downgrade" or "exhausted".
-    status: str
-    detail: str = ""
-
-
-def budget_verdict(policy: billing_pb2.TenantPolicy | None, budget: billing_pb2.BudgetState | None) -> BudgetVerdict:
-    if budget is None:
-        if policy is not None and policy.monthly_budget_usd > 0:
-            return BudgetVerdict("unknown", "budget state not published by billing yet")
-        return BudgetVerdict("unlimited")
-    if budget.status == billing_pb2.BUDGET_STATUS_UNLIMITED or (
-        budget.budget_usd <= 0 and budget.status != billing_pb2.BUDGET_STATUS_EXHAUSTED
-    ):
-        return BudgetVerdict("unlimited")
-    downgrade_at = (policy.downgrade_at if policy is not None and policy.downgrade_at > 0 else DEFAULT_DOWNGRADE_AT)
-    refuse_at = policy.refuse_at if policy is not None and policy.refuse_at > 0 else DEFAULT_REFUSE_AT
-    fraction = budget.spent_usd / budget.budget_usd if budget.budget_usd > 0 else budget.fraction_used
-    detail = f"${budget.spent_usd:.2f} of ${budget.budget_usd:.2f} spent in {budget.month or 'this month'}"
-    if budget.status == billing_pb2.BUDGET_STATUS_EXHAUSTED or fraction >= refuse_at:
-        return BudgetVerdict("exhausted", detail)
-    if budget.status == billing_pb2.BUDGET_STATUS_DOWNGRADE or fraction >= downgrade_at:
-        return BudgetVerdict("downgrade", f"{detail} ({fraction:.0%}, downgrade from {downgrade_at:.0%})")
-    return BudgetVerdict("ok", detail)
+# The budget verdict is billing's rule, computed in one place (frugal.common.tenant_state) from the state
+# billing publishes; the router only applies it. Re-exported here for the router's callers.
+__all__ = ["BudgetVerdict", "Decider", "Decision", "TurnText", "budget_verdict"]
 
 
 def policy_mix(policy: billing_pb2.TenantPolicy | None) -> TierMix | None:
@@ -183,8 +160,8 @@ class Decider:
         if verdict.status == "downgrade" and idx > 0:
             reasons.append(f"budget near its limit: {TIERS[idx]} downgraded to {TIERS[idx - 1]}; {verdict.detail}")
             idx -= 1
-        elif verdict.status == "exhausted":
-            reasons.append(f"budget exhausted: {verdict.detail}")
+        elif verdict.refuses:
+            reasons.append(f"budget {verdict.status}: {verdict.detail}")
         tier = TIERS[idx]
         model = self.catalog.tier_model(tier)
         provider, offline = self._provider_of(tier)

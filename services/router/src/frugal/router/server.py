@@ -26,9 +26,10 @@ from redis.exceptions import RedisError
 from frugal.api.billing.v1 import billing_pb2
 from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
-from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, baseline_cost, make_event_id
+from frugal.common.cost_events import CostEventProducer, CostKind, baseline_cost
+from frugal.common.cost_recorder import CostRecorder, CostRecordingUnavailable
 from frugal.common.grpc_server import GrpcApp, service_full_name
-from frugal.common.metrics import AI_COST_TOTAL, AI_REQUESTS_TOTAL
+from frugal.common.metrics import AI_REQUESTS_TOTAL
 from frugal.common.pricing import TIERS, PriceCatalog, PriceCatalogError, TierName, default_catalog
 from frugal.common.redis_client import create_redis
 from frugal.common.settings import ConfigError
@@ -163,7 +164,8 @@ class RouterCore:
         self.contexts = contexts
         self.tenant_state = TenantStateCache(redis, ttl_s=settings.tenant_state_ttl_s)
         self.limiter = TenantRateLimiter(redis)
-        self.producer = BoundedProducer(CostEventProducer(redis))
+        self.producer = BoundedProducer(CostEventProducer.from_settings(settings, redis))
+        self.recorder = CostRecorder(self.producer, catalog, service="router")
         self.redis_watch = RedisWatch()
         self.health = DeploymentHealth(redis, HealthConfig(
             failure_threshold=settings.breaker_failure_threshold, cooldown_s=settings.breaker_cooldown_s,
@@ -555,11 +557,16 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         core, s = self.core, self.core.settings
         policy, budget = await core.tenant_policy_and_budget(tenant, clock)
         verdict = budget_verdict(policy, budget)
-        if verdict.status == "exhausted":
+        if verdict.refuses:  # exhausted, suspended: RESOURCE_EXHAUSTED; unknown state of a capped tenant: UNAVAILABLE
             m.LIMIT_REJECTIONS.labels(tenant=tenant, limit="budget").inc()
-            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="budget_exhausted").inc()
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         f"monthly budget exhausted for tenant {tenant}: {verdict.detail}")
+            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome=f"budget_{verdict.status}").inc()
+            code = grpc.StatusCode.UNAVAILABLE if verdict.retryable else grpc.StatusCode.RESOURCE_EXHAUSTED
+            await _abort(context, code, f"budget {verdict.status} for tenant {tenant}: {verdict.detail}")
+        try:
+            core.recorder.check_can_spend()  # no paid call that could not be billed durably
+        except CostRecordingUnavailable as err:
+            m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome="cost_recording_unavailable").inc()
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(err))
         rpm = (policy.requests_per_minute if policy is not None and policy.requests_per_minute > 0
                else s.default_requests_per_minute)
         tpm = (policy.tokens_per_minute if policy is not None and policy.tokens_per_minute > 0
@@ -732,45 +739,42 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         self, call: _Call, account: TurnAccount, attempt: int, turn_id: str, session: str, request_id: str,
         decision: Decision, *, outcome: str,
     ) -> None:
-        """One cost event per provider call, whatever its outcome."""
+        """One cost event per provider call attempt, whatever its outcome (frugal.common.cost_recorder: its own
+        event id per attempt, so a reused turn_id never hides a call; the one offline rule; an interrupted
+        call is billed on the usage reported so far, else on our estimate of the prompt it sent)."""
         core = self.core
-        usage = call.usage
-        if usage is None:
-            # Failed or cut short: what went out is an estimate; nothing reported means nothing billed.
-            usage = (UsageAmounts(input_tokens=0, output_tokens=estimate_tokens(call.emitted), requests=1,
-                                  estimated=True) if call.emitted else UsageAmounts(requests=1))
-            call.usage = usage
-        offline = call.provider.offline
-        # An offline stand-in is priced as the model the router chose for the turn, on its estimated usage:
-        # a labelled list-price estimate (offline, usage.estimated, `priced_as`), never real spend. Billing
-        # keeps such events out of budgets; cost and baseline stay comparable, so savings stay meaningful.
-        priced_as = core.catalog.tier_model(call.tier) if offline and call.tier in TIERS else call.model
-        try:
-            cost = core.catalog.cost(priced_as, usage)
-        except PriceCatalogError:
-            log.error("no price for %s; cost recorded as 0", priced_as)
-            cost = 0.0
-        event_id = make_event_id("router", call.tenant, turn_id, str(attempt))
-        event = CostEvent(
-            event_id=event_id, tenant_id=call.tenant, session_id=session, request_id=request_id, service="router",
-            kind=CostKind.LLM, provider=call.provider.provider, model=call.model, tier=call.tier, usage=usage,
-            cost_usd=cost, offline=offline,
-            attributes={"turn_id": turn_id, "attempt": str(attempt), "outcome": outcome, "scorer": decision.scorer,
-                        "routed_tier": decision.tier, "priced_as": priced_as},
+        att = core.recorder.attempt(
+            tenant_id=call.tenant, kind=CostKind.LLM, provider=call.provider.provider, model=call.model,
+            key=(turn_id, str(attempt)), session_id=session, request_id=request_id, tier=call.tier,
+            offline=call.provider.offline,
+            # An offline stand-in is priced as the model of the tier it stands in for.
+            priced_as=core.catalog.tier_model(call.tier) if call.tier in TIERS else call.model,
+            estimate=UsageAmounts(input_tokens=decision.estimated_input_tokens,
+                                  output_tokens=estimate_tokens(call.emitted), requests=1),
+            attributes={"turn_id": turn_id, "attempt": str(attempt), "scorer": decision.scorer,
+                        "routed_tier": decision.tier},
         )
-        await core.producer.emit(event)
-        account.cost_usd += cost
+        if call.usage is not None:
+            att.report(call.usage)
+        elif outcome in _NOT_PROCESSED:
+            att.report(UsageAmounts(requests=1))  # refused before any work: nothing to bill
+        event = await att.finish(outcome)
+        call.usage = event.usage
+        account.cost_usd += event.cost_usd
         # The same rule billing applies to the ledger (offline: no baseline, so no fake savings).
         account.baseline_usd += baseline_cost(event, core.catalog)
-        account.event_ids.append(event_id)
-        AI_COST_TOTAL.labels(service="router", kind="llm", provider=call.provider.provider, model=call.model,
-                             tier=call.tier, offline=str(offline).lower()).inc(cost)
-        m.COST_USD.labels(tenant=call.tenant, tier=call.tier, model=call.model, offline=str(offline).lower()).inc(cost)
+        account.event_ids.append(event.event_id)
+        offline = str(event.offline).lower()
+        m.COST_USD.labels(tenant=call.tenant, tier=call.tier, model=call.model, offline=offline).inc(event.cost_usd)
+        usage = event.usage
         est = str(usage.estimated).lower()
         m.TOKENS.labels(model=call.model, direction="input", estimated=est).inc(usage.input_tokens)
         m.TOKENS.labels(model=call.model, direction="output", estimated=est).inc(usage.output_tokens)
 
 
+# Provider errors that mean the request was refused or failed before the model ran (the provider bills
+# nothing); timeouts, interruptions, cancellations and unknown errors are billed on reported or estimated usage.
+_NOT_PROCESSED = frozenset({"rate_limited", "auth", "bad_request", "unavailable"})
 
 
 @dataclass

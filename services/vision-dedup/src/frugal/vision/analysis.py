@@ -32,8 +32,9 @@ from redis.exceptions import RedisError
 
 from frugal.api.common.v1 import common_pb2
 from frugal.api.vision.v1 import vision_pb2
-from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
-from frugal.common.metrics import AI_COST_TOTAL, AI_REQUESTS_TOTAL
+from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind
+from frugal.common.cost_recorder import CostRecorder
+from frugal.common.metrics import AI_REQUESTS_TOTAL
 from frugal.common.pricing import PriceCatalog, TierName
 from frugal.common.usage import UsageAmounts
 from frugal.vision import metrics
@@ -225,6 +226,7 @@ class Analyzer:
         self.provider = provider
         self.catalog = catalog
         self.producer = producer
+        self.recorder = CostRecorder(producer, catalog, service=SERVICE)
         self.store = store
         self.timeout_s = timeout_s
         self._fallback = OfflineVisionProvider(executor)
@@ -256,42 +258,51 @@ class Analyzer:
         metrics.VISION_CALL_SECONDS.labels(provider=p.provider, model=p.model).observe(elapsed)
         AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="vision", provider=p.provider, model=p.model,
                                  outcome=outcome).inc()
-        cost = 0.0 if result.offline else self.catalog.cost(result.model, result.usage)
-        analysis = vision_pb2.FrameAnalysis(
-            sequence=job.sequence,
-            track_id=job.track_id,
-            timestamp_ms=job.timestamp_ms,
-            description=result.description,
-            provider=common_pb2.ProviderInfo(provider=result.provider, model=result.model, offline=result.offline),
-            usage=result.usage.to_proto(),
-            cost_usd=cost,
-            coalesced_frames=job.coalesced,
-            completed_at_ms=int(time.time() * 1000),
-        )
         tier = self._tier(result.model)
         attributes = {"track_id": job.track_id, "sequence": str(job.sequence), "coalesced_frames": str(job.coalesced),
                       "reason": job.reason}
         if fallback_error is not None:
             attributes["fallback_from"] = p.model
             attributes["error"] = fallback_error
-        event = CostEvent(
-            event_id=make_event_id(SERVICE, tenant_id, session_id, job.track_id, str(job.sequence),
-                                   str(job.timestamp_ms)),
-            tenant_id=tenant_id, session_id=session_id, request_id=request_id, service=SERVICE,
-            kind=CostKind.VISION, provider=result.provider, model=result.model, tier=tier, usage=result.usage,
-            cost_usd=cost, offline=result.offline, covered_seconds=max(0.0, covered_seconds),
-            frames_considered=max(0, frames_considered), attributes=attributes,
+        event = await self._record_cost(result, tier=tier, tenant_id=tenant_id, session_id=session_id,
+                                        request_id=request_id, job=job, covered_seconds=covered_seconds,
+                                        frames_considered=frames_considered, attributes=attributes,
+                                        stands_in_for=p.model if not p.offline else None)
+        cost = event.cost_usd
+        analysis = vision_pb2.FrameAnalysis(
+            sequence=job.sequence,
+            track_id=job.track_id,
+            timestamp_ms=job.timestamp_ms,
+            description=result.description,
+            provider=common_pb2.ProviderInfo(provider=result.provider, model=result.model, offline=result.offline),
+            usage=event.usage.to_proto(),
+            cost_usd=cost,
+            coalesced_frames=job.coalesced,
+            completed_at_ms=int(time.time() * 1000),
         )
-        await self.producer.emit(event)
-        labels = {"model": result.model, "offline": str(result.offline).lower()}
-        metrics.VISION_COST.labels(tenant=tenant_id, **labels).inc(cost)
-        AI_COST_TOTAL.labels(service=SERVICE, kind="vision", provider=result.provider, tier=tier or "",
-                             **labels).inc(cost)
+        offline = str(result.offline).lower()
+        metrics.VISION_COST.labels(tenant=tenant_id, model=result.model, offline=offline).inc(cost)
         try:
             await self.store.add(tenant_id, session_id, analysis)
         except (RedisError, OSError) as err:
             log.error("could not store the analysis in the session context: %s", err)
         return analysis
+
+    async def _record_cost(
+        self, result: ProviderResult, *, tier: TierName | None, tenant_id: str, session_id: str,
+        request_id: str | None, job: AnalysisJob, covered_seconds: float, frames_considered: int,
+        attributes: dict[str, str], stands_in_for: str | None,
+    ) -> CostEvent:
+        """One cost event per vision call (frugal.common.cost_recorder: own id per attempt, the one offline
+        rule: an offline analysis is priced at the list price of the model it stands in for)."""
+        return await self.recorder.record(
+            usage=result.usage, outcome="fallback" if "error" in attributes else "ok",
+            tenant_id=tenant_id, kind=CostKind.VISION, provider=result.provider, model=result.model,
+            key=(session_id, job.track_id, str(job.sequence), str(job.timestamp_ms)), session_id=session_id,
+            request_id=request_id, tier=tier, offline=result.offline, priced_as=stands_in_for,
+            covered_seconds=max(0.0, covered_seconds), frames_considered=max(0, frames_considered),
+            attributes=attributes,
+        )
 
     async def aclose(self) -> None:
         await self.provider.aclose()

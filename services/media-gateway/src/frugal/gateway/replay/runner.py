@@ -216,8 +216,8 @@ async def run_replay(
     observer = observer or ReplayObserver()
     own_clients = clients is None
     clients = clients or MeshClients(settings)
-    redis = create_redis(settings.redis_url) if emit_costs else None
-    producer = CostEventProducer(redis) if redis is not None else None
+    redis = create_redis(settings.cost_redis_url) if emit_costs else None
+    producer = CostEventProducer.from_settings(settings, redis) if redis is not None else None
     session_id = f"replay-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()
     try:
