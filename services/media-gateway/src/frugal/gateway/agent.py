@@ -79,6 +79,9 @@ class SessionParts:
     notes: list[str] = field(default_factory=list)
 
     async def aclose(self) -> None:
+        # Closing the session flushes STT/TTS streams, whose final usage arrives then: the meter must still
+        # listen, so it closes (and sends what it holds) after the session.
+        await self.session.aclose()
         await self.meter.aclose()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -37,6 +39,13 @@ class Settings(ServiceSettings):
     # Where job processes write their Prometheus metrics (multiprocess mode) for /metrics to merge; a fresh
     # temporary directory when unset. Never the main process's own PROMETHEUS_MULTIPROC_DIR.
     job_metrics_dir: str | None = None
+    # Jobs run in processes (production) or threads (tests, small machines); idle processes kept warm.
+    job_executor: Literal["process", "thread"] = "process"
+    idle_processes: int = Field(default=1, ge=0, le=32)
+    # livekit-agents' own HTTP health endpoint (unused: gRPC health is the probe); 0 picks a free port.
+    worker_http_port: int = Field(default=0, ge=0, le=65535)
+    # Connection attempts to LiveKit before the worker gives up (health goes NOT_SERVING, the pod restarts).
+    livekit_max_retry: int = Field(default=16, ge=0, le=1000)
     # How often the worker's LiveKit registration is checked for gRPC health.
     worker_health_interval_s: float = Field(default=1.0, gt=0, le=60)
 
