@@ -150,6 +150,8 @@ class ScriptedRouter(router_pb2_grpc.RouterServiceServicer):
         self.requests: list[router_pb2.RespondRequest] = []
         self.cancelled: list[bool] = []
         self.started = asyncio.Event()
+        # When set, a Respond with no script left is refused with this status.
+        self.refuse: grpc.StatusCode | None = None
 
     def script(self, *items: object) -> None:
         self.scripts.append(list(items))
@@ -160,7 +162,8 @@ class ScriptedRouter(router_pb2_grpc.RouterServiceServicer):
         index = len(self.cancelled)
         self.cancelled.append(False)
         self.started.set()
-        items = self.scripts.pop(0) if self.scripts else [text_chunk("ok"), completed()]
+        default: list[object] = [self.refuse] if self.refuse is not None else [text_chunk("ok"), completed()]
+        items = self.scripts.pop(0) if self.scripts else default
         try:
             for item in items:
                 if isinstance(item, float):

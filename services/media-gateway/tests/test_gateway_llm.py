@@ -24,8 +24,8 @@ from frugal.common.grpc_client import outgoing_metadata
 from frugal.common.pricing import default_catalog
 from frugal.gateway.agent import SessionParts, build_session, load_vad
 from frugal.gateway.clients import MeshClients
-from frugal.gateway.replay.runner import SimulatedAudioOutput
 from frugal.gateway.config import Settings
+from frugal.gateway.replay.runner import SimulatedAudioOutput
 from frugal.gateway.router_llm import APOLOGIES, api_error, enum_label, status_of
 from frugal.gateway.tools import KB_TOOL_NAME
 

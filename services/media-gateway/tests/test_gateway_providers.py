@@ -48,7 +48,7 @@ def settings(**overrides: Any) -> Settings:
 
 def wav_frames() -> tuple[bytes, list[rtc.AudioFrame]]:
     if not WAV.exists():
-        pytest.skip(f"{WAV} missing (regenerate with `python -m frugal.gateway.replay.synth demo/session`)")
+        pytest.skip(f"{WAV} missing (regenerate with `python -m frugal.devkit.demo.synth demo/session`)")
     with wave.open(str(WAV)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
         pcm = w.readframes(w.getnframes())

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frugal.gateway.replay import synth
+from frugal.devkit.demo import synth
 from frugal.gateway.replay.media import read_wav, screen_frames, write_wav
 from frugal.gateway.replay.spec import SessionFormatError, SessionSpec
 from frugal.gateway.router_llm import turn_input_from_chat

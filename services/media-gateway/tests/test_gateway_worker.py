@@ -25,10 +25,10 @@ from livekit.agents.job import JobAcceptArguments, RunningJobInfo
 from livekit.protocol import agent as agent_proto
 from livekit.protocol import models
 
+from frugal.devkit.demo import synth
 from frugal.devkit.devstack import free_port
 from frugal.gateway import lifecycle, worker
 from frugal.gateway.config import Settings
-from frugal.gateway.replay import synth
 from frugal.gateway.replay.runner import ReplayAudioInput, SimulatedAudioOutput
 
 TENANT = "org_lumen"
