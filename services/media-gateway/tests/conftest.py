@@ -153,6 +153,10 @@ class ScriptedRouter(router_pb2_grpc.RouterServiceServicer):
         # When set, a Respond with no script left is refused with this status.
         self.refuse: grpc.StatusCode | None = None
 
+    async def Route(self, request: router_pb2.RouteRequest,  # noqa: N802 - gRPC method name
+                    context: grpc.aio.ServicerContext[Any, Any]) -> router_pb2.RouteResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+
     def script(self, *items: object) -> None:
         self.scripts.append(list(items))
 

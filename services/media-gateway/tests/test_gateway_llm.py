@@ -122,8 +122,10 @@ async def test_router_down_no_apology_in_history_and_the_session_lives_on(
             for question in ("Hello?", "Are you still there?", "Anyone?", "Hello again?", "Last try?"):
                 n = len(parts.llm.reports)
                 session.generate_reply(user_input=question)
-                await until(lambda n=n: len(parts.llm.reports) > n and parts.session.agent_state != "thinking",
-                            "the failed turn")
+                def failed(n: int = n) -> bool:
+                    return len(parts.llm.reports) > n and parts.session.agent_state != "thinking"
+
+                await until(failed, "the failed turn")
                 await session.wait_for_idle()
             # The framework retried (max_retry 3 by default): several attempts per turn, all UNAVAILABLE.
             assert {r.error_code for r in parts.llm.reports} == {"UNAVAILABLE"}
@@ -206,7 +208,7 @@ async def test_generate_reply_instructions_reach_the_router(
 ) -> None:
     router, addr = scripted_router
     router.script(chunks.text("Hello Ada!"), chunks.completed(context=[
-        router_pb2.ContextStatus(source=42, state=router_pb2.CONTEXT_STATE_USED),  # a newer router's source
+        router_pb2.ContextStatus(source=42, state=router_pb2.CONTEXT_STATE_USED),  # type: ignore[arg-type] # newer
     ]))
     settings = make_settings(billing_addr=mesh["billing"], router_addr=addr, welcome_message="")
     clients, parts = await session_parts(settings, vad_model, "s-instr-1")

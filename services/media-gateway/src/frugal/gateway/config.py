@@ -91,6 +91,9 @@ class Settings(ServiceSettings):
     elevenlabs_base_url: str | None = None
     elevenlabs_model: str = "eleven_flash_v2_5"
     elevenlabs_voice_id: str | None = None
+    # Raw PCM from ElevenLabs: nothing to decode in the gateway (mp3 decoding costs CPU per session); ElevenLabs
+    # bills characters, whatever the format. An mp3_<rate>_<kbps> value is passed through.
+    elevenlabs_encoding: str = Field(default="pcm_24000", pattern=r"^(pcm_\d+|mp3_\d+_\d+|opus_\d+_\d+)$")
 
     # What the agent says when it joins ({display_name} is the tenant's); empty disables it.
     welcome_message: str = DEFAULT_WELCOME
