@@ -43,6 +43,9 @@ class FakeLiveKit:
     def __init__(self) -> None:
         self.statuses: list[int] = []
         self.registrations = 0
+        self.attempts = 0
+        # While set, a worker's register message is never answered (a LiveKit that accepts but does not admit).
+        self.hold = False
         self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -64,6 +67,12 @@ class FakeLiveKit:
         first = agent_proto.WorkerMessage()
         first.ParseFromString(await ws.receive_bytes())
         assert first.HasField("register")
+        self.attempts += 1
+        if self.hold:
+            async for _ in ws:
+                pass
+            self._sockets.discard(ws)
+            return ws
         self.registrations += 1
         reply = agent_proto.ServerMessage(register=agent_proto.RegisterWorkerResponse(worker_id="AW_test"))
         await ws.send_bytes(reply.SerializeToString())
@@ -76,6 +85,10 @@ class FakeLiveKit:
                 self.statuses.append(m.update_worker.status)
         self._sockets.discard(ws)
         return ws
+
+    async def drop_connections(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
 
     async def stop(self) -> None:
         """LiveKit goes away: sockets closed, nothing listens any more."""
@@ -221,8 +234,16 @@ async def test_health_is_not_serving_when_the_worker_dies(
     settings = gateway_env(await livekit_url(livekit), livekit_max_retry=1)
     server = worker.build_server(settings)
     stop = asyncio.Event()
+    livekit.hold = True
     serving = asyncio.create_task(lifecycle.serve(settings, server=server, stop=stop))
     try:
+        # Connected but not (yet) admitted by LiveKit: the worker runs, yet no job can reach it.
+        await until(lambda: livekit.attempts >= 1, "the worker's register message")
+        await until(lambda: health_is(settings.grpc_port, NOT_SERVING), "NOT_SERVING before registration")
+        await asyncio.sleep(0.5)  # several health refreshes later: still NOT_SERVING
+        assert await health_status(settings.grpc_port) == NOT_SERVING and not serving.done()
+        livekit.hold = False
+        await livekit.drop_connections()  # the worker reconnects and is admitted this time
         await until(lambda: health_is(settings.grpc_port, SERVING), "SERVING after registration")
         await livekit.stop()  # LiveKit unreachable: the worker retries, then gives up
         await until(lambda: health_is(settings.grpc_port, NOT_SERVING), "NOT_SERVING once unregistered")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import tempfile
 
@@ -107,16 +108,18 @@ class WorkerSupervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self.interval_s)
 
-    async def drain_and_close(self, timeout_s: float) -> None:
-        """NOT_SERVING, no new jobs, live sessions finish for up to `timeout_s`, then everything closes."""
+    async def drain_and_close(self, timeout_s: float | None) -> None:
+        """NOT_SERVING, no new jobs, live sessions finish for up to `timeout_s` (None: no drain, e.g. when the
+        process is failing), then everything closes."""
         self.stopping = True
         self._changed.set()
         await self._set(False)
-        if self._run_task is not None and not self._run_task.done():
+        if timeout_s is not None and self._run_task is not None and not self._run_task.done():
             jobs = len(self.server.active_jobs)
             log.info("draining the LiveKit worker: %d live session(s), up to %.0fs", jobs, timeout_s)
             try:
-                await self.server.drain(timeout=int(timeout_s))
+                # AgentServer.drain takes whole seconds, and 0 would mean "wait forever".
+                await self.server.drain(timeout=max(1, math.ceil(timeout_s)))
                 log.info("drained: every session ended")
             except TimeoutError:
                 log.warning("drain timed out after %.0fs: closing %d session(s)", timeout_s,
@@ -164,7 +167,7 @@ async def serve(settings: Settings, *, server: AgentServer | None = None,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         if supervisor is not None and not supervisor.stopping:
-            await supervisor.drain_and_close(0.1)
+            await supervisor.drain_and_close(None)
         await app.stop()
         if metrics_server is not None:
             metrics_server.stop()
