@@ -159,7 +159,6 @@ async def test_replay_with_provider_keys_uses_the_real_plugins_and_bills_their_f
 ) -> None:
     from frugal.devkit.emulators.deepgram import DeepgramEmulator
     from frugal.devkit.emulators.elevenlabs import ElevenLabsEmulator
-
     from frugal.gateway.replay.media import write_wav
 
     write_wav(tmp_path / "q.wav", synth.utterance(2.0, seed=11))

@@ -298,3 +298,17 @@ async def test_metrics_of_a_job_process_are_on_the_gateway_metrics(
         if not serving.done():
             serving.cancel()
             await asyncio.gather(serving, return_exceptions=True)
+
+
+def test_the_unused_turn_detector_model_is_not_preloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """livekit-agents would load its ~240 MiB end-of-turn model into every job process; turn detection here
+    is Silero VAD (TURN_HANDLING), so the worker switches the preload off."""
+    from livekit.agents.ipc import _preload
+
+    from frugal.gateway.agent import TURN_HANDLING
+
+    monkeypatch.delenv(worker.PRELOAD_LOCAL_INFERENCE_ENV, raising=False)
+    worker.build_server(Settings(grpc_port=0, metrics_port=0))
+    assert os.environ[worker.PRELOAD_LOCAL_INFERENCE_ENV] == "0"
+    assert _preload.ENV_PRELOAD_LOCAL_INFERENCE == worker.PRELOAD_LOCAL_INFERENCE_ENV  # the name livekit reads
+    assert TURN_HANDLING["turn_detection"] == "vad"
