@@ -5,7 +5,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 BUF := npx --yes @bufbuild/buf@1.75.0
 export UV_FROZEN := 1
 
-.PHONY: help setup proto proto-check lint test demo dev devstack-stop up down bench bench-quick deploy-check
+.PHONY: help setup proto proto-check lint test coverage-gateway demo dev devstack-stop up down bench bench-quick deploy-check
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ lint: .venv/.synced ## ruff, mypy (strict), buf lint
 test: .venv/.synced ## Run the whole test suite (real Postgres+pgvector and Redis, no Docker needed)
 	@$(UV) run pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+coverage-gateway: .venv/.synced ## Line coverage of services/media-gateway (its tests; target >= 85%)
+	$(UV) run pytest -q -p no:cacheprovider --cov=services/media-gateway/src --cov-report=term-missing:skip-covered \
+		--cov-fail-under=85 services/media-gateway/tests
 
 demo: .venv/.synced ## Run the whole mesh on the embedded stack and replay the demo session (no keys)
 	$(UV) run python scripts/demo.py

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from frugal.common.cost_events import CostKind
+from frugal.devkit.demo.session import format_report, run_demo
 from frugal.devkit.localmesh import LocalMesh
 from frugal.gateway.config import Settings
-from frugal.gateway.demo import format_report, run_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 

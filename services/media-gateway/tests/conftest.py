@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
 
 from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
+from frugal.api.common.v1 import common_pb2
+from frugal.api.router.v1 import router_pb2, router_pb2_grpc
 from frugal.common.grpc_server import GrpcApp
 from frugal.devkit.pytest_plugin import with_user
 from frugal.gateway.config import Settings
@@ -118,3 +123,94 @@ async def mesh(billing_addr: str, router_factory: Callable[..., Awaitable[str]],
     """Real billing (tenant registered) and router; vision and rag are down unless a test starts them."""
     await register_tenant(billing_addr)
     return {"billing": billing_addr, "router": await router_factory()}
+
+
+@pytest_asyncio.fixture
+async def rag_addr(new_database: Callable[[], Awaitable[str]], redis_url: str) -> AsyncIterator[str]:
+    """The real rag service (migrations applied, local embedder) on a fresh database."""
+    from frugal.rag.config import Settings as RagSettings
+    from frugal.rag.server import build_app
+
+    dsn = await new_database()
+    settings = RagSettings(grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, redis_url=redis_url,
+                           database_url=with_user(dsn, "frugal_rag"), migration_database_url=dsn)
+    app = await build_app(settings)
+    port = await app.start()
+    yield f"127.0.0.1:{port}"
+    await app.stop(0.5)
+
+
+class ScriptedRouter(router_pb2_grpc.RouterServiceServicer):
+    """TEST DOUBLE of the router's provider side, for gateway unit tests only: each Respond plays the next
+    script (a list of RespondResponse messages; a float pauses that long; an exception aborts with its code),
+    and records the request and whether the caller cancelled it. The real router's tool support lives in the
+    router service and is tested there."""
+
+    def __init__(self) -> None:
+        self.scripts: list[list[object]] = []
+        self.requests: list[router_pb2.RespondRequest] = []
+        self.cancelled: list[bool] = []
+        self.started = asyncio.Event()
+        # When set, a Respond with no script left is refused with this status.
+        self.refuse: grpc.StatusCode | None = None
+
+    async def Route(self, request: router_pb2.RouteRequest,  # noqa: N802 - gRPC method name
+                    context: grpc.aio.ServicerContext[Any, Any]) -> router_pb2.RouteResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not scripted")
+
+    def script(self, *items: object) -> None:
+        self.scripts.append(list(items))
+
+    async def Respond(self, request: router_pb2.RespondRequest,  # noqa: N802 - gRPC method name
+                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[router_pb2.RespondResponse]:
+        self.requests.append(request)
+        index = len(self.cancelled)
+        self.cancelled.append(False)
+        self.started.set()
+        default: list[object] = [self.refuse] if self.refuse is not None else [text_chunk("ok"), completed()]
+        items = self.scripts.pop(0) if self.scripts else default
+        try:
+            for item in items:
+                if isinstance(item, float):
+                    await asyncio.sleep(item)
+                elif isinstance(item, grpc.StatusCode):
+                    await context.abort(item, "scripted failure")
+                else:
+                    assert isinstance(item, router_pb2.RespondResponse)
+                    yield item
+        except asyncio.CancelledError:
+            self.cancelled[index] = True
+            raise
+
+
+def text_chunk(text: str) -> router_pb2.RespondResponse:
+    return router_pb2.RespondResponse(delta=router_pb2.TextDelta(text=text))
+
+
+def tool_call_chunk(call_id: str, name: str, arguments: dict[str, object]) -> router_pb2.RespondResponse:
+    return router_pb2.RespondResponse(tool_call=router_pb2.ToolCall(id=call_id, name=name,
+                                                                    arguments_json=json.dumps(arguments)))
+
+
+def completed(**kwargs: Any) -> router_pb2.RespondResponse:
+    return router_pb2.RespondResponse(completed=router_pb2.RespondCompleted(
+        tier=common_pb2.TIER_LITE, usage=common_pb2.Usage(input_tokens=10, output_tokens=5), **kwargs))
+
+
+@pytest_asyncio.fixture
+async def scripted_router() -> AsyncIterator[tuple[ScriptedRouter, str]]:
+    servicer = ScriptedRouter()
+    server = grpc.aio.server()
+    router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    await server.stop(0.2)
+
+
+@pytest.fixture
+def chunks() -> Any:
+    """Builders of router stream messages, for ScriptedRouter scripts."""
+    import types
+
+    return types.SimpleNamespace(text=text_chunk, tool_call=tool_call_chunk, completed=completed)

@@ -1,6 +1,7 @@
 """The real livekit Deepgram STT and ElevenLabs TTS plugins, built the way the gateway builds them
 (`speech.build_stt` / `build_tts` with DEEPGRAM_BASE_URL / ELEVENLABS_BASE_URL), against the local
-emulators of frugal.devkit.emulators speaking the providers' wire protocols (websockets and HTTP). No LiveKit server, no network."""
+emulators of frugal.devkit.emulators speaking the providers' wire protocols (websockets and HTTP). No LiveKit
+server, no network."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def settings(**overrides: Any) -> Settings:
 
 def wav_frames() -> tuple[bytes, list[rtc.AudioFrame]]:
     if not WAV.exists():
-        pytest.skip(f"{WAV} missing (regenerate with `python -m frugal.gateway.replay.synth demo/session`)")
+        pytest.skip(f"{WAV} missing (regenerate with `python -m frugal.devkit.demo.synth demo/session`)")
     with wave.open(str(WAV)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
         pcm = w.readframes(w.getnframes())
@@ -177,14 +178,14 @@ async def test_elevenlabs_plugin_streams_text_and_plays_the_scripted_pcm(http_se
 async def test_elevenlabs_gateway_tts_mp3_and_cost_events(http_session: aiohttp.ClientSession) -> None:
     catalog = default_catalog()
     async with ElevenLabsEmulator(api_keys=(XI_KEY,), seconds_per_char=0.05) as emu:
-        engine, label = build_tts(settings(elevenlabs_api_key=XI_KEY, elevenlabs_base_url=emu.base_url),
-                                  http_session=http_session)
+        engine, label = build_tts(settings(elevenlabs_api_key=XI_KEY, elevenlabs_base_url=emu.base_url,
+                                           elevenlabs_encoding="mp3_22050_32"), http_session=http_session)
         assert label.provider == "elevenlabs" and label.model == "eleven_flash_v2_5" and not label.offline
         meter = SpeechCostMeter(None, catalog, tenant_id="org_lumen", session_id="s-xi-1")
         meter.watch_tts(engine, label)
         seen = watch_meter(meter, engine)
         try:
-            # synthesize(): the HTTP /stream endpoint, the plugin's default mp3 output decoded by livekit
+            # synthesize(): the HTTP /stream endpoint, mp3 output (ELEVENLABS_ENCODING) decoded by livekit
             chunked = engine.synthesize(SENTENCE, conn_options=NO_RETRY)
             try:
                 frames = await asyncio.wait_for(chunked.collect(), WAIT_S)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frugal.gateway.replay import synth
+from frugal.devkit.demo import synth
 from frugal.gateway.replay.media import read_wav, screen_frames, write_wav
 from frugal.gateway.replay.spec import SessionFormatError, SessionSpec
 from frugal.gateway.router_llm import turn_input_from_chat
@@ -69,3 +69,12 @@ def test_turn_input_keeps_the_newest_user_message_as_the_turn() -> None:
     turn = turn_input_from_chat(ctx, history_max=4)
     assert turn.text == "latest?"
     assert [m.content for m in turn.history] == ["be brief", "q8", "a8", "q9", "a9"]
+
+
+def test_the_command_line_refuses_what_it_does_not_know(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from frugal.gateway.__main__ import main
+
+    assert main(["frobnicate"]) == 2
+    assert "python -m frugal.gateway" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "nowhere")]) == 2
+    assert "no such file" in capsys.readouterr().err

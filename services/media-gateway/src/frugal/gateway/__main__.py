@@ -22,29 +22,6 @@ log = logging.getLogger("frugal.gateway")
 LIVEKIT_COMMANDS = ("console", "dev", "connect", "download-files")
 
 
-async def serve(settings: Settings) -> None:
-    from frugal.gateway.server import build_app
-
-    app = await build_app(settings)
-    worker_task: asyncio.Task[None] | None = None
-    server = None
-    if settings.livekit_url:
-        from frugal.gateway.worker import build_server
-
-        server = build_server(settings)
-        worker_task = asyncio.create_task(server.run(), name="livekit-worker")
-    else:
-        log.warning("LIVEKIT_URL is not set: the LiveKit worker is not started (health and metrics only)")
-    try:
-        await app.run_until_signal()
-    finally:
-        if server is not None:
-            await server.aclose()
-        if worker_task is not None:
-            worker_task.cancel()
-            await asyncio.gather(worker_task, return_exceptions=True)
-
-
 def replay_main(argv: list[str]) -> int:
     from frugal.gateway.clients import TenantRejected
     from frugal.gateway.replay.runner import run_replay
@@ -88,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if command not in ("serve", "start"):
         print(__doc__, file=sys.stderr)
         return 2
+    from frugal.gateway.lifecycle import serve
+
     settings = load_settings(Settings)
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     asyncio.run(serve(settings))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
-from livekit.agents import Agent, AgentSession, TurnHandlingOptions, vad
+from livekit.agents import Agent, AgentSession, ErrorEvent, TurnHandlingOptions, llm, vad
 
 # livekit plugins register themselves on import, which must happen on the main thread.
 from livekit.plugins import silero
@@ -15,8 +16,9 @@ from frugal.common.cost_events import CostEventProducer
 from frugal.common.pricing import PriceCatalog
 from frugal.gateway.clients import MeshClients, ResolvedTenant
 from frugal.gateway.config import Settings
-from frugal.gateway.router_llm import RouterLLM
+from frugal.gateway.router_llm import RouterLLM, TurnReport, apology_for, status_of
 from frugal.gateway.speech import ProviderLabel, SpeechCostMeter, TranscriptFeed, build_stt, build_tts
+from frugal.gateway.tools import knowledge_base_tool
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +38,31 @@ def load_vad() -> vad.VAD:
 
 
 class FrugalAgent(Agent):
-    def __init__(self, *, instructions: str, welcome: str | None) -> None:
-        super().__init__(instructions=instructions)
+    def __init__(self, *, instructions: str, welcome: str | None,
+                 tools: list[llm.Tool | llm.Toolset] | None = None) -> None:
+        super().__init__(instructions=instructions, tools=list(tools or []))
         self.welcome = welcome
 
     async def on_enter(self) -> None:
         if self.welcome:
             # A fixed greeting: spoken (TTS is billed), never sent to a model.
             self.session.say(self.welcome)
+
+
+def speak_apology_on_failure(session: AgentSession[Any]) -> None:
+    """When an answer finally fails (retries and fallbacks exhausted), say so out loud. The apology is the
+    gateway's, not the model's: it is spoken but kept out of the chat history the router sees next turn."""
+
+    def on_error(ev: ErrorEvent) -> None:
+        err = ev.error
+        if not isinstance(err, llm.LLMError) or err.recoverable:
+            return
+        try:
+            session.say(apology_for(status_of(err.error)), add_to_chat_ctx=False)
+        except RuntimeError:
+            log.debug("session closing: no apology spoken")
+
+    session.on("error", on_error)
 
 
 @dataclass
@@ -60,6 +79,9 @@ class SessionParts:
     notes: list[str] = field(default_factory=list)
 
     async def aclose(self) -> None:
+        # Closing the session flushes STT/TTS streams, whose final usage arrives then: the meter must still
+        # listen, so it closes (and sends what it holds) after the session.
+        await self.session.aclose()
         await self.meter.aclose()
 
 
@@ -85,17 +107,35 @@ def build_session(
     feed = feed if feed is not None else TranscriptFeed()
     stt_engine, stt_label = build_stt(settings, feed=feed, http_session=http_session)
     tts_engine, tts_label = build_tts(settings, http_session=http_session)
+    reports: list[TurnReport] = []
     router = RouterLLM(clients.router, tenant_id=tenant.tenant_id, session_id=session_id,
-                       timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages)
+                       timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages,
+                       reports=reports)
+    session_llm: llm.LLM[Any] = router
+    if clients.router_fallback is not None:
+        # A second router deployment (e.g. another zone): livekit's FallbackAdapter moves to it when the
+        # first one fails with a retryable error, and back once it recovers.
+        backup = RouterLLM(clients.router_fallback, tenant_id=tenant.tenant_id, session_id=session_id,
+                           timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages,
+                           reports=reports)
+        session_llm = llm.FallbackAdapter([router, backup], attempt_timeout=settings.router_timeout_s)
     meter = SpeechCostMeter(producer, catalog, tenant_id=tenant.tenant_id, session_id=session_id)
     meter.watch_stt(stt_engine, stt_label)
     meter.watch_tts(tts_engine, tts_label)
     session: AgentSession[None] = AgentSession(
-        vad=vad_model, stt=stt_engine, tts=tts_engine, llm=router, turn_handling=TURN_HANDLING,
+        vad=vad_model, stt=stt_engine, tts=tts_engine, llm=session_llm, turn_handling=TURN_HANDLING,
         user_away_timeout=user_away_timeout,
     )
+    speak_apology_on_failure(session)
+    tools: list[llm.Tool | llm.Toolset] = []
+    if settings.kb_tool_enabled and tenant.policy.knowledge_base_enabled:
+        tools.append(knowledge_base_tool(clients.rag, tenant_id=tenant.tenant_id, session_id=session_id,
+                                         top_k=settings.kb_tool_top_k, timeout_s=settings.rag_timeout_s))
     instructions = settings.agent_instructions
-    agent = FrugalAgent(instructions=instructions, welcome=welcome_text(settings, tenant))
-    notes = [f"STT {stt_label.describe()}", f"TTS {tts_label.describe()}"]
+    agent = FrugalAgent(instructions=instructions, welcome=welcome_text(settings, tenant), tools=tools)
+    notes = [f"STT {stt_label.describe()}", f"TTS {tts_label.describe()}",
+             f"tools {', '.join(t.info.name for t in tools if isinstance(t, llm.FunctionTool)) or 'none'}"]
+    if clients.router_fallback is not None:
+        notes.append(f"router fallback {settings.router_fallback_addr}")
     return SessionParts(session=session, agent=agent, llm=router, meter=meter, feed=feed, stt_label=stt_label,
                         tts_label=tts_label, tenant=tenant, session_id=session_id, notes=notes)

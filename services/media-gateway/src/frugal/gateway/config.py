@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from frugal.common.settings import PORTS, ServiceSettings
+
+# Most earlier messages a turn carries to the router; the router enforces the same cap.
+# TODO(lead): replace with the shared constant the router helper adds to libs/common.
+HISTORY_MESSAGES_CAP = 12
 
 DEFAULT_WELCOME = "Hi, I'm the {display_name} assistant. Ask me anything, and share your screen if it helps."
 DEFAULT_INSTRUCTIONS = (
@@ -27,6 +33,30 @@ class Settings(ServiceSettings):
     livekit_api_secret: str | None = None
     # Explicit dispatch name; empty means automatic dispatch to every new room.
     livekit_agent_name: str = ""
+    # SIGTERM: the worker stops taking jobs and live sessions may finish for up to this long before they are
+    # closed. Keep it below the pod's terminationGracePeriodSeconds (600 s in the manifests).
+    drain_timeout_s: int = Field(default=540, ge=1, le=3600)
+    # Where job processes write their Prometheus metrics (multiprocess mode) for /metrics to merge; a fresh
+    # temporary directory when unset. Never the main process's own PROMETHEUS_MULTIPROC_DIR.
+    job_metrics_dir: str | None = None
+    # Jobs run in processes (production) or threads (tests, small machines); idle processes kept warm.
+    job_executor: Literal["process", "thread"] = "process"
+    idle_processes: int = Field(default=1, ge=0, le=32)
+    # livekit-agents' own HTTP health endpoint (unused: gRPC health is the probe); 0 picks a free port.
+    worker_http_port: int = Field(default=0, ge=0, le=65535)
+    # Connection attempts to LiveKit before the worker gives up (health goes NOT_SERVING, the pod restarts).
+    livekit_max_retry: int = Field(default=16, ge=0, le=1000)
+    # How often the worker's LiveKit registration is checked for gRPC health.
+    worker_health_interval_s: float = Field(default=1.0, gt=0, le=60)
+
+    # Tenancy. The tenant comes from data only a holder of the LiveKit API secret can write: the job's dispatch
+    # metadata, then the room's metadata ({"tenant_id": "..."}). The unsigned room-name convention
+    # (tenant_{id}_{room}) is a fallback for development: TENANT_FROM_ROOM_NAME=false in production overlays.
+    tenant_from_room_name: bool = True
+    # Transient billing errors while screening a job: retried with exponential backoff before the job is
+    # declined (declined without terminate, so LiveKit offers it to another worker).
+    billing_retry_attempts: int = Field(default=4, ge=1, le=20)
+    billing_retry_backoff_s: float = Field(default=0.25, gt=0, le=30)
 
     # Screen share sampling: frames per second sent to vision-dedup while the user speaks / otherwise.
     active_fps: float = Field(default=2.0, gt=0, le=30)
@@ -39,11 +69,19 @@ class Settings(ServiceSettings):
     vision_reconnect_min_s: float = Field(default=0.2, gt=0, le=60)
     vision_reconnect_max_s: float = Field(default=5.0, gt=0, le=300)
 
+    # A second router deployment the session falls back to (livekit FallbackAdapter) when the first fails.
+    router_fallback_addr: str | None = None
+
     # Deadlines of the calls the gateway makes.
     router_timeout_s: float = Field(default=30.0, gt=0, le=300)
     billing_timeout_s: float = Field(default=3.0, gt=0, le=60)
-    # Messages of earlier conversation sent with each turn (the router sees at most this many).
-    history_max_messages: int = Field(default=12, ge=0, le=200)
+    # Messages of earlier conversation sent with each turn (the router accepts at most HISTORY_MESSAGES_CAP).
+    history_max_messages: int = Field(default=HISTORY_MESSAGES_CAP, ge=0, le=HISTORY_MESSAGES_CAP)
+
+    # The built-in knowledge-base tool (rag.Retrieve on demand): how many passages it reads back.
+    kb_tool_enabled: bool = True
+    kb_tool_top_k: int = Field(default=3, ge=1, le=20)
+    rag_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
     # Speech providers. Without a key the offline stand-in runs and says so in every cost event.
     deepgram_api_key: str | None = None
@@ -53,6 +91,9 @@ class Settings(ServiceSettings):
     elevenlabs_base_url: str | None = None
     elevenlabs_model: str = "eleven_flash_v2_5"
     elevenlabs_voice_id: str | None = None
+    # Raw PCM from ElevenLabs: nothing to decode in the gateway (mp3 decoding costs CPU per session); ElevenLabs
+    # bills characters, whatever the format. An mp3_<rate>_<kbps> value is passed through.
+    elevenlabs_encoding: str = Field(default="pcm_24000", pattern=r"^(pcm_\d+|mp3_\d+_\d+|opus_\d+_\d+)$")
 
     # What the agent says when it joins ({display_name} is the tenant's); empty disables it.
     welcome_message: str = DEFAULT_WELCOME

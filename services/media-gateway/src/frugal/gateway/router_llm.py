@@ -1,12 +1,22 @@
 """A livekit-agents `llm.LLM` whose stream is the router's `Respond` server-streaming RPC.
 
-Every turn carries the tenant and session ids (metadata) and a deadline. Router errors never kill the
-session: the stream ends with a short spoken apology instead (and the turn report says why).
+Every turn carries the tenant and session ids (metadata) and a deadline. Router failures follow the framework's
+error model: they are raised as livekit `APIError`s with `retryable` set from the gRPC status, so the session's
+own retry and `llm.FallbackAdapter` work; nothing the router did not say is put into the chat history (the
+session's apology, if any, is spoken outside the history: see `agent.py`).
+
+Tools: the session's `@function_tool`s go to the router as `ToolDefinition`s (JSON schema); a `tool_call` on
+the answer stream becomes a livekit function call, the framework runs the tool, and the next `Respond` carries
+the call and its result in the history. Convention shared with the router: in a turn that continues after tool
+calls, `history` ends with the ROLE_TOOL results, the user message they answer is in `history` before the
+assistant's tool-call message, and `text` repeats that user message (for routing and retrieval); the router
+sends such a history as is, without appending `text` again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -15,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from livekit.agents import llm
+from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError, llm
+from livekit.agents.llm.tool_context import FunctionTool, RawFunctionTool
+from livekit.agents.llm.utils import build_legacy_openai_schema
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 
 from frugal.api.common.v1 import common_pb2
@@ -23,6 +35,7 @@ from frugal.api.router.v1 import router_pb2, router_pb2_grpc
 from frugal.common.tenancy import REQUEST_ID_METADATA_KEY, SESSION_METADATA_KEY, TENANT_METADATA_KEY
 from frugal.common.usage import UsageAmounts
 from frugal.gateway import metrics
+from frugal.gateway.config import HISTORY_MESSAGES_CAP
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +48,20 @@ APOLOGIES: dict[grpc.StatusCode, str] = {
     grpc.StatusCode.UNAVAILABLE: "Sorry, I can't reach my answering service right now. Please try again in a moment.",
 }
 DEFAULT_APOLOGY = "Sorry, something went wrong on my side. Please try again."
-CUT_OFF_APOLOGY = " Sorry, I lost the rest of that answer."
+
+# gRPC status -> the HTTP status livekit-agents reasons about (4xx is not retried, except 408/429/499).
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409, grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNKNOWN: 500, grpc.StatusCode.DATA_LOSS: 500,
+    # A CANCELLED the gateway did not ask for is the router going away mid-answer: a server error, not the
+    # framework's 499 (which it treats as "closed by the client" and swallows).
+    grpc.StatusCode.CANCELLED: 503,
+}
+# RESOURCE_EXHAUSTED is the tenant's budget or rate limit: retrying within the same second changes nothing.
+NOT_RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED})
 
 
 def turn_metadata(tenant_id: str, session_id: str, request_id: str) -> tuple[tuple[str, str], ...]:
@@ -43,8 +69,49 @@ def turn_metadata(tenant_id: str, session_id: str, request_id: str) -> tuple[tup
     return ((TENANT_METADATA_KEY, tenant_id), (SESSION_METADATA_KEY, session_id), (REQUEST_ID_METADATA_KEY, request_id))
 
 
-def apology_for(code: grpc.StatusCode) -> str:
-    return APOLOGIES.get(code, DEFAULT_APOLOGY)
+def apology_for(code: grpc.StatusCode | None) -> str:
+    return APOLOGIES.get(code, DEFAULT_APOLOGY) if code is not None else DEFAULT_APOLOGY
+
+
+def status_of(error: BaseException | None) -> grpc.StatusCode | None:
+    """The router's gRPC status behind a livekit APIError raised here (also through FallbackAdapter)."""
+    seen: set[int] = set()
+    current = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, APIError) and isinstance(current.body, dict):
+            name = current.body.get("grpc_status")
+            if isinstance(name, str) and name in grpc.StatusCode.__members__:
+                return grpc.StatusCode[name]
+        current = current.__cause__
+    # FallbackAdapter's "all LLMs failed" carries no cause: every router was unreachable or failing.
+    return grpc.StatusCode.UNAVAILABLE if isinstance(error, APIConnectionError) else None
+
+
+def api_error(err: grpc.aio.AioRpcError, turn_id: str) -> APIError:
+    """The livekit-agents error for a failed Respond: connection/timeout errors are retryable, client errors
+    and an exhausted budget are not."""
+    code = err.code()
+    message = f"router Respond failed: {code.name}: {err.details() or ''}"
+    body = {"grpc_status": code.name, "turn_id": turn_id}
+    if code == grpc.StatusCode.UNAVAILABLE:
+        conn = APIConnectionError(message, retryable=True)
+        conn.body = body
+        return conn
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        timeout = APITimeoutError(message, retryable=True)
+        timeout.body = body
+        return timeout
+    return APIStatusError(message, status_code=HTTP_STATUS.get(code, 500), request_id=turn_id, body=body,
+                          retryable=code not in NOT_RETRYABLE)
+
+
+def enum_label(enum: Any, value: int, prefix: str) -> str:
+    """An enum value's short name; a value this build does not know (a newer router) becomes `unknown_<n>`."""
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:
+        return f"unknown_{value}"
 
 
 @dataclass
@@ -64,6 +131,7 @@ class TurnReport:
     cost_event_ids: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
     context: dict[str, str] = field(default_factory=dict)
+    tool_calls: list[str] = field(default_factory=list)
     score: float | None = None
     first_token_ms: float | None = None
     total_ms: float = 0.0
@@ -81,23 +149,80 @@ ROLES = {"user": router_pb2.ROLE_USER, "assistant": router_pb2.ROLE_ASSISTANT, "
          "developer": router_pb2.ROLE_SYSTEM}
 
 
-def turn_input_from_chat(chat_ctx: llm.ChatContext, history_max: int) -> router_pb2.TurnInput:
-    """The newest user message is the turn; what precedes it (system instructions first) is history."""
-    msgs: list[tuple[str, str]] = []
+def _trim(convo: list[router_pb2.ChatMessage], cap: int) -> list[router_pb2.ChatMessage]:
+    """The newest `cap` messages, never starting with a tool result whose call was cut off."""
+    if cap <= 0:
+        return []
+    out = convo[-cap:]
+    while out and out[0].role == router_pb2.ROLE_TOOL:
+        out = out[1:]
+    return out
+
+
+def turn_request(chat_ctx: llm.ChatContext, history_max: int) -> tuple[router_pb2.TurnInput, str]:
+    """(turn, per-reply instructions) from the chat context.
+
+    The newest user message is the turn; the first system message (the agent's instructions) heads the history;
+    a system message after the newest user message or answer is `generate_reply(instructions=...)`."""
+    system: router_pb2.ChatMessage | None = None
+    convo: list[router_pb2.ChatMessage] = []
+    trailing_instructions: list[str] = []
     for item in chat_ctx.items:
-        if item.type != "message":
-            continue
-        text = (item.text_content or "").strip()
-        if text and item.role in ROLES:
-            msgs.append((item.role, text))
+        if item.type == "message":
+            text = (item.text_content or "").strip()
+            role = ROLES.get(item.role)
+            if role is None or not text:
+                continue
+            if role == router_pb2.ROLE_SYSTEM:
+                if system is None and not convo:
+                    system = router_pb2.ChatMessage(role=role, content=text)
+                else:
+                    trailing_instructions.append(text)
+                continue
+            trailing_instructions.clear()  # instructions before a later message were for an earlier reply
+            convo.append(router_pb2.ChatMessage(role=role, content=text))
+        elif item.type == "function_call":
+            call = router_pb2.ToolCall(id=item.call_id, name=item.name, arguments_json=item.arguments or "{}")
+            last = convo[-1] if convo else None
+            if last is not None and last.role == router_pb2.ROLE_ASSISTANT:
+                last.tool_calls.append(call)  # parallel calls, or calls after the words of the same reply
+            else:
+                convo.append(router_pb2.ChatMessage(role=router_pb2.ROLE_ASSISTANT, tool_calls=[call]))
+        elif item.type == "function_call_output":
+            convo.append(router_pb2.ChatMessage(role=router_pb2.ROLE_TOOL, content=item.output,
+                                                tool_call_id=item.call_id, tool_error=item.is_error))
+    last_user = max((i for i, m in enumerate(convo) if m.role == router_pb2.ROLE_USER), default=-1)
     text = ""
-    if msgs and msgs[-1][0] == "user":
-        text = msgs.pop()[1]
-    system = [m for m in msgs if m[0] != "user" and ROLES[m[0]] == router_pb2.ROLE_SYSTEM][:1]
-    convo = [m for m in msgs if ROLES[m[0]] != router_pb2.ROLE_SYSTEM]
-    convo = convo[-history_max:] if history_max > 0 else []
-    history = [router_pb2.ChatMessage(role=ROLES[r], content=c) for r, c in [*system, *convo]]
-    return router_pb2.TurnInput(text=text, history=history)
+    if last_user == len(convo) - 1 and last_user >= 0:
+        text = convo.pop().content
+    elif last_user >= 0 and convo[-1].role == router_pb2.ROLE_TOOL:
+        # A continuation after tool calls: the history keeps the user message in place (see module doc).
+        text = convo[last_user].content
+    history = ([system] if system is not None else []) + _trim(convo, history_max)
+    return router_pb2.TurnInput(text=text, history=history), "\n".join(trailing_instructions)
+
+
+def turn_input_from_chat(chat_ctx: llm.ChatContext, history_max: int) -> router_pb2.TurnInput:
+    return turn_request(chat_ctx, history_max)[0]
+
+
+def tool_definitions(tools: list[llm.Tool]) -> list[router_pb2.ToolDefinition]:
+    """Function tools as JSON-schema definitions; provider-specific tools have no meaning to the router."""
+    out: list[router_pb2.ToolDefinition] = []
+    for tool in tools:
+        if isinstance(tool, FunctionTool):
+            schema = build_legacy_openai_schema(tool, internally_tagged=True)
+            out.append(router_pb2.ToolDefinition(name=schema["name"], description=schema["description"],
+                                                 parameters_json=json.dumps(schema["parameters"])))
+        elif isinstance(tool, RawFunctionTool):
+            raw = tool.info.raw_schema
+            out.append(router_pb2.ToolDefinition(
+                name=tool.info.name, description=str(raw.get("description", "")),
+                parameters_json=json.dumps(raw.get("parameters", {"type": "object", "properties": {}})),
+            ))
+        else:
+            log.warning("tool %r is not a function tool; the router cannot offer it", tool)
+    return out
 
 
 class RouterLLM(llm.LLM[Any]):
@@ -110,21 +235,23 @@ class RouterLLM(llm.LLM[Any]):
         tenant_id: str,
         session_id: str,
         timeout_s: float = 30.0,
-        history_max: int = 12,
+        history_max: int = HISTORY_MESSAGES_CAP,
         skip_rag: bool = False,
         skip_vision: bool = False,
         on_turn: TurnListener | None = None,
+        reports: list[TurnReport] | None = None,
     ) -> None:
         super().__init__()
         self.stub = stub
         self.tenant_id = tenant_id
         self.session_id = session_id
         self.timeout_s = timeout_s
-        self.history_max = history_max
+        self.history_max = min(history_max, HISTORY_MESSAGES_CAP)
         self.skip_rag = skip_rag
         self.skip_vision = skip_vision
         self._listeners: list[TurnListener] = [on_turn] if on_turn else []
-        self.reports: list[TurnReport] = []
+        # Shared by the routers of one session (FallbackAdapter): every attempt, in order.
+        self.reports: list[TurnReport] = reports if reports is not None else []
 
     @property
     def model(self) -> str:
@@ -166,20 +293,24 @@ class RouterLLMStream(llm.LLMStream):
     ) -> None:
         super().__init__(router, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
         self._router = router
+        # Once words were spoken a retry would repeat them: a failure after the first delta is final.
+        self._retry_on_chunk_sent = False
 
     def _send_text(self, chunk_id: str, text: str) -> None:
         self._event_ch.send_nowait(llm.ChatChunk(id=chunk_id, delta=llm.ChoiceDelta(role="assistant", content=text)))
 
     async def _run(self) -> None:
         r = self._router
-        turn = turn_input_from_chat(self._chat_ctx, r.history_max)
+        turn, instructions = turn_request(self._chat_ctx, r.history_max)
+        # Each attempt is its own paid call: a fresh turn id, so its cost event has its own id.
         turn_id = uuid.uuid4().hex
         report = TurnReport(turn_id=turn_id, text=turn.text)
-        if not turn.text:
-            # Nothing to answer (e.g. a reply requested without user input): say nothing, spend nothing.
+        if not turn.text and not instructions:
+            # Nothing to answer (a reply requested without user input or instructions): spend nothing.
             log.info("no user message to answer; skipping the router")
             return
-        request = router_pb2.RespondRequest(turn=turn, turn_id=turn_id, skip_rag=r.skip_rag, skip_vision=r.skip_vision)
+        request = router_pb2.RespondRequest(turn=turn, turn_id=turn_id, skip_rag=r.skip_rag, skip_vision=r.skip_vision,
+                                            tools=tool_definitions(self._tools), instructions=instructions)
         md = turn_metadata(r.tenant_id, r.session_id, turn_id)
         started = time.perf_counter()
         answer: list[str] = []
@@ -196,17 +327,19 @@ class RouterLLMStream(llm.LLMStream):
                     if msg.delta.text:
                         answer.append(msg.delta.text)
                         self._send_text(turn_id, msg.delta.text)
+                elif kind == "tool_call":
+                    self._send_tool_call(report, msg.tool_call)
                 elif kind == "completed":
                     self._complete(report, msg.completed, turn_id)
+                # Any other payload is from a newer router: ignored, the turn goes on.
         except grpc.aio.AioRpcError as err:
             code = err.code()
             report.error_code, report.error_detail = code.name, err.details() or ""
-            text = CUT_OFF_APOLOGY if answer else apology_for(code)
-            log.warning("router Respond failed (%s: %s); apologising", code.name, err.details(),
+            log.warning("router Respond failed (%s: %s)", code.name, err.details(),
                         extra={"tenant_id": r.tenant_id, "session_id": r.session_id, "turn_id": turn_id})
-            answer.append(text)
-            self._send_text(turn_id, text)
+            raise api_error(err, turn_id) from err
         except asyncio.CancelledError:
+            # Interrupted (the user spoke over the answer): the router's call is cancelled too.
             call.cancel()
             report.error_code = "CANCELLED"
             raise
@@ -215,6 +348,14 @@ class RouterLLMStream(llm.LLMStream):
             report.total_ms = (time.perf_counter() - started) * 1000
             metrics.TURN_SECONDS.observe(report.total_ms / 1000)
             r._report(report)
+
+    def _send_tool_call(self, report: TurnReport, call: router_pb2.ToolCall) -> None:
+        call_id = call.id or f"call_{uuid.uuid4().hex[:12]}"
+        report.tool_calls.append(call.name)
+        self._event_ch.send_nowait(llm.ChatChunk(id=report.turn_id, delta=llm.ChoiceDelta(
+            role="assistant",
+            tool_calls=[llm.FunctionToolCall(name=call.name, arguments=call.arguments_json or "{}", call_id=call_id)],
+        )))
 
     def _complete(self, report: TurnReport, done: router_pb2.RespondCompleted, turn_id: str) -> None:
         report.tier = TIER_NAMES.get(done.tier, report.tier)
@@ -227,8 +368,8 @@ class RouterLLMStream(llm.LLMStream):
         report.cost_event_ids = list(done.cost_event_ids)
         report.fallbacks = [f"{f.from_model}->{f.to_model} ({f.reason})" for f in done.fallbacks]
         report.context = {
-            router_pb2.ContextSource.Name(c.source).removeprefix("CONTEXT_SOURCE_").lower():
-            router_pb2.ContextState.Name(c.state).removeprefix("CONTEXT_STATE_").lower()
+            enum_label(router_pb2.ContextSource, c.source, "CONTEXT_SOURCE_"):
+            enum_label(router_pb2.ContextState, c.state, "CONTEXT_STATE_")
             for c in done.context
         }
         usage = done.usage

@@ -157,7 +157,7 @@ def build_tts(
 ) -> tuple[tts.TTS[Any], ProviderLabel]:
     if settings.elevenlabs_api_key:
         kwargs: dict[str, Any] = {"model": settings.elevenlabs_model, "api_key": settings.elevenlabs_api_key,
-                                  "http_session": http_session}
+                                  "http_session": http_session, "encoding": settings.elevenlabs_encoding}
         if settings.elevenlabs_base_url:
             kwargs["base_url"] = settings.elevenlabs_base_url
         if settings.elevenlabs_voice_id:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from livekit import rtc
 from livekit.agents import UserInputTranscribedEvent, UserStateChangedEvent, vad
 from livekit.agents.voice import io
@@ -220,11 +221,16 @@ async def run_replay(
     producer = CostEventProducer.from_settings(settings, redis) if redis is not None else None
     session_id = f"replay-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()
+    # Outside a LiveKit job there is no shared HTTP session for the provider plugins: with real keys the replay
+    # brings its own (offline stand-ins need none).
+    http: aiohttp.ClientSession | None = (aiohttp.ClientSession()
+                                          if settings.deepgram_api_key or settings.elevenlabs_api_key else None)
     try:
         tenant = await clients.resolve_tenant(spec.room, session_id)
         vad_used = vad_model if vad_model is not None else await asyncio.to_thread(load_vad)
         parts = build_session(settings, clients, tenant, session_id, vad_model=vad_used, producer=producer,
-                              catalog=default_catalog(settings.price_catalog_path), user_away_timeout=None)
+                              catalog=default_catalog(settings.price_catalog_path), user_away_timeout=None,
+                              http_session=http)
         result = ReplayResult(title=spec.title, session_id=session_id, tenant=tenant, stt=parts.stt_label,
                               tts=parts.tts_label, welcome=parts.agent.welcome)
         try:
@@ -236,6 +242,8 @@ async def run_replay(
         observer.finished(result)
         return result
     finally:
+        if http is not None:
+            await http.close()
         if producer is not None:
             await producer.aclose()
         if redis is not None:

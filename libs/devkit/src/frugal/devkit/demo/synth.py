@@ -6,7 +6,7 @@
 - `slide_frames(...)`: a screen share of "slides" (title bar, text lines, a chart) with a blinking cursor,
   a scroll and slide changes, the content vision-dedup is meant to thin out.
 
-    python -m frugal.gateway.replay.synth DIR      # regenerates the demo session's WAV and video files
+    python -m frugal.devkit.demo.synth DIR      # regenerates the demo session's WAV and video files
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def write_demo_media(directory: Path, *, seconds: float = 60.0, fps: float = 4.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m frugal.gateway.replay.synth", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m frugal.devkit.demo.synth", description=__doc__.splitlines()[0])
     p.add_argument("directory", type=Path)
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--fps", type=float, default=4.0)

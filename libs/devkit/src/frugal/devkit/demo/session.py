@@ -1,5 +1,5 @@
 """The demo against a running mesh: register the demo tenant, ingest its knowledge base, replay the recorded
-session, then read the ledger. Used by `scripts/demo.py` (`make demo`) and by the e2e test."""
+session, then read the ledger. Used by `scripts/demo.py` (`make demo`, through `demo_main`) and by the e2e test."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from frugal.api.vision.v1 import vision_pb2
 from frugal.common.grpc_client import create_channel, outgoing_metadata
 from frugal.common.pricing import default_catalog
 from frugal.gateway.agent import SessionParts
+from frugal.gateway.clients import TenantRejected
 from frugal.gateway.config import Settings
 from frugal.gateway.replay.runner import ReplayObserver, ReplayResult, ReplayTurn, run_replay
 from frugal.gateway.replay.spec import SessionSpec
@@ -231,3 +232,32 @@ def format_report(run: DemoRun) -> list[str]:
         lines.append(f"OFFLINE: {led.estimated_events} of {led.events} events come from offline stand-ins (no API "
                      "keys): their usage is estimated and no provider was paid; treat those figures as estimates.")
     return lines
+
+
+def failed_turns(run: DemoRun) -> list[ReplayTurn]:
+    """Turns without a normal answer (no turn detected, or the router failed)."""
+    return [t for t in run.result.turns if t.report is None or not t.report.ok]
+
+
+async def demo_main(
+    settings: Settings,
+    session_dir: Path,
+    kb_dir: Path,
+    *,
+    speed: float = 2.0,
+    write: Callable[[str], None] = print,
+) -> int:
+    """The demo as a command: 0 when every turn was answered, 1 otherwise (so `make demo` fails loudly)."""
+    try:
+        run = await run_demo(settings, session_dir, kb_dir, speed=speed, write=write)
+    except TenantRejected as err:
+        write(f"demo: {err}")
+        return 1
+    for line in format_report(run):
+        write(line)
+    failed = failed_turns(run)
+    if failed:
+        write(f"\nDEMO FAILED: {len(failed)} of {len(run.result.turns)} turn(s) were not answered normally "
+              "(see above and the service logs).")
+        return 1
+    return 0
