@@ -1,7 +1,7 @@
 """Compose bootstrap (the `bootstrap` one-shot of docker-compose.yml): after `make up` the mesh answers.
 
 Registers the demo tenant in billing and ingests the demo knowledge base into rag, with the same code and
-the same tenant as `make demo` (frugal.gateway.demo.register_tenant / ingest_knowledge_base), then prints
+the same tenant as `make demo` (demo/tenant.json, through frugal.common.admin_client), then prints
 how to join the demo room. Idempotent: the tenant is upserted, documents are deduplicated by content hash,
 so it runs on every `make up`. Runs in the media-gateway image (it has the gRPC clients and the LiveKit
 token API) with demo/kb mounted read-only; exits non-zero when billing or rag refuse, so that compose
@@ -47,12 +47,13 @@ def join_hint(room: str) -> list[str]:
 
 
 async def bootstrap(billing_addr: str, rag_addr: str, kb: Path) -> int:
-    from frugal.gateway.demo import DEMO_TENANT, ingest_knowledge_base, register_tenant
+    from frugal.common.admin_client import ingest_markdown_folder, load_policy, upsert_tenant
 
-    created = await register_tenant(billing_addr)
-    print(f"bootstrap: tenant {DEMO_TENANT} {'registered' if created else 'already registered (updated)'}",
+    policy = load_policy(kb.parent / "tenant.json")
+    created = await upsert_tenant(billing_addr, policy)
+    print(f"bootstrap: tenant {policy.tenant_id} {'registered' if created else 'already registered (updated)'}",
           flush=True)
-    docs = await ingest_knowledge_base(rag_addr, kb)
+    docs = await ingest_markdown_folder(rag_addr, kb, policy.tenant_id)
     for doc in docs:
         print(f"bootstrap:   {doc.document_id}: {doc.chunks} chunks, {doc.outcome}", flush=True)
     if not docs:

@@ -7,11 +7,12 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from frugal.common.limits import MAX_HISTORY_MESSAGES
 from frugal.common.settings import PORTS, ServiceSettings
 
-# Most earlier messages a turn carries to the router; the router enforces the same cap.
-# TODO(lead): replace with the shared constant the router helper adds to libs/common.
-HISTORY_MESSAGES_CAP = 12
+# Earlier messages a turn carries to the router by default; the shared MAX_HISTORY_MESSAGES (which the router
+# enforces) is the most a deployment may configure.
+DEFAULT_HISTORY_MESSAGES = 12
 
 DEFAULT_WELCOME = "Hi, I'm the {display_name} assistant. Ask me anything, and share your screen if it helps."
 DEFAULT_INSTRUCTIONS = (
@@ -75,8 +76,8 @@ class Settings(ServiceSettings):
     # Deadlines of the calls the gateway makes.
     router_timeout_s: float = Field(default=30.0, gt=0, le=300)
     billing_timeout_s: float = Field(default=3.0, gt=0, le=60)
-    # Messages of earlier conversation sent with each turn (the router accepts at most HISTORY_MESSAGES_CAP).
-    history_max_messages: int = Field(default=HISTORY_MESSAGES_CAP, ge=0, le=HISTORY_MESSAGES_CAP)
+    # Messages of earlier conversation sent with each turn (the router accepts at most MAX_HISTORY_MESSAGES).
+    history_max_messages: int = Field(default=DEFAULT_HISTORY_MESSAGES, ge=0, le=MAX_HISTORY_MESSAGES)
 
     # The built-in knowledge-base tool (rag.Retrieve on demand): how many passages it reads back.
     kb_tool_enabled: bool = True

@@ -32,10 +32,11 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConn
 
 from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
+from frugal.common.limits import MAX_HISTORY_MESSAGES
 from frugal.common.tenancy import REQUEST_ID_METADATA_KEY, SESSION_METADATA_KEY, TENANT_METADATA_KEY
 from frugal.common.usage import UsageAmounts
 from frugal.gateway import metrics
-from frugal.gateway.config import HISTORY_MESSAGES_CAP
+from frugal.gateway.config import DEFAULT_HISTORY_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ class RouterLLM(llm.LLM[Any]):
         tenant_id: str,
         session_id: str,
         timeout_s: float = 30.0,
-        history_max: int = HISTORY_MESSAGES_CAP,
+        history_max: int = DEFAULT_HISTORY_MESSAGES,
         skip_rag: bool = False,
         skip_vision: bool = False,
         on_turn: TurnListener | None = None,
@@ -246,7 +247,7 @@ class RouterLLM(llm.LLM[Any]):
         self.tenant_id = tenant_id
         self.session_id = session_id
         self.timeout_s = timeout_s
-        self.history_max = min(history_max, HISTORY_MESSAGES_CAP)
+        self.history_max = min(history_max, MAX_HISTORY_MESSAGES)
         self.skip_rag = skip_rag
         self.skip_vision = skip_vision
         self._listeners: list[TurnListener] = [on_turn] if on_turn else []

@@ -13,8 +13,8 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
-from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
 from frugal.api.vision.v1 import vision_pb2
+from frugal.common.admin_client import Ingested, ingest_markdown_folder, load_policy, upsert_tenant
 from frugal.common.grpc_client import create_channel, outgoing_metadata
 from frugal.common.pricing import default_catalog
 from frugal.gateway.agent import SessionParts
@@ -23,50 +23,19 @@ from frugal.gateway.config import Settings
 from frugal.gateway.replay.runner import ReplayObserver, ReplayResult, ReplayTurn, run_replay
 from frugal.gateway.replay.spec import SessionSpec
 
-DEMO_TENANT = "org_lumen"
-DEMO_POLICY = billing_pb2.TenantPolicy(
-    tenant_id=DEMO_TENANT, display_name="Lumen Desk", plan="business", monthly_budget_usd=50.0,
-    knowledge_base_enabled=True,
-    instructions="You are Lumen Desk's product assistant. Answer from the knowledge base; say so when it is silent.",
-)
+ROOT = Path(__file__).resolve().parents[6]
+# The demo tenant is data, shared with the compose bootstrap (deploy/compose/bootstrap.py).
+DEMO_POLICY = load_policy(ROOT / "demo" / "tenant.json")
+DEMO_TENANT = DEMO_POLICY.tenant_id
 
 
 async def register_tenant(billing_addr: str, policy: billing_pb2.TenantPolicy = DEMO_POLICY) -> bool:
     """UpsertTenant; True when the tenant was created (False: it existed and was updated)."""
-    async with create_channel(billing_addr) as ch:
-        resp = await billing_pb2_grpc.BillingServiceStub(ch).UpsertTenant(
-            billing_pb2.UpsertTenantRequest(policy=policy),
-            metadata=outgoing_metadata(tenant_id=policy.tenant_id, session_id="demo-setup"), timeout=15)
-    return resp.created
-
-
-@dataclass(frozen=True, slots=True)
-class Ingested:
-    document_id: str
-    chunks: int
-    outcome: str
-    embedder: str
-    offline: bool
-    cost_usd: float
+    return await upsert_tenant(billing_addr, policy)
 
 
 async def ingest_knowledge_base(rag_addr: str, kb_dir: Path, tenant_id: str = DEMO_TENANT) -> list[Ingested]:
-    out: list[Ingested] = []
-    docs = await asyncio.to_thread(lambda: [(p, p.read_text(encoding="utf-8")) for p in sorted(kb_dir.glob("*.md"))])
-    async with create_channel(rag_addr) as ch:
-        stub = rag_pb2_grpc.RagServiceStub(ch)
-        for path, text in docs:
-            title = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), path.stem)
-            resp = await stub.IngestDocument(
-                rag_pb2.IngestDocumentRequest(document_id=f"kb/{path.name}", title=title, content_type="text/markdown",
-                                              content=text.encode(), metadata={"source": "demo"}),
-                metadata=outgoing_metadata(tenant_id=tenant_id, session_id="demo-setup"), timeout=120,
-            )
-            outcome = rag_pb2.IngestOutcome.Name(resp.outcome).removeprefix("INGEST_OUTCOME_").lower()
-            embedder = f"{resp.embedder.provider}/{resp.embedder.model}"
-            out.append(Ingested(resp.document_id, resp.chunk_count, outcome, embedder, resp.embedder.offline,
-                                resp.cost_usd))
-    return out
+    return await ingest_markdown_folder(rag_addr, kb_dir, tenant_id)
 
 
 async def usage(billing_addr: str, tenant_id: str, since: datetime) -> billing_pb2.GetUsageResponse:
