@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from frugal.api.vision.v1 import vision_pb2  # noqa: E402
-from frugal.vision import corpus  # noqa: E402
+from frugal.devkit.vision import corpus  # noqa: E402
 from frugal.vision.dedup import DedupConfig, DedupTracker  # noqa: E402
-from frugal.vision.evaluation import (  # noqa: E402
+from frugal.devkit.vision.evaluation import (  # noqa: E402
     DedupPolicy,
     Figures,
     SeedRule,

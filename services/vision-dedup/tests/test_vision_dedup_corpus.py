@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from frugal.vision import corpus
-from frugal.vision.evaluation import DedupPolicy, Figures, SeedRule, format_table, run, score, totals
+from frugal.devkit.vision import corpus
+from frugal.devkit.vision.evaluation import DedupPolicy, Figures, SeedRule, format_table, run, score, totals
 
 W, H, SECONDS = 320, 180, 8.0
 

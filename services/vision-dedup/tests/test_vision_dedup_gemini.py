@@ -15,8 +15,8 @@ from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
 from frugal.common.pricing import default_catalog
 from frugal.common.usage import UsageAmounts
 from frugal.devkit.emulators.gemini import IMAGE_TOKENS, GeminiEmulator, GeminiReply, count_text_tokens
-from frugal.vision import corpus
-from frugal.vision.evaluation import i420_frame
+from frugal.devkit.vision import corpus
+from frugal.devkit.vision.evaluation import i420_frame
 
 KEPT = vision_pb2.VERDICT_KIND_KEPT
 

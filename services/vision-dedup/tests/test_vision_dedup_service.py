@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 
 from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
-from frugal.vision import corpus
-from frugal.vision.evaluation import i420_frame
+from frugal.devkit.vision import corpus
+from frugal.devkit.vision.evaluation import i420_frame
 
 KEPT, SKIPPED, ERROR = vision_pb2.VERDICT_KIND_KEPT, vision_pb2.VERDICT_KIND_SKIPPED, vision_pb2.VERDICT_KIND_ERROR
 

@@ -31,17 +31,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from frugal.vision.frames import u8
 
 FPS = 30
 SCENARIOS = ("scrolling", "typing", "slides", "blinking_cursor", "ticking_clock", "video_region",
              "window_switching")
 Img = npt.NDArray[np.uint8]
+
+
+def u8(a: Any) -> Img:
+    """OpenCV's stubs type results as generic arrays; ours are 8-bit."""
+    return cast(Img, a)
+
 Color = tuple[int, int, int]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
