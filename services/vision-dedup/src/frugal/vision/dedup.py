@@ -48,6 +48,8 @@ BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
 _NEVER = -1e15  # "long ago", finite so that differences stay finite
+# Longest wait for a next frame before the quiet-time timer keeps a pending change.
+MAX_TIMER_WAIT_MS = 1000
 KEPT_REASONS = ("first_frame", "resolution_changed", "changed", "detail_changed", "motion_checkpoint")
 SKIPPED_REASONS = ("duplicate", "periodic_change", "small_change", "pointer_motion", "scrolling", "in_motion",
                    "settling")
@@ -189,6 +191,7 @@ class DedupTracker:
     _anchor_detail: npt.NDArray[np.uint8] | None = None
     _last_t: float = _NEVER
     _frame_gap: float = 0.0
+    _gap_ewma: float = 0.0
     _last_motion_t: float = _NEVER
     _prev_moving: bool = False
     _motion_run_start: float = _NEVER
@@ -233,6 +236,9 @@ class DedupTracker:
         self.frames += 1
         t = max(float(t_ms), self._last_t)
         self._frame_gap = t - self._last_t
+        if self._last_t > _NEVER and self._frame_gap > 0:
+            gap = min(self._frame_gap, float(MAX_TIMER_WAIT_MS))
+            self._gap_ewma = gap if self._gap_ewma <= 0 else 0.7 * self._gap_ewma + 0.3 * gap
         self._last_t = t
         cur = thumb.pixels
         det = thumb.detail if thumb.detail is not None else cur
@@ -350,8 +356,12 @@ class DedupTracker:
         else:
             reason = "settling"
         # Kept after the quiet time if the screen stays as it is, whether or not another frame comes.
+        # The timer is for frames that stop coming, not for the gap to the next one: it waits at least 1.5
+        # frame intervals (at most MAX_TIMER_WAIT_MS) past this frame.
         quiet = cfg.fast_settle_ms if big else cfg.settle_ms
-        self._pending = (self._last_motion_t + quiet, "changed" if big else "detail_changed", area, bbox)
+        wait = min(float(MAX_TIMER_WAIT_MS), 1.5 * self._gap_ewma)
+        due = max(self._last_motion_t + quiet, t + wait)
+        self._pending = (due, "changed" if big else "detail_changed", area, bbox)
         return Decision(False, reason, h, distance, area, bbox, volatile_area)
 
     def _detail_bbox(self, diff_d: BoolArray | None, thumb: Thumbnail) -> tuple[int, int, int, int]:
