@@ -344,7 +344,8 @@ class DedupTracker:
             moving_area = float(geo.tile_pixels[recent].sum())
             if moving_area <= cfg.max_volatile_area and self._run_frames >= 2:
                 settled = diff & ~geo.expand(recent)
-                if np.count_nonzero(settled) / diff.size >= cfg.large_change_area:
+                # Most of the change (or a large one) lies outside the moving region and has stopped.
+                if np.count_nonzero(settled) / diff.size >= min(cfg.large_change_area, 0.5 * area):
                     return keep("changed")
         if not big and not small:
             return Decision(False, "small_change", h, distance, area, bbox, volatile_area)

@@ -128,13 +128,14 @@ def run_path(frames: Iterable[CorpusFrame], *, track_fps: int, speaking: bool, a
                     reasons["timer:" + fired.decision.reason] = reasons.get("timer:" + fired.decision.reason, 0) + 1
                     keeps.append(Keep(now_ms, idx, fired.decision.reason))
 
-    last = 0
+    last = last_sent = 0
     for f in frames:
         if f.meaningful:
             events.append((f.index, f.note))
         last = f.index
         if f.index % step:
             continue
+        last_sent = f.index
         run_until(f.timestamp_ms)
         now_ms = f.timestamp_ms
         c0 = time.thread_time()
@@ -142,6 +143,8 @@ def run_path(frames: Iterable[CorpusFrame], *, track_fps: int, speaking: bool, a
         cpu += time.thread_time() - c0
     end_ms = (last + 1) * 1000 / FPS + tail_s * 1000
     run_until(end_ms)
+    # A change after the track's last frame was never on the wire: it cannot be caught, nor counted.
+    events = [e for e in events if e[0] <= last_sent]
     return PathRun(scenario, track_fps, speaking, (last + 1) / FPS, events, keeps, sent, cpu, reasons)
 
 
