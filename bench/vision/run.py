@@ -18,6 +18,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -31,7 +32,7 @@ from PIL import Image  # noqa: E402
 from frugal.api.vision.v1 import vision_pb2  # noqa: E402
 from frugal.devkit.vision import corpus  # noqa: E402
 from frugal.devkit.vision.evaluation import i420_frame  # noqa: E402
-from frugal.devkit.vision.path import PathScore, rgb_video_frame, run_path, score_path, seed_rule_keeps  # noqa: E402
+from frugal.devkit.vision.path import PathScore, PathSim, rgb_video_frame, score_path, seed_rule_keeps  # noqa: E402
 from frugal.gateway.screen import FrameThrottle, TrackSampler, VisionFrameStreamer  # noqa: E402
 from frugal.vision.dedup import DedupConfig, DedupTracker  # noqa: E402
 from frugal.vision.frames import FrameLimits, luma_thumbnail, thumbnail_from_luma  # noqa: E402
@@ -188,36 +189,49 @@ def path_figures(quick: bool) -> list[str]:
             f"{'miss@1s':>7} {'miss@2.5s':>9} {'extra':>5} | {'seed/min':>8} {'seed miss@1s':>12} "
             f"{'seed miss@2.5s':>14}")
     out += [head, "-" * len(head)]
-    cache: dict[tuple[str, int], list[corpus.CorpusFrame]] = {}
-    seed_scores: dict[tuple[str, int], PathScore] = {}
     notes: list[str] = []
     cpu = {"s": 0.0, "n": 0}
+    zero = PathScore(0, 0, 0, 0, 0, 0.0)
+    totals: dict[tuple[int, bool, str], PathScore] = {}
+    seed_tot: dict[tuple[int, bool, str], PathScore] = {}
 
     def ih(f: corpus.CorpusFrame) -> imagehash.ImageHash:
         return imagehash.phash(Image.frombytes("RGB", (f.rgb.shape[1], f.rgb.shape[0]), f.rgb.tobytes()))
 
     for kind in kinds:
         for seed in seeds:
-            frames = list(corpus.generate(kind, width, height, seconds, seed))
-            cache[kind, seed] = frames
-            keeps = seed_rule_keeps(frames, ih, lambda a, b: int(a - b))
-            seed_scores[kind, seed] = score_path([(f.index, f.note) for f in frames if f.meaningful], keeps,
-                                                 len(frames) / corpus.FPS, len(frames))
-    for rate in rates:
-        for speaking in (False, True):
-            totals: dict[str, PathScore] = {}
-            seed_tot: dict[str, PathScore] = {}
-            for (kind, seed), frames in cache.items():
-                run = run_path(frames, track_fps=rate, speaking=speaking, scenario=kind)
+            # One pass over the rendered frames feeds every configuration (the corpus is not kept in memory).
+            sims = {(rate, speaking): PathSim(track_fps=rate, speaking=speaking, scenario=kind)
+                    for rate in rates for speaking in (False, True)}
+            seed_frames: list[corpus.CorpusFrame] = []
+            labels: list[tuple[int, str]] = []
+            n_frames = 0
+            for f in corpus.generate(kind, width, height, seconds, seed):
+                n_frames += 1
+                if f.meaningful:
+                    labels.append((f.index, f.note))
+                vf = rgb_video_frame(f.rgb) if f.index % 2 == 0 else None
+                for sim in sims.values():
+                    sim.feed(f, vf if sim.step % 2 == 0 else None)
+                if f.index % corpus.FPS == 0:
+                    seed_frames.append(f)
+            seed_keeps = seed_rule_keeps(seed_frames, ih, lambda a, b: int(a - b))
+            seed_sc = score_path(labels, seed_keeps, n_frames / corpus.FPS, n_frames)
+            for (rate, speaking), sim in sims.items():
+                run = sim.finish()
                 cpu["s"] += run.cpu_s
                 cpu["n"] += run.frames_sent
-                sc = score_path(run.events, run.keeps, run.seconds, len(frames), f"{kind}/seed {seed}")
+                sc = score_path(run.events, run.keeps, run.seconds, n_frames, f"{kind}/seed {seed}")
                 notes += [f"{rate} FPS {'speaking' if speaking else 'silent'}: {n}" for n in sc.missed_notes]
                 for subset in ("all", "held-out" if kind in corpus.HELD_OUT_KINDS else "tuning"):
-                    totals[subset] = totals.get(subset, PathScore(0, 0, 0, 0, 0, 0.0)) + sc
-                    seed_tot[subset] = seed_tot.get(subset, PathScore(0, 0, 0, 0, 0, 0.0)) + seed_scores[kind, seed]
+                    key = (rate, speaking, subset)
+                    totals[key] = totals.get(key, zero) + sc
+                    seed_tot[key] = seed_tot.get(key, zero) + seed_sc
+            print(f"  ... {kind} seed {seed} done", file=sys.stderr)
+    for rate in rates:
+        for speaking in (False, True):
             for subset in ("tuning", "held-out", "all"):
-                t, z = totals[subset], seed_tot[subset]
+                t, z = totals[rate, speaking, subset], seed_tot[rate, speaking, subset]
                 out.append(f"{rate:>4}fps {'speaking' if speaking else 'silent':<8} {subset:<9} {t.events:>6} "
                            f"{t.kept_per_minute:>9.1f} {t.kept:>5} {t.kept / max(1, t.events):>5.2f} "
                            f"{t.missed_1s:>7} {t.missed_2_5s:>9} {t.extra:>5} | {z.kept_per_minute:>8.1f} "

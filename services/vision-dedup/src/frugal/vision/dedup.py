@@ -48,6 +48,7 @@ BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
 _NEVER = -1e15  # "long ago", finite so that differences stay finite
+_GROUP_KERNEL = np.ones((7, 7), dtype=np.uint8)
 # Longest wait for a next frame before the quiet-time timer keeps a pending change.
 MAX_TIMER_WAIT_MS = 1000
 KEPT_REASONS = ("first_frame", "resolution_changed", "changed", "detail_changed", "motion_checkpoint")
@@ -83,6 +84,11 @@ class DedupConfig:
     # Largest side (detail pixels) of a mouse pointer: a change that is only a sprite of at most this size
     # moving elsewhere is pointer motion.
     pointer_max_side: int = 24
+    # A tile that has been moving for most of the last few seconds (a video, a video call tile) is left out
+    # like a volatile pixel: activity = time-weighted share of frames in which it moved (time constant
+    # active_tau_ms); active from active_threshold on.
+    active_tau_ms: int = 4000
+    active_threshold: float = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -197,6 +203,7 @@ class DedupTracker:
     _motion_run_start: float = _NEVER
     _run_frames: int = 0
     _tile_last_motion: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    _tile_activity: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
     # Per detail pixel: time of its last separate change (float32 ms relative to the track start) and count.
     _px_last_event: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     _px_events: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
@@ -265,8 +272,8 @@ class DedupTracker:
         # longer than volatile_gap_ms. Pixels that changed volatile_min_events times are periodic or animated.
         rel = np.float32(t - self._t0)
         gap = cfg.volatile_gap_ms
-        changed_any = moved_d | _mask_to_detail(moved_px, det.shape)
-        idx = np.flatnonzero(changed_any)  # usually few pixels move: update only those
+        # Detail pixels only: a thumbnail block moves several times while a pointer crosses it.
+        idx = np.flatnonzero(moved_d)  # usually few pixels move: update only those
         if idx.size:
             last = self._px_last_event.ravel()
             counts = self._px_events.ravel()
@@ -289,10 +296,25 @@ class DedupTracker:
                 moved_px &= ~vol_t
                 moved_d &= ~vol_d
 
+        moved_tiles = geo.tiles_any(moved_px | _mask_to_thumb(moved_d, cur.shape))
+        # Tiles that keep moving (time-weighted share of frames that moved them, over ~active_tau_ms).
+        w = 1.0 - float(np.exp(-max(self._frame_gap, 1.0) / cfg.active_tau_ms))
+        self._tile_activity *= 1.0 - w
+        self._tile_activity[moved_tiles] += w
+        active = self._tile_activity >= cfg.active_threshold
+        if active.any():
+            active = cv2.dilate(active.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+            if float(geo.tile_pixels[active].sum()) <= cfg.max_volatile_area:
+                act_t = geo.expand(active)
+                vol_t = act_t if vol_t is None else vol_t | act_t
+                act_d = _mask_to_detail(act_t, det.shape)
+                vol_d = act_d if volatile_area == 0 else vol_d | act_d
+                volatile_area = float(np.count_nonzero(vol_d)) / vol_d.size
+                moved_px &= ~act_t
+                moved_d &= ~act_d
         raw_diff: BoolArray = cv2.absdiff(cur, self._kept) > thr
         diff = raw_diff & ~vol_t if vol_t is not None else raw_diff
         moving = bool(moved_px.any()) or int(np.count_nonzero(moved_d)) >= cfg.min_detail_motion
-        moved_tiles = geo.tiles_any(moved_px)
         self._tile_last_motion[moved_tiles] = t
         if moving:
             # A run of motion is the frames that moved with no still frame between them, however far apart.
@@ -310,10 +332,10 @@ class DedupTracker:
         big = area >= cfg.large_change_area or distance > cfg.phash_threshold
         diff_d: BoolArray | None = None
         n_detail = 0
+        raw_diff_d: BoolArray | None = None
         if not big:
-            diff_d = cv2.absdiff(det, self._kept_detail) > thr_d
-            if volatile_area > 0:
-                diff_d &= ~vol_d
+            raw_diff_d = cv2.absdiff(det, self._kept_detail) > thr_d
+            diff_d = raw_diff_d & ~vol_d if volatile_area > 0 else raw_diff_d
             n_detail = int(np.count_nonzero(diff_d))
         if n_changed == 0 and n_detail < cfg.min_detail_pixels:
             if raw_diff.any():
@@ -323,7 +345,9 @@ class DedupTracker:
             return Decision(False, reason, h, distance, 0.0, (0, 0, 0, 0), volatile_area)
         bbox = geo.bbox(diff) if n_changed else self._detail_bbox(diff_d, thumb)
         small = not big and (area >= cfg.min_change_area or n_detail >= cfg.min_detail_pixels)
-        if small and diff_d is not None and self._pointer_only(diff_d, det, self._kept_detail):
+        # Judged on the change before volatile masking: a pointer that slowed down as it came to rest has
+        # made the pixels where it rests look periodic.
+        if small and raw_diff_d is not None and self._pointer_only(raw_diff_d, det, self._kept_detail):
             return Decision(False, "pointer_motion", h, distance, area, bbox, volatile_area)
 
         def keep(reason: str) -> Decision:
@@ -336,17 +360,22 @@ class DedupTracker:
         if small and still_ms >= cfg.settle_ms:
             return keep("detail_changed")
         if big and moving:
-            # Everything outside a small region that keeps moving (a video in a window that just opened) has
-            # settled. "Keeps moving": moved within the last fast_settle_ms, or in this frame when frames are
-            # sparser than that.
+            # The change has settled while something elsewhere keeps moving (a video in a window that just
+            # opened, before its tiles count as active): the part of the change
+            # outside the moving region is most of it, and has not moved for the quiet time. "Keeps moving":
+            # moved within the last fast_settle_ms, or in this frame when frames are sparser than that.
             window = max(float(cfg.fast_settle_ms), 1.5 * self._frame_gap)
             recent = (t - self._tile_last_motion) < window
             moving_area = float(geo.tile_pixels[recent].sum())
             if moving_area <= cfg.max_volatile_area and self._run_frames >= 2:
-                settled = diff & ~geo.expand(recent)
-                # Most of the change (or a large one) lies outside the moving region and has stopped.
-                if np.count_nonzero(settled) / diff.size >= min(cfg.large_change_area, 0.5 * area):
-                    return keep("changed")
+                chg = diff if diff_d is None else diff | _mask_to_thumb(diff_d, diff.shape)
+                settled = chg & ~geo.expand(recent)
+                n_settled, n_chg = int(np.count_nonzero(settled)), int(np.count_nonzero(chg))
+                if n_chg and n_settled >= 0.5 * n_chg:
+                    region = geo.tiles_any(settled)
+                    region_still = t - float(self._tile_last_motion[region].max()) if region.any() else 0.0
+                    if region_still >= cfg.fast_settle_ms:
+                        return keep("changed")
         if not big and not small:
             return Decision(False, "small_change", h, distance, area, bbox, volatile_area)
         stale_limit = cfg.max_stale_speaking_ms if user_speaking else cfg.max_stale_ms
@@ -380,29 +409,43 @@ class DedupTracker:
 
     def _pointer_only(self, diff_d: BoolArray, det: npt.NDArray[np.uint8], kept: npt.NDArray[np.uint8]) -> bool:
         """The change since the last kept frame is one small sprite that left one place and is now at another
-        (a mouse pointer that moved): two blobs of the same size, and what the kept frame showed at the first
-        is what this frame shows at the second."""
+        (a mouse pointer that moved): two small blobs of about the same size, and the pixels the kept frame
+        showed at one (the sprite) look like what this frame shows at the other. Blob shapes depend on the
+        background under the sprite, so sizes and mean sprite levels are compared, not pixel by pixel."""
         side = self.config.pointer_max_side
-        mask = cv2.dilate(diff_d.view(np.uint8), self._kernel)
-        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        # Parts of one sprite over a background of its own colour show no change: group nearby pieces.
+        mask = cv2.dilate(diff_d.view(np.uint8), _GROUP_KERNEL)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         if n != 3:  # background + exactly two blobs
             return False
-        (ax, ay, aw, ah, _), (bx, by, bw, bh, _) = (tuple(int(v) for v in stats[i]) for i in (1, 2))
-        if max(aw, ah, bw, bh) > side or abs(aw - bw) > 2 or abs(ah - bh) > 2:
+        blobs = []
+        for i in (1, 2):
+            x, y, w, h = (int(v) for v in stats[i][:4])
+            if max(w, h) > side + 6:  # the grouping dilation adds 3 pixels a side
+                return False
+            sel = (labels[y : y + h, x : x + w] == i) & diff_d[y : y + h, x : x + w]
+            if not sel.any():
+                return False
+            then = kept[y : y + h, x : x + w][sel].astype(np.int16)
+            now = det[y : y + h, x : x + w][sel].astype(np.int16)
+            blobs.append((int(np.count_nonzero(sel)), float(then.mean()), float(now.mean()),
+                          float(np.mean(then > now))))
+        (na, a_then, a_now, a_dark), (nb, b_then, b_now, b_dark) = blobs
+        if min(na, nb) < 0.2 * max(na, nb):
             return False
-        w, hh = min(aw, bw), min(ah, bh)
-        a_then, a_now = kept[ay : ay + hh, ax : ax + w], det[ay : ay + hh, ax : ax + w]
-        b_then, b_now = kept[by : by + hh, bx : bx + w], det[by : by + hh, bx : bx + w]
-        change = float(cv2.absdiff(a_then, a_now).mean() + cv2.absdiff(b_then, b_now).mean()) / 2
-        # The sprite moved from a to b, or from b to a (blob order is by position, not by time).
-        moved = min(float(cv2.absdiff(a_then, b_now).mean()), float(cv2.absdiff(b_then, a_now).mean()))
-        return moved < 0.35 * change
+        # A sprite leaves one place (its pixels there all change one way) and covers another (the other way);
+        # an edit turns some strokes on and others off in the same place.
+        if not ((a_dark >= 0.8 and b_dark <= 0.2) or (a_dark <= 0.2 and b_dark >= 0.8)):
+            return False
+        # The sprite was at a and is now at b, or the other way round.
+        return min(abs(a_then - b_now), abs(b_then - a_now)) < 0.35 * max(abs(a_then - a_now), abs(b_then - b_now))
 
     def _keep(self, thumb: Thumbnail, cur: npt.NDArray[np.uint8], det: npt.NDArray[np.uint8], h: int, t: float,
               reason: str) -> Decision:
         distance = -1 if self._geo is None or reason == "resolution_changed" else hamming(h, self._kept_hash)
         self._geo = _Geometry.make(thumb, self.config.tile_size)
         self._tile_last_motion = np.full(self._geo.tiles, _NEVER)
+        self._tile_activity = np.zeros(self._geo.tiles)
         self._t0 = t
         self._px_last_event = np.full(det.shape, -1e9, dtype=np.float32)
         self._px_events = np.zeros(det.shape, dtype=np.uint8)

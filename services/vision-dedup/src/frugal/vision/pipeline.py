@@ -76,9 +76,9 @@ class StreamCore:
             return self._error(verdict, fmt, f"too many tracks: this stream already has {len(self.tracks)} "
                                f"(MAX_TRACKS_PER_STREAM={self.max_tracks}); frame of track "
                                f"{frame.track_id!r} ignored", started)
-        if track is None:
-            track = Track(DedupTracker(self.config), frame.timestamp_ms)
         clock = time.monotonic() if now is None else now
+        if track is None:
+            track = Track(DedupTracker(self.config), frame.timestamp_ms, clock_origin=clock)
         t_ms = float(frame.timestamp_ms) if frame.timestamp_ms > 0 else (clock - track.clock_origin) * 1000
         try:
             thumb = luma_thumbnail(frame, self.limits, self.config.thumb_long_side)

@@ -65,47 +65,49 @@ class PathRun:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def run_path(frames: Iterable[CorpusFrame], *, track_fps: int, speaking: bool, active_fps: float = 5.0,
-             idle_fps: float = 5.0, max_width: int = 1280, config: DedupConfig | None = None,
-             scenario: str = "", tail_s: float = 3.0) -> PathRun:
-    step = max(1, round(FPS / track_fps))
-    core = StreamCore(config or DedupConfig(), FrameLimits())
-    keeps: list[Keep] = []
-    events: list[tuple[int, str]] = []
-    reasons: dict[str, int] = {}
-    arrival: dict[str, float] = {}
-    now_ms = 0.0
-    sent = 0
-    cpu = 0.0
+class PathSim:
+    """One track through the whole path; `feed` the 30 FPS corpus frames in order, then `finish`. Several
+    simulations can share one pass over the frames (the corpus is rendered once)."""
 
-    def deliver(frame: vision_pb2.Frame) -> None:
-        nonlocal sent, cpu
-        sent += 1
+    def __init__(self, *, track_fps: int, speaking: bool, active_fps: float = 5.0, idle_fps: float = 5.0,
+                 max_width: int = 1280, config: DedupConfig | None = None, scenario: str = "") -> None:
+        self.step = max(1, round(FPS / track_fps))
+        self.track_fps, self.speaking, self.scenario = track_fps, speaking, scenario
+        self.core = StreamCore(config or DedupConfig(), FrameLimits())
+        self.keeps: list[Keep] = []
+        self.events: list[tuple[int, str]] = []
+        self.reasons: dict[str, int] = {}
+        self._arrival: dict[str, float] = {}
+        self.now_ms = 0.0
+        self.sent = 0
+        self.cpu = 0.0
+        self._last = self._last_sent = 0
+        throttle = FrameThrottle(active_fps, idle_fps)
+        throttle.set_speaking(speaking)
+        self.sampler = TrackSampler(_Capture(self._deliver), throttle, max_width=max_width)
+
+    def _deliver(self, frame: vision_pb2.Frame) -> None:
+        self.sent += 1
         c0 = time.thread_time()
-        out = core.handle(vision_pb2.StreamFramesRequest(frame=frame), now=now_ms / 1000)
-        cpu += time.thread_time() - c0
-        arrival[frame.track_id] = now_ms
+        out = self.core.handle(vision_pb2.StreamFramesRequest(frame=frame), now=self.now_ms / 1000)
+        self.cpu += time.thread_time() - c0
+        self._arrival[frame.track_id] = self.now_ms
         if out.decision is not None:
-            reasons[out.decision.reason] = reasons.get(out.decision.reason, 0) + 1
+            self.reasons[out.decision.reason] = self.reasons.get(out.decision.reason, 0) + 1
             if out.decision.kept:
-                keeps.append(Keep(now_ms, round(frame.timestamp_ms * FPS / 1000), out.decision.reason))
+                self.keeps.append(Keep(self.now_ms, round(frame.timestamp_ms * FPS / 1000), out.decision.reason))
 
-    throttle = FrameThrottle(active_fps, idle_fps)
-    throttle.set_speaking(speaking)
-    sampler = TrackSampler(_Capture(deliver), throttle, max_width=max_width)
-
-    def timer_at() -> tuple[float, str, float] | None:
-        due = core.next_due()
+    def _timer_at(self) -> tuple[float, str, float] | None:
+        due = self.core.next_due()
         if due is None:
             return None
         tid, due_ms, last_ms = due
-        return arrival.get(tid, now_ms) + max(0.0, due_ms - last_ms), tid, due_ms
+        return self._arrival.get(tid, self.now_ms) + max(0.0, due_ms - last_ms), tid, due_ms
 
-    def run_until(limit_ms: float) -> None:
-        nonlocal now_ms, cpu
+    def _run_until(self, limit_ms: float) -> None:
         while True:
-            held = sampler.due()
-            timer = timer_at()
+            held = self.sampler.due()
+            timer = self._timer_at()
             cands = []
             if held is not None and held * 1000 < limit_ms:
                 cands.append((held * 1000, "sampler"))
@@ -114,38 +116,50 @@ def run_path(frames: Iterable[CorpusFrame], *, track_fps: int, speaking: bool, a
             if not cands:
                 return
             at, what = min(cands)
-            now_ms = at
+            self.now_ms = at
             if what == "sampler":
                 c0 = time.thread_time()
-                sampler.flush(at / 1000 + 1e-9)
-                cpu += time.thread_time() - c0
+                self.sampler.flush(at / 1000 + 1e-9)
+                self.cpu += time.thread_time() - c0
             else:
                 assert timer is not None
-                fired = core.fire(timer[1], timer[2])
-                if fired is not None and fired.decision is not None:
-                    f = fired.job.frame if fired.job is not None else None
-                    idx = round(f.timestamp_ms * FPS / 1000) if f is not None else -1
-                    reasons["timer:" + fired.decision.reason] = reasons.get("timer:" + fired.decision.reason, 0) + 1
-                    keeps.append(Keep(now_ms, idx, fired.decision.reason))
+                fired = self.core.fire(timer[1], timer[2])
+                if fired is not None and fired.decision is not None and fired.job is not None:
+                    idx = round(fired.job.frame.timestamp_ms * FPS / 1000)
+                    key = "timer:" + fired.decision.reason
+                    self.reasons[key] = self.reasons.get(key, 0) + 1
+                    self.keeps.append(Keep(self.now_ms, idx, fired.decision.reason))
 
-    last = last_sent = 0
-    for f in frames:
+    def feed(self, f: CorpusFrame, video_frame: rtc.VideoFrame | None = None) -> None:
         if f.meaningful:
-            events.append((f.index, f.note))
-        last = f.index
-        if f.index % step:
-            continue
-        last_sent = f.index
-        run_until(f.timestamp_ms)
-        now_ms = f.timestamp_ms
+            self.events.append((f.index, f.note))
+        self._last = f.index
+        if f.index % self.step:
+            return
+        self._last_sent = f.index
+        self._run_until(f.timestamp_ms)
+        self.now_ms = f.timestamp_ms
+        vf = video_frame if video_frame is not None else rgb_video_frame(f.rgb)
         c0 = time.thread_time()
-        sampler.push(rgb_video_frame(f.rgb), at=f.timestamp_ms / 1000, timestamp_ms=f.timestamp_ms)
-        cpu += time.thread_time() - c0
-    end_ms = (last + 1) * 1000 / FPS + tail_s * 1000
-    run_until(end_ms)
-    # A change after the track's last frame was never on the wire: it cannot be caught, nor counted.
-    events = [e for e in events if e[0] <= last_sent]
-    return PathRun(scenario, track_fps, speaking, (last + 1) / FPS, events, keeps, sent, cpu, reasons)
+        self.sampler.push(vf, at=f.timestamp_ms / 1000, timestamp_ms=f.timestamp_ms)
+        self.cpu += time.thread_time() - c0
+
+    def finish(self, tail_s: float = 3.0) -> PathRun:
+        self._run_until((self._last + 1) * 1000 / FPS + tail_s * 1000)
+        # A change after the track's last frame was never on the wire: it cannot be caught, nor counted.
+        events = [e for e in self.events if e[0] <= self._last_sent]
+        return PathRun(self.scenario, self.track_fps, self.speaking, (self._last + 1) / FPS, events, self.keeps,
+                       self.sent, self.cpu, self.reasons)
+
+
+def run_path(frames: Iterable[CorpusFrame], *, track_fps: int, speaking: bool, active_fps: float = 5.0,
+             idle_fps: float = 5.0, max_width: int = 1280, config: DedupConfig | None = None,
+             scenario: str = "", tail_s: float = 3.0) -> PathRun:
+    sim = PathSim(track_fps=track_fps, speaking=speaking, active_fps=active_fps, idle_fps=idle_fps,
+                  max_width=max_width, config=config, scenario=scenario)
+    for f in frames:
+        sim.feed(f)
+    return sim.finish(tail_s)
 
 
 def seed_rule_keeps(frames: Iterable[CorpusFrame], hash_fn: Callable[[CorpusFrame], Any],
@@ -215,5 +229,3 @@ def score_path(events: Sequence[tuple[int, str]], keeps: Sequence[Keep], seconds
     return PathScore(len(ev), len(keeps), m1, m25, len(keeps) - len(useful), seconds, tuple(notes))
 
 
-def every_frame(frames: Iterable[CorpusFrame]) -> list[CorpusFrame]:
-    return list(frames)
