@@ -502,9 +502,15 @@ class StreamAnalyzer:
         self.analysed += 1
         await self.emit(analysis)
 
-    async def aclose(self) -> None:
+    def cancel(self) -> None:
+        """Drops what waits and cancels the worker, without awaiting (safe in any cleanup path)."""
         metrics.QUEUE_DEPTH.dec(len(self._pending))
         self._pending.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

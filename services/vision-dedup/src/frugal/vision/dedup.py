@@ -204,6 +204,7 @@ class DedupTracker:
     _run_frames: int = 0
     _tile_last_motion: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
     _tile_activity: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    _tile_last_raw_motion: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
     # Per detail pixel: time of its last separate change (float32 ms relative to the track start) and count.
     _px_last_event: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     _px_events: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
@@ -213,10 +214,13 @@ class DedupTracker:
     frames: int = 0
     kept: int = 0
     _kernel: npt.NDArray[np.uint8] = field(init=False)
+    # volatile_dilate thumbnail pixels, in detail pixels.
+    _kernel_d: npt.NDArray[np.uint8] = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.config.volatile_dilate
         self._kernel = np.ones((2 * r + 1, 2 * r + 1), dtype=np.uint8)
+        self._kernel_d = self._kernel
 
     @property
     def kept_thumbnail(self) -> npt.NDArray[np.uint8] | None:
@@ -272,8 +276,8 @@ class DedupTracker:
         # longer than volatile_gap_ms. Pixels that changed volatile_min_events times are periodic or animated.
         rel = np.float32(t - self._t0)
         gap = cfg.volatile_gap_ms
-        # Detail pixels only: a thumbnail block moves several times while a pointer crosses it.
-        idx = np.flatnonzero(moved_d)  # usually few pixels move: update only those
+        changed_any = moved_d | _mask_to_detail(moved_px, det.shape)
+        idx = np.flatnonzero(changed_any)  # usually few pixels move: update only those
         if idx.size:
             last = self._px_last_event.ravel()
             counts = self._px_events.ravel()
@@ -283,11 +287,13 @@ class DedupTracker:
             c[event] = np.minimum(c[event], 254) + 1
             counts[idx] = c
             last[idx[event]] = rel
+        # Activity is judged on all motion, periodic pixels included: a video is both.
+        raw_moved_tiles = geo.tiles_any(moved_px | _mask_to_thumb(moved_d, cur.shape))
         vol_d = (self._px_events >= cfg.volatile_min_events) & (self._px_last_event >= rel - gap)
         volatile_area = 0.0
         vol_t: BoolArray | None = None
         if vol_d.any():
-            vol_d = cv2.dilate(vol_d.view(np.uint8), self._kernel) > 0
+            vol_d = cv2.dilate(vol_d.view(np.uint8), self._kernel_d) > 0
             volatile_area = float(np.count_nonzero(vol_d)) / vol_d.size
             if volatile_area > cfg.max_volatile_area:
                 volatile_area = 0.0  # that much "periodic" change is real motion (a long scroll)
@@ -300,8 +306,11 @@ class DedupTracker:
         # Tiles that keep moving (time-weighted share of frames that moved them, over ~active_tau_ms).
         w = 1.0 - float(np.exp(-max(self._frame_gap, 1.0) / cfg.active_tau_ms))
         self._tile_activity *= 1.0 - w
-        self._tile_activity[moved_tiles] += w
-        active = self._tile_activity >= cfg.active_threshold
+        self._tile_activity[raw_moved_tiles] += w
+        self._tile_last_raw_motion[raw_moved_tiles] = t
+        # Active while it keeps moving: a region that stopped (streamed output that finished) is visible again
+        # after settle_ms, not after its activity has decayed.
+        active = (self._tile_activity >= cfg.active_threshold) & (t - self._tile_last_raw_motion <= cfg.settle_ms)
         if active.any():
             active = cv2.dilate(active.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
             if float(geo.tile_pixels[active].sum()) <= cfg.max_volatile_area:
@@ -444,8 +453,11 @@ class DedupTracker:
               reason: str) -> Decision:
         distance = -1 if self._geo is None or reason == "resolution_changed" else hamming(h, self._kept_hash)
         self._geo = _Geometry.make(thumb, self.config.tile_size)
+        rd = self.config.volatile_dilate * max(1, thumb.factor // max(1, thumb.detail_factor or thumb.factor))
+        self._kernel_d = np.ones((2 * rd + 1, 2 * rd + 1), dtype=np.uint8)
         self._tile_last_motion = np.full(self._geo.tiles, _NEVER)
         self._tile_activity = np.zeros(self._geo.tiles)
+        self._tile_last_raw_motion = np.full(self._geo.tiles, _NEVER)
         self._t0 = t
         self._px_last_event = np.full(det.shape, -1e9, dtype=np.float32)
         self._px_events = np.zeros(det.shape, dtype=np.uint8)

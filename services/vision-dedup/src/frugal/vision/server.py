@@ -82,14 +82,10 @@ class VisionServiceServicer(vision_pb2_grpc.VisionServiceServicer):
         arrived: dict[str, float] = {}  # track -> server time its last frame arrived
 
         async def read() -> None:
-            try:
-                async for req in request_iterator:
-                    await inbox.put(req)
-                await inbox.put(_DONE)
-            except BaseException as err:  # the call failed (oversized message, client gone): tell the loop
-                with contextlib.suppress(asyncio.QueueFull):
-                    inbox.put_nowait(err)
-                raise
+            # A failure (oversized message, client gone) ends this task with the error: the loop watches it.
+            async for req in request_iterator:
+                await inbox.put(req)
+            await inbox.put(_DONE)
 
         async def write() -> None:
             while True:
@@ -125,14 +121,29 @@ class VisionServiceServicer(vision_pb2_grpc.VisionServiceServicer):
         writer = asyncio.create_task(write(), name=f"vision-write-{session}")
         analyses.start()
         last_frame_at = loop.time()
+        getter: asyncio.Future[Any] | None = None
         try:
             while True:
                 timer = next_timer()
                 idle_left = last_frame_at + cfg.stream_idle_timeout_s - loop.time()
                 wait = idle_left if timer is None else min(idle_left, timer[2] - loop.time())
-                try:
-                    item = await asyncio.wait_for(inbox.get(), max(0.0, wait))
-                except TimeoutError:
+                if getter is None:
+                    getter = asyncio.ensure_future(inbox.get())
+                watch: set[asyncio.Future[Any]] = {getter} if reader.done() else {getter, reader}
+                done, _ = await asyncio.wait(watch, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    item = getter.result()
+                    getter = None
+                elif reader in done:
+                    if reader.cancelled() or reader.exception() is not None:
+                        # The call failed under us (an oversized message: grpc has already ended it with
+                        # RESOURCE_EXHAUSTED; the client went away): nothing more can be sent.
+                        err = None if reader.cancelled() else reader.exception()
+                        log.info("stream of session %s ended by the transport: %s", session,
+                                 f"{type(err).__name__}: {err}"[:300])
+                        return
+                    continue  # it ended normally: _DONE is in the inbox
+                else:
                     if timer is not None and loop.time() >= timer[2] - 0.001:
                         # No further frame came: the pending change has been still for its quiet time.
                         fired = core.fire(timer[0], timer[1])
@@ -147,12 +158,6 @@ class VisionServiceServicer(vision_pb2_grpc.VisionServiceServicer):
                     continue
                 if item is _DONE:
                     break
-                if isinstance(item, BaseException):
-                    # The call failed under us (an oversized message: grpc has already ended it with
-                    # RESOURCE_EXHAUSTED; the client went away): nothing more can be sent.
-                    log.info("stream of session %s ended by the transport: %s", session,
-                             f"{type(item).__name__}: {item}"[:300])
-                    return
                 last_frame_at = loop.time()
                 metrics.FRAMES_RECEIVED.labels(tenant=tenant, format=format_name(int(item.frame.format))).inc()
                 outcome = await loop.run_in_executor(self._executor, core.handle, item)
@@ -175,12 +180,15 @@ class VisionServiceServicer(vision_pb2_grpc.VisionServiceServicer):
             if not writer.cancelled() and writer.exception() is not None:
                 log.info("stream of session %s: the client is gone, last responses not delivered", session)
         finally:
-            for task in (reader, writer):
-                task.cancel()
-            await asyncio.gather(reader, writer, return_exceptions=True)
-            await analyses.aclose()
+            # Counted down before anything is awaited: a call cancelled again during cleanup skips the rest.
             metrics.TRACKS.dec(tracks_counted)
             metrics.ACTIVE_STREAMS.dec()
+            analyses.cancel()
+            pending = [t for t in (reader, writer, getter) if t is not None]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await analyses.aclose()
             log.info("stream ended: %d frames, %d kept (%d by the quiet-time timer), %d malformed, %d analysed, "
                      "%d coalesced", stats["frames"], stats["kept"], stats["timer"], stats["errors"],
                      analyses.analysed, analyses.coalesced)
