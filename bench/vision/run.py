@@ -27,6 +27,7 @@ from typing import Any  # noqa: E402
 import cv2  # noqa: E402
 import imagehash  # noqa: E402
 import numpy as np  # noqa: E402
+from livekit import rtc  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from frugal.api.vision.v1 import vision_pb2  # noqa: E402
@@ -250,7 +251,8 @@ def path_cpu(quick: bool) -> list[str]:
     n = 40 if quick else 150
     for width, height in ((1280, 720), (1920, 1080)):
         frames = frames_for(width, height, 24)
-        vframes = [rgb_video_frame(f.rgb) for f in frames]
+        # What rtc.VideoStream(format=I420) hands the sampler: I420 frames (converted here, untimed).
+        vframes = [rgb_video_frame(f.rgb).convert(rtc.VideoBufferType.I420) for f in frames]
         core = StreamCore(DedupConfig(), LIMITS)
         sent: list[Any] = []
 
@@ -267,22 +269,42 @@ def path_cpu(quick: bool) -> list[str]:
         w, h = sent[-1].width, sent[-1].height
         lines.append(f"{f'{width}x{height}':<10} {f'{w}x{h}':<10} {g / n * 1000:>10.2f} {d / n * 1000:>9.2f} "
                      f"{(g + d) / n * 1000:>9.2f}")
-    lines.append("gateway = RGBA->I420 conversion by LiveKit, area downscale to 1280 wide, Frame message; dedup = "
+    lines.append("gateway = I420 frame (as rtc.VideoStream delivers it) -> area downscale to 1280 wide -> Frame "
+                 "message; dedup = "
                  "StreamCore.handle (validate, thumbnail + detail image, pHash, decision). One thread.")
     return lines
 
 
 def stream_memory(quick: bool) -> list[str]:
-    """Resident memory of N concurrent streams' decision state (one 720p track each, a pending frame held)."""
-    import gc
-    import resource
+    """Resident memory of N concurrent streams' decision state, measured in a fresh process (so memory freed
+    by the figures above cannot be reused and hide the growth)."""
+    import subprocess
 
     n = 10 if quick else 50
-    frames = frames_for(1280, 720, 8)
-    msgs = [i420_frame(f) for f in frames]
-    gc.collect()
-    before = _rss_mb()
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(n)], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip().splitlines()
+
+
+def memory_child(n: int) -> None:
+    import gc
+
+    import tracemalloc
+
+    # Small synthetic screens (rendering corpus scenarios would leave freed heap behind that the streams'
+    # state could reuse, hiding it from RSS).
+    rng = np.random.default_rng(0)
+    msgs = []
+    for k in range(8):
+        rgb = np.full((720, 1280, 3), 230, np.uint8)
+        for _ in range(40 + 10 * k):
+            x, y = int(rng.integers(0, 1200)), int(rng.integers(0, 700))
+            rgb[y : y + 12, x : x + int(rng.integers(20, 80))] = rng.integers(0, 120)
+        msgs.append(i420_frame(corpus.CorpusFrame("mem", k, k * 200, rgb, False)))
     cores = []
+    gc.collect()
+    tracemalloc.start()
+    before = _rss_mb()
     for _ in range(n):
         core = StreamCore(DedupConfig(), LIMITS)
         for i, m in enumerate(msgs):
@@ -293,12 +315,13 @@ def stream_memory(quick: bool) -> list[str]:
         cores.append(core)
     gc.collect()
     after = _rss_mb()
+    traced, _ = tracemalloc.get_traced_memory()
     held = sum(1 for c in cores for t in c.tracks.values() if t.last_frame is not None)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return [f"{n} streams x 1 track at 1280x720: RSS +{after - before:.1f} MB ({(after - before) / n:.2f} MB per "
-            f"stream; {held} streams holding a pending frame); process peak RSS {peak:.0f} MB.",
-            "Bound per stream: MAX_TRACKS_PER_STREAM (4) x (decision state + one held frame) + VISION_QUEUE_SIZE "
-            "kept frames waiting for the model + the one being analysed."]
+    print(f"{n} streams x 1 track at 1280x720 (8 frames each): RSS +{after - before:.1f} MB "
+          f"({(after - before) / n:.2f} MB per stream), allocations held {traced / 2**20:.1f} MB "
+          f"({traced / 2**20 / n:.2f} MB per stream); {held} streams holding a pending 1.4 MB frame")
+    print("Bound per stream: MAX_TRACKS_PER_STREAM (4) x (decision state + one held frame) + VISION_QUEUE_SIZE (1) "
+          "kept frame waiting for the model + the one being analysed.")
 
 
 class _Sink(VisionFrameStreamer):
@@ -320,7 +343,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run (< 60 s): fewer iterations, 640x360 corpus")
     ap.add_argument("--skip-corpus", action="store_true", help="throughput and agreement only")
     ap.add_argument("--corpus-only", action="store_true", help="whole-path figures, CPU and memory only")
+    ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return
     started = time.perf_counter()
     print(f"vision-dedup bench ({'quick' if args.quick else 'full'}); OpenCV {cv2.__version__}, "
           f"NumPy {np.__version__}, imagehash {imagehash.__version__}, 1 thread; load avg {os.getloadavg()[0]:.1f}")
