@@ -196,3 +196,18 @@ def test_resolution_change_resets_the_track() -> None:
     d = tr.decide(thumb(PAGE[:120, :160], w=1280, h=960), 33)
     assert d.kept and d.reason == "resolution_changed" and d.distance == -1
     assert tr.decide(thumb(PAGE[:120, :160], w=1280, h=960), 66).reason == "duplicate"
+
+
+def test_a_motion_run_lasts_across_sparse_frames() -> None:
+    """Frames a second apart, every one moved: one run of motion (not a new run per frame), so continuous
+    motion still gets its checkpoint."""
+    tr = DedupTracker()
+    tr.decide(thumb(PAGE[:90]), 0)
+    kept = []
+    for i in range(1, 20):
+        d = tr.decide(thumb(PAGE[12 * i : 12 * i + 90] if 12 * i + 90 <= 400 else PAGE[400 - 90 - i : 400 - i]),
+                      i * 1000)
+        if d.kept:
+            kept.append((i, d.reason))
+    # the run began with the first moved frame (1 s): its checkpoint comes max_stale_ms later
+    assert kept and kept[0] == (1 + DedupConfig().max_stale_ms // 1000, "motion_checkpoint")
