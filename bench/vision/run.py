@@ -288,7 +288,6 @@ def stream_memory(quick: bool) -> list[str]:
 
 def memory_child(n: int) -> None:
     import gc
-
     import tracemalloc
 
     # Small synthetic screens (rendering corpus scenarios would leave freed heap behind that the streams'
