@@ -4,7 +4,7 @@ I420 conversion, and the StreamFrames client surviving a vision-dedup outage."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 import pytest
@@ -13,7 +13,14 @@ from livekit import rtc
 from frugal.api.vision.v1 import vision_pb2, vision_pb2_grpc
 from frugal.common.grpc_client import create_channel
 from frugal.gateway.replay.media import rgb_frame
-from frugal.gateway.screen import FrameThrottle, LatestSlot, TrackSampler, VisionFrameStreamer, i420_bytes
+from frugal.gateway.screen import (
+    FrameThrottle,
+    LatestSlot,
+    TrackSampler,
+    VisionFrameStreamer,
+    i420_bytes,
+    verdict_kind_label,
+)
 
 
 def admitted_per_second(throttle: FrameThrottle, start: float, end: float, capture_fps: float = 30.0) -> float:
@@ -66,10 +73,23 @@ def test_i420_conversion_and_downscale() -> None:
     y = np.frombuffer(data[: w * h], np.uint8).reshape(h, w)
     assert y[:, :60].mean() < 30 and y[:, 70:].mean() > 220
     w2, h2, data2 = i420_bytes(rgb_frame(rgb), max_width=40)
-    assert (w2, h2) == (32, 18)
-    assert len(data2) == 32 * 18 + 2 * 16 * 9
+    assert (w2, h2) == (40, 22)
+    assert len(data2) == 40 * 22 + 2 * 20 * 11
     y2 = np.frombuffer(data2[: w2 * h2], np.uint8).reshape(h2, w2)
-    assert y2[:, :14].mean() < 30 and y2[:, 18:].mean() > 220
+    assert y2[:, :18].mean() < 30 and y2[:, 22:].mean() > 220
+
+
+def test_downscale_averages_so_thin_strokes_survive() -> None:
+    """A one-pixel line at an odd column vanishes when every other pixel is dropped; area interpolation
+    keeps it (fainter)."""
+    rgb = np.full((720, 1920, 3), 255, np.uint8)
+    rgb[:, 961] = 0  # a vertical hairline
+    rgb[401, :] = 0  # a horizontal one
+    w, h, data = i420_bytes(rgb_frame(rgb), max_width=1280)
+    assert (w, h) == (1280, 480)
+    y = np.frombuffer(data[: w * h], np.uint8).reshape(h, w).astype(int)
+    assert y[:, 640].mean() < y[:, 100].mean() - 40  # the vertical line is still there
+    assert y[267].mean() < y[100].mean() - 40  # and the horizontal one
 
 
 async def test_streamer_keeps_going_while_vision_is_down(dead_addr: str) -> None:
@@ -169,3 +189,76 @@ async def test_streamer_reconnects_when_vision_dedup_restarts(redis_url: str) ->
         await streamer.aclose()
         await app.stop(0.2)
         await channel.close()
+
+
+class _Capture(VisionFrameStreamer):
+    def __init__(self) -> None:
+        self.track_id = "TR_3"
+        self.frames: list[vision_pb2.Frame] = []
+
+    def offer(self, frame: vision_pb2.Frame) -> None:
+        self.frames.append(frame)
+
+
+def test_the_frame_where_the_screen_came_to_rest_is_never_dropped() -> None:
+    """The cap is a trailing edge: a frame it rejects is held and sent at the next slot, unless a newer one
+    replaces it. A share whose track stops after a change (a static screen) still delivers that change."""
+    capture = _Capture()
+    sampler = TrackSampler(capture, FrameThrottle(active_fps=5.0, idle_fps=5.0))
+    a = rgb_frame(np.zeros((18, 32, 3), np.uint8))
+    b = rgb_frame(np.full((18, 32, 3), 200, np.uint8))
+    assert sampler.push(a, at=0.0) is True
+    assert sampler.push(b, at=0.05) is False  # too soon: held, not dropped
+    due = sampler.due()
+    assert due is not None and 0.19 <= due <= 0.2
+    assert sampler.flush(0.1) is False and len(capture.frames) == 1
+    assert sampler.flush(0.2) is True
+    assert len(capture.frames) == 2 and capture.frames[1].timestamp_ms == 50  # its capture time
+    assert sampler.due() is None and sampler.sent_late == 1
+    # a newer frame replaces a held one: only the newest goes out
+    sampler.push(a, at=0.25)
+    sampler.push(b, at=0.3)
+    assert sampler.push(a, at=0.45) is True
+    assert sampler.throttled == 2 and [f.timestamp_ms for f in capture.frames][-1] == 450
+
+
+async def test_consume_sends_the_held_frame_when_the_track_goes_quiet() -> None:
+    capture = _Capture()
+    clock = [0.0]
+    sampler = TrackSampler(capture, FrameThrottle(5.0, 5.0), clock=lambda: clock[0])
+    frames = [rgb_frame(np.full((18, 32, 3), v, np.uint8)) for v in (0, 200)]
+    quiet = asyncio.Event()
+
+    async def track() -> AsyncIterator[rtc.VideoFrame]:
+        for f in frames:  # two frames 10 ms apart, then nothing (a static screen)
+            yield f
+            clock[0] += 0.01
+        quiet.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(sampler.consume(track()))
+    await quiet.wait()
+    clock[0] = 0.25  # the next slot has come; consume() wakes on its own (no further frame)
+    for _ in range(200):
+        if len(capture.frames) == 2:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert len(capture.frames) == 2 and capture.frames[1].timestamp_ms == 10
+
+
+def test_unknown_verdict_kinds_from_a_newer_server_are_tolerated() -> None:
+    assert verdict_kind_label(vision_pb2.VERDICT_KIND_KEPT) == "kept"
+    assert verdict_kind_label(42) == "unknown"
+    streamer = VisionFrameStreamer(vision_pb2_grpc.VisionServiceStub(create_channel("127.0.0.1:1")),
+                                   tenant_id="org_x", session_id="s-u", track_id="TR_U")
+    streamer._handle(vision_pb2.StreamFramesResponse(verdict=vision_pb2.FrameVerdict(
+        kind=42, reason="something new")))  # type: ignore[arg-type]
+    streamer._handle(vision_pb2.StreamFramesResponse(verdict=vision_pb2.FrameVerdict(
+        kind=vision_pb2.VERDICT_KIND_SKIPPED, reason="settling", sequence=7)))
+    streamer._handle(vision_pb2.StreamFramesResponse(verdict=vision_pb2.FrameVerdict(
+        kind=vision_pb2.VERDICT_KIND_KEPT, reason="changed", sequence=7, by_timer=True)))
+    assert streamer.stats.unknown == 1
+    # the timer's verdict turns the earlier skip into a keep: the frame is counted once
+    assert (streamer.stats.kept, streamer.stats.skipped, streamer.stats.kept_by_timer) == (1, 0, 1)

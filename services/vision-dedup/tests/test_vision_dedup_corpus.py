@@ -1,23 +1,21 @@
-"""The labelled screen-share corpus: determinism, and the dedup figures against 1 FPS, 30 FPS and the seed's rule.
+"""The labelled screen-share corpus (determinism, the tuning/evaluation split) and the whole screen path on it.
 
-Small and short on purpose (320x180, 8 s per scenario): the thumbnail the decision works on is the same
-160x90 at this size as at 720p. `bench/vision/run.py` runs the full-size corpus.
+Small and short on purpose (640x360, 10 s per scenario, tuning data only): the thumbnail is the same 160x90
+as at 720p. `bench/vision/run.py` runs the full-size held-out evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
-import imagehash
 import numpy as np
 import pytest
-from PIL import Image
 
-from frugal.vision import corpus
-from frugal.vision.evaluation import DedupPolicy, Figures, SeedRule, format_table, run, score, totals
+from frugal.devkit.vision import corpus
+from frugal.devkit.vision.evaluation import score
+from frugal.devkit.vision.path import PathScore, PathSim, score_path
 
-W, H, SECONDS = 320, 180, 8.0
+W, H, SECONDS = 640, 360, 10.0
 
 
 def digest(scenario: str, seed: int, w: int = 160, h: int = 90, seconds: float = 3.0) -> tuple[str, tuple[int, ...]]:
@@ -54,37 +52,41 @@ def test_scoring_counts_missed_and_extra_frames() -> None:
     assert f.reduction_vs_1fps == pytest.approx(1 - 48 / 60)
 
 
+def test_tuning_and_evaluation_never_share_kinds_or_seeds() -> None:
+    assert set(corpus.TUNING_KINDS).isdisjoint(corpus.HELD_OUT_KINDS)
+    assert set(corpus.TUNING_KINDS) | set(corpus.HELD_OUT_KINDS) == set(corpus.SCENARIOS)
+    assert set(corpus.TUNING_SEEDS).isdisjoint(corpus.EVALUATION_SEEDS)
+
+
 @pytest.fixture(scope="module")
-def figures() -> list[Figures]:
-    rows: list[Figures] = []
-    for scenario in corpus.SCENARIOS:
-        def ih(f: corpus.CorpusFrame) -> imagehash.ImageHash:
-            return imagehash.phash(Image.frombytes("RGB", (f.rgb.shape[1], f.rgb.shape[0]), f.rgb.tobytes()))
+def path_runs() -> dict[tuple[str, int, bool], tuple[PathScore, dict[str, int]]]:
+    """The whole path (gateway sampler -> vision-dedup StreamCore) on tuning data only (the bench reports
+    the held-out figures): a 5 FPS track while the user is silent, a 30 FPS track while they speak."""
+    out = {}
+    for kind in corpus.TUNING_KINDS:
+        sims = {(5, False): PathSim(track_fps=5, speaking=False), (30, True): PathSim(track_fps=30, speaking=True)}
+        n = 0
+        for f in corpus.generate(kind, W, H, SECONDS, seed=corpus.TUNING_SEEDS[0]):
+            n += 1
+            for sim in sims.values():
+                sim.feed(f)
+        for (fps, speaking), sim in sims.items():
+            run = sim.finish()
+            out[kind, fps, speaking] = (score_path(run.events, run.keeps, run.seconds, n, kind), run.reasons)
+    return out
 
-        policies: dict[str, Callable[[corpus.CorpusFrame], bool]] = {
-            "dedup": DedupPolicy(),
-            "seed": SeedRule(ih, lambda a, b: int(a - b)),
-            "1fps": lambda f: f.index % 30 == 0,
-            "30fps": lambda f: True,
-        }
-        labels, notes, kept = run(corpus.generate(scenario, W, H, SECONDS, seed=7), policies)
-        rows.extend(score(scenario, name, k, labels, notes) for name, k in kept.items())
-    print("\n" + format_table(rows + [totals(rows, p) for p in ("dedup", "seed", "1fps", "30fps")]))
-    return rows
 
-
-def test_dedup_catches_every_meaningful_change_with_fewer_frames(figures: list[Figures]) -> None:
-    ours, seed, one_fps = totals(figures, "dedup"), totals(figures, "seed"), totals(figures, "1fps")
-    assert ours.events == seed.events >= 14
-    assert ours.missed == 0, ours.missed_notes
-    assert ours.kept_per_minute < 0.5 * one_fps.kept_per_minute
-    assert ours.reduction_vs_30fps > 0.98
-    # the seed's rule (global pHash, threshold 10) misses typed lines, small dialogs, scroll ends, similar windows
-    assert seed.missed >= 4
-    by = {(r.scenario, r.policy): r for r in figures}
-    assert by["typing", "seed"].missed >= 1 and by["typing", "dedup"].missed == 0
-    assert by["scrolling", "seed"].kept > by["scrolling", "dedup"].kept  # seed keeps frames in mid-scroll
-    # a blinking cursor and a playing video region cost nothing after the first frame (and the navigation)
-    assert by["blinking_cursor", "dedup"].kept == 1
-    assert by["video_region", "dedup"].kept == by["video_region", "dedup"].events
-    assert by["ticking_clock", "dedup"].kept <= 4
+def test_the_whole_path_catches_every_change_at_sparse_and_dense_rates(
+    path_runs: dict[tuple[str, int, bool], tuple[PathScore, dict[str, int]]]
+) -> None:
+    for fps, speaking in ((5, False), (30, True)):
+        rows = {k: v for (k, f, sp), v in path_runs.items() if (f, sp) == (fps, speaking)}
+        total = sum((sc for sc, _ in rows.values()), PathScore(0, 0, 0, 0, 0, 0.0))
+        assert total.events >= 20
+        assert total.missed_2_5s == 0, total.missed_notes
+        assert total.missed_1s <= 1, total.missed_notes
+        assert total.kept <= 1.5 * total.events, {k: (sc.kept, sc.events) for k, (sc, _) in rows.items()}
+        # pointer motion and a playing video cost (almost) nothing after the first frame
+        assert rows["pointer_motion"][0].kept <= 3 and rows["pointer_motion"][1].get("pointer_motion", 0) > 0
+        assert rows["video_region"][0].extra <= 1 and rows["video_call"][0].extra <= 1
+        assert rows["blinking_cursor"][0].kept == 1

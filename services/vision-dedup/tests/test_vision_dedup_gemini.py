@@ -16,8 +16,8 @@ from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
 from frugal.common.pricing import default_catalog
 from frugal.common.usage import UsageAmounts
 from frugal.devkit.emulators.gemini import IMAGE_TOKENS, GeminiEmulator, GeminiReply, count_text_tokens
-from frugal.vision import corpus
-from frugal.vision.evaluation import i420_frame
+from frugal.devkit.vision import corpus
+from frugal.devkit.vision.evaluation import i420_frame
 
 KEPT = vision_pb2.VERDICT_KIND_KEPT
 
@@ -142,3 +142,102 @@ async def test_model_error_falls_back_to_labelled_offline_analysis(start_server:
     assert e.attributes["priced_as"] == "gemini-2.5-flash" and e.usage.estimated
     assert e.cost_usd > 0 and e.cost_usd == pytest.approx(a.cost_usd)
     assert e.cost_usd == pytest.approx(default_catalog().cost("gemini-2.5-flash", e.usage))
+
+
+async def test_a_call_that_times_out_on_our_side_is_billed_as_an_estimate(
+    start_server: Any, redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    """The request reached Gemini, which bills it whether or not we wait for the answer."""
+    async with GeminiEmulator(latency_s=3.0) as emu:
+        _, stub = await start_server(gemini_api_key="test-key", gemini_base_url=emu.base_url,
+                                     vision_timeout_seconds=0.5)
+        _, analyses = await collect(stub.StreamFrames(requests_from(screens(1, 320, 180)), metadata=md()))
+    assert len(emu.requests) == 1
+    (a,) = analyses
+    assert a.provider.offline and "call failed" in a.description
+    evs = await events(redis_url)
+    attempt = [e for e in evs if e.attributes.get("outcome") == "timeout"]
+    fallback = [e for e in evs if e.offline]
+    assert len(attempt) == 1 and len(fallback) == 1 and len(evs) == 2
+    e = attempt[0]
+    model = default_catalog().tier_model("standard")
+    assert e.model == model and not e.offline and e.usage.estimated and e.usage.images == 1
+    assert e.cost_usd == default_catalog().cost(model, e.usage) > 0
+    assert "estimated" in e.attributes["usage_basis"]
+    assert e.event_id != fallback[0].event_id
+
+
+async def test_the_circuit_breaker_stops_calling_a_failing_model(start_server: Any, redis_client: aioredis.Redis,
+                                                                 redis_url: str) -> None:
+    async with GeminiEmulator() as emu:
+        emu.fail_next(503, times=10)
+        _, stub = await start_server(gemini_api_key="test-key", gemini_base_url=emu.base_url,
+                                     vision_breaker_failures=2, vision_breaker_cooldown_s=600)
+        _, analyses = await collect(stub.StreamFrames(requests_from(screens(5, 320, 180), pause_s=0.1),
+                                                      metadata=md()))
+    assert len(analyses) == 5
+    assert len(emu.requests) == 2  # two failures open the circuit: the model is not called again
+    assert all(a.provider.offline for a in analyses)
+    assert sum("circuit open" in a.description for a in analyses) == 3
+
+
+async def test_after_coalescing_the_prompt_says_what_changed_since_the_analysed_frame(
+    start_server: Any, redis_client: aioredis.Redis
+) -> None:
+    """Editor -> terminal -> editor again while the model is busy with the first: the model last saw the
+    editor, so the prompt must not describe the terminal's replacement as a big change."""
+    async with GeminiEmulator(latency_s=0.8) as emu:
+        _, stub = await start_server(gemini_api_key="test-key", gemini_base_url=emu.base_url, vision_queue_size=1)
+        s = screens(2, 320, 180)
+        # screens 0, 1, 0 again: the third differs from the second everywhere, from the first nowhere
+        reqs = s + screens(1, 320, 180)
+        for i, r in enumerate(reqs):
+            r.frame.sequence, r.frame.timestamp_ms = i, 1000 * (i // 2) + 200 * (i % 2) + 1
+        _, analyses = await collect(stub.StreamFrames(requests_from(reqs, pause_s=0.05), metadata=md()))
+    assert [a.coalesced_frames for a in analyses] == [0, 1]
+    last_prompt = emu.requests[-1].prompt_text
+    assert "previous analysed frame" in last_prompt and "Nothing visible changed" in last_prompt
+    assert "1 kept frame(s) in between were not analysed" in last_prompt
+
+
+async def test_no_tenant_holds_more_than_its_share_of_model_slots(redis_client: aioredis.Redis) -> None:
+    """4 slots, share 0.5: a tenant with many frames waiting holds at most 2; another tenant still gets in."""
+    from frugal.common.cost_events import CostEventProducer
+    from frugal.vision.analysis import AnalysisJob, Analyzer, OfflineVisionProvider, ProviderResult
+    from frugal.vision.context_store import ContextStore
+
+    gate = asyncio.Event()
+    in_flight: dict[str, int] = {}
+    peak: dict[str, int] = {}
+
+    class Gated(OfflineVisionProvider):
+        async def describe(self, job: AnalysisJob, previous: str | None, *, note: str | None = None
+                           ) -> ProviderResult:
+            tenant = job.track_id
+            in_flight[tenant] = in_flight.get(tenant, 0) + 1
+            peak[tenant] = max(peak.get(tenant, 0), in_flight[tenant])
+            await gate.wait()
+            in_flight[tenant] -= 1
+            return await super().describe(job, previous, note=note)
+
+    producer = CostEventProducer(redis_client)
+    analyzer = Analyzer(Gated(), default_catalog(), producer, ContextStore(redis_client), max_concurrency=4,
+                        tenant_share=0.5)
+    frame = screens(1, 64, 36)[0].frame
+
+    def job(tenant: str, seq: int) -> AnalysisJob:
+        return AnalysisJob(frame=frame, track_id=tenant, sequence=seq, timestamp_ms=seq, width=64, height=36,
+                           reason="changed", changed_area=1.0, bbox=(0, 0, 64, 36), frames_seen=1, track_start_ms=0)
+
+    tasks = [asyncio.create_task(analyzer.analyse(job(t, i), tenant_id=t, session_id="s", request_id=None,
+                                                  previous=None, covered_seconds=1, frames_considered=1))
+             for i, t in enumerate(["org_busy"] * 5 + ["org_calm"])]
+    for _ in range(100):
+        if in_flight.get("org_calm"):
+            break
+        await asyncio.sleep(0.01)
+    assert peak == {"org_busy": 2, "org_calm": 1}  # the calm tenant got a slot while the busy one waits
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert peak["org_busy"] == 2
+    await producer.aclose()

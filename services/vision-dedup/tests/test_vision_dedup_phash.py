@@ -6,8 +6,8 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from frugal.vision import corpus
-from frugal.vision.evaluation import i420_frame
+from frugal.devkit.vision import corpus
+from frugal.devkit.vision.evaluation import i420_frame
 from frugal.vision.frames import FrameLimits, luma_thumbnail
 from frugal.vision.phash import from_hex, hamming, phash, to_hex
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import cv2
 import grpc
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ import redis.asyncio as aioredis
 
 from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
-from frugal.vision import corpus
-from frugal.vision.evaluation import i420_frame
+from frugal.devkit.vision import corpus
+from frugal.devkit.vision.evaluation import i420_frame
 
 KEPT, SKIPPED, ERROR = vision_pb2.VERDICT_KIND_KEPT, vision_pb2.VERDICT_KIND_SKIPPED, vision_pb2.VERDICT_KIND_ERROR
 
@@ -227,3 +229,121 @@ async def test_metrics_count_frames_verdicts_and_calls(start_server: Any, redis_
     rate = value("vision_dedup_rate", tenant=tenant)
     assert 0 < rate < 1
     assert value("vision_analysis_queue_depth") == 0
+
+
+def screen(k: int, w: int = 320, h: int = 180, seq: int = 0, ts: int = 0, track: str = "screen") -> Any:
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[:] = (40, 60, 90) if k % 2 else (220, 210, 200)
+    img[h // 4 : h // 2, (k * 17) % (w // 2) : (k * 17) % (w // 2) + w // 4] = (200, 40, 40)
+    f = i420_frame(corpus.CorpusFrame("s", seq, ts, img, False), track_id=track)
+    return vision_pb2.StreamFramesRequest(frame=f)
+
+
+async def test_a_change_followed_by_no_frame_is_kept_by_the_timer(start_server: Any,
+                                                                   redis_client: aioredis.Redis) -> None:
+    """A share whose track stops delivering after a change (a static screen): the last frame shows the new
+    screen, no frame confirms it is still, and it is kept anyway, by the quiet-time timer."""
+    _, stub = await start_server()
+    got: list[Any] = []
+    second_sent = asyncio.Event()
+    timer_verdict = asyncio.Event()
+
+    async def reqs() -> AsyncIterator[Any]:
+        yield screen(0, seq=1, ts=1000)
+        yield screen(1, seq=2, ts=1200)
+        second_sent.set()
+        await timer_verdict.wait()  # no further frame until the service keeps the second one on its own
+
+    call = stub.StreamFrames(reqs(), metadata=md("org_timer", "s-timer"))
+    async for resp in call:
+        if resp.HasField("verdict"):
+            got.append(resp.verdict)
+            if resp.verdict.by_timer:
+                timer_verdict.set()
+                break
+    call.cancel()
+    assert [(v.sequence, v.kind, v.by_timer) for v in got] == [(1, KEPT, False), (2, SKIPPED, False),
+                                                               (2, KEPT, True)]
+    assert got[2].reason == "changed" and got[2].hash == got[1].hash
+
+
+async def test_a_stream_may_not_open_unlimited_tracks(start_server: Any, redis_client: aioredis.Redis) -> None:
+    _, stub = await start_server(max_tracks_per_stream=3)
+    reqs = [screen(0, seq=i, ts=1000 + i, track=f"TR_{i}") for i in range(5)] + [screen(1, seq=9, ts=2000,
+                                                                                      track="TR_0")]
+    verdicts, _ = await collect(stub.StreamFrames(requests_from(reqs), metadata=md("org_tracks", "s-tr")))
+    kinds = [v.kind for v in verdicts]
+    assert kinds[:3] == [KEPT, KEPT, KEPT] and kinds[3:5] == [ERROR, ERROR]
+    assert "too many tracks" in verdicts[3].reason and "MAX_TRACKS_PER_STREAM=3" in verdicts[3].reason
+    assert kinds[5] != ERROR  # the tracks it has still work
+
+
+async def test_idle_streams_time_out(start_server: Any, redis_client: aioredis.Redis) -> None:
+    _, stub = await start_server(stream_idle_timeout_s=0.3)
+
+    async def reqs() -> AsyncIterator[Any]:
+        yield screen(0, seq=1, ts=1000)
+        await asyncio.sleep(30)
+
+    call = stub.StreamFrames(reqs(), metadata=md("org_idle", "s-idle"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call:
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "STREAM_IDLE_TIMEOUT_S" in (err.value.details() or "")
+
+
+async def test_oversized_messages_end_resource_exhausted_every_time_and_leak_nothing(
+    start_server: Any, redis_client: aioredis.Redis
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def active() -> float:
+        return REGISTRY.get_sample_value("vision_active_streams") or 0.0
+
+    app, _ = await start_server(max_message_bytes=1024 * 1024)
+    before = active()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}",
+                                        options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    from frugal.api.vision.v1 import vision_pb2_grpc
+
+    stub = vision_pb2_grpc.VisionServiceStub(channel)
+    codes = []
+    try:
+        for i in range(6):
+            async def reqs(i: int = i) -> AsyncIterator[Any]:
+                yield screen(0, seq=1, ts=1000)
+                if i % 2:
+                    await asyncio.sleep(0.05)  # both orders: before and after the first verdict
+                yield vision_pb2.StreamFramesRequest(frame=vision_pb2.Frame(data=b"\0" * (2 * 1024 * 1024)))
+                await asyncio.sleep(1)
+
+            call = stub.StreamFrames(reqs(), metadata=md("org_big", f"s-big-{i}"))
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                async for _ in call:
+                    pass
+            codes.append(await call.code())
+        for _ in range(100):  # the handlers' cleanup runs as each call ends
+            if active() == before:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await channel.close()
+    assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 6
+    assert active() == before
+
+
+async def test_huge_encoded_images_are_refused_before_decoding(start_server: Any,
+                                                                redis_client: aioredis.Redis) -> None:
+    png = cv2.imencode(".png", np.zeros((4320, 7680), np.uint8))[1].tobytes()  # 8K, a few KB compressed
+    assert len(png) < 200_000
+    # The same header with a body no decoder accepts: "oversized", not "undecodable", shows the refusal comes
+    # from the header, before any decoding.
+    truncated = png[:33] + b"\0" * 1000
+    _, stub = await start_server()
+    reqs = [vision_pb2.StreamFramesRequest(frame=vision_pb2.Frame(format=vision_pb2.FRAME_FORMAT_PNG, data=d,
+                                                                  sequence=i)) for i, d in enumerate((png, truncated))]
+    verdicts, _ = await collect(stub.StreamFrames(requests_from(reqs), metadata=md("org_png", "s-png")))
+    assert len(verdicts) == 2
+    for v in verdicts:
+        assert v.kind == ERROR and "oversized" in v.reason and "7680x4320" in v.reason

@@ -59,9 +59,10 @@ class Settings(ServiceSettings):
     billing_retry_attempts: int = Field(default=4, ge=1, le=20)
     billing_retry_backoff_s: float = Field(default=0.25, gt=0, le=30)
 
-    # Screen share sampling: frames per second sent to vision-dedup while the user speaks / otherwise.
-    active_fps: float = Field(default=2.0, gt=0, le=30)
-    idle_fps: float = Field(default=0.5, gt=0, le=30)
+    # Screen share sampling: at most this many frames per second go to vision-dedup while the user speaks /
+    # otherwise. Frames are cheap there, model calls are what cost and dedup decides those (see screen.py).
+    active_fps: float = Field(default=5.0, gt=0, le=30)
+    idle_fps: float = Field(default=5.0, gt=0, le=30)
     # Camera video is not sampled unless enabled (screen shares are).
     camera_enabled: bool = False
     # Frames wider than this are downscaled (halved until they fit) before they are sent; 0 keeps them.

@@ -1,9 +1,16 @@
-"""Screen-share sampling: throttle frames by speaking state, send them to vision-dedup, survive its restarts.
+"""Screen-share sampling: cap the frame rate, send frames to vision-dedup, survive its restarts.
 
-Plain classes, usable without a LiveKit server: `FrameThrottle` (which frames to send), `LatestSlot` (a
-one-frame mailbox: a sender that falls behind only ever gets the newest frame), `VisionFrameStreamer` (one
-`StreamFrames` stream per track, reconnecting with backoff) and `TrackSampler` (frame in -> maybe sent).
-`ScreenShareManager` wires them to the screen-share tracks of an `rtc.Room`.
+Where the rate is set: here, and only as a cap (ACTIVE_FPS while the user speaks, IDLE_FPS otherwise, both
+5 by default). Frames to vision-dedup are cheap (about a millisecond of CPU each); what costs is a vision
+model call, and vision-dedup decides those. So the gateway sends enough frames for dedup's time rules to
+work (a change is seen within 200 ms) and never drops the frame that shows where the screen came to rest:
+a frame the cap rejects is held and sent when the cap allows, unless a newer one replaces it (a trailing
+edge), so a share whose track stops delivering frames after a change (a static screen) still sends it.
+
+Plain classes, usable without a LiveKit server: `FrameThrottle` (the cap), `LatestSlot` (a one-frame
+mailbox: a sender that falls behind only ever gets the newest frame), `VisionFrameStreamer` (one
+`StreamFrames` stream per track, reconnecting with backoff) and `TrackSampler` (frame in -> sent now, held,
+or replaced). `ScreenShareManager` wires them to the screen-share tracks of an `rtc.Room`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Generic, TypeVar
 import grpc
 import numpy as np
 from livekit import rtc
+from PIL import Image
 
 from frugal.api.vision.v1 import vision_pb2, vision_pb2_grpc
 from frugal.common.tenancy import REQUEST_ID_METADATA_KEY, SESSION_METADATA_KEY, TENANT_METADATA_KEY
@@ -58,6 +66,10 @@ class FrameThrottle:
             return True
         return False
 
+    def next_slot(self) -> float:
+        """The earliest time a frame would be admitted."""
+        return 0.0 if self._last_sent is None else self._last_sent + (1.0 / self.fps) * 0.98
+
 
 class LatestSlot(Generic[T]):
     """A one-item mailbox: `put` replaces an item not yet taken, so a slow consumer gets the newest."""
@@ -82,6 +94,15 @@ class LatestSlot(Generic[T]):
         self._event.set()
         return dropped
 
+    async def wait_item(self) -> bool:
+        """Waits until an item is there (True) or the slot is closed and empty (False); takes nothing."""
+        while self._item is None:
+            if self._closed:
+                return False
+            self._event.clear()
+            await self._event.wait()
+        return True
+
     def take_nowait(self) -> T | None:
         item, self._item = self._item, None
         self._event.clear()
@@ -98,7 +119,11 @@ class LatestSlot(Generic[T]):
 
 
 def i420_bytes(frame: rtc.VideoFrame, max_width: int = 0) -> tuple[int, int, bytes]:
-    """The frame as tightly packed I420 (Y, U, V), halved until it is at most `max_width` wide."""
+    """The frame as tightly packed I420 (Y, U, V), scaled down to at most `max_width` wide.
+
+    Scaling averages the source pixels each output pixel covers (area interpolation, Pillow's BOX filter):
+    a one-pixel stroke fades but stays, where dropping every other pixel would remove it.
+    """
     if frame.type != rtc.VideoBufferType.I420:
         frame = frame.convert(rtc.VideoBufferType.I420)
     w, h = frame.width, frame.height
@@ -109,9 +134,15 @@ def i420_bytes(frame: rtc.VideoFrame, max_width: int = 0) -> tuple[int, int, byt
     y = buf[: w * h].reshape(h, w)
     u = buf[w * h : w * h + cw * ch].reshape(ch, cw)
     v = buf[w * h + cw * ch : w * h + 2 * cw * ch].reshape(ch, cw)
-    while y.shape[1] > max_width:
-        y, u, v = y[::2, ::2], u[::2, ::2], v[::2, ::2]
-    return y.shape[1], y.shape[0], b"".join(np.ascontiguousarray(p).tobytes() for p in (y, u, v))
+    # Even output sizes keep the chroma planes exactly half the luma plane.
+    nw = max(2, max_width - max_width % 2)
+    nh = max(2, round(h * nw / w / 2) * 2)
+    planes = [_area_resize(y, nw, nh), _area_resize(u, nw // 2, nh // 2), _area_resize(v, nw // 2, nh // 2)]
+    return nw, nh, b"".join(planes)
+
+
+def _area_resize(plane: np.ndarray, width: int, height: int) -> bytes:
+    return Image.fromarray(np.ascontiguousarray(plane)).resize((width, height), Image.Resampling.BOX).tobytes()
 
 
 @dataclass
@@ -132,6 +163,16 @@ class StreamStats:
     last_error: str = ""
     connected: bool = False
     verdict_reasons: dict[str, int] = field(default_factory=dict)
+    kept_by_timer: int = 0
+    unknown: int = 0
+
+
+def verdict_kind_label(kind: int) -> str:
+    """Metric label of a verdict kind; a value this build does not know (a newer server) is "unknown"."""
+    try:
+        return vision_pb2.VerdictKind.Name(kind).removeprefix("VERDICT_KIND_").lower()
+    except ValueError:
+        return "unknown"
 
 
 VisionEventListener = Callable[[str, vision_pb2.StreamFramesResponse], None]
@@ -211,6 +252,10 @@ class VisionFrameStreamer:
         backoff = self.backoff_min_s
         while not self._closed:
             got_response = False
+            # A stream is opened when there is a frame to send: a static screen sends nothing for minutes,
+            # and vision-dedup closes idle streams.
+            if not await self._slot.wait_item():
+                return  # closed with nothing left to send
             try:
                 got_response = await self._one_stream()
                 if self._finishing:
@@ -275,13 +320,18 @@ class VisionFrameStreamer:
             v = resp.verdict
             if v.kind == vision_pb2.VERDICT_KIND_KEPT:
                 self.stats.kept += 1
+                if v.by_timer:  # keeps a frame an earlier verdict skipped: counted once, as kept
+                    self.stats.skipped = max(0, self.stats.skipped - 1)
+                    self.stats.kept_by_timer += 1
             elif v.kind == vision_pb2.VERDICT_KIND_SKIPPED:
                 self.stats.skipped += 1
-            else:
+            elif v.kind == vision_pb2.VERDICT_KIND_ERROR:
                 self.stats.errors += 1
+            else:  # a kind added by a newer vision-dedup: counted, never fatal
+                self.stats.unknown += 1
             reason = v.reason.split(":", 1)[0] or "?"
             self.stats.verdict_reasons[reason] = self.stats.verdict_reasons.get(reason, 0) + 1
-            metrics.VERDICTS.labels(kind=vision_pb2.VerdictKind.Name(v.kind).removeprefix("VERDICT_KIND_").lower()).inc()
+            metrics.VERDICTS.labels(kind=verdict_kind_label(v.kind)).inc()
         elif kind == "analysis":
             a = resp.analysis
             self.stats.analyses += 1
@@ -295,7 +345,8 @@ class VisionFrameStreamer:
 
 
 class TrackSampler:
-    """Frames of one track in; the ones the throttle admits go (as I420) to the track's streamer."""
+    """Frames of one track in; the ones the rate cap admits go (as I420) to the track's streamer. A frame the
+    cap rejects is held and sent at the next slot (`flush`), unless a newer frame replaces it first."""
 
     def __init__(
         self,
@@ -313,30 +364,79 @@ class TrackSampler:
         self.clock = clock
         self.received = 0
         self.throttled = 0
+        self.sent_late = 0
         self._sequence = 0
+        self._held: tuple[rtc.VideoFrame, float, int | None] | None = None
 
     def push(self, frame: rtc.VideoFrame, *, at: float | None = None, timestamp_ms: int | None = None) -> bool:
-        """Offers the frame if the throttle admits it at time `at` (default: the clock). True when offered."""
+        """Offers the frame if the cap admits it at time `at` (default: the clock), else holds it (replacing
+        a held one, which is then dropped). True when offered now."""
         now = self.clock() if at is None else at
         self.received += 1
         metrics.FRAMES_IN.labels(source=self.source).inc()
         if not self.throttle.admit(now):
+            if self._held is not None:
+                self.throttled += 1
+                metrics.FRAMES_DROPPED.labels(reason="throttled").inc()
+            self._held = (frame, now, timestamp_ms)
+            return False
+        if self._held is not None:  # superseded by this newer frame
             self.throttled += 1
             metrics.FRAMES_DROPPED.labels(reason="throttled").inc()
+            self._held = None
+        self._send(frame, now, timestamp_ms)
+        return True
+
+    def due(self) -> float | None:
+        """When the held frame (if any) may be sent."""
+        return None if self._held is None else self.throttle.next_slot()
+
+    def flush(self, now: float | None = None) -> bool:
+        """Sends the held frame if its slot has come. True when one was sent."""
+        now = self.clock() if now is None else now
+        if self._held is None or not self.throttle.admit(now):
             return False
+        frame, captured, timestamp_ms = self._held
+        self._held = None
+        self.sent_late += 1
+        self._send(frame, captured, timestamp_ms)
+        return True
+
+    def _send(self, frame: rtc.VideoFrame, captured: float, timestamp_ms: int | None) -> None:
         self._sequence += 1
         width, height, data = i420_bytes(frame, self.max_width)
         self.streamer.offer(vision_pb2.Frame(
             format=vision_pb2.FRAME_FORMAT_I420, width=width, height=height,
-            timestamp_ms=int(now * 1000) if timestamp_ms is None else timestamp_ms,
+            timestamp_ms=int(captured * 1000) if timestamp_ms is None else timestamp_ms,
             track_id=self.streamer.track_id, user_speaking=self.throttle.speaking, sequence=self._sequence,
             data=data,
         ))
-        return True
 
     async def consume(self, frames: AsyncIterable[rtc.VideoFrame]) -> None:
-        async for frame in frames:
-            self.push(frame)
+        """Pushes every frame; while a frame is held, waits for the next one only until its slot comes."""
+        it = frames.__aiter__()
+        nxt: asyncio.Future[rtc.VideoFrame] | None = None
+        try:
+            while True:
+                if nxt is None:
+                    nxt = asyncio.ensure_future(it.__anext__())
+                due = self.due()
+                timeout = None if due is None else max(0.0, due - self.clock())
+                done, _ = await asyncio.wait({nxt}, timeout=timeout)
+                if not done:
+                    self.flush()
+                    continue
+                try:
+                    frame = nxt.result()
+                except StopAsyncIteration:
+                    self.flush(self.clock() + 3600)  # the track ended: what was held is its last frame
+                    return
+                nxt = None
+                self.push(frame)
+        finally:
+            if nxt is not None and not nxt.done():
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
 
 
 async def video_frames(stream: rtc.VideoStream) -> AsyncIterator[rtc.VideoFrame]:

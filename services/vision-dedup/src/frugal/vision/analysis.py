@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from google import genai
 from google.genai import types as gtypes
 from redis.exceptions import RedisError
@@ -39,6 +41,7 @@ from frugal.common.pricing import PriceCatalog, TierName
 from frugal.common.usage import UsageAmounts
 from frugal.vision import metrics
 from frugal.vision.context_store import ContextStore
+from frugal.vision.dedup import thumb_change
 from frugal.vision.frames import encode_for_model, frame_to_bgr
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ SERVICE = "vision-dedup"
 OFFLINE_MODEL = "offline-vision"
 # Gemini bills an image that fits in 384x384 as 258 tokens, larger ones per 768x768 tile.
 IMAGE_TOKENS = 258
+# System prompt + per-frame prompt, in tokens (about 4 characters each), when no usage was reported.
+PROMPT_TOKENS_ESTIMATE = 150
 
 SYSTEM_PROMPT = (
     "You describe one frame of a user's shared screen for a voice assistant that will answer the user's "
@@ -71,6 +76,12 @@ class AnalysisJob:
     frames_seen: int
     track_start_ms: int
     coalesced: int = 0
+    # The frame's luma thumbnail: the change told to the model is measured from the last *analysed* frame
+    # (frames kept in between may have been coalesced away).
+    thumb: npt.NDArray[np.uint8] | None = None
+    thumb_factor: int = 0
+    # "analysed": changed_area/bbox are relative to the previous analysed frame of the track.
+    relative_to: str = "kept"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +116,19 @@ def _region_name(bbox: tuple[int, int, int, int], width: int, height: int, area:
 
 
 def change_sentence(job: AnalysisJob) -> str:
-    if job.reason in ("first_frame", "resolution_changed"):
+    if job.reason in ("first_frame", "resolution_changed") and job.relative_to != "analysed":
         return "This is the first frame analysed for this track."
     x, y, w, h = job.bbox
+    since = "the previous analysed frame" if job.relative_to == "analysed" else "the previous kept frame"
+    skipped = (f" {job.coalesced} kept frame(s) in between were not analysed (the model was busy)."
+               if job.coalesced else "")
+    if job.changed_area <= 0:
+        return f"Nothing visible changed since {since} (reason: {job.reason}).{skipped}"
+    area = f"{job.changed_area:.1%}" if job.changed_area >= 0.001 else "a small detail (under 0.1%)"
     return (
-        f"Since the previous kept frame {job.changed_area:.1%} of the screen changed, in {_region_name(job.bbox, job.width, job.height, job.changed_area)} "  # noqa: E501
-        f"(x={x}, y={y}, {w}x{h} px; reason: {job.reason})."
+        f"Since {since} {area} of the screen changed, in "
+        f"{_region_name(job.bbox, job.width, job.height, job.changed_area)} "
+        f"(x={x}, y={y}, {w}x{h} px; reason: {job.reason}).{skipped}"
     )
 
 
@@ -175,7 +193,7 @@ class GeminiVisionProvider:
     def __init__(self, api_key: str, model: str, *, base_url: str | None = None, timeout_s: float = 20.0,
                  max_output_tokens: int = 300, max_image_side: int = 768, executor: Executor | None = None) -> None:
         self.model = model
-        self._max_output_tokens = max_output_tokens
+        self.max_output_tokens = max_output_tokens
         self._max_side = max_image_side
         self._executor = executor
         options = gtypes.HttpOptions(
@@ -195,7 +213,7 @@ class GeminiVisionProvider:
                                                          gtypes.Part.from_text(text=prompt)])],
             config=gtypes.GenerateContentConfig(
                 system_instruction=SYSTEM_PROMPT,
-                max_output_tokens=self._max_output_tokens,
+                max_output_tokens=self.max_output_tokens,
                 temperature=0.2,
                 thinking_config=gtypes.ThinkingConfig(thinking_budget=0),
             ),
@@ -222,7 +240,8 @@ class Analyzer:
 
     def __init__(self, provider: VisionProvider, catalog: PriceCatalog, producer: CostEventProducer,
                  store: ContextStore, *, max_concurrency: int = 4, timeout_s: float = 20.0,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, tenant_share: float = 0.5,
+                 breaker: CircuitBreaker | None = None) -> None:
         self.provider = provider
         self.catalog = catalog
         self.producer = producer
@@ -231,6 +250,11 @@ class Analyzer:
         self.timeout_s = timeout_s
         self._fallback = OfflineVisionProvider(executor)
         self._sem = asyncio.Semaphore(max_concurrency)
+        # No tenant may hold more than its share of the model slots: one tenant's burst (or a hung model
+        # answering one tenant slowly) leaves slots for the others.
+        self.tenant_slots = max(1, math.ceil(max_concurrency * tenant_share))
+        self._tenant_sems: dict[str, asyncio.Semaphore] = {}
+        self.breaker = breaker or CircuitBreaker()
 
     def _tier(self, model: str) -> TierName | None:
         return next((t for t, m in self.catalog.tiers.items() if m == model), None)
@@ -241,17 +265,33 @@ class Analyzer:
         p = self.provider
         started = time.perf_counter()
         fallback_error: str | None = None
-        async with self._sem:
-            try:
-                result = await asyncio.wait_for(p.describe(job, previous), self.timeout_s)
-                outcome = "ok"
-            except Exception as err:  # provider errors, timeouts: fall back to local facts, labelled as such
-                if p.offline:
+        tenant_sem = self._tenant_sems.setdefault(tenant_id, asyncio.Semaphore(self.tenant_slots))
+        async with tenant_sem, self._sem:
+            if not p.offline and not self.breaker.allow():
+                outcome = "circuit_open"
+                fallback_error = f"circuit open after {self.breaker.failures} failed calls"
+                result = await self._fallback.describe(job, previous, note=f"{p.model} not called ({fallback_error})")
+            else:
+                try:
+                    result = await asyncio.wait_for(p.describe(job, previous), self.timeout_s)
+                    outcome = "ok"
+                    self.breaker.record(True)
+                except asyncio.CancelledError:
+                    if not p.offline:  # the request may have reached the provider: it is billed anyway
+                        await asyncio.shield(self._emit_unfinished_attempt(job, tenant_id, session_id, request_id,
+                                                                           "cancelled"))
                     raise
-                fallback_error = f"{type(err).__name__}: {str(err)[:200]}" if str(err) else type(err).__name__
-                log.warning("vision call to %s failed, offline fallback: %s", p.model, fallback_error)
-                outcome = "timeout" if isinstance(err, TimeoutError) else "error"
-                result = await self._fallback.describe(job, previous, note=f"{p.model} call failed ({fallback_error})")
+                except Exception as err:  # provider errors, timeouts: fall back to local facts, labelled as such
+                    if p.offline:
+                        raise
+                    self.breaker.record(False)
+                    fallback_error = f"{type(err).__name__}: {str(err)[:200]}" if str(err) else type(err).__name__
+                    log.warning("vision call to %s failed, offline fallback: %s", p.model, fallback_error)
+                    outcome = "timeout" if _is_timeout(err) else "error"
+                    if outcome == "timeout":
+                        await self._emit_unfinished_attempt(job, tenant_id, session_id, request_id, "timeout")
+                    result = await self._fallback.describe(job, previous,
+                                                           note=f"{p.model} call failed ({fallback_error})")
         elapsed = time.perf_counter() - started
         metrics.VISION_CALLS.labels(provider=p.provider, model=p.model, offline=str(p.offline).lower(),
                                     outcome=outcome).inc()
@@ -304,8 +344,72 @@ class Analyzer:
             attributes=attributes,
         )
 
+    async def _emit_unfinished_attempt(self, job: AnalysisJob, tenant_id: str, session_id: str,
+                                       request_id: str | None, how: str) -> None:
+        """A call that timed out (or was cancelled) on our side reached the provider, which bills it: one
+        cost event for that attempt, with estimated usage (the image, the prompt, and the output cap)."""
+        p = self.provider
+        usage = UsageAmounts(input_tokens=IMAGE_TOKENS + PROMPT_TOKENS_ESTIMATE,
+                             output_tokens=int(getattr(p, "max_output_tokens", 300)), images=1, requests=1,
+                             estimated=True)
+        event = await self.recorder.record(
+            usage=usage, outcome=how, tenant_id=tenant_id, kind=CostKind.VISION, provider=p.provider,
+            model=p.model, key=(session_id, job.track_id, str(job.sequence), str(job.timestamp_ms), how),
+            session_id=session_id, request_id=request_id, tier=self._tier(p.model), offline=False,
+            attributes={"track_id": job.track_id, "sequence": str(job.sequence), "outcome": how,
+                        "usage_basis": "estimated: no response (image + prompt estimate, output at the cap)"},
+        )
+        metrics.VISION_COST.labels(tenant=tenant_id, model=p.model, offline="false").inc(event.cost_usd)
+
     async def aclose(self) -> None:
         await self.provider.aclose()
+
+
+def _is_timeout(err: BaseException) -> bool:
+    # asyncio's and aiohttp's timeouts are TimeoutError; httpx's are not, but say so in their name.
+    return isinstance(err, TimeoutError) or "Timeout" in type(err).__name__
+
+
+class CircuitBreaker:
+    """Stops calling a model that keeps failing: after `threshold` consecutive failures (errors, timeouts),
+    calls are refused for `cooldown_s`; then one trial call at a time goes through until one succeeds."""
+
+    def __init__(self, threshold: int = 5, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.failures = 0
+        self._opened_at: float | None = None
+        self._trial = False
+
+    @property
+    def open(self) -> bool:
+        return self._opened_at is not None
+
+    def allow(self) -> bool:
+        if self._opened_at is None:
+            return True
+        if self._trial or self.clock() - self._opened_at < self.cooldown_s:
+            return False
+        self._trial = True  # half-open: this one call decides
+        return True
+
+    def record(self, ok: bool) -> None:
+        self._trial = False
+        if ok:
+            self.failures = 0
+            if self._opened_at is not None:
+                metrics.CIRCUIT_OPEN.set(0)
+            self._opened_at = None
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            if self._opened_at is None:
+                log.error("vision model failed %d times in a row: circuit open for %.0fs", self.failures,
+                          self.cooldown_s)
+            self._opened_at = self.clock()
+            metrics.CIRCUIT_OPEN.set(1)
 
 
 @dataclass(slots=True)
@@ -332,7 +436,9 @@ class StreamAnalyzer:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _busy: bool = False
     _coverage: dict[str, _Coverage] = field(default_factory=dict)
-    _previous: str | None = None
+    # Per track: the last description and the thumbnail of the frame it describes.
+    _previous: dict[str, tuple[str, npt.NDArray[np.uint8] | None]] = field(default_factory=dict)
+    pixel_diff_threshold: int = 12
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -389,17 +495,30 @@ class StreamAnalyzer:
         covered = (job.timestamp_ms - prev.timestamp_ms) / 1000.0
         considered = job.frames_seen - prev.frames_seen
         self._coverage[job.track_id] = _Coverage(job.timestamp_ms, job.frames_seen)
+        before = self._previous.get(job.track_id)
+        if before is not None and job.thumb is not None:
+            # What the model is told changed: since the frame it last described, not since the last kept
+            # frame (which it may never have seen when frames were coalesced).
+            job.changed_area, job.bbox = thumb_change(before[1], job.thumb, job.thumb_factor or 1, job.width,
+                                                      job.height, self.pixel_diff_threshold)
+            job.relative_to = "analysed"
         analysis = await self.analyzer.analyse(
             job, tenant_id=self.tenant_id, session_id=self.session_id, request_id=self.request_id,
-            previous=self._previous, covered_seconds=covered, frames_considered=considered,
+            previous=before[0] if before else None, covered_seconds=covered, frames_considered=considered,
         )
-        self._previous = analysis.description
+        self._previous[job.track_id] = (analysis.description, job.thumb)
         self.analysed += 1
         await self.emit(analysis)
 
-    async def aclose(self) -> None:
+    def cancel(self) -> None:
+        """Drops what waits and cancels the worker, without awaiting (safe in any cleanup path)."""
         metrics.QUEUE_DEPTH.dec(len(self._pending))
         self._pending.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        self.cancel()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

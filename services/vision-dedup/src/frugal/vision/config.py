@@ -33,7 +33,7 @@ class Settings(ServiceSettings):
     # (Both measured on the sender's timestamps.)
     settle_ms: int = Field(default=_D.settle_ms, ge=0, le=10_000)
     fast_settle_ms: int = Field(default=_D.fast_settle_ms, ge=0, le=10_000)
-    # During continuous motion (long scroll, animation), keep a checkpoint at most this often.
+    # During continuous motion (long scroll, animation, streaming output), keep a checkpoint at most this often.
     max_stale_ms: int = Field(default=_D.max_stale_ms, ge=100, le=600_000)
     max_stale_speaking_ms: int = Field(default=_D.max_stale_speaking_ms, ge=100, le=600_000)
     # A pixel of the change map that changed VOLATILE_MIN_EVENTS times (changes at least
@@ -49,11 +49,24 @@ class Settings(ServiceSettings):
     # Thumbnail used for the change map: longest side ~ this many pixels (integer downscale of the frame).
     thumb_long_side: int = Field(default=_D.thumb_long_side, ge=32, le=1024)
     tile_size: int = Field(default=_D.tile_size, ge=2, le=128)
+    # Detail image (~640 px wide): changes that vanish in the thumbnail (a number in a cell, a line of text).
+    detail_diff_threshold: int = Field(default=_D.detail_diff_threshold, ge=1, le=255)
+    min_detail_pixels: int = Field(default=_D.min_detail_pixels, ge=1, le=100_000)
+    min_detail_motion: int = Field(default=_D.min_detail_motion, ge=1, le=100_000)
+    # Largest mouse pointer (detail pixels): a change that is only such a sprite moving is skipped.
+    pointer_max_side: int = Field(default=_D.pointer_max_side, ge=0, le=256)
 
     # --- frame limits ---
     max_frame_width: int = Field(default=7680, ge=16, le=16384)
     max_frame_height: int = Field(default=4320, ge=16, le=16384)
     max_frame_pixels: int = Field(default=7680 * 4320, ge=256)
+    # JPEG/PNG larger than this (read from the header, before decoding) are refused: a PNG decodes at full
+    # size whatever thumbnail is wanted.
+    max_decode_pixels: int = Field(default=3840 * 2160, ge=256)
+    # Distinct track ids one StreamFrames call may use (each holds ~2 MB of decision state and one frame).
+    max_tracks_per_stream: int = Field(default=4, ge=1, le=64)
+    # A stream that sends no frame for this long is closed (DEADLINE_EXCEEDED).
+    stream_idle_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
 
     # --- vision analysis ---
     gemini_api_key: SecretStr | None = Field(
@@ -72,6 +85,12 @@ class Settings(ServiceSettings):
     vision_queue_size: int = Field(default=1, ge=1, le=64)
     # Vision calls in flight per process (all streams).
     vision_max_concurrency: int = Field(default=4, ge=1, le=256)
+    # Largest share of those slots one tenant may hold (at least one slot).
+    vision_tenant_share: float = Field(default=0.5, gt=0, le=1)
+    # Circuit breaker: after this many consecutive failed calls, the model is not called for the cooldown
+    # (kept frames get the labelled offline analysis); then one trial call decides.
+    vision_breaker_failures: int = Field(default=5, ge=1, le=1000)
+    vision_breaker_cooldown_s: float = Field(default=30.0, gt=0, le=3600)
 
     # --- context store ---
     context_size: int = Field(default=5, ge=1, le=50)
@@ -103,6 +122,10 @@ class Settings(ServiceSettings):
             volatile_dilate=self.volatile_dilate,
             thumb_long_side=self.thumb_long_side,
             tile_size=self.tile_size,
+            detail_diff_threshold=self.detail_diff_threshold,
+            min_detail_pixels=self.min_detail_pixels,
+            min_detail_motion=self.min_detail_motion,
+            pointer_max_side=self.pointer_max_side,
         )
 
     def api_key(self) -> str | None:

@@ -48,8 +48,12 @@ BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
 _NEVER = -1e15  # "long ago", finite so that differences stay finite
+_GROUP_KERNEL = np.ones((7, 7), dtype=np.uint8)
+# Longest wait for a next frame before the quiet-time timer keeps a pending change.
+MAX_TIMER_WAIT_MS = 1000
 KEPT_REASONS = ("first_frame", "resolution_changed", "changed", "detail_changed", "motion_checkpoint")
-SKIPPED_REASONS = ("duplicate", "periodic_change", "small_change", "scrolling", "in_motion", "settling")
+SKIPPED_REASONS = ("duplicate", "periodic_change", "small_change", "pointer_motion", "scrolling", "in_motion",
+                   "settling")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,20 +62,33 @@ class DedupConfig:
     pixel_diff_threshold: int = 12
     min_change_area: float = 0.0004
     large_change_area: float = 0.02
-    settle_ms: int = 700
+    settle_ms: int = 500
     fast_settle_ms: int = 100
-    max_stale_ms: int = 3000
-    max_stale_speaking_ms: int = 1500
+    max_stale_ms: int = 8000
+    max_stale_speaking_ms: int = 4000
     volatile_min_events: int = 2
-    volatile_event_spacing_ms: int = 400
+    volatile_event_spacing_ms: int = 250
     volatile_gap_ms: int = 2200
     volatile_dilate: int = 1
-    max_volatile_area: float = 0.15
+    max_volatile_area: float = 0.35
     thumb_long_side: int = 160
     tile_size: int = 10
     # Scroll detection: largest vertical shift tried, in thumbnail rows.
     max_scroll_rows: int = 16
-
+    # Detail image (~640 px wide): a pixel there changed when it moved by more than this many levels...
+    detail_diff_threshold: int = 40
+    # ...and this many changed detail pixels are an edit worth a call (a digit is ~20-60 of them).
+    min_detail_pixels: int = 12
+    # Detail pixels that must move between two frames for the screen to count as moving.
+    min_detail_motion: int = 3
+    # Largest side (detail pixels) of a mouse pointer: a change that is only a sprite of at most this size
+    # moving elsewhere is pointer motion.
+    pointer_max_side: int = 24
+    # A tile that has been moving for most of the last few seconds (a video, a video call tile) is left out
+    # like a volatile pixel: activity = time-weighted share of frames in which it moved (time constant
+    # active_tau_ms); active from active_threshold on.
+    active_tau_ms: int = 4000
+    active_threshold: float = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -86,6 +103,8 @@ class Decision:
     bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
     # Fraction of the frame covered by tiles currently treated as volatile.
     volatile_area: float = 0.0
+    # Kept by the quiet-time timer: no further frame came, the last one is the settled screen.
+    by_timer: bool = False
 
 
 @dataclass(slots=True)
@@ -138,116 +157,235 @@ class _Geometry:
         return (x0, y0, x1 - x0, y1 - y0)
 
 
+def _mask_to_thumb(mask: BoolArray, shape: tuple[int, int]) -> BoolArray:
+    """A detail-resolution mask reduced to the thumbnail: a thumbnail pixel is set when any of its block is."""
+    h, w = shape
+    if mask.shape == shape:
+        return mask
+    small: BoolArray = cv2.resize(mask.view(np.uint8) * np.uint8(255), (w, h), interpolation=cv2.INTER_AREA) > 0
+    return small
+
+
+def _mask_to_detail(mask: BoolArray, shape: tuple[int, int]) -> BoolArray:
+    h, w = shape
+    if mask.shape == shape:
+        return mask
+    big: BoolArray = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+    return big
+
+
 @dataclass(slots=True)
 class DedupTracker:
-    """Decision state of one video track. Not thread-safe: one frame at a time."""
+    """Decision state of one video track. Not thread-safe: one frame at a time.
+
+    Times are the sender's milliseconds. Nothing depends on the frame rate: stillness is the time since the
+    last frame that moved, a motion run is the frames that moved without a still frame between them, and a
+    change that is still pending when frames stop coming is kept by `flush` once its quiet time is over
+    (`due_ms` says when; the server runs the timer).
+    """
 
     config: DedupConfig = field(default_factory=DedupConfig)
     _geo: _Geometry | None = None
     _kept: npt.NDArray[np.uint8] | None = None
+    _kept_detail: npt.NDArray[np.uint8] | None = None
     _kept_hash: int = 0
     _kept_t: float = 0.0
     _prev: npt.NDArray[np.uint8] | None = None
+    _prev_detail: npt.NDArray[np.uint8] | None = None
+    _prev_hash: int = 0
     _anchor: npt.NDArray[np.uint8] | None = None
+    _anchor_detail: npt.NDArray[np.uint8] | None = None
     _last_t: float = _NEVER
+    _frame_gap: float = 0.0
+    _gap_ewma: float = 0.0
     _last_motion_t: float = _NEVER
+    _prev_moving: bool = False
     _motion_run_start: float = _NEVER
+    _run_frames: int = 0
     _tile_last_motion: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
-    _px_last_event: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    _tile_activity: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    _tile_last_raw_motion: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    # Per detail pixel: time of its last separate change (float32 ms relative to the track start) and count.
+    _px_last_event: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     _px_events: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
+    _t0: float = 0.0
+    # Pending change: (due time, reason it would be kept with, area, bbox) or None.
+    _pending: tuple[float, str, float, tuple[int, int, int, int]] | None = None
     frames: int = 0
     kept: int = 0
     _kernel: npt.NDArray[np.uint8] = field(init=False)
+    # volatile_dilate thumbnail pixels, in detail pixels.
+    _kernel_d: npt.NDArray[np.uint8] = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.config.volatile_dilate
         self._kernel = np.ones((2 * r + 1, 2 * r + 1), dtype=np.uint8)
+        self._kernel_d = self._kernel
+
+    @property
+    def kept_thumbnail(self) -> npt.NDArray[np.uint8] | None:
+        return self._kept
+
+    def due_ms(self) -> float | None:
+        """When the change seen last would be kept if no further frame arrives (sender ms), or None."""
+        return None if self._pending is None else self._pending[0]
+
+    def flush(self, t_ms: float) -> Decision | None:
+        """The quiet-time timer: no frame came since the last one, which shows a change that has now been
+        still long enough. Keeps that last frame (the caller still holds it) and returns the decision."""
+        if self._pending is None or t_ms < self._pending[0] or self._prev is None:
+            return None
+        _, reason, area, bbox = self._pending
+        self._pending = None
+        self._kept, self._kept_detail, self._kept_hash = self._prev, self._prev_detail, self._prev_hash
+        self._kept_t = self._last_t
+        self.kept += 1
+        return Decision(True, reason, self._prev_hash, 0, area, bbox, by_timer=True)
 
     def decide(self, thumb: Thumbnail, t_ms: float, *, user_speaking: bool = False) -> Decision:
         cfg = self.config
         self.frames += 1
         t = max(float(t_ms), self._last_t)
+        self._frame_gap = t - self._last_t
+        if self._last_t > _NEVER and self._frame_gap > 0:
+            gap = min(self._frame_gap, float(MAX_TIMER_WAIT_MS))
+            self._gap_ewma = gap if self._gap_ewma <= 0 else 0.7 * self._gap_ewma + 0.3 * gap
         self._last_t = t
         cur = thumb.pixels
+        det = thumb.detail if thumb.detail is not None else cur
         h = phash(cur)
         geo = self._geo
-        if geo is None or self._kept is None or self._prev is None:
-            return self._keep(thumb, cur, h, t, "first_frame", reset=True)
-        if (geo.width, geo.height) != (thumb.width, thumb.height) or geo.shape != cur.shape:
-            return self._keep(thumb, cur, h, t, "resolution_changed", reset=True)
-
-        thr = cfg.pixel_diff_threshold
+        if geo is None or self._kept is None or self._prev is None or self._prev_detail is None:
+            return self._keep(thumb, cur, det, h, t, "first_frame")
+        if ((geo.width, geo.height) != (thumb.width, thumb.height) or geo.shape != cur.shape
+                or self._prev_detail.shape != det.shape):
+            return self._keep(thumb, cur, det, h, t, "resolution_changed")
+        self._pending = None
         prev = self._prev
-        # Motion is measured against a per-pixel anchor that follows the frame only when a pixel moved by
-        # more than the threshold: slow drifts (a fade, a video's gradient) accumulate until they count.
-        anchor = self._anchor
-        assert anchor is not None
-        moved_px: BoolArray = cv2.absdiff(cur, anchor) > thr
-        np.copyto(anchor, cur, where=moved_px)
-        self._prev = cur
-        moved_tiles = geo.tiles_any(moved_px)
-        self._tile_last_motion[moved_tiles] = t
-        # Recurrence per pixel: separate changes (>= volatile_event_spacing_ms apart) with no pause longer
-        # than volatile_gap_ms. Pixels that changed volatile_min_events times are periodic or animated.
+        assert self._anchor is not None and self._anchor_detail is not None and self._kept_detail is not None
+        thr, thr_d = cfg.pixel_diff_threshold, cfg.detail_diff_threshold
+        # Motion is measured against per-pixel anchors that follow the frame only where a pixel moved by more
+        # than the threshold: slow drifts (a fade, a video's gradient) accumulate until they count.
+        moved_px: BoolArray = cv2.absdiff(cur, self._anchor) > thr
+        np.copyto(self._anchor, cur, where=moved_px)
+        moved_d: BoolArray = cv2.absdiff(det, self._anchor_detail) > thr_d
+        np.copyto(self._anchor_detail, det, where=moved_d)
+        self._prev, self._prev_detail, self._prev_hash = cur, det, h
+
+        # Recurrence per detail pixel: separate changes (>= volatile_event_spacing_ms apart) with no pause
+        # longer than volatile_gap_ms. Pixels that changed volatile_min_events times are periodic or animated.
+        rel = np.float32(t - self._t0)
         gap = cfg.volatile_gap_ms
-        idx = np.flatnonzero(moved_px)  # usually few pixels move: update only those
+        changed_any = moved_d | _mask_to_detail(moved_px, det.shape)
+        idx = np.flatnonzero(changed_any)  # usually few pixels move: update only those
         if idx.size:
             last = self._px_last_event.ravel()
             counts = self._px_events.ravel()
-            since = t - last[idx]
+            since = rel - last[idx]
             c = np.where(since > gap, 0, counts[idx])
             event = since >= cfg.volatile_event_spacing_ms
             c[event] = np.minimum(c[event], 254) + 1
             counts[idx] = c
-            last[idx[event]] = t
-        vol_px = (self._px_events >= cfg.volatile_min_events) & (self._px_last_event >= t - gap)
+            last[idx[event]] = rel
+        # Activity is judged on all motion, periodic pixels included: a video is both.
+        raw_moved_tiles = geo.tiles_any(moved_px | _mask_to_thumb(moved_d, cur.shape))
+        vol_d = (self._px_events >= cfg.volatile_min_events) & (self._px_last_event >= rel - gap)
         volatile_area = 0.0
-        if vol_px.any():
-            volatile: BoolArray = cv2.dilate(vol_px.view(np.uint8), self._kernel) > 0
-            volatile_area = float(np.count_nonzero(volatile)) / volatile.size
+        vol_t: BoolArray | None = None
+        if vol_d.any():
+            vol_d = cv2.dilate(vol_d.view(np.uint8), self._kernel_d) > 0
+            volatile_area = float(np.count_nonzero(vol_d)) / vol_d.size
             if volatile_area > cfg.max_volatile_area:
-                volatile_area = 0.0
+                volatile_area = 0.0  # that much "periodic" change is real motion (a long scroll)
+            else:
+                vol_t = _mask_to_thumb(vol_d, cur.shape)
+                moved_px &= ~vol_t
+                moved_d &= ~vol_d
 
+        moved_tiles = geo.tiles_any(moved_px | _mask_to_thumb(moved_d, cur.shape))
+        # Tiles that keep moving (time-weighted share of frames that moved them, over ~active_tau_ms).
+        w = 1.0 - float(np.exp(-max(self._frame_gap, 1.0) / cfg.active_tau_ms))
+        self._tile_activity *= 1.0 - w
+        self._tile_activity[raw_moved_tiles] += w
+        self._tile_last_raw_motion[raw_moved_tiles] = t
+        # Active while it keeps moving: a region that stopped (streamed output that finished) is visible again
+        # after settle_ms, not after its activity has decayed.
+        active = (self._tile_activity >= cfg.active_threshold) & (t - self._tile_last_raw_motion <= cfg.settle_ms)
+        if active.any():
+            active = cv2.dilate(active.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+            if float(geo.tile_pixels[active].sum()) <= cfg.max_volatile_area:
+                act_t = geo.expand(active)
+                vol_t = act_t if vol_t is None else vol_t | act_t
+                act_d = _mask_to_detail(act_t, det.shape)
+                vol_d = act_d if volatile_area == 0 else vol_d | act_d
+                volatile_area = float(np.count_nonzero(vol_d)) / vol_d.size
+                moved_px &= ~act_t
+                moved_d &= ~act_d
         raw_diff: BoolArray = cv2.absdiff(cur, self._kept) > thr
-        if volatile_area > 0:
-            diff = raw_diff & ~volatile
-            moved_px &= ~volatile
-        else:
-            diff = raw_diff
-        moving = bool(moved_px.any())
+        diff = raw_diff & ~vol_t if vol_t is not None else raw_diff
+        moving = bool(moved_px.any()) or int(np.count_nonzero(moved_d)) >= cfg.min_detail_motion
+        self._tile_last_motion[moved_tiles] = t
         if moving:
-            if t - self._last_motion_t > cfg.settle_ms:
+            # A run of motion is the frames that moved with no still frame between them, however far apart.
+            if not self._prev_moving:
                 self._motion_run_start = t
+                self._run_frames = 0
+            self._run_frames += 1
             self._last_motion_t = t
+        self._prev_moving = moving
         still_ms = t - self._last_motion_t
 
         distance = hamming(h, self._kept_hash)
         n_changed = int(np.count_nonzero(diff))
         area = n_changed / diff.size
-        if n_changed == 0:
-            reason = "periodic_change" if raw_diff.any() else "duplicate"
-            return Decision(False, reason, h, distance, 0.0, (0, 0, 0, 0), volatile_area)
-        bbox = geo.bbox(diff)
         big = area >= cfg.large_change_area or distance > cfg.phash_threshold
+        diff_d: BoolArray | None = None
+        n_detail = 0
+        raw_diff_d: BoolArray | None = None
+        if not big:
+            raw_diff_d = cv2.absdiff(det, self._kept_detail) > thr_d
+            diff_d = raw_diff_d & ~vol_d if volatile_area > 0 else raw_diff_d
+            n_detail = int(np.count_nonzero(diff_d))
+        if n_changed == 0 and n_detail < cfg.min_detail_pixels:
+            if raw_diff.any():
+                reason = "periodic_change"
+            else:
+                reason = "small_change" if n_detail else "duplicate"
+            return Decision(False, reason, h, distance, 0.0, (0, 0, 0, 0), volatile_area)
+        bbox = geo.bbox(diff) if n_changed else self._detail_bbox(diff_d, thumb)
+        small = not big and (area >= cfg.min_change_area or n_detail >= cfg.min_detail_pixels)
+        # Judged on the change before volatile masking: a pointer that slowed down as it came to rest has
+        # made the pixels where it rests look periodic.
+        if small and raw_diff_d is not None and self._pointer_only(raw_diff_d, det, self._kept_detail):
+            return Decision(False, "pointer_motion", h, distance, area, bbox, volatile_area)
 
         def keep(reason: str) -> Decision:
-            self._kept, self._kept_hash, self._kept_t = cur, h, t
+            self._kept, self._kept_detail, self._kept_hash, self._kept_t = cur, det, h, t
             self.kept += 1
             return Decision(True, reason, h, distance, area, bbox, volatile_area)
 
         if big and still_ms >= cfg.fast_settle_ms:
             return keep("changed")
-        if not big and area >= cfg.min_change_area and still_ms >= cfg.settle_ms:
+        if small and still_ms >= cfg.settle_ms:
             return keep("detail_changed")
         if big and moving:
-            recent = (t - self._tile_last_motion) < cfg.fast_settle_ms
+            # The change has settled while something elsewhere keeps moving (a video in a window that just
+            # opened, before its tiles count as active): the part of the change
+            # outside the moving region is most of it, and has not moved for the quiet time. "Keeps moving":
+            # moved within the last fast_settle_ms, or in this frame when frames are sparser than that.
+            window = max(float(cfg.fast_settle_ms), 1.5 * self._frame_gap)
+            recent = (t - self._tile_last_motion) < window
             moving_area = float(geo.tile_pixels[recent].sum())
-            if moving_area <= cfg.max_volatile_area:
-                settled = diff & ~geo.expand(recent)
-                if np.count_nonzero(settled) / diff.size >= cfg.large_change_area and \
-                        t - self._motion_run_start >= cfg.fast_settle_ms:
-                    return keep("changed")
-        if not big and area < cfg.min_change_area:
+            if moving_area <= cfg.max_volatile_area and self._run_frames >= 2:
+                chg = diff if diff_d is None else diff | _mask_to_thumb(diff_d, diff.shape)
+                settled = chg & ~geo.expand(recent)
+                n_settled, n_chg = int(np.count_nonzero(settled)), int(np.count_nonzero(chg))
+                if n_chg and n_settled >= 0.5 * n_chg:
+                    region = geo.tiles_any(settled)
+                    region_still = t - float(self._tile_last_motion[region].max()) if region.any() else 0.0
+                    if region_still >= cfg.fast_settle_ms:
+                        return keep("changed")
+        if not big and not small:
             return Decision(False, "small_change", h, distance, area, bbox, volatile_area)
         stale_limit = cfg.max_stale_speaking_ms if user_speaking else cfg.max_stale_ms
         if big and moving and t - max(self._kept_t, self._motion_run_start) >= stale_limit:
@@ -256,21 +394,82 @@ class DedupTracker:
             reason = "scrolling" if self._looks_like_scroll(moved_px, cur, prev) else "in_motion"
         else:
             reason = "settling"
+        # Kept after the quiet time if the screen stays as it is, whether or not another frame comes.
+        # The timer is for frames that stop coming, not for the gap to the next one: it waits at least 1.5
+        # frame intervals (at most MAX_TIMER_WAIT_MS) past this frame.
+        quiet = cfg.fast_settle_ms if big else cfg.settle_ms
+        wait = min(float(MAX_TIMER_WAIT_MS), 1.5 * self._gap_ewma)
+        due = max(self._last_motion_t + quiet, t + wait)
+        self._pending = (due, "changed" if big else "detail_changed", area, bbox)
         return Decision(False, reason, h, distance, area, bbox, volatile_area)
 
-    def _keep(self, thumb: Thumbnail, cur: npt.NDArray[np.uint8], h: int, t: float, reason: str,
-              *, reset: bool) -> Decision:
+    def _detail_bbox(self, diff_d: BoolArray | None, thumb: Thumbnail) -> tuple[int, int, int, int]:
+        if diff_d is None:
+            return (0, 0, 0, 0)
+        rows = np.flatnonzero(diff_d.any(axis=1))
+        if rows.size == 0:
+            return (0, 0, 0, 0)
+        cols = np.flatnonzero(diff_d.any(axis=0))
+        k = thumb.detail_factor or thumb.factor
+        x0, y0 = int(cols[0]) * k, int(rows[0]) * k
+        x1 = min(thumb.width, (int(cols[-1]) + 1) * k)
+        y1 = min(thumb.height, (int(rows[-1]) + 1) * k)
+        return (x0, y0, x1 - x0, y1 - y0)
+
+    def _pointer_only(self, diff_d: BoolArray, det: npt.NDArray[np.uint8], kept: npt.NDArray[np.uint8]) -> bool:
+        """The change since the last kept frame is one small sprite that left one place and is now at another
+        (a mouse pointer that moved): two small blobs of about the same size, and the pixels the kept frame
+        showed at one (the sprite) look like what this frame shows at the other. Blob shapes depend on the
+        background under the sprite, so sizes and mean sprite levels are compared, not pixel by pixel."""
+        side = self.config.pointer_max_side
+        # Parts of one sprite over a background of its own colour show no change: group nearby pieces.
+        mask = cv2.dilate(diff_d.view(np.uint8), _GROUP_KERNEL)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        if n != 3:  # background + exactly two blobs
+            return False
+        blobs = []
+        for i in (1, 2):
+            x, y, w, h = (int(v) for v in stats[i][:4])
+            if max(w, h) > side + 6:  # the grouping dilation adds 3 pixels a side
+                return False
+            sel = (labels[y : y + h, x : x + w] == i) & diff_d[y : y + h, x : x + w]
+            if not sel.any():
+                return False
+            then = kept[y : y + h, x : x + w][sel].astype(np.int16)
+            now = det[y : y + h, x : x + w][sel].astype(np.int16)
+            blobs.append((int(np.count_nonzero(sel)), float(then.mean()), float(now.mean()),
+                          float(np.mean(then > now))))
+        (na, a_then, a_now, a_dark), (nb, b_then, b_now, b_dark) = blobs
+        if min(na, nb) < 0.2 * max(na, nb):
+            return False
+        # A sprite leaves one place (its pixels there all change one way) and covers another (the other way);
+        # an edit turns some strokes on and others off in the same place.
+        if not ((a_dark >= 0.8 and b_dark <= 0.2) or (a_dark <= 0.2 and b_dark >= 0.8)):
+            return False
+        # The sprite was at a and is now at b, or the other way round.
+        return min(abs(a_then - b_now), abs(b_then - a_now)) < 0.35 * max(abs(a_then - a_now), abs(b_then - b_now))
+
+    def _keep(self, thumb: Thumbnail, cur: npt.NDArray[np.uint8], det: npt.NDArray[np.uint8], h: int, t: float,
+              reason: str) -> Decision:
         distance = -1 if self._geo is None or reason == "resolution_changed" else hamming(h, self._kept_hash)
-        if reset:
-            self._geo = _Geometry.make(thumb, self.config.tile_size)
-            tiles = self._geo.tiles
-            self._tile_last_motion = np.full(tiles, _NEVER)
-            self._px_last_event = np.full(cur.shape, _NEVER)
-            self._px_events = np.zeros(cur.shape, dtype=np.uint8)
-            self._last_motion_t = _NEVER
-            self._motion_run_start = _NEVER
-        self._kept, self._kept_hash, self._kept_t, self._prev = cur, h, t, cur
+        self._geo = _Geometry.make(thumb, self.config.tile_size)
+        rd = self.config.volatile_dilate * max(1, thumb.factor // max(1, thumb.detail_factor or thumb.factor))
+        self._kernel_d = np.ones((2 * rd + 1, 2 * rd + 1), dtype=np.uint8)
+        self._tile_last_motion = np.full(self._geo.tiles, _NEVER)
+        self._tile_activity = np.zeros(self._geo.tiles)
+        self._tile_last_raw_motion = np.full(self._geo.tiles, _NEVER)
+        self._t0 = t
+        self._px_last_event = np.full(det.shape, -1e9, dtype=np.float32)
+        self._px_events = np.zeros(det.shape, dtype=np.uint8)
+        self._last_motion_t = _NEVER
+        self._motion_run_start = _NEVER
+        self._prev_moving = False
+        self._run_frames = 0
+        self._pending = None
+        self._kept, self._kept_hash, self._kept_t, self._prev, self._prev_hash = cur, h, t, cur, h
+        self._kept_detail = self._prev_detail = det
         self._anchor = cur.copy()
+        self._anchor_detail = det.copy()
         self.kept += 1
         return Decision(True, reason, h, distance, 1.0, (0, 0, thumb.width, thumb.height))
 
@@ -293,3 +492,18 @@ class DedupTracker:
         for dy in range(1, min(self.config.max_scroll_rows, n // 2) + 1):
             best = min(best, float(np.abs(a[dy:] - b[:-dy]).mean()), float(np.abs(a[:-dy] - b[dy:]).mean()))
         return best < 0.5 * base
+
+
+def thumb_change(a: npt.NDArray[np.uint8] | None, b: npt.NDArray[np.uint8], factor: int, width: int, height: int,
+                 threshold: int) -> tuple[float, tuple[int, int, int, int]]:
+    """Changed fraction and bounding box (frame pixels) between two thumbnails of the same track."""
+    if a is None or a.shape != b.shape:
+        return 1.0, (0, 0, width, height)
+    diff: npt.NDArray[np.bool_] = cv2.absdiff(a, b) > threshold
+    n = int(np.count_nonzero(diff))
+    if n == 0:
+        return 0.0, (0, 0, 0, 0)
+    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+    x0, y0 = int(cols[0]) * factor, int(rows[0]) * factor
+    x1, y1 = min(width, (int(cols[-1]) + 1) * factor), min(height, (int(rows[-1]) + 1) * factor)
+    return n / diff.size, (x0, y0, x1 - x0, y1 - y0)

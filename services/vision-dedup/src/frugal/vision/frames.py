@@ -47,6 +47,9 @@ class FrameLimits:
     max_width: int = 7680
     max_height: int = 4320
     max_pixels: int = 7680 * 4320
+    # JPEG/PNG: largest image (read from its header) that is decoded at all. A PNG cannot be decoded at a
+    # reduced scale: an 8K screenshot costs seconds of CPU for a thumbnail.
+    max_decode_pixels: int = 3840 * 2160
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,10 @@ class Thumbnail:
     factor: int
     width: int
     height: int
+    # A finer luma image (long side ~640 px, `detail_factor` x `detail_factor` blocks) for changes that
+    # vanish in the thumbnail: a number in a cell, a line of text, a pointer. None: use `pixels`.
+    detail: U8 | None = None
+    detail_factor: int = 0
 
 
 def format_name(fmt: int) -> str:
@@ -132,11 +139,26 @@ def _i420_y_plane(frame: Any, w: int, h: int) -> U8:
     return np.frombuffer(data, dtype=np.uint8, count=w * h).reshape(h, w)
 
 
-def thumbnail_from_luma(y: U8, long_side: int = 160) -> Thumbnail:
-    """Thumbnail of a luma plane already in memory (e.g. an I420 Y plane viewed with np.frombuffer)."""
+DETAIL_LONG_SIDE = 640
+
+
+def thumbnail_from_luma(y: U8, long_side: int = 160, *, width: int = 0, height: int = 0, scale: int = 1
+                        ) -> Thumbnail:
+    """Thumbnail (and detail image) of a luma plane already in memory (e.g. an I420 Y plane viewed with
+    np.frombuffer). `scale` says the plane is already reduced by that factor from a `width` x `height` frame
+    (a JPEG decoded at reduced scale)."""
     h, w = y.shape
-    k = downscale_factor(w, h, long_side)
-    return Thumbnail(_reduce(y, k), k, w, h)
+    fw, fh = width or w * scale, height or h * scale
+    k = downscale_factor(fw, fh, long_side)
+    kd = max(1, max(fw, fh) // DETAIL_LONG_SIDE)
+    if kd % scale:
+        kd = scale  # the plane was decoded coarser than the detail image wants: it is the detail image
+    if kd % scale == 0 and k % kd == 0:
+        # The detail image first, then the thumbnail from it: one pass over the full frame.
+        detail = _reduce(y, kd // scale)
+        return Thumbnail(_reduce(detail, k // kd), k, fw, fh, detail, kd)
+    detail = _reduce(y, max(1, kd // scale))
+    return Thumbnail(_reduce(y, max(1, k // scale)), k, fw, fh, detail, max(1, kd // scale) * scale)
 
 
 def luma_thumbnail(frame: Any, limits: FrameLimits, long_side: int = 160) -> Thumbnail:
@@ -169,24 +191,30 @@ def _encoded_thumbnail(frame: Any, fmt: int, limits: FrameLimits, long_side: int
     if header is None:
         raise FrameError(f"undecodable {name}: no image header found")
     hw, hh = header
-    if hw > limits.max_width or hh > limits.max_height or hw * hh > limits.max_pixels:
-        raise FrameError(f"oversized: {name} is {hw}x{hh}, over the limit {limits.max_width}x{limits.max_height}")
+    if hw <= 0 or hh <= 0:
+        raise FrameError(f"undecodable {name}: the header says {hw}x{hh}")
+    if (hw > limits.max_width or hh > limits.max_height or hw * hh > limits.max_pixels
+            or hw * hh > limits.max_decode_pixels):
+        raise FrameError(f"oversized: {name} is {hw}x{hh} ({hw * hh} pixels), over the decode limit of "
+                         f"{min(limits.max_pixels, limits.max_decode_pixels)} pixels "
+                         f"({limits.max_width}x{limits.max_height} at most)")
     if (w or h) and (w, h) != (hw, hh):
         raise FrameError(f"size mismatch: frame says {w}x{h}, the {name} is {hw}x{hh}")
     k = downscale_factor(hw, hh, long_side)
+    kd = max(1, max(hw, hh) // DETAIL_LONG_SIDE)
     buf = np.frombuffer(data, dtype=np.uint8)
     decoded: U8 | None = None
     flag_k = 1
     if fmt == vision_pb2.FRAME_FORMAT_JPEG:
         for r, flag in _REDUCED:
-            if k % r == 0:
+            if k % r == 0 and kd % r == 0:
                 decoded, flag_k = cast("U8 | None", cv2.imdecode(buf, flag)), r
                 break
     if decoded is None:
         decoded, flag_k = cast("U8 | None", cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)), 1
     if decoded is None or decoded.size == 0:
         raise FrameError(f"undecodable {name}: the decoder rejected the data")
-    return Thumbnail(_reduce(decoded, k // flag_k), k, hw, hh)
+    return thumbnail_from_luma(decoded, long_side, width=hw, height=hh, scale=flag_k)
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:

@@ -30,6 +30,8 @@ VISION_CALL_SECONDS = Histogram(
     "vision_call_seconds", "Vision analysis latency.", ["provider", "model"], buckets=LATENCY_BUCKETS
 )
 VISION_COST = Counter("vision_cost_usd_total", "Vision spend, USD, per tenant.", ["tenant", "model", "offline"])
+CIRCUIT_OPEN = Gauge("vision_model_circuit_open", "1 while the vision model's circuit breaker refuses calls.")
+TRACKS = Gauge("vision_active_tracks", "Video tracks held by the StreamFrames calls being served.")
 ACTIVE_STREAMS = Gauge("vision_active_streams", "StreamFrames calls being served.")
 
 _lock = threading.Lock()

@@ -6,13 +6,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import grpc
 from redis.exceptions import RedisError
 
@@ -24,8 +21,8 @@ from frugal.common.redis_client import create_redis
 from frugal.common.tenancy import TenancyError, current_identity, validate_session_id
 from frugal.vision import metrics
 from frugal.vision.analysis import (
-    AnalysisJob,
     Analyzer,
+    CircuitBreaker,
     GeminiVisionProvider,
     OfflineVisionProvider,
     StreamAnalyzer,
@@ -33,9 +30,8 @@ from frugal.vision.analysis import (
 )
 from frugal.vision.config import Settings
 from frugal.vision.context_store import ContextStore
-from frugal.vision.dedup import Decision, DedupConfig, DedupTracker
-from frugal.vision.frames import FrameError, FrameLimits, format_name, luma_thumbnail
-from frugal.vision.phash import to_hex
+from frugal.vision.frames import FrameLimits, format_name
+from frugal.vision.pipeline import Outcome, StreamCore
 
 SERVICE_NAME = service_full_name(vision_pb2.DESCRIPTOR, "VisionService")
 log = logging.getLogger(__name__)
@@ -47,15 +43,8 @@ def error_kind(message: str) -> str:
     """Metric label of a malformed-frame message ("size mismatch: ..." -> "size_mismatch")."""
     head = message.split(":", 1)[0].strip().lower()
     return head.replace(" ", "_") if head in {"size mismatch", "oversized", "invalid size", "unknown format",
-                                               "undecodable jpeg", "undecodable png", "missing frame"} else "other"
-
-
-@dataclass(slots=True)
-class _Track:
-    tracker: DedupTracker
-    start_ms: int
-    clock_origin: float = field(default_factory=time.monotonic)
-    frames: int = 0
+                                               "undecodable jpeg", "undecodable png", "missing frame",
+                                               "too many tracks", "invalid track"} else "other"
 
 
 class VisionServiceServicer(vision_pb2_grpc.VisionServiceServicer):
@@ -63,115 +52,146 @@ class VisionServiceServicer(vision_pb2_grpc.VisionServiceServicer):
                  ) -> None:
         self._settings = settings
         self._dedup = settings.dedup_config()
-        self._limits = FrameLimits(settings.max_frame_width, settings.max_frame_height, settings.max_frame_pixels)
+        self._limits = FrameLimits(settings.max_frame_width, settings.max_frame_height, settings.max_frame_pixels,
+                                   settings.max_decode_pixels)
         self._analyzer = analyzer
         self._store = store
         self._executor = executor
 
     # ------------------------------------------------------------------------------------ StreamFrames
-    async def StreamFrames(self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-                           ) -> AsyncIterator[Any]:
+    async def StreamFrames(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """A coroutine (responses go out with context.write), not a generator: its `finally` runs however the
+        call ends (client gone, oversized message, idle timeout, shutdown), so nothing it counts leaks."""
         ident = current_identity()
         assert ident is not None and ident.tenant_id is not None and ident.session_id is not None
         tenant, session = ident.tenant_id, ident.session_id
-        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=self._settings.stream_buffer)
+        cfg = self._settings
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=cfg.stream_buffer)
+        inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
 
         async def emit_analysis(analysis: vision_pb2.FrameAnalysis) -> None:
             await out.put(vision_pb2.StreamFramesResponse(analysis=analysis))
 
+        core = StreamCore(self._dedup, self._limits, max_tracks=cfg.max_tracks_per_stream)
         analyses = StreamAnalyzer(self._analyzer, tenant, session, ident.request_id, emit_analysis,
-                                  maxsize=self._settings.vision_queue_size)
-        tracks: dict[str, _Track] = {}
-        stats = {"frames": 0, "kept": 0, "errors": 0}
+                                  maxsize=cfg.vision_queue_size, pixel_diff_threshold=cfg.pixel_diff_threshold)
+        stats = {"frames": 0, "kept": 0, "errors": 0, "timer": 0}
+        arrived: dict[str, float] = {}  # track -> server time its last frame arrived
 
         async def read() -> None:
-            try:
-                async for req in request_iterator:
-                    verdict, job = await self._handle_frame(req, tenant, tracks, self._dedup)
-                    stats["frames"] += 1
-                    if verdict.kind == vision_pb2.VERDICT_KIND_KEPT:
-                        stats["kept"] += 1
-                    elif verdict.kind == vision_pb2.VERDICT_KIND_ERROR:
-                        stats["errors"] += 1
-                    await out.put(vision_pb2.StreamFramesResponse(verdict=verdict))
-                    if job is not None:
-                        analyses.submit(job)
-                # The client half-closed: finish the analyses already paid for, then end the stream.
-                await analyses.drain()
-            finally:
-                await out.put(_DONE)
+            # A failure (oversized message, client gone) ends this task with the error: the loop watches it.
+            async for req in request_iterator:
+                await inbox.put(req)
+            await inbox.put(_DONE)
 
-        metrics.ACTIVE_STREAMS.inc()
-        analyses.start()
-        reader = asyncio.create_task(read(), name=f"vision-stream-{session}")
-        try:
+        async def write() -> None:
             while True:
                 item = await out.get()
                 if item is _DONE:
-                    break
-                yield item
-            await reader  # re-raises a reader failure
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            await analyses.aclose()
-            metrics.ACTIVE_STREAMS.dec()
-            log.info("stream ended: %d frames, %d kept, %d malformed, %d analysed, %d coalesced",
-                     stats["frames"], stats["kept"], stats["errors"], analyses.analysed, analyses.coalesced)
+                    return
+                await context.write(item)
 
-    async def _handle_frame(self, req: Any, tenant: str, tracks: dict[str, _Track], cfg: DedupConfig
-                            ) -> tuple[Any, AnalysisJob | None]:
-        started = time.perf_counter()
-        frame = req.frame
-        verdict = vision_pb2.FrameVerdict(sequence=frame.sequence, track_id=frame.track_id,
-                                          timestamp_ms=frame.timestamp_ms, distance=-1)
-        fmt = format_name(int(frame.format))
-        metrics.FRAMES_RECEIVED.labels(tenant=tenant, format=fmt).inc()
-        if not req.HasField("frame"):
-            return self._error(verdict, tenant, "missing frame: the request carries no frame", started), None
-        track = tracks.get(frame.track_id)
-        if track is None:
-            track = _Track(DedupTracker(cfg), frame.timestamp_ms)
-        t_ms = float(frame.timestamp_ms) if frame.timestamp_ms > 0 else (time.monotonic() - track.clock_origin) * 1000
-        loop = asyncio.get_running_loop()
+        async def send(outcome: Outcome) -> None:
+            if outcome.decision is not None:
+                metrics.record_decision(tenant, outcome.decision.kept, outcome.decision.reason)
+                metrics.HASH_SECONDS.labels(format=outcome.format).observe(outcome.verdict.processing_ms / 1000)
+            elif outcome.error is not None:
+                metrics.FRAMES_ERROR.labels(tenant=tenant, kind=error_kind(outcome.error)).inc()
+            kind = outcome.verdict.kind
+            stats["kept"] += kind == vision_pb2.VERDICT_KIND_KEPT
+            stats["errors"] += kind == vision_pb2.VERDICT_KIND_ERROR
+            await out.put(vision_pb2.StreamFramesResponse(verdict=outcome.verdict))
+            if outcome.job is not None:
+                analyses.submit(outcome.job)
+
+        def next_timer() -> tuple[str, float, float] | None:
+            """(track, sender ms it is due at, server time it fires) of the earliest quiet-time timer."""
+            due = core.next_due()
+            if due is None:
+                return None
+            tid, due_ms, last_ms = due
+            return tid, due_ms, arrived.get(tid, loop.time()) + max(0.0, due_ms - last_ms) / 1000
+
+        metrics.ACTIVE_STREAMS.inc()
+        tracks_counted = 0
+        reader = asyncio.create_task(read(), name=f"vision-read-{session}")
+        writer = asyncio.create_task(write(), name=f"vision-write-{session}")
+        analyses.start()
+        last_frame_at = loop.time()
+        getter: asyncio.Future[Any] | None = None
         try:
-            decision, width, height = await loop.run_in_executor(self._executor, self._decide, track, frame, t_ms)
-        except FrameError as err:
-            return self._error(verdict, tenant, str(err), started), None
-        except cv2.error as err:  # a decoder that raised instead of returning nothing
-            msg = str(err).strip().splitlines()[-1][:200] if str(err).strip() else "decoder error"
-            return self._error(verdict, tenant, f"undecodable {fmt.upper()}: {msg}", started), None
-        tracks.setdefault(frame.track_id, track)
-        track.frames += 1
-        elapsed = time.perf_counter() - started
-        metrics.HASH_SECONDS.labels(format=fmt).observe(elapsed)
-        metrics.record_decision(tenant, decision.kept, decision.reason)
-        x, y, w, h = decision.bbox
-        verdict.kind = vision_pb2.VERDICT_KIND_KEPT if decision.kept else vision_pb2.VERDICT_KIND_SKIPPED
-        verdict.reason = decision.reason
-        verdict.hash = to_hex(decision.hash)
-        verdict.distance = decision.distance
-        verdict.changed_area = decision.changed_area
-        verdict.change_x, verdict.change_y, verdict.change_width, verdict.change_height = x, y, w, h
-        verdict.processing_ms = elapsed * 1000
-        job = None
-        if decision.kept:
-            job = AnalysisJob(frame=frame, track_id=frame.track_id, sequence=frame.sequence,
-                              timestamp_ms=frame.timestamp_ms, width=width, height=height, reason=decision.reason,
-                              changed_area=decision.changed_area, bbox=decision.bbox, frames_seen=track.frames,
-                              track_start_ms=track.start_ms)
-        return verdict, job
-
-    def _decide(self, track: _Track, frame: Any, t_ms: float) -> tuple[Decision, int, int]:
-        thumb = luma_thumbnail(frame, self._limits, self._dedup.thumb_long_side)
-        return track.tracker.decide(thumb, t_ms, user_speaking=frame.user_speaking), thumb.width, thumb.height
-
-    def _error(self, verdict: Any, tenant: str, message: str, started: float) -> Any:
-        metrics.FRAMES_ERROR.labels(tenant=tenant, kind=error_kind(message)).inc()
-        verdict.kind = vision_pb2.VERDICT_KIND_ERROR
-        verdict.reason = f"malformed: {message}"
-        verdict.processing_ms = (time.perf_counter() - started) * 1000
-        return verdict
+            while True:
+                timer = next_timer()
+                idle_left = last_frame_at + cfg.stream_idle_timeout_s - loop.time()
+                wait = idle_left if timer is None else min(idle_left, timer[2] - loop.time())
+                if getter is None:
+                    getter = asyncio.ensure_future(inbox.get())
+                watch: set[asyncio.Future[Any]] = {getter} if reader.done() else {getter, reader}
+                done, _ = await asyncio.wait(watch, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    item = getter.result()
+                    getter = None
+                elif reader in done:
+                    if reader.cancelled() or reader.exception() is not None:
+                        # The call failed under us (an oversized message: grpc has already ended it with
+                        # RESOURCE_EXHAUSTED; the client went away): nothing more can be sent.
+                        err = None if reader.cancelled() else reader.exception()
+                        log.info("stream of session %s ended by the transport: %s", session,
+                                 f"{type(err).__name__}: {err}"[:300])
+                        return
+                    continue  # it ended normally: _DONE is in the inbox
+                else:
+                    if timer is not None and loop.time() >= timer[2] - 0.001:
+                        # No further frame came: the pending change has been still for its quiet time.
+                        fired = core.fire(timer[0], timer[1])
+                        if fired is not None:
+                            stats["timer"] += 1
+                            await send(fired)
+                        continue
+                    if loop.time() - last_frame_at >= cfg.stream_idle_timeout_s:
+                        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                            f"no frame for {cfg.stream_idle_timeout_s:g}s "
+                                            "(STREAM_IDLE_TIMEOUT_S): stream closed; open a new one to send more")
+                    continue
+                if item is _DONE:
+                    break
+                last_frame_at = loop.time()
+                metrics.FRAMES_RECEIVED.labels(tenant=tenant, format=format_name(int(item.frame.format))).inc()
+                outcome = await loop.run_in_executor(self._executor, core.handle, item)
+                stats["frames"] += 1
+                if outcome.decision is not None:
+                    arrived[item.frame.track_id] = loop.time()
+                    if len(core.tracks) != tracks_counted:
+                        metrics.TRACKS.inc(len(core.tracks) - tracks_counted)
+                        tracks_counted = len(core.tracks)
+                await send(outcome)
+            # The client half-closed: keep what is still pending, finish the analyses, then end the stream.
+            while (timer := next_timer()) is not None:
+                fired = core.fire(timer[0], timer[1])
+                if fired is None:
+                    break
+                await send(fired)
+            await analyses.drain()
+            await out.put(_DONE)
+            await asyncio.wait({writer})
+            if not writer.cancelled() and writer.exception() is not None:
+                log.info("stream of session %s: the client is gone, last responses not delivered", session)
+        finally:
+            # Counted down before anything is awaited: a call cancelled again during cleanup skips the rest.
+            metrics.TRACKS.dec(tracks_counted)
+            metrics.ACTIVE_STREAMS.dec()
+            analyses.cancel()
+            pending = [t for t in (reader, writer, getter) if t is not None]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await analyses.aclose()
+            log.info("stream ended: %d frames, %d kept (%d by the quiet-time timer), %d malformed, %d analysed, "
+                     "%d coalesced", stats["frames"], stats["kept"], stats["timer"], stats["errors"],
+                     analyses.analysed, analyses.coalesced)
 
     # -------------------------------------------------------------------------------------- GetContext
     async def GetContext(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -216,7 +236,9 @@ async def build_app(settings: Settings) -> GrpcApp:
     producer = CostEventProducer(redis)
     store = ContextStore(redis, size=settings.context_size, ttl_s=settings.context_ttl_seconds)
     analyzer = Analyzer(provider, catalog, producer, store, max_concurrency=settings.vision_max_concurrency,
-                        timeout_s=settings.vision_timeout_seconds, executor=executor)
+                        timeout_s=settings.vision_timeout_seconds, executor=executor,
+                        tenant_share=settings.vision_tenant_share,
+                        breaker=CircuitBreaker(settings.vision_breaker_failures, settings.vision_breaker_cooldown_s))
     app = GrpcApp(settings, services=[SERVICE_NAME])
     servicer = VisionServiceServicer(settings, analyzer, store, executor)
     vision_pb2_grpc.add_VisionServiceServicer_to_server(servicer, app.server)

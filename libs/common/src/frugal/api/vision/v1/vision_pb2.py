@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from frugal.api.common.v1 import common_pb2 as frugal_dot_api_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!frugal/api/vision/v1/vision.proto\x12\x14\x66rugal.api.vision.v1\x1a!frugal/api/common/v1/common.proto\"c\n\nI420Planes\x12\t\n\x01y\x18\x01 \x01(\x0c\x12\t\n\x01u\x18\x02 \x01(\x0c\x12\t\n\x01v\x18\x03 \x01(\x0c\x12\x10\n\x08stride_y\x18\x04 \x01(\x05\x12\x10\n\x08stride_u\x18\x05 \x01(\x05\x12\x10\n\x08stride_v\x18\x06 \x01(\x05\"\xe8\x01\n\x05\x46rame\x12\x31\n\x06\x66ormat\x18\x01 \x01(\x0e\x32!.frugal.api.vision.v1.FrameFormat\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x10\n\x08track_id\x18\x05 \x01(\t\x12\x15\n\ruser_speaking\x18\x06 \x01(\x08\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12.\n\x04i420\x18\t \x01(\x0b\x32 .frugal.api.vision.v1.I420Planes\"A\n\x13StreamFramesRequest\x12*\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1b.frugal.api.vision.v1.Frame\"\xa7\x02\n\x0c\x46rameVerdict\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12/\n\x04kind\x18\x04 \x01(\x0e\x32!.frugal.api.vision.v1.VerdictKind\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0c\n\x04hash\x18\x06 \x01(\t\x12\x10\n\x08\x64istance\x18\x07 \x01(\x05\x12\x14\n\x0c\x63hanged_area\x18\x08 \x01(\x01\x12\x10\n\x08\x63hange_x\x18\t \x01(\x05\x12\x10\n\x08\x63hange_y\x18\n \x01(\x05\x12\x14\n\x0c\x63hange_width\x18\x0b \x01(\x05\x12\x15\n\rchange_height\x18\x0c \x01(\x05\x12\x15\n\rprocessing_ms\x18\r \x01(\x01\"\x85\x02\n\rFrameAnalysis\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x34\n\x08provider\x18\x05 \x01(\x0b\x32\".frugal.api.common.v1.ProviderInfo\x12*\n\x05usage\x18\x06 \x01(\x0b\x32\x1b.frugal.api.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x18\n\x10\x63oalesced_frames\x18\x08 \x01(\x05\x12\x17\n\x0f\x63ompleted_at_ms\x18\t \x01(\x03\"\x8f\x01\n\x14StreamFramesResponse\x12\x35\n\x07verdict\x18\x01 \x01(\x0b\x32\".frugal.api.vision.v1.FrameVerdictH\x00\x12\x37\n\x08\x61nalysis\x18\x02 \x01(\x0b\x32#.frugal.api.vision.v1.FrameAnalysisH\x00\x42\x07\n\x05\x65vent\"6\n\x11GetContextRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"K\n\x12GetContextResponse\x12\x35\n\x08\x61nalyses\x18\x01 \x03(\x0b\x32#.frugal.api.vision.v1.FrameAnalysis*\x87\x01\n\x0b\x46rameFormat\x12\x1c\n\x18\x46RAME_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46RAME_FORMAT_I420\x10\x01\x12\x16\n\x12\x46RAME_FORMAT_RGB24\x10\x02\x12\x15\n\x11\x46RAME_FORMAT_JPEG\x10\x03\x12\x14\n\x10\x46RAME_FORMAT_PNG\x10\x04*t\n\x0bVerdictKind\x12\x1c\n\x18VERDICT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11VERDICT_KIND_KEPT\x10\x01\x12\x18\n\x14VERDICT_KIND_SKIPPED\x10\x02\x12\x16\n\x12VERDICT_KIND_ERROR\x10\x03\x32\xdb\x01\n\rVisionService\x12i\n\x0cStreamFrames\x12).frugal.api.vision.v1.StreamFramesRequest\x1a*.frugal.api.vision.v1.StreamFramesResponse(\x01\x30\x01\x12_\n\nGetContext\x12\'.frugal.api.vision.v1.GetContextRequest\x1a(.frugal.api.vision.v1.GetContextResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!frugal/api/vision/v1/vision.proto\x12\x14\x66rugal.api.vision.v1\x1a!frugal/api/common/v1/common.proto\"c\n\nI420Planes\x12\t\n\x01y\x18\x01 \x01(\x0c\x12\t\n\x01u\x18\x02 \x01(\x0c\x12\t\n\x01v\x18\x03 \x01(\x0c\x12\x10\n\x08stride_y\x18\x04 \x01(\x05\x12\x10\n\x08stride_u\x18\x05 \x01(\x05\x12\x10\n\x08stride_v\x18\x06 \x01(\x05\"\xe8\x01\n\x05\x46rame\x12\x31\n\x06\x66ormat\x18\x01 \x01(\x0e\x32!.frugal.api.vision.v1.FrameFormat\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x10\n\x08track_id\x18\x05 \x01(\t\x12\x15\n\ruser_speaking\x18\x06 \x01(\x08\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x08 \x01(\x0c\x12.\n\x04i420\x18\t \x01(\x0b\x32 .frugal.api.vision.v1.I420Planes\"A\n\x13StreamFramesRequest\x12*\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x1b.frugal.api.vision.v1.Frame\"\xb9\x02\n\x0c\x46rameVerdict\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12/\n\x04kind\x18\x04 \x01(\x0e\x32!.frugal.api.vision.v1.VerdictKind\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0c\n\x04hash\x18\x06 \x01(\t\x12\x10\n\x08\x64istance\x18\x07 \x01(\x05\x12\x14\n\x0c\x63hanged_area\x18\x08 \x01(\x01\x12\x10\n\x08\x63hange_x\x18\t \x01(\x05\x12\x10\n\x08\x63hange_y\x18\n \x01(\x05\x12\x14\n\x0c\x63hange_width\x18\x0b \x01(\x05\x12\x15\n\rchange_height\x18\x0c \x01(\x05\x12\x15\n\rprocessing_ms\x18\r \x01(\x01\x12\x10\n\x08\x62y_timer\x18\x0e \x01(\x08\"\x85\x02\n\rFrameAnalysis\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x34\n\x08provider\x18\x05 \x01(\x0b\x32\".frugal.api.common.v1.ProviderInfo\x12*\n\x05usage\x18\x06 \x01(\x0b\x32\x1b.frugal.api.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x18\n\x10\x63oalesced_frames\x18\x08 \x01(\x05\x12\x17\n\x0f\x63ompleted_at_ms\x18\t \x01(\x03\"\x8f\x01\n\x14StreamFramesResponse\x12\x35\n\x07verdict\x18\x01 \x01(\x0b\x32\".frugal.api.vision.v1.FrameVerdictH\x00\x12\x37\n\x08\x61nalysis\x18\x02 \x01(\x0b\x32#.frugal.api.vision.v1.FrameAnalysisH\x00\x42\x07\n\x05\x65vent\"6\n\x11GetContextRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"K\n\x12GetContextResponse\x12\x35\n\x08\x61nalyses\x18\x01 \x03(\x0b\x32#.frugal.api.vision.v1.FrameAnalysis*\x87\x01\n\x0b\x46rameFormat\x12\x1c\n\x18\x46RAME_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46RAME_FORMAT_I420\x10\x01\x12\x16\n\x12\x46RAME_FORMAT_RGB24\x10\x02\x12\x15\n\x11\x46RAME_FORMAT_JPEG\x10\x03\x12\x14\n\x10\x46RAME_FORMAT_PNG\x10\x04*t\n\x0bVerdictKind\x12\x1c\n\x18VERDICT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11VERDICT_KIND_KEPT\x10\x01\x12\x18\n\x14VERDICT_KIND_SKIPPED\x10\x02\x12\x16\n\x12VERDICT_KIND_ERROR\x10\x03\x32\xdb\x01\n\rVisionService\x12i\n\x0cStreamFrames\x12).frugal.api.vision.v1.StreamFramesRequest\x1a*.frugal.api.vision.v1.StreamFramesResponse(\x01\x30\x01\x12_\n\nGetContext\x12\'.frugal.api.vision.v1.GetContextRequest\x1a(.frugal.api.vision.v1.GetContextResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'frugal.api.vision.v1.vision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FRAMEFORMAT']._serialized_start=1339
-  _globals['_FRAMEFORMAT']._serialized_end=1474
-  _globals['_VERDICTKIND']._serialized_start=1476
-  _globals['_VERDICTKIND']._serialized_end=1592
+  _globals['_FRAMEFORMAT']._serialized_start=1357
+  _globals['_FRAMEFORMAT']._serialized_end=1492
+  _globals['_VERDICTKIND']._serialized_start=1494
+  _globals['_VERDICTKIND']._serialized_end=1610
   _globals['_I420PLANES']._serialized_start=94
   _globals['_I420PLANES']._serialized_end=193
   _globals['_FRAME']._serialized_start=196
@@ -43,15 +43,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMFRAMESREQUEST']._serialized_start=430
   _globals['_STREAMFRAMESREQUEST']._serialized_end=495
   _globals['_FRAMEVERDICT']._serialized_start=498
-  _globals['_FRAMEVERDICT']._serialized_end=793
-  _globals['_FRAMEANALYSIS']._serialized_start=796
-  _globals['_FRAMEANALYSIS']._serialized_end=1057
-  _globals['_STREAMFRAMESRESPONSE']._serialized_start=1060
-  _globals['_STREAMFRAMESRESPONSE']._serialized_end=1203
-  _globals['_GETCONTEXTREQUEST']._serialized_start=1205
-  _globals['_GETCONTEXTREQUEST']._serialized_end=1259
-  _globals['_GETCONTEXTRESPONSE']._serialized_start=1261
-  _globals['_GETCONTEXTRESPONSE']._serialized_end=1336
-  _globals['_VISIONSERVICE']._serialized_start=1595
-  _globals['_VISIONSERVICE']._serialized_end=1814
+  _globals['_FRAMEVERDICT']._serialized_end=811
+  _globals['_FRAMEANALYSIS']._serialized_start=814
+  _globals['_FRAMEANALYSIS']._serialized_end=1075
+  _globals['_STREAMFRAMESRESPONSE']._serialized_start=1078
+  _globals['_STREAMFRAMESRESPONSE']._serialized_end=1221
+  _globals['_GETCONTEXTREQUEST']._serialized_start=1223
+  _globals['_GETCONTEXTREQUEST']._serialized_end=1277
+  _globals['_GETCONTEXTRESPONSE']._serialized_start=1279
+  _globals['_GETCONTEXTRESPONSE']._serialized_end=1354
+  _globals['_VISIONSERVICE']._serialized_start=1613
+  _globals['_VISIONSERVICE']._serialized_end=1832
 # @@protoc_insertion_point(module_scope)

@@ -77,7 +77,7 @@ class StreamFramesRequest(_message.Message):
     def __init__(self, frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
 
 class FrameVerdict(_message.Message):
-    __slots__ = ("sequence", "track_id", "timestamp_ms", "kind", "reason", "hash", "distance", "changed_area", "change_x", "change_y", "change_width", "change_height", "processing_ms")
+    __slots__ = ("sequence", "track_id", "timestamp_ms", "kind", "reason", "hash", "distance", "changed_area", "change_x", "change_y", "change_width", "change_height", "processing_ms", "by_timer")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TRACK_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class FrameVerdict(_message.Message):
     CHANGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     CHANGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     PROCESSING_MS_FIELD_NUMBER: _ClassVar[int]
+    BY_TIMER_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     track_id: str
     timestamp_ms: int
@@ -104,7 +105,8 @@ class FrameVerdict(_message.Message):
     change_width: int
     change_height: int
     processing_ms: float
-    def __init__(self, sequence: _Optional[int] = ..., track_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., kind: _Optional[_Union[VerdictKind, str]] = ..., reason: _Optional[str] = ..., hash: _Optional[str] = ..., distance: _Optional[int] = ..., changed_area: _Optional[float] = ..., change_x: _Optional[int] = ..., change_y: _Optional[int] = ..., change_width: _Optional[int] = ..., change_height: _Optional[int] = ..., processing_ms: _Optional[float] = ...) -> None: ...
+    by_timer: bool
+    def __init__(self, sequence: _Optional[int] = ..., track_id: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., kind: _Optional[_Union[VerdictKind, str]] = ..., reason: _Optional[str] = ..., hash: _Optional[str] = ..., distance: _Optional[int] = ..., changed_area: _Optional[float] = ..., change_x: _Optional[int] = ..., change_y: _Optional[int] = ..., change_width: _Optional[int] = ..., change_height: _Optional[int] = ..., processing_ms: _Optional[float] = ..., by_timer: _Optional[bool] = ...) -> None: ...
 
 class FrameAnalysis(_message.Message):
     __slots__ = ("sequence", "track_id", "timestamp_ms", "description", "provider", "usage", "cost_usd", "coalesced_frames", "completed_at_ms")

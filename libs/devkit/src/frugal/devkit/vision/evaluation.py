@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frugal.api.vision.v1 import vision_pb2
-from frugal.vision.corpus import FPS, CorpusFrame, rgb_to_i420
+from frugal.devkit.vision.corpus import FPS, CorpusFrame, rgb_to_i420
 from frugal.vision.dedup import DedupConfig, DedupTracker
 from frugal.vision.frames import FrameLimits, luma_thumbnail
 

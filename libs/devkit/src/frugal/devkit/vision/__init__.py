@@ -1,0 +1,1 @@
+"""Dev-only vision tools: the labelled screen-share corpus and the scorer the bench and tests use."""
