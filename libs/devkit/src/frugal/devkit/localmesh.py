@@ -55,7 +55,9 @@ class LocalMesh:
                    metrics_ports={n: free_port() for n in names}, **kw)  # type: ignore[arg-type]
 
     def env_for(self, name: str, role: str | None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FRUGAL_TEST")}
+        # No LiveKit unless asked for (extra_env): livekit-agents writes LIVEKIT_* into its own process's
+        # environment for its job processes, so a test that ran a worker must not leak a server URL here.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FRUGAL_TEST", "LIVEKIT_"))}
         env.update(_addr_env(self.ports))
         env.update({
             "GRPC_HOST": "127.0.0.1",
