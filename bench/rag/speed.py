@@ -282,7 +282,7 @@ async def measure_hnsw(stack: Stack, sizes: dict[str, int], queries: int, efs: l
                                            scan_mem_multiplier=settings.hnsw_scan_mem_multiplier)
                 stats = await store.tenant_stats(conn)
                 t0 = time.perf_counter()
-                rows, path = await engine._vector_candidates(conn, stats, q, n)
+                rows, path = await engine._vector_candidates(conn, engine.space, stats, q, n)
                 svc_ms.append((time.perf_counter() - t0) * 1000)
             svc_path.append(path)
             svc_recall.append(len({c for c, _ in rows[:10]} & set(truth)) / max(1, len(truth)))
