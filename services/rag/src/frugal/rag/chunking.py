@@ -90,7 +90,8 @@ def extract_text(content: bytes, content_type: str, *, max_pdf_pages: int = 500,
     if "\x00" in text:
         raise DocumentError("text content contains NUL bytes: is it a binary file sent as text?")
     if max_chars and len(text) > max_chars:
-        raise TextTooLong(f"the document has {len(text)} characters of text; the limit is {max_chars}")
+        raise TextTooLong(f"the document has {len(text)} characters of text; the limit is {max_chars} "
+                          "(EXTRACT_MAX_TEXT_CHARS): split the document")
     return _clean(text)
 
 

@@ -35,6 +35,11 @@ class Settings(DatabaseSettings):
     # Query-embedding cache in Redis (seconds); 0 disables it.
     embedding_cache_ttl: int = Field(default=7 * 24 * 3600, ge=0, le=365 * 24 * 3600)
 
+    # Background re-embedding after a model change: chunks per batch, and the pause before retrying a
+    # failed batch (the error is shown in ListDocuments meanwhile).
+    reembed_batch_size: int = Field(default=64, ge=1, le=1000)
+    reembed_retry_seconds: float = Field(default=5.0, gt=0, le=3600)
+
     # --- rerank -----------------------------------------------------------------------------------
     cohere_api_key: SecretStr | None = None
     cohere_base_url: str | None = None

@@ -417,7 +417,7 @@ class RagEngine:
             )
         params = ChunkParams(markdown=ctype == "text/markdown", target_words=s.chunk_target_words,
                              overlap_words=s.chunk_overlap_words, max_chars=s.max_chunk_chars,
-                             max_tokens=s.max_chunk_tokens)
+                             max_tokens=s.max_chunk_tokens, max_chunks=s.max_chunks_per_document)
         try:
             return await self.extraction.run(content, ctype, params, self._budget(), deadline=deadline)
         except ExtractionDeadline as err:

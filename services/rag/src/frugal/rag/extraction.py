@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.connection
+import re
 import resource
 import signal
 import time
@@ -23,6 +24,7 @@ from typing import Any
 from frugal.rag.chunking import Chunk, DocumentError, cap_tokens, chunk_text, extract_text
 
 # Only what a job needs (no NumPy/BLAS: its thread pools do not survive a fork).
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _PRELOAD = ["pypdf", "frugal.rag.chunking", "frugal.encoder.tokens"]
 
 
@@ -43,10 +45,15 @@ class ChunkParams:
     overlap_words: int
     max_chars: int
     max_tokens: int  # 0: no word-piece cap
+    max_chunks: int  # more chunks than this: refused before the (costlier) word-piece pass
 
 
 class ExtractionBudgetExceeded(DocumentError):
     """The document needed more than its budget (CPU seconds, inflated bytes, memory, text)."""
+
+
+class TooManyChunks(ExtractionBudgetExceeded):
+    """The document makes more chunks than one document may have."""
 
 
 class ExtractionDeadline(Exception):
@@ -77,8 +84,26 @@ def extract_and_chunk(content: bytes, content_type: str, params: ChunkParams, bu
     text = extract_text(content, content_type, max_pdf_pages=budget.max_pages, max_chars=budget.max_text_chars)
     chunks = chunk_text(text, markdown=params.markdown, target_words=params.target_words,
                         overlap_words=params.overlap_words, max_chars=params.max_chars)
+    if len(chunks) > params.max_chunks:
+        raise TooManyChunks(
+            f"the document makes more than {params.max_chunks} chunks ({len(chunks)} of at most {params.max_chars} "
+            "characters): the limit is MAX_CHUNKS_PER_DOCUMENT; split it"
+        )
     if params.max_tokens > 0:
+        # Every CJK character is at least one word piece: a cheap lower bound on the chunks the
+        # word-piece pass will make, checked before paying for tokenising it all.
+        least = sum(max(1, -(-len(_CJK.findall(c.content)) // params.max_tokens)) for c in chunks)
+        if least > params.max_chunks:
+            raise TooManyChunks(
+                f"the document makes more than {params.max_chunks} chunks of at most {params.max_tokens} word "
+                f"pieces (at least {least}): the limit is MAX_CHUNKS_PER_DOCUMENT; split it"
+            )
         chunks = cap_tokens(chunks, params.max_tokens, _token_offsets)
+        if len(chunks) > params.max_chunks:
+            raise TooManyChunks(
+                f"the document makes {len(chunks)} chunks of at most {params.max_tokens} word pieces; the limit is "
+                f"{params.max_chunks} (MAX_CHUNKS_PER_DOCUMENT): split it"
+            )
     return chunks
 
 
@@ -91,6 +116,8 @@ def _child(conn: multiprocessing.connection.Connection, content: bytes, content_
         resource.setrlimit(resource.RLIMIT_AS, (budget.memory_bytes, budget.memory_bytes))
     try:
         chunks = extract_and_chunk(content, content_type, params, budget)
+    except ExtractionBudgetExceeded as err:
+        conn.send(("budget", str(err)))
     except DocumentError as err:
         conn.send(("invalid", str(err)))
     except MemoryError:

@@ -296,7 +296,7 @@ async def build_app(settings: Settings, *, catalog: PriceCatalog | None = None) 
         settings, pool=pool, embedder=embedder, cache=QueryEmbeddingCache(redis, settings.embedding_cache_ttl),
         reranker=reranker, costs=costs, catalog=catalog, embedder_factory=embedder_factory(settings),
     )
-    reembedder = Reembedder(engine)
+    reembedder = Reembedder(engine, batch=settings.reembed_batch_size, retry_s=settings.reembed_retry_seconds)
     reembedder.start()
     app = GrpcApp(settings, services=[SERVICE_NAME])
     rag_pb2_grpc.add_RagServiceServicer_to_server(RagServiceServicer(engine), app.server)
