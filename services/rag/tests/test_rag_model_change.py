@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 
 from frugal.api.rag.v1 import rag_pb2
-from frugal.devkit.emulators.voyage import VoyageEmulator
+from frugal.devkit.emulators.voyage import VoyageEmulator, VoyageReply
 
 pytestmark = pytest.mark.integration
 
@@ -64,9 +64,9 @@ async def test_model_change_reembeds_in_the_background_and_retrieval_works_throu
     assert listed.index.model == "all-minilm-l6-v2" and listed.index.target_model == ""
     assert listed.index.chunks_total == len(DOCS)
 
-    # The first re-embedding batches fail (then succeed on retry): the change must stall, visibly,
-    # with retrieval still on the old vectors.
-    voyage.fail_next(500, times=3)
+    # Slow replies first (so the change is still running when a document arrives), then failures
+    # (retried): the change must stall, visibly, with retrieval still on the old vectors.
+    voyage.script(*[VoyageReply(latency_s=0.5) for _ in range(3)])
     changed = await rag.stub.ChangeEmbeddingModel(
         rag_pb2.ChangeEmbeddingModelRequest(model="voyage-3.5-lite@2048"), metadata=md(tenant))
     assert changed.index.target_model == "voyage-3.5-lite@2048" and changed.index.model == "all-minilm-l6-v2"
@@ -74,6 +74,7 @@ async def test_model_change_reembeds_in_the_background_and_retrieval_works_throu
     await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
         document_id="flutter", content_type="text/plain",
         content=b"Flutter of the tail surface couples bending and torsion."), metadata=md(tenant))
+    voyage.fail_next(500, times=3)
 
     seen_progress: set[int] = set()
     errors: set[str] = set()
@@ -91,7 +92,7 @@ async def test_model_change_reembeds_in_the_background_and_retrieval_works_throu
     else:
         pytest.fail("the model change did not complete")
     assert errors, "the injected Voyage failures show in ListDocuments while they are retried"
-    assert len(seen_progress) >= 1 and max(seen_progress) < len(DOCS) + 1
+    assert len(seen_progress) >= 2 and max(seen_progress) <= len(DOCS) + 1  # it moved while we watched
 
     assert listed.index.model == "voyage-3.5-lite@2048" and listed.index.last_error == ""
     assert {d.embedding_model for d in listed.documents} == {"voyage-3.5-lite@2048"}

@@ -63,7 +63,7 @@ class Reembedder:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001 - reported, retried later
-                log.warning("re-embedding for %s failed, retrying in %.0f s: %s", tenant, self.retry_s, err)
+                log.warning("re-embedding for %s failed, retrying in %.1f s: %s", tenant, self.retry_s, err)
                 try:
                     await store.note_reembed_error(self.engine.pool, tenant, f"{type(err).__name__}: {err}")
                 except Exception:  # noqa: BLE001
