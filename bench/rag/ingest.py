@@ -31,13 +31,14 @@ CRANFIELD = SHARED_DATA / "ir" / "cranfield"
 
 
 def load() -> str:
-    return "load average %.1f %.1f %.1f" % os.getloadavg()
+    a, b, c = os.getloadavg()
+    return f"load average {a:.1f} {b:.1f} {c:.1f}"
 
 
 def encoder_comparison(texts: list[str]) -> str:
     """Chunks/s of each runtime, 1 and 2 threads encoding concurrently; returns the fastest exact one."""
     limit_blas_threads(1)
-    encs = {rt: MiniLMEncoder(runtime=rt) for rt in ("numpy", "onnx")}  # type: ignore[arg-type]
+    encs = {rt: MiniLMEncoder(runtime=rt) for rt in ("numpy", "onnx")}
     ref, _ = encs["numpy"].encode(texts[:64])
     got, _ = encs["onnx"].encode(texts[:64])
     cos = float(np.min(np.sum(ref * got, axis=1)))

@@ -40,7 +40,7 @@ async def voyage() -> AsyncIterator[VoyageEmulator]:
         yield emu
 
 
-async def top_doc(rag: Any, tenant: str, mode: int = rag_pb2.RETRIEVAL_MODE_VECTOR) -> tuple[str, str]:
+async def top_doc(rag: Any, tenant: str, mode: Any = rag_pb2.RETRIEVAL_MODE_VECTOR) -> tuple[str, str]:
     res = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=QUERY[0], top_k=3, mode=mode), metadata=md(tenant))
     assert res.chunks, "retrieval must answer throughout"
     return res.chunks[0].document_id, res.embedder.model

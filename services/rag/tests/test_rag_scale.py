@@ -95,7 +95,8 @@ async def load_big_tenant(admin_dsn: str, tenant: str, vocab: list[str]) -> None
         await conn.execute(
             "ALTER TABLE rag_postings ADD PRIMARY KEY (tenant_id, term, chunk_id) INCLUDE (tf, dl);"
             " CREATE INDEX rag_postings_chunk ON rag_postings (tenant_id, chunk_id);"
-            " CREATE INDEX rag_postings_impact ON rag_postings (tenant_id, term, impact DESC) INCLUDE (chunk_id, tf, dl)"
+            " CREATE INDEX rag_postings_impact ON rag_postings (tenant_id, term, impact DESC)"
+            " INCLUDE (chunk_id, tf, dl)"
         )
         await conn.execute("SET session_replication_role = origin")
         log.info("postings loaded at %.1f s", time.perf_counter() - t0)
