@@ -86,8 +86,8 @@ def extract_and_chunk(content: bytes, content_type: str, params: ChunkParams, bu
                         overlap_words=params.overlap_words, max_chars=params.max_chars)
     if len(chunks) > params.max_chunks:
         raise TooManyChunks(
-            f"the document makes more than {params.max_chunks} chunks ({len(chunks)} of at most {params.max_chars} "
-            "characters): the limit is MAX_CHUNKS_PER_DOCUMENT; split it"
+            f"the document makes {len(chunks)} chunks (of at most {params.max_chars} characters); the limit is "
+            f"{params.max_chunks} (MAX_CHUNKS_PER_DOCUMENT): split it"
         )
     if params.max_tokens > 0:
         # Every CJK character is at least one word piece: a cheap lower bound on the chunks the
@@ -95,14 +95,14 @@ def extract_and_chunk(content: bytes, content_type: str, params: ChunkParams, bu
         least = sum(max(1, -(-len(_CJK.findall(c.content)) // params.max_tokens)) for c in chunks)
         if least > params.max_chunks:
             raise TooManyChunks(
-                f"the document makes more than {params.max_chunks} chunks of at most {params.max_tokens} word "
-                f"pieces (at least {least}): the limit is MAX_CHUNKS_PER_DOCUMENT; split it"
+                f"the document makes at least {least} chunks (of at most {params.max_tokens} word pieces); the limit "
+                f"is {params.max_chunks} (MAX_CHUNKS_PER_DOCUMENT): split it"
             )
         chunks = cap_tokens(chunks, params.max_tokens, _token_offsets)
         if len(chunks) > params.max_chunks:
             raise TooManyChunks(
-                f"the document makes {len(chunks)} chunks of at most {params.max_tokens} word pieces; the limit is "
-                f"{params.max_chunks} (MAX_CHUNKS_PER_DOCUMENT): split it"
+                f"the document makes {len(chunks)} chunks (of at most {params.max_tokens} word pieces); the limit "
+                f"is {params.max_chunks} (MAX_CHUNKS_PER_DOCUMENT): split it"
             )
     return chunks
 
