@@ -86,8 +86,8 @@ def extract_and_chunk(content: bytes, content_type: str, params: ChunkParams, bu
                         overlap_words=params.overlap_words, max_chars=params.max_chars)
     if len(chunks) > params.max_chunks:
         raise TooManyChunks(
-            f"the document makes {len(chunks)} chunks (of at most {params.max_chars} characters); the limit is "
-            f"{params.max_chunks} (MAX_CHUNKS_PER_DOCUMENT): split it"
+            f"the document makes {len(chunks)} chunks; the limit is "
+            f"{params.max_chunks} (MAX_CHUNKS_PER_DOCUMENT, chunks of at most {params.max_chars} characters): split it"
         )
     if params.max_tokens > 0:
         # Every CJK character is at least one word piece: a cheap lower bound on the chunks the
