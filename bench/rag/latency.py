@@ -186,14 +186,18 @@ async def measure(stack: Stack, corpus: Corpus, sizes: dict[str, int], dims: int
 async def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2k chunks only")
+    ap.add_argument("--sizes", default="", help="comma-separated chunk totals (default 10000,100000)")
+    ap.add_argument("--dims", default="384,1024", help="comma-separated: 384 and/or 1024")
     args = ap.parse_args(argv)
     if not (CRANFIELD / "cran.all.1400").is_file():
         print(f"SKIP: Cranfield data not found at {CRANFIELD}")
         return 0
     corpus = Corpus(400 if args.quick else 3000)
     totals = [2_000] if args.quick else [10_000, 100_000]
+    if args.sizes:
+        totals = [int(x) for x in args.sizes.split(",")]
     async with bench_stack() as stack:
-        for dims in (384, 1024):
+        for dims in [int(d) for d in args.dims.split(",")]:
             for total in totals:
                 sizes, secs = await load(stack, corpus, total, dims)
                 spread = f"sizes {max(sizes.values())} .. {min(sizes.values())}"
