@@ -1,5 +1,7 @@
-"""Retrieve latency and throughput, and HNSW recall against exact search, at 10k and 100k chunks, for one
-tenant and for 50 tenants of very different sizes sharing the tables under row-level security.
+"""HNSW recall against exact search and QPS on SYNTHETIC data (Zipf words, random vectors), at 10k and 100k
+chunks, for one tenant and for 50 tenants of very different sizes sharing the tables under row-level
+security. For latency on real text (384 and 1024 dimensions, cold/warm/longest query apart) use
+bench/rag/latency.py, which run.py runs; this script is kept for the index-recall and worst-case studies.
 
     uv run python bench/rag/speed.py            # 10k and 100k chunks (loading 100k takes a few minutes)
     uv run python bench/rag/speed.py --quick    # 4k chunks only (< 30 s)
