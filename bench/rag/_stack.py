@@ -23,7 +23,9 @@ from frugal.rag.config import Settings
 from frugal.rag.server import APP_ROLE, MIGRATIONS_PACKAGE, build_app
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# <repo>/../shared/data; from a worktree under /work/wt/<name>, two levels up.
+SHARED_DATA = next((p for p in (REPO_ROOT.parent / "shared" / "data", REPO_ROOT.parents[1] / "shared" / "data")
+                    if p.is_dir()), REPO_ROOT.parent / "shared" / "data")
 
 
 def with_user(dsn: str, user: str) -> str:

@@ -303,7 +303,7 @@ async def main(argv: list[str] | None = None) -> int:
             listed = await svc.stub.ListDocuments(
                 rag_pb2.ListDocumentsRequest(page_size=500), metadata=(("x-tenant-id", TENANT), ("x-session-id", "b")))
         print(f"ingest: {len(doc_ids)} documents in {ingest_s:.1f} s through IngestDocument "
-              f"({len(doc_ids) / ingest_s:.1f} docs/s, local NumPy encoder; first page lists {len(listed.documents)})")
+              f"({len(doc_ids) / ingest_s:.1f} docs/s, local encoder; first page lists {len(listed.documents)})")
         lists, chunk_doc, med = await collect(stack, queries)
         top10 = await grpc_hybrid_top10(stack, queries)
         recall_lines = await hnsw_recall_real(stack, queries, (40, 100))

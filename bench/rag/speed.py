@@ -1,5 +1,7 @@
-"""Retrieve latency and throughput, and HNSW recall against exact search, at 10k and 100k chunks, for one
-tenant and for 50 tenants of very different sizes sharing the tables under row-level security.
+"""HNSW recall against exact search and QPS on SYNTHETIC data (Zipf words, random vectors), at 10k and 100k
+chunks, for one tenant and for 50 tenants of very different sizes sharing the tables under row-level
+security. For latency on real text (384 and 1024 dimensions, cold/warm/longest query apart) use
+bench/rag/latency.py, which run.py runs; this script is kept for the index-recall and worst-case studies.
 
     uv run python bench/rag/speed.py            # 10k and 100k chunks (loading 100k takes a few minutes)
     uv run python bench/rag/speed.py --quick    # 4k chunks only (< 30 s)
@@ -282,7 +284,7 @@ async def measure_hnsw(stack: Stack, sizes: dict[str, int], queries: int, efs: l
                                            scan_mem_multiplier=settings.hnsw_scan_mem_multiplier)
                 stats = await store.tenant_stats(conn)
                 t0 = time.perf_counter()
-                rows, path = await engine._vector_candidates(conn, stats, q, n)
+                rows, path = await engine._vector_candidates(conn, engine.space, stats, q, n)
                 svc_ms.append((time.perf_counter() - t0) * 1000)
             svc_path.append(path)
             svc_recall.append(len({c for c, _ in rows[:10]} & set(truth)) / max(1, len(truth)))

@@ -142,3 +142,7 @@ def build_pdf(pages: list[str]) -> bytes:
 @pytest.fixture
 def make_pdf() -> Callable[[list[str]], bytes]:
     return build_pdf
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: builds a large corpus (100k chunks); deselect with -m 'not slow'")

@@ -14,7 +14,7 @@ from frugal.common.db import tenant_transaction
 
 pytestmark = pytest.mark.integration
 
-TABLES = ("rag_documents", "rag_chunks", "rag_postings", "rag_tenant_stats")
+TABLES = ("rag_documents", "rag_chunks", "rag_postings", "rag_tenant_stats", "rag_term_df", "rag_tenant_index")
 
 
 def new_tenant() -> str:

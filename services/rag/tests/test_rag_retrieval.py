@@ -308,7 +308,7 @@ async def test_engine_falls_back_to_exact_when_the_index_scan_gives_up(
             await store.configure_scan(conn, ef_search=10, max_scan_tuples=50, scan_mem_multiplier=1)
             await conn.execute("SELECT set_config('enable_sort', 'off', true)")
             stats = await store.tenant_stats(conn)
-            rows, path = await engine._vector_candidates(conn, stats, q, K)
+            rows, path = await engine._vector_candidates(conn, engine.space, stats, q, K)
         assert len(rows) == min(K, len(vecs)), (tenant, path)
         if path == "exact_fallback":
             assert rows == await search(app_pool, tenant, q, iterative=True, ef=10, exact=True)
@@ -340,7 +340,7 @@ async def test_small_share_tenants_are_scanned_exactly(
         async with tenant_transaction(app_pool, tenant) as conn:
             total = await store.indexed_vectors_estimate(conn, SPACE)
             stats = await store.tenant_stats(conn)
-            rows, path = await engine._vector_candidates(conn, stats, q, K)
+            rows, path = await engine._vector_candidates(conn, engine.space, stats, q, K)
         assert len(rows) == min(K, len(vecs))
         chosen[len(vecs)] = path
     assert total >= sum(SIZES)  # every tenant's vectors, as the planner estimates them

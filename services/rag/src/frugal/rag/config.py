@@ -27,8 +27,18 @@ class Settings(DatabaseSettings):
     local_batch_size: int = Field(default=32, ge=1, le=256)
     # BLAS threads for the local encoder (process-wide); 0 leaves the library default.
     local_encoder_threads: int = Field(default=1, ge=0, le=64)
+    # Batches the local encoder runs at once (one thread each): one per core.
+    local_encoder_workers: int = Field(default=2, ge=1, le=64)
+    # "numpy" or "onnx" (onnxruntime on a graph built from the same weights); "" picks onnx when
+    # installed (faster here, same vectors: bench/rag/encoder.py).
+    encoder_runtime: str = Field(default="", pattern=r"^(|numpy|onnx)$")
     # Query-embedding cache in Redis (seconds); 0 disables it.
     embedding_cache_ttl: int = Field(default=7 * 24 * 3600, ge=0, le=365 * 24 * 3600)
+
+    # Background re-embedding after a model change: chunks per batch, and the pause before retrying a
+    # failed batch (the error is shown in ListDocuments meanwhile).
+    reembed_batch_size: int = Field(default=64, ge=1, le=1000)
+    reembed_retry_seconds: float = Field(default=5.0, gt=0, le=3600)
 
     # --- rerank -----------------------------------------------------------------------------------
     cohere_api_key: SecretStr | None = None
@@ -49,6 +59,21 @@ class Settings(DatabaseSettings):
     max_document_id_chars: int = Field(default=512, ge=1, le=4096)
     max_metadata_entries: int = Field(default=64, ge=0, le=1000)
     max_metadata_value_chars: int = Field(default=2048, ge=1, le=65536)
+    # Every chunk is at most this many characters and word pieces, whatever the script (text without
+    # spaces is cut at punctuation or hard); 0 tokens disables the word-piece cap.
+    max_chunk_chars: int = Field(default=2000, ge=64, le=100_000)
+    max_chunk_tokens: int = Field(default=240, ge=0, le=8192)
+
+    # --- extraction budget (per document) ---------------------------------------------------------
+    # PDFs and text over `extract_inline_max_bytes` are extracted and chunked in a child process that is
+    # killed past its CPU seconds, wall seconds (or the caller's deadline) or memory.
+    extract_workers: int = Field(default=2, ge=1, le=64)
+    extract_inline_max_bytes: int = Field(default=256 * 1024, ge=0, le=64 * 1024 * 1024)
+    extract_cpu_seconds: float = Field(default=20.0, gt=0, le=3600)
+    extract_wall_seconds: float = Field(default=60.0, gt=0, le=3600)
+    extract_max_inflated_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=4 * 1024 * 1024 * 1024)
+    extract_max_text_chars: int = Field(default=4_000_000, ge=1000, le=100_000_000)
+    extract_memory_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=0, le=64 * 1024 * 1024 * 1024)
 
     # --- retrieval --------------------------------------------------------------------------------
     max_query_chars: int = Field(default=4000, ge=16, le=100_000)
@@ -60,6 +85,13 @@ class Settings(DatabaseSettings):
     rrf_lexical_weight: float = Field(default=1.0, ge=0, le=100)
     bm25_k1: float = Field(default=1.2, ge=0, le=10)
     bm25_b: float = Field(default=0.75, ge=0, le=1)
+    # Bounded BM25: at most this many distinct query terms (the rarest ones: highest idf), and per term
+    # at most this many postings (those with the highest BM25 term weight, read from an impact-ordered
+    # index). Work per query: at most terms x postings index entries, whatever the corpus size.
+    bm25_max_query_terms: int = Field(default=32, ge=1, le=1000)
+    bm25_max_postings_per_term: int = Field(default=2000, ge=10, le=10_000_000)
+    # Statement timeout of Retrieve's SQL: the caller's remaining deadline, never more than this.
+    retrieve_statement_timeout_ms: int = Field(default=3000, ge=10, le=600_000)
     # HNSW with iterative scans (pgvector >= 0.8) so that row-level security filtering after the
     # index scan still yields k rows; a tenant with at most `exact_scan_max_chunks` chunks is
     # searched exactly (cheaper than a graph walk over everybody's vectors).

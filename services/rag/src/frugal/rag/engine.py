@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,10 +29,17 @@ from frugal.common.metrics import AI_REQUESTS_TOTAL
 from frugal.common.pricing import PriceCatalog
 from frugal.common.usage import UsageAmounts
 from frugal.rag import store
-from frugal.rag.chunking import CHUNKER_VERSION, Chunk, DocumentError, chunk_text, extract_text, normalise_content_type
+from frugal.rag.chunking import CHUNKER_VERSION, Chunk, DocumentError, normalise_content_type
 from frugal.rag.config import Settings
 from frugal.rag.embedding.base import Embedder, EmbeddingBatch, EmbeddingError, InputType, Vector
 from frugal.rag.embedding.cache import QueryEmbeddingCache
+from frugal.rag.extraction import (
+    ChunkParams,
+    ExtractionBudget,
+    ExtractionBudgetExceeded,
+    ExtractionDeadline,
+    ExtractionPool,
+)
 from frugal.rag.fusion import Fused, rrf
 from frugal.rag.metrics import (
     CHUNKS_WRITTEN,
@@ -82,6 +89,18 @@ class ProviderRejected(RagError):
     """A provider refused the request for a reason retrying cannot fix (key, model, request shape)."""
 
 
+class TooLarge(RagError):
+    """The document needs more than its budget (chunks, extraction CPU, inflated bytes, text)."""
+
+
+class FailedPrecondition(RagError):
+    """The request is valid but the service cannot do it in its current configuration."""
+
+
+# Model key -> an embedder for it, or None when this deployment cannot embed with that model.
+EmbedderFactory = Callable[[str], "Embedder | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class Caller:
     tenant_id: str
@@ -97,6 +116,7 @@ class IngestResult:
     outcome: Literal["created", "unchanged", "replaced"]
     usage: UsageAmounts
     cost_usd: float
+    model: str = ""  # the index model the chunks were embedded with
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +139,7 @@ class RetrieveResult:
     rerank_note: str
     notes: list[str] = field(default_factory=list)
     vector_path: str = ""
+    embedder: Embedder | None = None  # the one that embedded (or cached) the query
 
 
 @dataclass(slots=True)
@@ -188,18 +209,27 @@ class RagEngine:
         reranker: Reranker | None,
         costs: CostEventProducer | None,
         catalog: PriceCatalog,
+        embedder_factory: EmbedderFactory | None = None,
+        extraction: ExtractionPool | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
-        self.embedder = embedder
+        self.embedder = embedder  # the default: the model of every new tenant's index
+        self._embedders: dict[str, Embedder] = {embedder.model: embedder}
+        self._embedder_factory = embedder_factory
+        # Called with the tenant id after a model change is recorded (the re-embedder wakes up).
+        self.on_model_change: Callable[[str], None] | None = None
+        self.extraction = extraction or ExtractionPool(
+            workers=settings.extract_workers, inline_max_bytes=settings.extract_inline_max_bytes
+        )
         self.cache = cache
         self.reranker = reranker
         self.costs = costs
         self.catalog = catalog
         self._recorder = CostRecorder(costs, catalog, service=SERVICE)
         self.space = store.VectorSpace(embedder.model, embedder.dimensions)
-        self._embed_price_model = embedder.model.split("@", 1)[0]
-        self._index_size: tuple[int, float] | None = None  # (vectors in the HNSW index, fetched at)
+        # Per space: (vectors in its HNSW index, fetched at).
+        self._index_size: dict[str, tuple[int, float]] = {}
         self.check_prices(catalog, embedder, reranker)
 
     @staticmethod
@@ -236,9 +266,9 @@ class RagEngine:
 
     async def _embed(
         self, caller: Caller, texts: list[str], input_type: InputType, *, deadline: float | None, purpose: str,
-        batch_no: int,
+        batch_no: int, embedder: Embedder | None = None,
     ) -> tuple[EmbeddingBatch, float]:
-        e = self.embedder
+        e = embedder or self.embedder
         try:
             batch = await e.embed(texts, input_type, budget_s=_remaining(deadline))
         except EmbeddingError as err:
@@ -247,12 +277,12 @@ class RagEngine:
             raise
         AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
                                  outcome="ok").inc()
-        TEXTS_EMBEDDED.labels(provider=e.provider, purpose=purpose).inc(len(texts))
+        TEXTS_EMBEDDED.labels(provider=e.provider, purpose=purpose.split(":", 1)[0]).inc(len(texts))
         usage = UsageAmounts(input_tokens=batch.tokens, requests=batch.calls, estimated=batch.estimated)
         # The local encoder is free: its event says offline with cost 0 (and, embedding not being an
         # optimised kind, its billing baseline is its cost, 0), so it shows volume but never savings.
         cost = await self._emit(
-            caller, kind=CostKind.EMBEDDING, provider=e.provider, model=self._embed_price_model, usage=usage,
+            caller, kind=CostKind.EMBEDDING, provider=e.provider, model=e.model.split("@", 1)[0], usage=usage,
             offline=e.offline, event_parts=(purpose, str(batch_no)),
             attributes={"purpose": purpose, "texts": str(len(texts)), "embedding_model": e.model},
         )
@@ -304,11 +334,13 @@ class RagEngine:
             raise InvalidInput(str(err)) from None
 
     def _fingerprint(self, content_hash: str, content_type: str, title: str, metadata: Mapping[str, str]) -> str:
+        # The embedding model is not part of it: the index's model is the tenant's (one per index), and a
+        # model change re-embeds stored chunks without touching their documents.
         s = self.settings
         return _sha256(json.dumps({
             "content": content_hash, "type": content_type, "title": title, "metadata": sorted(metadata.items()),
-            "chunker": [CHUNKER_VERSION, s.chunk_target_words, s.chunk_overlap_words],
-            "model": self.embedder.model,
+            "chunker": [CHUNKER_VERSION, s.chunk_target_words, s.chunk_overlap_words, s.max_chunk_chars,
+                        s.max_chunk_tokens],
         }, sort_keys=True))
 
     @staticmethod
@@ -322,7 +354,94 @@ class RagEngine:
         t = title.strip()
         if t and not chunk.content.lstrip().lower().startswith(t.lower()):
             parts = [t, *parts]
-        return " > ".join(parts)
+        return " > ".join(parts)[:500]
+
+    # --- embedders per model -----------------------------------------------------------------------
+
+    def embedder_for(self, model: str) -> Embedder | None:
+        e = self._embedders.get(model)
+        if e is None and self._embedder_factory is not None:
+            e = self._embedder_factory(model)
+            if e is not None:
+                self._embedders[model] = e
+        return e
+
+    def _require_embedder(self, model: str) -> Embedder:
+        e = self.embedder_for(model)
+        if e is None:
+            raise FailedPrecondition(
+                f"this tenant's index uses embedding model {model!r}, which this deployment cannot run "
+                "(check the VOYAGE_* settings), or change the index's model with ChangeEmbeddingModel"
+            )
+        return e
+
+    async def index_state(self, tenant_id: str) -> store.IndexState:
+        async with tenant_transaction(self.pool, tenant_id) as conn:
+            state = await store.get_index(conn)
+        return state or store.IndexState(self.embedder.model, None)
+
+    async def aclose(self) -> None:
+        for e in self._embedders.values():
+            if e is not self.embedder:
+                await e.aclose()
+        await self.extraction.aclose()
+
+    # --- ingest -------------------------------------------------------------------------------------
+
+    def _budget(self) -> ExtractionBudget:
+        s = self.settings
+        return ExtractionBudget(
+            max_inflated_bytes=s.extract_max_inflated_bytes, max_pages=s.max_pdf_pages,
+            cpu_seconds=s.extract_cpu_seconds, max_text_chars=s.extract_max_text_chars,
+            memory_bytes=s.extract_memory_bytes, wall_seconds=s.extract_wall_seconds,
+        )
+
+    async def _extract(self, content: bytes, ctype: str, deadline: float | None) -> list[Chunk]:
+        s = self.settings
+        # Cheap refusal before any parsing: text longer than the chunk limit allows can only fail.
+        if ctype != "application/pdf" and len(content) > 4 * s.max_chunk_chars * s.max_chunks_per_document:
+            raise TooLarge(
+                f"content is {len(content)} bytes: more text than {s.max_chunks_per_document} chunks of at most "
+                f"{s.max_chunk_chars} characters (MAX_CHUNKS_PER_DOCUMENT, MAX_CHUNK_CHARS): split the document"
+            )
+        params = ChunkParams(markdown=ctype == "text/markdown", target_words=s.chunk_target_words,
+                             overlap_words=s.chunk_overlap_words, max_chars=s.max_chunk_chars,
+                             max_tokens=s.max_chunk_tokens, max_chunks=s.max_chunks_per_document)
+        try:
+            return await self.extraction.run(content, ctype, params, self._budget(), deadline=deadline)
+        except ExtractionDeadline as err:
+            raise DeadlineExceeded(str(err)) from None
+        except ExtractionBudgetExceeded as err:
+            raise TooLarge(str(err)) from None
+        except DocumentError as err:
+            raise InvalidInput(str(err)) from None
+
+    async def _embed_all(
+        self, caller: Caller, embedder: Embedder, texts: list[str], *, deadline: float | None, purpose: str,
+    ) -> tuple[list[Vector], UsageAmounts, float]:
+        """Every text, in batches of the embedder's size sent concurrently (the local encoder queues
+        them for its workers; a provider gets a few requests in flight). One cost event per batch."""
+        step = embedder.max_batch
+        starts = list(range(0, len(texts), step))
+        slots = asyncio.Semaphore(4)
+
+        async def one(batch_no: int, start: int) -> tuple[EmbeddingBatch, float]:
+            async with slots:
+                return await self._embed(caller, texts[start:start + step], "document", deadline=deadline,
+                                         purpose=purpose, batch_no=batch_no, embedder=embedder)
+
+        tasks = [asyncio.ensure_future(one(n, st)) for n, st in enumerate(starts)]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        vectors = [v for batch, _ in results for v in batch.vectors]
+        usage = UsageAmounts(input_tokens=sum(b.tokens for b, _ in results), requests=sum(b.calls for b, _ in results),
+                             estimated=any(b.estimated for b, _ in results))
+        return vectors, usage, sum(c for _, c in results)
 
     async def ingest(
         self,
@@ -344,80 +463,84 @@ class RagEngine:
             existing = await store.get_document(self.pool, tenant, document_id)
         if existing is not None and existing.fingerprint == fingerprint:
             INGESTS.labels(outcome="unchanged").inc()
-            return IngestResult(document_id, content_hash, existing.chunk_count, "unchanged", UsageAmounts(), 0.0)
+            return IngestResult(document_id, content_hash, existing.chunk_count, "unchanged", UsageAmounts(), 0.0,
+                                existing.embedding_model)
 
         s = self.settings
         with timer.stage("chunk"):
-            try:
-                text = await asyncio.to_thread(extract_text, content, ctype, max_pdf_pages=s.max_pdf_pages)
-                chunks = await asyncio.to_thread(
-                    chunk_text, text, markdown=ctype == "text/markdown",
-                    target_words=s.chunk_target_words, overlap_words=s.chunk_overlap_words,
-                )
-            except DocumentError as err:
-                raise InvalidInput(str(err)) from None
+            chunks = await self._extract(content, ctype, deadline)
         if not chunks:
             raise InvalidInput("the document contains no text")
         if len(chunks) > s.max_chunks_per_document:
-            raise InvalidInput(
+            raise TooLarge(
                 f"the document makes {len(chunks)} chunks; the limit is {s.max_chunks_per_document} "
                 "(MAX_CHUNKS_PER_DOCUMENT): split it"
             )
         contexts = [self.chunk_context(title, c) for c in chunks]
         texts = [f"{ctx}\n{c.content}" if ctx else c.content for ctx, c in zip(contexts, chunks, strict=True)]
         hashes = [_sha256(t) for t in texts]
-
-        reuse: dict[str, str] = {}
-        if existing is not None:
-            reuse = await store.reusable_embeddings(self.pool, tenant, document_id, self.embedder.model)
-        todo = sorted({h: i for i, h in reversed(list(enumerate(hashes))) if h not in reuse}.values())
-        EMBEDDINGS_REUSED.inc(len([h for h in hashes if h in reuse]))
         tokens = calls = 0
         estimated = False
         cost = 0.0
-        vectors: dict[str, str] = dict(reuse)
-        with timer.stage("embed"):
-            step = self.embedder.max_batch
-            for batch_no, start in enumerate(range(0, len(todo), step)):
-                idx = todo[start : start + step]
-                try:
-                    batch, c = await self._embed(
-                        caller, [texts[i] for i in idx], "document", deadline=deadline,
-                        purpose=f"ingest:{content_hash[:16]}", batch_no=batch_no,
-                    )
-                except EmbeddingError as err:
-                    raise _embedding_failure(err, "embedding failed, nothing was stored") from None
-                tokens += batch.tokens
-                calls += batch.calls
-                estimated = estimated or batch.estimated
+        for attempt in range(3):
+            index = await self.index_state(tenant)
+            models = [index.model] + ([index.target_model] if index.target_model else [])
+            vectors: list[dict[str, str]] = []
+            for n, model in enumerate(models):
+                embedder = self._require_embedder(model)
+                reuse: dict[str, str] = {}
+                if existing is not None:
+                    reuse = await store.reusable_embeddings(self.pool, tenant, document_id, model)
+                todo = sorted({h: i for i, h in reversed(list(enumerate(hashes))) if h not in reuse}.values())
+                EMBEDDINGS_REUSED.inc(len([h for h in hashes if h in reuse]))
+                found: dict[str, str] = dict(reuse)
+                with timer.stage("embed"):
+                    try:
+                        vecs, usage, c = await self._embed_all(
+                            caller, embedder, [texts[i] for i in todo], deadline=deadline,
+                            purpose=f"ingest:{content_hash[:16]}:{attempt}:{n}",
+                        )
+                    except EmbeddingError as err:
+                        raise _embedding_failure(err, "embedding failed, nothing was stored") from None
+                tokens += usage.input_tokens
+                calls += usage.requests
+                estimated = estimated or usage.estimated
                 cost += c
-                for i, vec in zip(idx, batch.vectors, strict=True):
-                    vectors[hashes[i]] = store.vector_literal(vec)
-        new_chunks = [
-            store.NewChunk(
-                # Deterministic: the same version of a document always gets the same chunk ids.
-                chunk_id=str(uuid.uuid5(_CHUNK_NS, f"{tenant}\x1f{document_id}\x1f{fingerprint}\x1f{c.index}")),
-                chunk_index=c.index, heading=c.heading, context=ctx, content=c.content,
-                text_hash=h, embedding=vectors[h],
+                for i, vec in zip(todo, vecs, strict=True):
+                    found[hashes[i]] = store.vector_literal(vec)
+                vectors.append(found)
+            new_chunks = [
+                store.NewChunk(
+                    # Deterministic: the same version of a document always gets the same chunk ids.
+                    chunk_id=str(uuid.uuid5(_CHUNK_NS, f"{tenant}\x1f{document_id}\x1f{fingerprint}\x1f{c.index}")),
+                    chunk_index=c.index, heading=c.heading, context=ctx, content=c.content,
+                    text_hash=h, embedding=vectors[0][h], next_embedding=vectors[1][h] if len(vectors) > 1 else None,
+                )
+                for c, ctx, h in zip(chunks, contexts, hashes, strict=True)
+            ]
+            doc = store.NewDocument(
+                document_id=document_id, title=title, content_type=ctype, content_hash=content_hash,
+                fingerprint=fingerprint, size_bytes=len(content), embedding_model=index.model,
+                metadata=dict(metadata),
             )
-            for c, ctx, h in zip(chunks, contexts, hashes, strict=True)
-        ]
-        doc = store.NewDocument(
-            document_id=document_id, title=title, content_type=ctype, content_hash=content_hash,
-            fingerprint=fingerprint, size_bytes=len(content), embedding_model=self.embedder.model,
-            metadata=dict(metadata),
-        )
-        _remaining(deadline)
-        with timer.stage("write"):
-            written = await store.write_document(self.pool, tenant, doc, new_chunks)
+            _remaining(deadline)
+            with timer.stage("write"):
+                try:
+                    written = await store.write_document(self.pool, tenant, doc, new_chunks, index=index)
+                    break
+                except store.IndexModelChanged:
+                    # A model change started or completed while this document was being embedded.
+                    log.info("index model of %s changed during ingest of %s; embedding again", tenant, document_id)
+        else:
+            raise Unavailable("the index's embedding model kept changing during ingest; retry")
         INGESTS.labels(outcome=written.outcome).inc()
         if written.outcome != "unchanged":
             CHUNKS_WRITTEN.inc(len(new_chunks))
         usage = UsageAmounts(input_tokens=tokens, requests=calls, estimated=estimated)
         outcome: Literal["created", "unchanged", "replaced"] = written.outcome  # type: ignore[assignment]
-        log.info("ingested %s: %s, %d chunks, %d embedded, %d reused", document_id, outcome, len(new_chunks),
-                 len(todo), len(chunks) - len(todo))
-        return IngestResult(document_id, content_hash, written.document.chunk_count, outcome, usage, cost)
+        log.info("ingested %s: %s, %d chunks", document_id, outcome, len(new_chunks))
+        return IngestResult(document_id, content_hash, written.document.chunk_count, outcome, usage, cost,
+                            index.model)
 
     # --- delete / list ------------------------------------------------------------------------------
 
@@ -441,51 +564,83 @@ class RagEngine:
         docs, more = await store.list_documents(self.pool, caller.tenant_id, page_size=size, after=after)
         return docs, (encode_page_token(docs[-1].document_id) if more and docs else "")
 
+    # --- the index's embedding model ----------------------------------------------------------------
+
+    async def index_progress(self, caller: Caller) -> store.IndexProgress:
+        return await store.index_progress(self.pool, caller.tenant_id, self.embedder.model)
+
+    async def change_model(self, caller: Caller, model: str) -> store.IndexProgress:
+        """Explicit model change of the caller's index: re-embedding runs in the background (see
+        reembed.py); retrieval uses the current vectors until every chunk has its new one. Asking for
+        the current model cancels a change in progress."""
+        model = model.strip()
+        if not model:
+            raise InvalidInput("model is required, e.g. all-minilm-l6-v2, voyage-3.5-lite or voyage-3.5-lite@2048")
+        try:
+            store.VectorSpace(model, 1)
+        except ValueError:
+            raise InvalidInput(f"model {model[:80]!r} is not a valid model key") from None
+        e = self.embedder_for(model)
+        if e is None:
+            raise FailedPrecondition(
+                f"embedding model {model!r} is not available in this deployment (Voyage models need VOYAGE_API_KEY)"
+            )
+        try:
+            self.catalog.price(e.model.split("@", 1)[0])
+        except Exception as err:  # noqa: BLE001 - PriceCatalogError and friends: no unpriced paid calls
+            raise FailedPrecondition(f"embedding model {model!r} has no price in the catalog: {err}") from None
+        await store.request_model_change(self.pool, caller.tenant_id, self.embedder.model, e.model)
+        if self.on_model_change is not None:
+            self.on_model_change(caller.tenant_id)
+        return await self.index_progress(caller)
+
     # --- retrieve -----------------------------------------------------------------------------------
 
     async def _query_vector(
-        self, caller: Caller, query: str, deadline: float | None
+        self, caller: Caller, e: Embedder, query: str, deadline: float | None
     ) -> tuple[Vector, bool]:
-        e = self.embedder
         if self.cache is not None:
             hit = await self.cache.get(caller.tenant_id, e.model, e.dimensions, query)
             if hit is not None:
                 return hit, True
-        batch, _ = await self._embed(caller, [query], "query", deadline=deadline, purpose="query", batch_no=0)
+        batch, _ = await self._embed(caller, [query], "query", deadline=deadline, purpose="query", batch_no=0,
+                                     embedder=e)
         vec = batch.vectors[0]
         if self.cache is not None:
             await self.cache.put(caller.tenant_id, e.model, query, vec)
         return vec, False
 
     async def _vector_candidates(
-        self, conn: asyncpg.Connection, stats: store.TenantStats, qvec: Vector, n: int
+        self, conn: asyncpg.Connection, space: store.VectorSpace, stats: store.TenantStats, qvec: Vector, n: int
     ) -> tuple[list[tuple[str, float]], str]:
-        count = stats.chunks_by_model.get(self.space.model_key, 0)
+        count = stats.chunks_by_model.get(space.model_key, 0)
         if count == 0:
             return [], "empty"
         literal = store.vector_literal(qvec)
-        if not self.space.indexed or count <= self.settings.exact_scan_max_chunks or (
-            await self._small_share(conn, count, n)
+        if not space.indexed or count <= self.settings.exact_scan_max_chunks or (
+            await self._small_share(conn, space, count, n)
         ):
             VECTOR_SCANS.labels(path="exact").inc()
-            return await store.vector_search(conn, self.space, literal, n, exact=True), "exact"
-        rows = await store.vector_search(conn, self.space, literal, n, exact=False)
+            return await store.vector_search(conn, space, literal, n, exact=True), "exact"
+        rows = await store.vector_search(conn, space, literal, n, exact=False)
         if len(rows) >= min(n, count):
             VECTOR_SCANS.labels(path="hnsw").inc()
             return rows, "hnsw"
         # The iterative scan hit hnsw.max_scan_tuples before finding enough of this tenant's rows
         # (a small tenant among many large ones): an exact scan of the tenant's rows is complete.
         VECTOR_SCANS.labels(path="exact_fallback").inc()
-        return await store.vector_search(conn, self.space, literal, n, exact=True), "exact_fallback"
+        return await store.vector_search(conn, space, literal, n, exact=True), "exact_fallback"
 
-    async def _small_share(self, conn: asyncpg.Connection, count: int, n: int) -> bool:
+    async def _small_share(self, conn: asyncpg.Connection, space: store.VectorSpace, count: int, n: int) -> bool:
         ratio = self.settings.hnsw_cost_ratio
         if ratio <= 0:
             return False
         now = time.monotonic()
-        if self._index_size is None or now - self._index_size[1] > INDEX_SIZE_TTL_S:
-            self._index_size = (await store.indexed_vectors_estimate(conn, self.space), now)
-        total = self._index_size[0]
+        cached = self._index_size.get(space.model_key)
+        if cached is None or now - cached[1] > INDEX_SIZE_TTL_S:
+            cached = (await store.indexed_vectors_estimate(conn, space), now)
+            self._index_size[space.model_key] = cached
+        total = cached[0]
         return total > 0 and count * count < ratio * n * max(total, count)
 
     def validate_query(self, query: str, top_k: int, max_top_k: int = MAX_TOP_K) -> tuple[str, int]:
@@ -524,10 +679,19 @@ class RagEngine:
         result = RetrieveResult([], [], embedder_used=False, cache_hit=False, reranker_used=False, rerank_note="")
 
         qvec: Vector | None = None
+        space = self.space
         if use_vector:
             with timer.stage("embed"):
                 try:
-                    qvec, result.cache_hit = await self._query_vector(caller, q, deadline)
+                    # The tenant's index model (the old one until a model change completes).
+                    index = await self.index_state(caller.tenant_id)
+                    e = self.embedder_for(index.model)
+                    if e is None:
+                        raise EmbeddingError(f"the index's model {index.model!r} is not available here",
+                                             retryable=False)
+                    space = store.VectorSpace(e.model, e.dimensions)
+                    result.embedder = e
+                    qvec, result.cache_hit = await self._query_vector(caller, e, q, deadline)
                     result.embedder_used = True
                 except EmbeddingError as err:
                     if mode == "vector":
@@ -539,21 +703,27 @@ class RagEngine:
         rerank_with = self.reranker if rerank else None
         take = min(max(s.rerank_candidates, k), n) if rerank_with is not None else k
         left = _remaining(deadline)
+        # Always a statement timeout: the caller's remaining time, capped (no deadline: the cap).
+        timeout_ms = s.retrieve_statement_timeout_ms
+        if left is not None:
+            timeout_ms = max(1, min(timeout_ms, int(left * 1000)))
         vec_rows: list[tuple[str, float]] = []
         lex_rows: list[tuple[str, float]] = []
         async with tenant_transaction(self.pool, caller.tenant_id) as conn:
             await store.configure_scan(
                 conn, ef_search=min(1000, max(s.hnsw_ef_search, n)), max_scan_tuples=s.hnsw_max_scan_tuples,
-                scan_mem_multiplier=s.hnsw_scan_mem_multiplier,
-                statement_timeout_ms=max(1, int(left * 1000)) if left is not None else None,
+                scan_mem_multiplier=s.hnsw_scan_mem_multiplier, statement_timeout_ms=timeout_ms,
             )
             stats = await store.tenant_stats(conn)
             if use_vector and qvec is not None:
                 with timer.stage("vector"):
-                    vec_rows, result.vector_path = await self._vector_candidates(conn, stats, qvec, n)
+                    vec_rows, result.vector_path = await self._vector_candidates(conn, space, stats, qvec, n)
             if use_lexical:
                 with timer.stage("lexical"):
-                    lex_rows = await store.lexical_search(conn, q, n, stats, k1=s.bm25_k1, b=s.bm25_b)
+                    lex_rows = await store.lexical_search(
+                        conn, q, n, stats, k1=s.bm25_k1, b=s.bm25_b, max_terms=s.bm25_max_query_terms,
+                        max_postings=max(s.bm25_max_postings_per_term, n),
+                    )
             with timer.stage("fuse"):
                 if mode == "hybrid":
                     fused = rrf(vec_rows, lex_rows, k=s.rrf_k, vector_weight=s.rrf_vector_weight,

@@ -20,20 +20,24 @@ from frugal.common.migrations import apply_migrations
 from frugal.common.pricing import PriceCatalog, default_catalog
 from frugal.common.redis_client import create_redis
 from frugal.common.tenancy import current_identity
+from frugal.rag import store
 from frugal.rag.config import Settings
 from frugal.rag.embedding.base import Embedder, provider_info
 from frugal.rag.embedding.cache import QueryEmbeddingCache
 from frugal.rag.engine import (
     Caller,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidInput,
     Mode,
     NotFound,
     ProviderRejected,
     RagEngine,
     RagError,
+    TooLarge,
     Unavailable,
 )
+from frugal.rag.reembed import Reembedder
 from frugal.rag.rerank import Reranker
 
 SERVICE_NAME = service_full_name(rag_pb2.DESCRIPTOR, "RagService")
@@ -59,6 +63,9 @@ _STATUS: dict[type[RagError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ProviderRejected: grpc.StatusCode.INTERNAL,
+    # The document is well-formed but needs more than its budget: the caller must split or simplify it.
+    TooLarge: grpc.StatusCode.INVALID_ARGUMENT,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 T = TypeVar("T")
@@ -103,6 +110,11 @@ class RagServiceServicer(rag_pb2_grpc.RagServiceServicer):
             await _abort(context, grpc.StatusCode.UNAVAILABLE, "database unavailable, retry later")
         except asyncpg.SerializationError:
             await _abort(context, grpc.StatusCode.ABORTED, "concurrent update of the same document; retry")
+        except asyncpg.ProgramLimitExceededError as err:
+            # Chunks are capped, so this should not happen; if it does it is the input's size, not ours.
+            log.warning("database size limit: %s", err)
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"the document exceeds a database size limit ({err}); split it. Nothing was changed")
         except asyncpg.PostgresError as err:
             log.error("database error: %s", err, exc_info=err)
             await _abort(context, grpc.StatusCode.INTERNAL,
@@ -116,7 +128,8 @@ class RagServiceServicer(rag_pb2_grpc.RagServiceServicer):
         ))
         return rag_pb2.IngestDocumentResponse(
             document_id=result.document_id, content_hash=result.content_hash, chunk_count=result.chunk_count,
-            outcome=_OUTCOMES[result.outcome], embedder=provider_info(self.engine.embedder),
+            outcome=_OUTCOMES[result.outcome], embedder=provider_info(self.engine.embedder_for(result.model)
+                                                                    or self.engine.embedder),
             usage=result.usage.to_proto(), cost_usd=result.cost_usd,
         )
 
@@ -141,7 +154,7 @@ class RagServiceServicer(rag_pb2_grpc.RagServiceServicer):
                 for it in result.items
             ],
             timings=[rag_pb2.StageTiming(stage=name, ms=ms) for name, ms in result.timings],
-            embedder=provider_info(self.engine.embedder) if result.embedder_used else None,
+            embedder=provider_info(result.embedder) if result.embedder_used and result.embedder else None,
             embedding_cache_hit=result.cache_hit,
             reranker=(common_pb2.ProviderInfo(provider=reranker.provider, model=reranker.model, offline=False)
                       if result.reranker_used and reranker is not None else None),
@@ -154,11 +167,17 @@ class RagServiceServicer(rag_pb2_grpc.RagServiceServicer):
         deleted = await self._call(context, lambda: self.engine.delete_document(caller, request.document_id))
         return rag_pb2.DeleteDocumentResponse(document_id=request.document_id, chunks_deleted=deleted)
 
+    async def ChangeEmbeddingModel(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        caller = _caller()
+        progress = await self._call(context, lambda: self.engine.change_model(caller, request.model))
+        return rag_pb2.ChangeEmbeddingModelResponse(index=_index_status(progress))
+
     async def ListDocuments(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         caller = _caller()
         docs, token = await self._call(context, lambda: self.engine.list_documents(
             caller, page_size=request.page_size, page_token=request.page_token,
         ))
+        progress = await self._call(context, lambda: self.engine.index_progress(caller))
         return rag_pb2.ListDocumentsResponse(
             documents=[
                 rag_pb2.DocumentInfo(
@@ -170,23 +189,70 @@ class RagServiceServicer(rag_pb2_grpc.RagServiceServicer):
                 for d in docs
             ],
             next_page_token=token,
+            index=_index_status(progress),
         )
+
+
+def _index_status(p: store.IndexProgress) -> Any:
+    st = p.state
+    return rag_pb2.EmbeddingIndexStatus(
+        model=st.model, target_model=st.target_model or "", chunks_total=p.chunks_total,
+        chunks_reembedded=p.chunks_reembedded,
+        requested_at=_ts(st.requested_at) if st.requested_at else None,
+        completed_at=_ts(st.completed_at) if st.completed_at else None,
+        last_error=st.last_error,
+    )
+
+
+def _voyage(settings: Settings, model: str, dims: int) -> Embedder:
+    from frugal.rag.embedding.voyage import VoyageEmbedder
+
+    assert settings.voyage_api_key is not None
+    return VoyageEmbedder(
+        api_key=settings.voyage_api_key.get_secret_value(), model=model, dimensions=dims,
+        base_url=settings.voyage_base_url, timeout_s=settings.voyage_timeout_s,
+        max_retries=settings.voyage_max_retries, max_batch=settings.voyage_batch_size,
+    )
+
+
+def _local(settings: Settings) -> Embedder:
+    from frugal.encoder.minilm import load_encoder
+    from frugal.rag.embedding.local import LocalEmbedder
+
+    encoder = load_encoder(runtime=settings.encoder_runtime or None)
+    return LocalEmbedder(encoder, max_batch=settings.local_batch_size,
+                         blas_threads=settings.local_encoder_threads or None, workers=settings.local_encoder_workers)
+
+
+def _has_voyage(settings: Settings) -> bool:
+    return settings.voyage_api_key is not None and bool(settings.voyage_api_key.get_secret_value())
 
 
 def build_embedder(settings: Settings) -> Embedder:
-    if settings.voyage_api_key is not None and settings.voyage_api_key.get_secret_value():
-        from frugal.rag.embedding.voyage import VoyageEmbedder
-
-        return VoyageEmbedder(
-            api_key=settings.voyage_api_key.get_secret_value(), model=settings.voyage_model,
-            dimensions=settings.voyage_dimensions, base_url=settings.voyage_base_url,
-            timeout_s=settings.voyage_timeout_s, max_retries=settings.voyage_max_retries,
-            max_batch=settings.voyage_batch_size,
-        )
-    from frugal.rag.embedding.local import LocalEmbedder
-
+    if _has_voyage(settings):
+        return _voyage(settings, settings.voyage_model, settings.voyage_dimensions)
     log.info("VOYAGE_API_KEY not set: embeddings by the local all-MiniLM-L6-v2 encoder (offline)")
-    return LocalEmbedder(max_batch=settings.local_batch_size, blas_threads=settings.local_encoder_threads or None)
+    return _local(settings)
+
+
+def embedder_factory(settings: Settings) -> Callable[[str], Embedder | None]:
+    """Embedders for the other models a tenant's index may use (after an explicit model change): the
+    local encoder always; Voyage models ("name" or "name@dims") when a key is set."""
+    from frugal.encoder.minilm import MODEL_NAME
+    from frugal.rag.embedding.voyage import DEFAULT_DIMENSIONS
+
+    def make(model: str) -> Embedder | None:
+        if model == MODEL_NAME:
+            return _local(settings)
+        if not _has_voyage(settings):
+            return None
+        name, _, dims_s = model.partition("@")
+        dims = int(dims_s) if dims_s.isdigit() else DEFAULT_DIMENSIONS.get(name, 0)
+        if name not in DEFAULT_DIMENSIONS or dims not in (256, 512, 1024, 2048):
+            return None
+        return _voyage(settings, name, dims)
+
+    return make
 
 
 def build_reranker(settings: Settings) -> Reranker | None:
@@ -228,12 +294,16 @@ async def build_app(settings: Settings, *, catalog: PriceCatalog | None = None) 
     costs = CostEventProducer(redis)
     engine = RagEngine(
         settings, pool=pool, embedder=embedder, cache=QueryEmbeddingCache(redis, settings.embedding_cache_ttl),
-        reranker=reranker, costs=costs, catalog=catalog,
+        reranker=reranker, costs=costs, catalog=catalog, embedder_factory=embedder_factory(settings),
     )
+    reembedder = Reembedder(engine, batch=settings.reembed_batch_size, retry_s=settings.reembed_retry_seconds)
+    reembedder.start()
     app = GrpcApp(settings, services=[SERVICE_NAME])
     rag_pb2_grpc.add_RagServiceServicer_to_server(RagServiceServicer(engine), app.server)
 
     async def close() -> None:
+        await reembedder.aclose()
+        await engine.aclose()
         await costs.aclose()
         await embedder.aclose()
         if reranker is not None:

@@ -197,9 +197,41 @@ class ListDocumentsRequest(_message.Message):
     def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListDocumentsResponse(_message.Message):
-    __slots__ = ("documents", "next_page_token")
+    __slots__ = ("documents", "next_page_token", "index")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[DocumentInfo]
     next_page_token: str
-    def __init__(self, documents: _Optional[_Iterable[_Union[DocumentInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    index: EmbeddingIndexStatus
+    def __init__(self, documents: _Optional[_Iterable[_Union[DocumentInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., index: _Optional[_Union[EmbeddingIndexStatus, _Mapping]] = ...) -> None: ...
+
+class EmbeddingIndexStatus(_message.Message):
+    __slots__ = ("model", "target_model", "chunks_total", "chunks_reembedded", "requested_at", "completed_at", "last_error")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_REEMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    target_model: str
+    chunks_total: int
+    chunks_reembedded: int
+    requested_at: _timestamp_pb2.Timestamp
+    completed_at: _timestamp_pb2.Timestamp
+    last_error: str
+    def __init__(self, model: _Optional[str] = ..., target_model: _Optional[str] = ..., chunks_total: _Optional[int] = ..., chunks_reembedded: _Optional[int] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ChangeEmbeddingModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ChangeEmbeddingModelResponse(_message.Message):
+    __slots__ = ("index",)
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    index: EmbeddingIndexStatus
+    def __init__(self, index: _Optional[_Union[EmbeddingIndexStatus, _Mapping]] = ...) -> None: ...

@@ -55,6 +55,11 @@ class RagServiceStub:
                 request_serializer=frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ListDocumentsRequest.SerializeToString,
                 response_deserializer=frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ListDocumentsResponse.FromString,
                 _registered_method=True)
+        self.ChangeEmbeddingModel = channel.unary_unary(
+                '/frugal.api.rag.v1.RagService/ChangeEmbeddingModel',
+                request_serializer=frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ChangeEmbeddingModelRequest.SerializeToString,
+                response_deserializer=frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ChangeEmbeddingModelResponse.FromString,
+                _registered_method=True)
 
 
 class RagServiceServicer:
@@ -85,6 +90,16 @@ class RagServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangeEmbeddingModel(self, request, context):
+        """Explicit change of the embedding model of the caller's index. Chunks are re-embedded in the
+        background (progress in ListDocumentsResponse.index); Retrieve keeps using the current vectors
+        until every chunk has its new one, then switches in one step. Asking for the current model
+        cancels a change in progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RagServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +122,11 @@ def add_RagServiceServicer_to_server(servicer, server):
                     servicer.ListDocuments,
                     request_deserializer=frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ListDocumentsRequest.FromString,
                     response_serializer=frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ListDocumentsResponse.SerializeToString,
+            ),
+            'ChangeEmbeddingModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeEmbeddingModel,
+                    request_deserializer=frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ChangeEmbeddingModelRequest.FromString,
+                    response_serializer=frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ChangeEmbeddingModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +238,33 @@ class RagService:
             '/frugal.api.rag.v1.RagService/ListDocuments',
             frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ListDocumentsRequest.SerializeToString,
             frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeEmbeddingModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/frugal.api.rag.v1.RagService/ChangeEmbeddingModel',
+            frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ChangeEmbeddingModelRequest.SerializeToString,
+            frugal_dot_api_dot_rag_dot_v1_dot_rag__pb2.ChangeEmbeddingModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,12 @@ class RagServiceStub:
     Retrieve: _grpc.UnaryUnaryMultiCallable[_rag_pb2.RetrieveRequest, _rag_pb2.RetrieveResponse]
     DeleteDocument: _grpc.UnaryUnaryMultiCallable[_rag_pb2.DeleteDocumentRequest, _rag_pb2.DeleteDocumentResponse]
     ListDocuments: _grpc.UnaryUnaryMultiCallable[_rag_pb2.ListDocumentsRequest, _rag_pb2.ListDocumentsResponse]
+    ChangeEmbeddingModel: _grpc.UnaryUnaryMultiCallable[_rag_pb2.ChangeEmbeddingModelRequest, _rag_pb2.ChangeEmbeddingModelResponse]
+    """Explicit change of the embedding model of the caller's index. Chunks are re-embedded in the
+    background (progress in ListDocumentsResponse.index); Retrieve keeps using the current vectors
+    until every chunk has its new one, then switches in one step. Asking for the current model
+    cancels a change in progress.
+    """
 
 @_typing.type_check_only
 class RagServiceAsyncStub(RagServiceStub):
@@ -47,6 +53,12 @@ class RagServiceAsyncStub(RagServiceStub):
     Retrieve: _aio.UnaryUnaryMultiCallable[_rag_pb2.RetrieveRequest, _rag_pb2.RetrieveResponse]  # type: ignore[assignment]
     DeleteDocument: _aio.UnaryUnaryMultiCallable[_rag_pb2.DeleteDocumentRequest, _rag_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
     ListDocuments: _aio.UnaryUnaryMultiCallable[_rag_pb2.ListDocumentsRequest, _rag_pb2.ListDocumentsResponse]  # type: ignore[assignment]
+    ChangeEmbeddingModel: _aio.UnaryUnaryMultiCallable[_rag_pb2.ChangeEmbeddingModelRequest, _rag_pb2.ChangeEmbeddingModelResponse]  # type: ignore[assignment]
+    """Explicit change of the embedding model of the caller's index. Chunks are re-embedded in the
+    background (progress in ListDocumentsResponse.index); Retrieve keeps using the current vectors
+    until every chunk has its new one, then switches in one step. Asking for the current model
+    cancels a change in progress.
+    """
 
 class RagServiceServicer(metaclass=_abc_1.ABCMeta):
     """The tenant's knowledge base: every call is scoped to the caller's x-tenant-id."""
@@ -78,5 +90,17 @@ class RagServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rag_pb2.ListDocumentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rag_pb2.ListDocumentsResponse, _abc.Awaitable[_rag_pb2.ListDocumentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ChangeEmbeddingModel(
+        self,
+        request: _rag_pb2.ChangeEmbeddingModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rag_pb2.ChangeEmbeddingModelResponse, _abc.Awaitable[_rag_pb2.ChangeEmbeddingModelResponse]]:
+        """Explicit change of the embedding model of the caller's index. Chunks are re-embedded in the
+        background (progress in ListDocumentsResponse.index); Retrieve keeps using the current vectors
+        until every chunk has its new one, then switches in one step. Asking for the current model
+        cancels a change in progress.
+        """
 
 def add_RagServiceServicer_to_server(servicer: RagServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
