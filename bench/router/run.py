@@ -32,8 +32,8 @@ from frugal.api.router.v1 import router_pb2, router_pb2_grpc
 from frugal.common.healthcheck import wait_serving
 from frugal.common.pricing import default_catalog
 from frugal.devkit.devstack import EmbeddedRedis, free_port
+from frugal.devkit.routing.evaldata import DataMissing, load_all
 from frugal.router.decision import Decider, TurnText
-from frugal.router.evaldata import DataMissing, load_all
 from frugal.router.scoring import DEFAULT_SCORER, SEED_SCORER, TierMix, load_scorers
 
 TURNS = [

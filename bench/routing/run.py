@@ -31,10 +31,9 @@ from collections.abc import Callable, Sequence
 
 from frugal.common.pricing import TIERS, default_catalog
 from frugal.common.usage import UsageAmounts
-from frugal.router.conversational import split_turns
-from frugal.router.evaldata import DataMissing, Dataset, Example, data_root, load_all
-from frugal.router.features import extract_features
-from frugal.router.routing_eval import (
+from frugal.devkit.routing.conversational import split_turns
+from frugal.devkit.routing.evaldata import DataMissing, Dataset, Example, data_root, load_all
+from frugal.devkit.routing.routing_eval import (
     QUALITY_FLOOR,
     LabelledResult,
     OperatingPoint,
@@ -48,6 +47,7 @@ from frugal.router.routing_eval import (
     route_with_thresholds,
     sweep,
 )
+from frugal.router.features import extract_features
 from frugal.router.scoring import (
     DEFAULT_SCORER,
     LEXICAL_SCORER,

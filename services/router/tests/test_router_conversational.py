@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from frugal.router.conversational import (
-    STRUCTURE_FEATURES,
+from frugal.devkit.routing.conversational import (
     LabelledTurn,
     is_calibration,
     load_turns,
     spearman,
     split_turns,
 )
+from frugal.devkit.routing.routing_eval import evaluate_labelled
+from frugal.router.conversational import STRUCTURE_FEATURES
 from frugal.router.features import extract_features
-from frugal.router.routing_eval import evaluate_labelled
 from frugal.router.scoring import (
     ARTIFACT_FILE,
     DEFAULT_SCORER,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from frugal.devkit.routing.evaldata import DataMissing, Dataset, data_root, load_all
+from frugal.devkit.routing.routing_eval import best_cost_cut, fixed_tier, mix_grid, sweep
 from frugal.router.config import Settings
-from frugal.router.evaldata import DataMissing, Dataset, data_root, load_all
 from frugal.router.features import extract_features
-from frugal.router.routing_eval import best_cost_cut, fixed_tier, mix_grid, sweep
 from frugal.router.scoring import (
     ARTIFACT_FILE,
     DEFAULT_SCORER,
@@ -162,7 +162,7 @@ def _datasets_or_skip() -> list[Dataset]:
 def test_artifact_rebuilds_bit_for_bit_from_the_public_data() -> None:
     """Both committed artifacts are exactly what frugal.router.train builds from ../shared/data/routing and the
     bundled conversational turns."""
-    from frugal.router import train
+    from frugal.devkit.routing import train_hybrid as train
 
     datasets = _datasets_or_skip()
     rebuilt = train.build_all(datasets, data_root())

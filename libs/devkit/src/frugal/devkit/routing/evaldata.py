@@ -1,6 +1,6 @@
 """The public routing data sets (../shared/data/routing), loaded as three-tier routing problems.
 
-Used by the scorer's training script (frugal.router.train) and the evaluation harness (bench/routing).
+Used by the scorers' training scripts (frugal.devkit.routing.train_*) and the evaluation harness (bench/routing).
 The files are not part of this repository: see `data_root()` and the README of bench/routing.
 
 - llmrouter (ulab-uiuc/LLMRouter, MIT): `train.json`, per prompt a 0..1 score for 9 open models. Tiers by
@@ -22,6 +22,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,12 +72,21 @@ def is_held_out(text: str) -> bool:
 
 
 def repo_root() -> Path:
-    # services/router/src/frugal/router/evaldata.py -> repository root is five levels up.
-    return Path(__file__).resolve().parents[5]
+    # libs/devkit/src/frugal/devkit/routing/evaldata.py -> repository root is six levels up.
+    return Path(__file__).resolve().parents[6]
 
 
 def data_root() -> Path:
-    return repo_root().parent / "shared" / "data" / "routing"
+    """../shared/data/routing next to the repository, or FRUGAL_ROUTING_DATA when set (a git worktree
+    elsewhere can point at the shared copy)."""
+    override = os.environ.get("FRUGAL_ROUTING_DATA")
+    if override:
+        return Path(override)
+    here = repo_root().parent / "shared" / "data" / "routing"
+    if here.is_dir():
+        return here
+    # A worktree under <x>/wt/<name>: the shared data sits beside the main clone.
+    return repo_root().parent.parent / "shared" / "data" / "routing"
 
 
 def _require(path: Path) -> Path:
