@@ -30,6 +30,13 @@ from frugal.common.tenancy import current_identity
 from frugal.common.tenant_state import TenantStateCache
 from frugal.common.usage import UsageAmounts
 from frugal.router import metrics as m
+from frugal.router.cascade import (
+    CASCADE_HOLD_SECONDS,
+    CASCADE_TURNS,
+    AnswerScorer,
+    load_answer_scorer,
+    run_cascade,
+)
 from frugal.router.config import Settings
 from frugal.router.context import RAG, VISION, ContextClients, ContextResult, skipped
 from frugal.router.decision import TIER_ENUM, Decider, Decision, TurnText, budget_verdict
@@ -127,6 +134,8 @@ class RouterCore:
         self.limiter = TenantRateLimiter(redis)
         self.producer = CostEventProducer(redis)
         self.chain = parse_fallback_chain(settings.fallback_chain)
+        # The cascade's answer scorer (learned-v1 artifact); None when learned-v1 is not loaded.
+        self.answer_scorer: AnswerScorer | None = load_answer_scorer(scorers)
         self.decider = Decider(
             scorers, catalog, TierMix.parse(settings.default_mix), provider_of=providers.describe,
             system_prompt_chars=len(settings.system_prompt), expected_output_tokens=settings.expected_output_tokens,
@@ -276,6 +285,40 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         tiers = fallback_sequence(decision.tier, core.chain, s.max_fallbacks)
         first_token_at: float | None = None
         failures: list[str] = []
+        # --- cascade hook (frugal.router.cascade): learned-v1's unsure turns -------------------------------
+        if decision.cascade and core.answer_scorer is not None:
+            left = context.time_remaining()
+            hold_s = (s.provider_timeout_s if left is None
+                      else min(s.provider_timeout_s, (left - DEADLINE_RESERVE_S) / 2))
+            outcome = await run_cascade(
+                providers=core.providers, catalog=core.catalog, producer=core.producer, scorer=core.answer_scorer,
+                request_for=lambda model, b: ProviderRequest(
+                    model=model, system=system, messages=messages, max_output_tokens=max_out,
+                    question=request.turn.text, passages=rag_ctx.passages, screen_notes=vision_ctx.notes, timeout_s=b),
+                question=request.turn.text, p_lite=decision.p_lite or 0.5, p_standard=decision.p_standard or 0.5,
+                budget_s=hold_s, tenant=tenant, session=session, request_id=request_id, turn_id=turn_id,
+                scorer_name=decision.scorer, routed_tier=decision.tier)
+            CASCADE_TURNS.labels(outcome="kept" if outcome.kept else "escalated").inc()
+            CASCADE_HOLD_SECONDS.observe(outcome.hold_seconds)
+            for a in outcome.attempts:
+                account.cost_usd += a.cost_usd
+                account.baseline_usd += a.baseline_usd
+                account.event_ids.append(a.event_id)
+            if outcome.kept:
+                ans = outcome.answer
+                info = common_pb2.ProviderInfo(provider=ans.provider, model=ans.model, offline=ans.offline)
+                yield router_pb2.RespondResponse(delta=router_pb2.TextDelta(text=ans.text), provider=info)
+                total = time.perf_counter() - started
+                m.ROUTER_REQUESTS.labels(tenant=tenant, tier=ans.tier, model=ans.model, outcome="ok").inc()
+                yield router_pb2.RespondResponse(completed=router_pb2.RespondCompleted(
+                    provider=info, tier=TIER_ENUM[ans.tier], usage=ans.usage.to_proto() if ans.usage else None,  # type: ignore[arg-type]
+                    cost_usd=account.cost_usd, baseline_cost_usd=account.baseline_usd,
+                    first_token_latency_ms=total * 1000, total_latency_ms=total * 1000,
+                    context=[c.to_proto() for c in contexts], cost_event_ids=account.event_ids,
+                    decision=decision.to_proto()), provider=info)
+                return
+            tiers = fallback_sequence("premium", core.chain, s.max_fallbacks)
+        # --- end cascade hook ----------------------------------------------------------------------------------
         for attempt, tier in enumerate(tiers):
             provider, model = core.providers.for_tier(tier)
             info = common_pb2.ProviderInfo(provider=provider.provider, model=model, offline=provider.offline)

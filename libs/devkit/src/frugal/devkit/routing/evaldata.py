@@ -47,6 +47,8 @@ class Example:
     # Score (0..1) and cost (USD) of the lite, standard and premium tier's model on this prompt.
     scores: tuple[float, float, float]
     costs: tuple[float, float, float]
+    # Each tier model's answer where the data set records it (RouterBench), else empty strings.
+    responses: tuple[str, str, str] = ("", "", "")
 
     @property
     def held_out(self) -> bool:
@@ -144,6 +146,11 @@ def _prompt_text(raw: str) -> str:
     return str(value)
 
 
+def _response_text(raw: str) -> str:
+    # Responses are stored like prompts: a stringified Python list (one element per turn).
+    return _prompt_text(raw) if raw else ""
+
+
 def load_routerbench(root: Path | None = None) -> Dataset:
     base = (root or data_root()) / "routerbench"
     csv.field_size_limit(sys.maxsize)
@@ -163,6 +170,7 @@ def load_routerbench(root: Path | None = None) -> Dataset:
                         text=text,
                         scores=tuple(float(row[m]) for m in ROUTERBENCH_TIERS),  # type: ignore[arg-type]
                         costs=tuple(float(row[f"{m}|total_cost"]) for m in ROUTERBENCH_TIERS),  # type: ignore[arg-type]
+                        responses=tuple(_response_text(row.get(f"{m}|model_response", "")) for m in ROUTERBENCH_TIERS),  # type: ignore[arg-type]
                     )
                 )
     return Dataset(
