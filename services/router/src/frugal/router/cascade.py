@@ -162,9 +162,12 @@ class AnswerScorer:
             z += (x - mu) / sd * w
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
-    def verdict(self, question: str, lite_answer: str, answer: str, p_lite: float, p_standard: float) -> AnswerVerdict:
+    def verdict(self, question: str, lite_answer: str, answer: str, p_lite: float, p_standard: float,
+                threshold: float | None = None) -> AnswerVerdict:
+        """`threshold`: the turn's cluster's (Decision.answer_keep); None takes the pooled one."""
         p = self.probability(question, lite_answer, answer, p_lite, p_standard)
-        return AnswerVerdict(keep=p >= self.threshold, probability=p, threshold=self.threshold)
+        th = self.threshold if threshold is None else threshold
+        return AnswerVerdict(keep=p >= th, probability=p, threshold=th)
 
 
 async def hold(stream: AsyncIterator[str]) -> str:
@@ -243,6 +246,7 @@ async def run_cascade(
     *, providers: Any, catalog: PriceCatalog, producer: CostEventProducer, scorer: AnswerScorer,
     request_for: Callable[[str, float], ProviderRequest], question: str, p_lite: float, p_standard: float,
     budget_s: float, tenant: str, session: str, request_id: str, turn_id: str, scorer_name: str, routed_tier: str,
+    answer_keep: float | None = None,
 ) -> CascadeOutcome:
     """Lite and standard answer concurrently and are held; each attempt gets its own cost event (kept or not);
     the answer scorer keeps standard's answer or says escalate. `providers.for_tier(tier)` gives
@@ -261,8 +265,8 @@ async def run_cascade(
     finally:
         # Billed whatever happens next (including the caller going away while the answers are held).
         ok = all(a.usage is not None and not a.error for a in attempts)
-        verdict = (scorer.verdict(question, attempts[0].text, attempts[1].text, p_lite, p_standard) if ok
-                   else None)
+        verdict = (scorer.verdict(question, attempts[0].text, attempts[1].text, p_lite, p_standard, answer_keep)
+                   if ok else None)
         kept = verdict is not None and verdict.keep
         for a in attempts:
             await asyncio.shield(_bill(producer, catalog, a, kept=kept, tenant=tenant, session=session,

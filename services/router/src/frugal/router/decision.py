@@ -90,6 +90,8 @@ class Decision:
     p_standard: float | None = None
     operating_point: str = "mix"
     cascade: bool = False
+    # The answer scorer's keep threshold for this turn's cluster (None: the pooled one).
+    answer_keep: float | None = None
 
     def to_proto(self) -> router_pb2.Decision:
         f = self.features
@@ -186,8 +188,9 @@ class Decider:
             score = scorer.score(turn.text, features)
         # learned-v1 uses its quality-floor operating point unless the tenant sets a mix.
         floor_point = isinstance(scorer, LearnedScorer) and tenant_mix is None
-        if isinstance(scorer, LearnedScorer) and floor_point:
-            thresholds = scorer.floor_thresholds if self.cascade_enabled else scorer.prompt_only_thresholds
+        cascade_upper = 0.0
+        if isinstance(scorer, LearnedScorer) and floor_point and assessment is not None:
+            thresholds, cascade_upper = scorer.floor_point(assessment, cascade=self.cascade_enabled)
         else:
             thresholds = self.thresholds(scorer.name, mix)
         idx = tier_index(score, thresholds)
@@ -215,7 +218,7 @@ class Decider:
         tenant_tier_rule = policy is not None and (policy.pinned_tier in ENUM_TIER or policy.max_tier in ENUM_TIER)
         cascade = (isinstance(scorer, LearnedScorer) and floor_point and self.cascade_enabled and idx == routed
                    and idx > 0 and not tenant_tier_rule and verdict.status in ("ok", "unlimited", "unknown")
-                   and thresholds[0] < score <= scorer.cascade_upper)
+                   and thresholds[0] < score <= cascade_upper)
         model = self.catalog.tier_model(tier)
         provider, offline = self._provider_of(tier)
         input_chars = (self._system_chars + len(turn.text) + sum(len(t) for _, t in turn.history)
@@ -234,4 +237,5 @@ class Decider:
             p_lite=assessment.p_lite if assessment else None,
             p_standard=assessment.p_standard if assessment else None,
             operating_point="floor" if floor_point else "mix", cascade=cascade,
+            answer_keep=scorer.answer_keep(assessment) if isinstance(scorer, LearnedScorer) and assessment else None,
         )

@@ -19,6 +19,10 @@ Operating points fitted on training data and shipped in the artifact:
   stays >= the quality floor (95% of premium by default) on every training group's out-of-fold predictions at
   the lowest cost; this is the default;
 - `floor_prompt_only`: the same rule for the prompt router alone (used when the cascade is off);
+- `clusters`: the same two points fitted per cluster of training traffic (cluster-based routing, as in
+  RouterBench's and UniRoute's cluster routers): one cluster per training group (llmrouter, each RouterBench
+  task, the conversational turns); a one-vs-rest logistic group classifier on the same features picks a turn's
+  cluster. One pooled threshold has to satisfy the hardest group and over-pays everywhere else;
 - `mix`: a quantile table on the reference sample (the conversational calibration split), so a target mix
   (60/25/15, or a tenant's) maps to thresholds like the other scorers.
 Turns scoring in (t1, t_cascade] are the ones it is unsure about: the cascade (frugal.router.cascade) tries
@@ -141,6 +145,8 @@ class Assessment:
     p_standard: float
     score: float
     follow_up_of: str | None = None
+    # Index of the nearest cluster (its operating point applies); -1 when the artifact has none.
+    cluster: int = -1
 
 
 class LearnedScorer:
@@ -167,6 +173,15 @@ class LearnedScorer:
             self.floor_thresholds = (float(op["floor"]["t1"]), float(op["floor"]["t2"]))
             self.cascade_upper = float(op["floor"]["t_cascade"])
             self.prompt_only_thresholds = (float(op["floor_prompt_only"]["t1"]), float(op["floor_prompt_only"]["t2"]))
+            clusters = op.get("clusters") or []
+            self.cluster_names = [str(cl["name"]) for cl in clusters]
+            self.cluster_w = (np.asarray([cl["classifier"]["weights"] for cl in clusters], dtype=np.float64)
+                              if clusters else np.zeros((0, 1)))
+            self.cluster_b = np.asarray([float(cl["classifier"]["bias"]) for cl in clusters], dtype=np.float64)
+            self.cluster_floor = [(float(cl["floor"]["t1"]), float(cl["floor"]["t2"]), float(cl["floor"]["t_cascade"]),
+                                   float(cl["floor"]["answer_keep"])) for cl in clusters]
+            self.cluster_prompt_only = [(float(cl["floor_prompt_only"]["t1"]), float(cl["floor_prompt_only"]["t2"]))
+                                        for cl in clusters]
             ref = op["mix"]
             self.reference = QuantileTable(ref["quantiles"], sample=str(ref["sample"]), n=int(ref["n"]))
         except (KeyError, TypeError, ValueError) as err:
@@ -178,6 +193,8 @@ class LearnedScorer:
             self.w_std
         ) != n:
             raise LearnedArtifactError("learned artifact arrays have the wrong length")
+        if len(self.cluster_names) and self.cluster_w.shape != (len(self.cluster_names), n):
+            raise LearnedArtifactError("learned artifact cluster classifiers have the wrong shape")
         if np.any(self.std <= 0):
             raise LearnedArtifactError("learned artifact has a non-positive standard deviation")
         if not self.floor_thresholds[0] <= self.floor_thresholds[1] or self.cascade_upper < self.floor_thresholds[0]:
@@ -188,23 +205,45 @@ class LearnedScorer:
         # The cascade's answer scorer reads its part of the same verified artifact.
         self.payload_for_cascade = {"answer_scorer": payload.get("answer_scorer"), "operating_points": op}
 
-    def vector(self, text: str, features: TurnFeatures) -> F64:
+    def _assess_one(self, text: str, features: TurnFeatures) -> Assessment:
+        emb = self._embedder.tail_vector(text)
         lexical, hybrid = self._base(text, features)
         extra = (np.asarray(extra_features(text, features, lexical, hybrid), dtype=np.float64) - self.mean) / self.std
-        return np.concatenate([self._embedder.tail_vector(text).astype(np.float64), extra])
+        x = np.concatenate([emb.astype(np.float64), extra])
+        p_l = _sigmoid(float(x @ self.w_lite) + self.b_lite)
+        p_s = _sigmoid(float(x @ self.w_std) + self.b_std)
+        cluster = int(np.argmax(self.cluster_w @ x + self.cluster_b)) if len(self.cluster_names) else -1
+        return Assessment(p_l, p_s, 2.0 - p_l - p_s, cluster=cluster)
 
     def probabilities(self, text: str, features: TurnFeatures) -> tuple[float, float]:
-        x = self.vector(text, features)
-        return _sigmoid(float(x @ self.w_lite) + self.b_lite), _sigmoid(float(x @ self.w_std) + self.b_std)
+        a = self._assess_one(text, features)
+        return a.p_lite, a.p_standard
 
     def assess(self, text: str, features: TurnFeatures, history: Sequence[tuple[str, str]] = ()) -> Assessment:
-        p_l, p_s = self.probabilities(text, features)
+        own = self._assess_one(text, features)
         prev = next((t for r, t in reversed(history) if r == "user" and t.strip()), None)
         if prev is not None and is_follow_up(text):
-            q_l, q_s = self.probabilities(prev, extract_features(prev))
-            if 2.0 - q_l - q_s > 2.0 - p_l - p_s:
-                return Assessment(q_l, q_s, 2.0 - q_l - q_s, follow_up_of=prev[:80])
-        return Assessment(p_l, p_s, 2.0 - p_l - p_s)
+            before = self._assess_one(prev, extract_features(prev))
+            if before.score > own.score:
+                return Assessment(before.p_lite, before.p_standard, before.score, follow_up_of=prev[:80],
+                                  cluster=before.cluster)
+        return own
+
+    def floor_point(self, a: Assessment, *, cascade: bool) -> tuple[tuple[float, float], float]:
+        """((t1, t2), t_cascade) of the turn's cluster (or the pooled point); t_cascade = t1 without the cascade."""
+        if a.cluster >= 0:
+            if cascade:
+                t1, t2, tc, _ = self.cluster_floor[a.cluster]
+                return (t1, t2), tc
+            pt1, pt2 = self.cluster_prompt_only[a.cluster]
+            return (pt1, pt2), pt1
+        if cascade:
+            return self.floor_thresholds, self.cascade_upper
+        return self.prompt_only_thresholds, self.prompt_only_thresholds[0]
+
+    def answer_keep(self, a: Assessment) -> float | None:
+        """The cluster's answer-scorer threshold (None: the pooled one)."""
+        return self.cluster_floor[a.cluster][3] if a.cluster >= 0 else None
 
     def score(self, text: str, features: TurnFeatures) -> float:
         return self.assess(text, features).score

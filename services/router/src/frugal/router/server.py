@@ -297,7 +297,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                     question=request.turn.text, passages=rag_ctx.passages, screen_notes=vision_ctx.notes, timeout_s=b),
                 question=request.turn.text, p_lite=decision.p_lite or 0.5, p_standard=decision.p_standard or 0.5,
                 budget_s=hold_s, tenant=tenant, session=session, request_id=request_id, turn_id=turn_id,
-                scorer_name=decision.scorer, routed_tier=decision.tier)
+                scorer_name=decision.scorer, routed_tier=decision.tier, answer_keep=decision.answer_keep)
             CASCADE_TURNS.labels(outcome="kept" if outcome.kept else "escalated").inc()
             CASCADE_HOLD_SECONDS.observe(outcome.hold_seconds)
             for a in outcome.attempts:

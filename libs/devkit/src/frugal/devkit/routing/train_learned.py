@@ -17,7 +17,8 @@ conversational turns. Groups: llmrouter, arc-challenge, mbpp, winogrande, conver
    (frugal.router.cascade) on RouterBench training rows, label 1[s_lite >= s_premium], feature values
    computed from the out-of-fold router probabilities.
 5. Operating point `floor`: the thresholds (t1, t2, t_cascade, answer_keep) with the lowest mean cost
-   ratio over groups such that each group's out-of-fold quality is >= FLOOR + MARGIN of its premium quality.
+   ratio over groups such that each group's out-of-fold quality is >= FLOOR of its premium quality with
+   one-sided 95% confidence; the same per cluster (a group classifier picks the cluster of a turn).
    Operating point `mix`: quantiles of the final model's scores on the conversational calibration turns.
 """
 
@@ -40,6 +41,7 @@ from frugal.common.usage import UsageAmounts
 from frugal.devkit.routing.conversational import LabelledTurn, split_turns, turns_bytes
 from frugal.devkit.routing.evaldata import DataMissing, Dataset, Example, data_root, load_all
 from frugal.devkit.routing.train_hybrid import file_digest, r6, router_data_dir, serialize
+from frugal.encoder.minilm import limit_blas_threads
 from frugal.router.cascade import ANSWER_FEATURES, answer_features, logit
 from frugal.router.features import extract_features
 from frugal.router.learned import (
@@ -56,11 +58,14 @@ from frugal.router.scoring import QuantileTable, load_scorers
 
 F64 = npt.NDArray[np.float64]
 FLOOR = 0.95
-# Fitted thresholds must keep each training group this much above the floor out of fold: sampling noise
-# on a few hundred held-out prompts is about +-1.5 points, and we would rather pay a little more.
-MARGIN = 0.01
+# Fitted thresholds must keep each training group at the floor with one-sided 95% confidence out of fold
+# (sampling noise on a few hundred prompts is several points, and a grid search over four thresholds picks
+# lucky points otherwise); no extra margin on top.
+MARGIN = 0.0
+CONFIDENCE_Z = 1.645
 FOLDS = 5
 L2 = 3.0
+GROUP_L2 = 1.0
 ANSWER_L2 = 1.0
 NEWTON_STEPS = 10
 # Voice-turn cost model for the conversational group: catalog prices for this many tokens per turn.
@@ -262,7 +267,10 @@ def fit_policy(groups: Sequence[str], s: F64, a: F64, q: F64, c: F64, floor: flo
                 ok = np.ones(len(a_grid), dtype=bool)
                 ratio = np.zeros(len(a_grid))
                 for n in names:
-                    ok &= qual[gidx[n]].mean(axis=0) >= (floor + MARGIN) * prem_q[n] - 1e-12
+                    # Floor met with one-sided 95% confidence: mean(d) - Z se(d) >= 0, d = quality - floor x premium.
+                    d = qual[gidx[n]] - (floor + MARGIN) * q[gidx[n], 2][:, None]
+                    bound = d.mean(axis=0) - CONFIDENCE_Z * d.std(axis=0) / np.sqrt(len(gidx[n]))
+                    ok &= bound >= -1e-12
                     ratio += cost[gidx[n]].sum(axis=0) / prem_c[n] / len(names)
                 ks = range(len(a_grid)) if tc > t1 else range(len(a_grid) - 1, len(a_grid))
                 for k in ks:
@@ -292,6 +300,8 @@ def out_of_fold(rows: Sequence[Row], emb: F64, extra: F64) -> tuple[F64, F64]:
 
 def build_payload(datasets: Sequence[Dataset], root: Path, featurizer: Featurizer | None = None,
                   floor: float = FLOOR, turns: Sequence[LabelledTurn] | None = None) -> dict[str, Any]:
+    # One BLAS thread: a multi-threaded reduction can sum in another order and change the last bits.
+    limit_blas_threads(1)
     rows = training_rows(datasets, turns)
     feat = featurizer or Featurizer()
     emb, extra = feat.matrix([r.text for r in rows])
@@ -323,6 +333,38 @@ def build_payload(datasets: Sequence[Dataset], root: Path, featurizer: Featurize
     policy, fit_report = fit_policy([r.group for r in rows], s, a_all, q, c, floor)
     # The prompt router alone (no cascade: where the cascade is off, or for comparison), same rule.
     prompt_only, prompt_report = fit_policy([r.group for r in rows], s, np.full(len(rows), np.nan), q, c, floor)
+
+    # Per-cluster operating points (cluster-based routing): one cluster per training group; a turn belongs to
+    # the group a one-vs-rest logistic classifier on the same features picks (out-of-fold for fitting); each
+    # cluster's thresholds are fitted by the same rule on the training rows assigned to it. Unseen kinds of
+    # traffic take the most similar group's thresholds.
+    names = sorted({r.group for r in rows})
+    gvec = np.array([r.group for r in rows])
+    x_all = design(emb, extra, model.mean, model.std)
+    ones = np.ones(len(rows))
+    cls = [fit_logistic(x_all, (gvec == n).astype(np.float64), ones, GROUP_L2) for n in names]
+    cls = [(np.vectorize(r6)(w), r6(b)) for w, b in cls]
+    folds_all = np.array([fold_of(r.text) for r in rows])
+    assigned = np.zeros(len(rows), dtype=np.int64)
+    for k in range(FOLDS):
+        tr, va = folds_all != k, folds_all == k
+        fold_cls = [fit_logistic(x_all[tr], (gvec[tr] == n).astype(np.float64), ones[tr], GROUP_L2) for n in names]
+        assigned[va] = np.argmax(np.stack([x_all[va] @ w + b for w, b in fold_cls], axis=1), axis=1)
+    clusters = []
+    for k, n in enumerate(names):
+        m = assigned == k
+        one = ["cluster"] * int(m.sum())
+        cp, crep = fit_policy(one, s[m], a_all[m], q[m], c[m], floor)
+        po, prep = fit_policy(one, s[m], np.full(int(m.sum()), np.nan), q[m], c[m], floor)
+        clusters.append({
+            "name": n,
+            "classifier": {"weights": [float(v) for v in cls[k][0]], "bias": cls[k][1]},
+            "training_rows": int(m.sum()),
+            "rows_of_its_group": r6(float((gvec[m] == n).mean())) if m.any() else 0.0,
+            "floor": {"t1": cp.t1, "t2": cp.t2, "t_cascade": cp.t_cascade, "answer_keep": cp.answer_keep,
+                      "training_out_of_fold": crep},
+            "floor_prompt_only": {"t1": po.t1, "t2": po.t2, "training_out_of_fold": prep},
+        })
 
     conv = [i for i, r in enumerate(rows) if r.group == "conversational"]
     p_l, p_s = model.probs(emb[conv], extra[conv])
@@ -376,6 +418,9 @@ def build_payload(datasets: Sequence[Dataset], root: Path, featurizer: Featurize
                 "rule": "as `floor` without the cascade (lite if score <= t1; standard if <= t2; else premium)",
                 "training_out_of_fold": prompt_report,
             },
+            "clusters": clusters,
+            "clusters_rule": "thresholds of the cluster whose one-vs-rest group classifier (on the router's "
+                             "features) scores highest; `floor` / `floor_prompt_only` above are the pooled fallback",
             "mix": {
                 "sample": reference.sample, "n": reference.n, "quantiles": [r6(v) for v in reference.values],
             },
