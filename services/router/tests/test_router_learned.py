@@ -76,7 +76,12 @@ def test_floor_operating_point_by_default_and_the_tenant_mix_when_set(scorers: A
     assert isinstance(learned, LearnedScorer)
     d = decider(scorers)
     plain = d.decide(TurnText(HARD))
-    assert plain.operating_point == "floor" and plain.thresholds == learned.floor_thresholds
+    from frugal.router.features import extract_features
+
+    a = learned.assess(HARD, extract_features(HARD))
+    # The floor point of the turn's cluster (per-cluster thresholds shipped in the artifact).
+    assert 0 <= a.cluster < len(learned.cluster_names)
+    assert plain.operating_point == "floor" and plain.thresholds == learned.floor_point(a, cascade=True)[0]
     assert plain.p_lite is not None and 0 < plain.p_lite < 1
     policy = billing_pb2.TenantPolicy(target_mix=common_pb2.TierMix(lite=0.2, standard=0.3, premium=0.5))
     mixed = d.decide(TurnText(HARD), policy=policy)
@@ -85,7 +90,7 @@ def test_floor_operating_point_by_default_and_the_tenant_mix_when_set(scorers: A
     assert any("tenant mix" in r for r in mixed.override_reasons)
     # Without the cascade the prompt router's own thresholds apply, and nothing is cascaded.
     off = decider(scorers, cascade_enabled=False).decide(TurnText(HARD))
-    assert off.thresholds == learned.prompt_only_thresholds and not off.cascade
+    assert off.thresholds == learned.floor_point(a, cascade=False)[0] and not off.cascade
 
 
 def test_short_hard_asks_and_follow_ups_do_not_go_to_lite(scorers: Any) -> None:
@@ -109,12 +114,14 @@ def test_short_hard_asks_and_follow_ups_do_not_go_to_lite(scorers: Any) -> None:
 def test_pinned_tier_or_budget_downgrade_turns_the_cascade_off(scorers: Any) -> None:
     d = decider(scorers)
     learned = scorers.get("learned-v1")
-    t1, _ = learned.floor_thresholds
     # Find a turn in the cascade band among the conversational turns.
     band = next((t.text for t in load_turns() if d.decide(TurnText(t.text)).cascade), None)
     if band is None:
         pytest.skip("no bundled turn falls in the cascade band of this artifact")
-    assert t1 < d.decide(TurnText(band)).score <= learned.cascade_upper
+    from frugal.router.features import extract_features
+
+    (t1, _), upper = learned.floor_point(learned.assess(band, extract_features(band)), cascade=True)
+    assert t1 < d.decide(TurnText(band)).score <= upper
     pinned = d.decide(TurnText(band), policy=billing_pb2.TenantPolicy(pinned_tier=common_pb2.TIER_PREMIUM))
     assert not pinned.cascade
 

@@ -89,7 +89,7 @@ def test_default_scorer_is_deterministic_and_uses_the_bundled_artifact() -> None
     text = "Write a Python function that returns the n-th Fibonacci number using memoization."
     feats = extract_features(text)
     first = scorers.get("").score(text, feats)
-    again = load_scorers().get(HYBRID_SCORER).score(text, extract_features(text))
+    again = load_scorers().get(DEFAULT_SCORER).score(text, extract_features(text))
     assert first == again
     assert scorers.get(SEED_SCORER).score(text, feats) == seed_points(text)
     with pytest.raises(ScorerError, match="unknown scorer"):
