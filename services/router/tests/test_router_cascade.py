@@ -4,6 +4,7 @@ attempts), then the standard answer is kept or premium answers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -130,3 +131,42 @@ async def test_cascade_holds_scores_and_bills_each_attempt(
 def test_the_two_scripted_cases_take_different_branches(band: tuple[str, Decision]) -> None:
     text, decision = band
     assert expected_keep(text, decision, AGREE) and not expected_keep(text, decision, DISAGREE)
+
+
+async def test_caller_leaving_during_the_hold_still_bills_both_cheap_attempts(
+    start_router: Any, redis_client: aioredis.Redis, band: tuple[str, Decision],
+) -> None:
+    text, _ = band
+    # Slow cheap answers: the caller gives up while the router holds them.
+    gemini = GeminiEmulator(responder=lambda req: "A slow cheap answer that is still streaming.", chunk_delay_s=0.3,
+                            chunk_chars=4)
+    await gemini.start()
+    claude = AnthropicEmulator()
+    await claude.start()
+    try:
+        router = await start_router(gemini_api_key="k", gemini_base_url=gemini.base_url, anthropic_api_key="k",
+                                    anthropic_base_url=claude.base_url)
+        call = router.stub.Respond(router_pb2.RespondRequest(
+            turn=router_pb2.TurnInput(text=text), turn_id="t-gone", skip_rag=True, skip_vision=True),
+            metadata=MD, timeout=20)
+        async for msg in call:
+            assert msg.WhichOneof("payload") == "started"
+            break
+        for _ in range(200):
+            if len(gemini.requests) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        call.cancel()
+        ids = {make_event_id("router", "acme", "t-gone", "cascade-lite"),
+               make_event_id("router", "acme", "t-gone", "cascade-standard")}
+        for _ in range(100):
+            got = {e.event_id for e in await events(redis_client)}
+            if ids <= got:
+                break
+            await asyncio.sleep(0.1)
+        evs = await events(redis_client)
+        assert {e.event_id for e in evs} == ids, "each cheap attempt is billed once, even when the caller left"
+        assert claude.requests == []
+    finally:
+        await gemini.aclose()
+        await claude.aclose()
