@@ -122,8 +122,14 @@ def test_pinned_tier_or_budget_downgrade_turns_the_cascade_off(scorers: Any) -> 
 
     (t1, _), upper = learned.floor_point(learned.assess(band, extract_features(band)), cascade=True)
     assert t1 < d.decide(TurnText(band)).score <= upper
-    pinned = d.decide(TurnText(band), policy=billing_pb2.TenantPolicy(pinned_tier=common_pb2.TIER_PREMIUM))
-    assert not pinned.cascade
+    routed = d.decide(TurnText(band))
+    assert routed.cascade
+    tier_enum = {"lite": common_pb2.TIER_LITE, "standard": common_pb2.TIER_STANDARD,
+                 "premium": common_pb2.TIER_PREMIUM}[routed.tier]
+    # A tenant tier rule, even one that leaves the tier as routed, means no cascade (it would call other tiers).
+    for policy in (billing_pb2.TenantPolicy(pinned_tier=tier_enum), billing_pb2.TenantPolicy(max_tier=tier_enum),
+                   billing_pb2.TenantPolicy(pinned_tier=common_pb2.TIER_PREMIUM)):
+        assert not d.decide(TurnText(band), policy=policy).cascade, policy
 
 
 def test_answer_scorer_features_and_agreement() -> None:
@@ -152,6 +158,27 @@ def _fitted(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if k != "training_data"}
 
 
+def _flip(d: Dataset, held_out: bool) -> Dataset:
+    ex = tuple(dataclasses.replace(e, scores=tuple(1.0 - s for s in e.scores),  # type: ignore[arg-type]
+                                   responses=("nonsense", "other", "x")) if e.held_out == held_out else e
+               for e in d.examples)
+    return dataclasses.replace(d, examples=ex)
+
+
+def test_evaluation_rows_never_reach_the_training_rows(routing_data: list[Dataset]) -> None:
+    """Every fitted value is a function of `training_rows` (fast check; the full rebuild is below)."""
+    from frugal.devkit.routing import train_learned
+
+    turns = load_turns()
+    flipped_turns = [t if t.calibration else LabelledTurn(t.text, 2 - t.label, t.category) for t in turns]
+    base = train_learned.training_rows(routing_data, turns)
+    assert base == train_learned.training_rows([_flip(d, True) for d in routing_data], flipped_turns)
+    assert base != train_learned.training_rows([_flip(d, False) for d in routing_data], turns)
+    groups = {r.group for r in base}
+    assert groups == {"llmrouter", "arc-challenge", "mbpp", "winogrande", "conversational"}
+
+
+@pytest.mark.timeout(2400)  # three full fits; about 5 minutes on an idle machine, much more on a loaded one
 def test_artifact_rebuilds_bit_for_bit_and_evaluation_rows_change_no_fitted_parameter(
     routing_data: list[Dataset],
 ) -> None:
@@ -162,17 +189,11 @@ def test_artifact_rebuilds_bit_for_bit_and_evaluation_rows_change_no_fitted_para
     base = train_learned.build_payload(routing_data, data_root(), feat)
     assert serialize(base) == (DATA / LEARNED_ARTIFACT_FILE).read_bytes(), "rebuild differs from the committed file"
 
-    def flip(d: Dataset, held_out: bool) -> Dataset:
-        ex = tuple(dataclasses.replace(e, scores=tuple(1.0 - s for s in e.scores),  # type: ignore[arg-type]
-                                       responses=("nonsense", "other", "x")) if e.held_out == held_out else e
-                   for e in d.examples)
-        return dataclasses.replace(d, examples=ex)
-
     turns = load_turns()
     flipped_turns = [t if t.calibration else LabelledTurn(t.text, 2 - t.label, t.category) for t in turns]
-    changed_eval = train_learned.build_payload([flip(d, True) for d in routing_data], data_root(), feat,
+    changed_eval = train_learned.build_payload([_flip(d, True) for d in routing_data], data_root(), feat,
                                                turns=flipped_turns)
     assert _fitted(changed_eval) == _fitted(base)
     # The same change on training rows does move the fit (so the comparison above can fail).
-    changed_train = train_learned.build_payload([flip(d, False) for d in routing_data], data_root(), feat)
+    changed_train = train_learned.build_payload([_flip(d, False) for d in routing_data], data_root(), feat)
     assert _fitted(changed_train) != _fitted(base)
