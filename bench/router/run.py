@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -179,6 +180,75 @@ async def bench_route_rpc(duration_s: float, concurrencies: Sequence[int]) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def bench_cascade_ttft(turns: int) -> None:
+    """Time to first token with and without the cascade, over real gRPC in this process, with the Gemini and
+    Anthropic emulators standing in for the providers (a fixed first-chunk latency and chunk pace, so the
+    difference is what the cascade's hold adds: the cheap answers' full duration plus scoring)."""
+    from frugal.api.router.v1 import router_pb2 as pb
+    from frugal.devkit.emulators.anthropic import AnthropicEmulator
+    from frugal.devkit.emulators.gemini import GeminiEmulator
+    from frugal.devkit.routing.conversational import load_turns
+    from frugal.router.config import Settings
+    from frugal.router.server import build_app
+
+    latency, pace, chunk = 0.25, 0.02, 16
+    tmp = Path(tempfile.mkdtemp(prefix="frugal-router-ttft-"))
+    redis = EmbeddedRedis(tmp / "redis", free_port())
+    redis.start()
+    gemini = GeminiEmulator(latency_s=latency, chunk_delay_s=pace, chunk_chars=chunk)
+    claude = AnthropicEmulator(latency_s=latency, chunk_delay_s=pace, chunk_chars=chunk)
+    await gemini.start()
+    await claude.start()
+    app = None
+    try:
+        values: dict[str, Any] = {
+            "grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0, "redis_url": redis.url,
+            "gemini_api_key": "bench", "gemini_base_url": gemini.base_url, "anthropic_api_key": "bench",
+            "anthropic_base_url": claude.base_url, "rate_limits_enabled": False, "log_level": "WARNING",
+        }
+        settings = Settings(**values)
+        app = await build_app(settings)
+        port = await app.start()
+        decider = Decider(scorers_once(), default_catalog(), TierMix(0.6, 0.25, 0.15),
+                          provider_of=lambda tier: ("offline", True))
+        band = [t.text for t in load_turns() if decider.decide(TurnText(t.text)).cascade][:turns]
+        md = (("x-tenant-id", "bench"), ("x-session-id", "ttft"))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+
+            async def ttft(text: str, scorer: str) -> tuple[float, int]:
+                done = None
+                async for msg in stub.Respond(pb.RespondRequest(turn=pb.TurnInput(text=text), scorer=scorer,
+                                                                skip_rag=True, skip_vision=True), metadata=md):
+                    if msg.WhichOneof("payload") == "completed":
+                        done = msg.completed
+                assert done is not None
+                return done.first_token_latency_ms, done.tier
+
+            with_c, without, kept = [], [], 0
+            for text in band:
+                ms, tier = await ttft(text, "")
+                with_c.append(ms)
+                kept += tier == 2  # TIER_STANDARD: the held standard answer was kept
+                without.append((await ttft(text, "hybrid-v2"))[0])
+        if not band:
+            print("  no bundled turn falls in the cascade band")
+            return
+        added = [a - b for a, b in zip(with_c, without, strict=True)]
+        print(f"  {len(band)} cascaded voice turns (emulated providers: first chunk after {latency}s, "
+              f"{chunk} chars every {pace}s): TTFT with cascade p50 {pct(with_c, 0.5):.0f} ms p95 "
+              f"{pct(with_c, 0.95):.0f} ms; without (hybrid-v2, direct) p50 {pct(without, 0.5):.0f} ms; "
+              f"added p50 {pct(added, 0.5):.0f} ms p95 {pct(added, 0.95):.0f} ms; standard answer kept "
+              f"{kept}/{len(band)}")
+    finally:
+        if app is not None:
+            await app.stop(0.5)
+        await gemini.aclose()
+        await claude.aclose()
+        redis.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -203,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_decisions(prompts, rounds=1 if args.quick else 3)
     print("== cascade answer scoring, in-process")
     bench_answer_scoring(rounds=1 if args.quick else 5)
+    print("== cascade: added time to first token (Respond over gRPC, emulated providers)")
+    asyncio.run(bench_cascade_ttft(8 if args.quick else 30))
     print("== Route RPC throughput on loopback (router in its own process, default scorer, callers here)")
     asyncio.run(bench_route_rpc(3.0 if args.quick else 10.0, (1, 8, 32)))
     return 0
