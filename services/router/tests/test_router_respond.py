@@ -46,6 +46,9 @@ class Answer:
 async def respond(router: Any, text: str, *, deadline_s: float | None = 10.0, metadata: Any = MD,
                   **kwargs: Any) -> Answer:
     ans = Answer()
+    # These tests exercise one provider path per turn: hybrid-v2 routes without the cascade (learned-v1, the
+    # default, sends unsure turns through it; test_router_cascade.py covers that).
+    kwargs.setdefault("scorer", "hybrid-v2")
     call = router.stub.Respond(router_pb2.RespondRequest(turn=router_pb2.TurnInput(text=text), **kwargs),
                                metadata=metadata, timeout=deadline_s)
     async for msg in call:
@@ -190,7 +193,8 @@ async def test_failure_mid_answer_is_not_papered_over_and_is_billed(
     got: list[str] = []
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for msg in router.stub.Respond(router_pb2.RespondRequest(
-                turn=router_pb2.TurnInput(text=HARD), skip_rag=True, skip_vision=True, turn_id="t-mid"),
+                turn=router_pb2.TurnInput(text=HARD), skip_rag=True, skip_vision=True, turn_id="t-mid",
+                scorer="hybrid-v2"),
                 metadata=MD, timeout=10):
             if msg.WhichOneof("payload") == "delta":
                 got.append(msg.delta.text)
@@ -301,7 +305,8 @@ async def test_caller_cancelling_mid_answer_still_bills_the_partial_call(
     router = await start_router(**keys(gemini_emu, claude_emu))
     claude_emu.script(AnthropicReply(chunks=("One. ", "Two. ", "Three. ", "Four."), chunk_delay_s=0.5))
     call = router.stub.Respond(router_pb2.RespondRequest(
-        turn=router_pb2.TurnInput(text=HARD), skip_rag=True, skip_vision=True, turn_id="t-cancel"),
+        turn=router_pb2.TurnInput(text=HARD), skip_rag=True, skip_vision=True, turn_id="t-cancel",
+        scorer="hybrid-v2"),
         metadata=MD, timeout=10)
     async for msg in call:
         if msg.WhichOneof("payload") == "delta":
