@@ -30,6 +30,11 @@ class ModelPrice:
     per_character: float = 0.0
     per_image: float = 0.0
     per_request: float = 0.0
+    # Prompt caching: price of input tokens read from the provider's cache, and of tokens written to it
+    # (Anthropic charges cache writes above the input price; Gemini's implicit cache has no write charge).
+    # None: the model has no prompt cache, cached tokens cost the input price.
+    cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
 
     def cost(self, usage: UsageAmounts) -> float:
         return (
@@ -82,8 +87,8 @@ class PriceCatalog:
             raise PriceCatalogError(f"price catalog {source}: malformed ({err!r})") from err
         for m in models.values():
             for field in ("input_per_mtok", "output_per_mtok", "per_audio_second", "per_character",
-                          "per_image", "per_request"):
-                if float(getattr(m, field)) < 0:
+                          "per_image", "per_request", "cached_input_per_mtok", "cache_write_per_mtok"):
+                if float(getattr(m, field) or 0.0) < 0:
                     raise PriceCatalogError(f"price catalog {source}: {m.model}.{field} is negative")
         for tier, model in tiers.items():
             if model not in models:
