@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from frugal.devkit.emulators._server import HttpEmulator
+from frugal.devkit.emulators.prompt_cache import Block, PromptCacheSim
 
 IMAGE_TOKENS = 1600
 
@@ -177,6 +178,8 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
         self.chunk_delay_s = chunk_delay_s
         self.chunk_chars = max(1, chunk_chars)
         self.require_api_key = require_api_key
+        # Prompt caching (cache_control breakpoints): usage splits input into uncached, writes and reads.
+        self.prompt_cache = PromptCacheSim(ttl_s=300.0)
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._handle)
@@ -281,11 +284,14 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
             used += len(chunk)
         chunks = kept
         text = "".join(chunks)
-        input_tokens = req.input_tokens
+        cache = self.prompt_cache.explicit(req.model, _cache_blocks(body))
+        input_tokens = cache.uncached + IMAGE_TOKENS * len(req.images)
+        self._cache_tokens = (cache.write, cache.read)
         output_tokens = count_text_tokens(text)
         if reply.usage is not None:
             input_tokens = reply.usage.get("input_tokens", input_tokens)
             output_tokens = reply.usage.get("output_tokens", output_tokens)
+            self._cache_tokens = (0, 0)
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
         if not req.stream:
             return web.json_response(
@@ -303,13 +309,14 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
             )
         return await self._stream(request, req, reply, chunks, msg_id, input_tokens, output_tokens, stop_reason)
 
-    @staticmethod
-    def _usage_obj(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    _cache_tokens: tuple[int, int] = (0, 0)  # (written, read) of the request being answered
+
+    def _usage_obj(self, input_tokens: int, output_tokens: int) -> dict[str, Any]:
         return {
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": self._cache_tokens[0],
+            "cache_read_input_tokens": self._cache_tokens[1],
         }
 
     async def _stream(
@@ -385,3 +392,23 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
         await event("message_stop", {"type": "message_stop"})
         await resp.write_eof()
         return resp
+
+
+def _cache_blocks(body: dict[str, Any]) -> list[Block]:
+    """The prompt as cacheable blocks in Anthropic's order (system, then messages), text blocks only."""
+    out: list[Block] = []
+
+    def add(content: Any, role: str) -> None:
+        if isinstance(content, str):
+            out.append(Block(f"{role}:{content}", count_text_tokens(content)))
+        elif isinstance(content, list):
+            for b in content:
+                if isinstance(b, dict) and b.get("type") == "text":
+                    t = str(b.get("text", ""))
+                    out.append(Block(f"{role}:{t}", count_text_tokens(t), "cache_control" in b))
+
+    add(body.get("system", ""), "system")
+    for m in body.get("messages") or []:
+        if isinstance(m, dict):
+            add(m.get("content", ""), str(m.get("role")))
+    return out

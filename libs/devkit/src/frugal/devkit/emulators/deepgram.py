@@ -108,6 +108,17 @@ class DeepgramEmulator(HttpEmulator[DeepgramReply, DeepgramRequest]):
     def fail_next(self, status: int, times: int = 1, err_msg: str | None = None) -> None:
         self.script(*[DeepgramReply(status=status, err_msg=err_msg) for _ in range(times)])
 
+    # -- billing counters: Deepgram bills audio duration received, KeepAlive and silence not sent are free --
+    @property
+    def billed_audio_seconds(self) -> float:
+        """Audio seconds received over every connection and POST: what Deepgram would bill."""
+        return sum(r.audio_seconds if r.mode == "live" else _wav_seconds(bytes(r.audio)) for r in self.requests)
+
+    @property
+    def keepalives(self) -> int:
+        """KeepAlive messages received (not billed)."""
+        return sum(r.control.count("KeepAlive") for r in self.requests)
+
     # -- wire format -------------------------------------------------------------------------------
     def _key_ok(self, key: str | None) -> bool:
         return bool(key) and (self.api_keys is None or key in self.api_keys)

@@ -47,6 +47,9 @@ class TextChunk:
 class StreamDone:
     usage: UsageAmounts
     finish_reason: str = ""
+    # Of usage.input_tokens: read from / written to the provider's prompt cache (frugal.router.cache_aware).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 StreamEvent = TextChunk | StreamDone

@@ -17,6 +17,7 @@ from anthropic.types import (
 )
 
 from frugal.common.usage import UsageAmounts
+from frugal.router import cache_aware
 from frugal.router.providers.base import (
     ProviderError,
     ProviderRequest,
@@ -61,20 +62,23 @@ class ClaudeProvider:
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
         input_tokens: int | None = None
         output_tokens: int | None = None
+        cache = cache_aware.CacheUsage()
         stop = ""
         emitted = ""
         try:
             events = await self._client.with_options(timeout=request.timeout_s).messages.create(
                 model=request.model,
                 max_tokens=request.max_output_tokens,
-                messages=claude_messages(request.messages),
+                messages=cache_aware.claude_breakpoint(claude_messages(request.messages)),
                 stream=True,
-                system=request.system if request.system else anthropic.omit,
+                system=cache_aware.claude_system(request.system) if request.system else anthropic.omit,
             )
             async with events:
                 async for event in events:
                     if isinstance(event, RawMessageStartEvent):
-                        input_tokens = event.message.usage.input_tokens
+                        u = event.message.usage
+                        input_tokens, cache = cache_aware.claude_usage(
+                            u.input_tokens, u.cache_creation_input_tokens, u.cache_read_input_tokens)
                         output_tokens = event.message.usage.output_tokens
                     elif isinstance(event, RawContentBlockDeltaEvent) and isinstance(event.delta, TextDelta):
                         emitted += event.delta.text
@@ -107,7 +111,7 @@ class ClaudeProvider:
                                  requests=1, estimated=True)
         else:
             usage = UsageAmounts(input_tokens=input_tokens, output_tokens=output_tokens or 0, requests=1)
-        yield StreamDone(usage, stop)
+        yield StreamDone(usage, stop, cache.read_tokens, cache.write_tokens)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -12,6 +12,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from frugal.common.usage import UsageAmounts
+from frugal.router import cache_aware
 from frugal.router.providers.base import (
     ProviderError,
     ProviderRequest,
@@ -103,7 +104,9 @@ class GeminiProvider:
         except aiohttp.ClientError as err:
             raise ProviderError("interrupted" if emitted else "unavailable",
                                 f"gemini: {type(err).__name__}: {err}") from err
-        yield StreamDone(self._usage(request, usage_md, emitted), finish)
+        cached = cache_aware.gemini_usage(usage_md.prompt_token_count or 0, usage_md.cached_content_token_count
+                                          ) if usage_md is not None else cache_aware.CacheUsage()
+        yield StreamDone(self._usage(request, usage_md, emitted), finish, cached.read_tokens)
 
     @staticmethod
     def _usage(request: ProviderRequest, md: types.GenerateContentResponseUsageMetadata | None,
