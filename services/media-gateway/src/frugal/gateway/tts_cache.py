@@ -105,7 +105,7 @@ class RedisStore:
         except (RedisError, OSError) as err:
             log.warning("tts cache read failed: %s", err)
             return None
-        return bytes(value) if value is not None else None
+        return bytes(value) if isinstance(value, bytes | bytearray) else None  # a decoding client: a miss
 
     async def put(self, key: str, pcm: bytes, ttl_s: int) -> None:
         try:

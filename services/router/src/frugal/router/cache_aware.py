@@ -185,13 +185,14 @@ class WarmCaches:
             return None
         return w
 
-    def record(self, tenant: str, session: str, tier: str, provider: str, prompt_tokens: int) -> None:
-        """After a successful call: this tier now holds the session's prefix (everything it was sent)."""
-        if provider not in CACHE_TTL_S or prompt_tokens < MIN_CACHEABLE_TOKENS.get(provider, 1024):
+    def record(self, tenant: str, session: str, tier: str, provider: str, prefix_tokens: int) -> None:
+        """After a successful call: this tier now holds the session's stable prefix (`stable_prefix_tokens`);
+        under the provider's minimum nothing was cached."""
+        if provider not in CACHE_TTL_S or prefix_tokens < MIN_CACHEABLE_TOKENS.get(provider, 1024):
             self._warm.pop((tenant, session), None)
             return
         key = (tenant, session)
-        self._warm[key] = Warm(tier, provider, prompt_tokens, self._clock() + CACHE_TTL_S[provider])
+        self._warm[key] = Warm(tier, provider, prefix_tokens, self._clock() + CACHE_TTL_S[provider])
         self._warm.move_to_end(key)
         while len(self._warm) > self._max:
             self._warm.popitem(last=False)
@@ -238,3 +239,9 @@ def apply_choice(decision: Any, choice: Choice, provider_of: Callable[[Any], tup
 
 def estimate_prompt_tokens(system: str, messages: Sequence[tuple[str, str]]) -> int:
     return math.ceil((len(system) + sum(len(t) for _, t in messages)) / 4)
+
+
+def stable_prefix_tokens(system: str, messages: Sequence[tuple[str, str]]) -> int:
+    """Tokens a later turn can read from the cache: the system prompt and the history, not the new turn
+    (which carries this turn's context and is sent differently next time)."""
+    return estimate_prompt_tokens(system, messages[:-1])

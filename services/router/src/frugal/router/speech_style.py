@@ -46,9 +46,10 @@ class SpeechStyleSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="SPEECH_")
 
     style_enabled: bool = True
-    cap_lite: int = Field(default=60, ge=16, le=4096)
-    cap_standard: int = Field(default=70, ge=16, le=4096)
-    cap_premium: int = Field(default=90, ge=16, le=4096)
+    # About 20-25 tokens make a spoken sentence: two short sentences on lite and standard, three on premium.
+    cap_lite: int = Field(default=50, ge=16, le=4096)
+    cap_standard: int = Field(default=60, ge=16, le=4096)
+    cap_premium: int = Field(default=80, ge=16, le=4096)
     cap_detail: int = Field(default=320, ge=16, le=8192)
 
 

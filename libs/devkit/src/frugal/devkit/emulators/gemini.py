@@ -28,6 +28,7 @@ mid-stream, thinking tokens and a usage override. Every request is recorded in `
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import base64
 import binascii
 import hashlib
@@ -335,6 +336,11 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
         text = reply.text if reply.text is not None else (
             "".join(reply.chunks) if reply.chunks is not None else self.responder(req)
         )
+        # Honour maxOutputTokens (the emulator's tokenizer: 4 characters a token): cut, finishReason MAX_TOKENS.
+        cap = _get(req.generation_config, "maxOutputTokens", "max_output_tokens")
+        if isinstance(cap, int) and cap > 0 and count_text_tokens(text) > cap and reply.chunks is None:
+            text = text[: cap * 4]
+            reply = dataclasses.replace(reply, finish_reason="MAX_TOKENS")
         response_id = uuid.uuid4().hex[:20]
         blocks = [Block(f"system:{req.system_instruction}", count_text_tokens(req.system_instruction))] + [
             Block(f"{role}:{t}", count_text_tokens(t)) for role, t in zip(req.roles, req.texts, strict=True)]

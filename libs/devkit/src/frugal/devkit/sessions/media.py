@@ -14,6 +14,7 @@ is moving them to `frugal.devkit.demo`; the import below follows whichever exist
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import wave
 from dataclasses import dataclass
@@ -24,14 +25,17 @@ import numpy as np
 from frugal.devkit.sessions.catalog import SESSIONS, SessionDef
 
 try:  # the gateway helper is moving the synth tools into the devkit
-    from frugal.devkit.demo.synth import speech_like  # type: ignore[import-not-found,unused-ignore]
+    _synth = importlib.import_module("frugal.devkit.demo.synth")
 except ImportError:
-    from frugal.gateway.replay.synth import speech_like
+    _synth = importlib.import_module("frugal.gateway.replay.synth")
+speech_like = _synth.speech_like
 
 SR = 16000
 NOISE_LEVEL = 0.002  # about -54 dBFS of room noise
 EDGE_FLOOR = 0.08  # soft onset / fade-out: the first and last word ramp from / to this gain
 WORD_GAP_S = 0.06
+ONSET_S = 0.15
+DECAY_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +84,12 @@ def mic_track(session: SessionDef) -> tuple[np.ndarray, list[SpokenTurn]]:
         for wi, word in enumerate(turn.words):
             n = int((word.end - word.start) * SR)
             audio = speech_like(word.end - word.start, seed=session.seed * 1000 + ti * 50 + wi)[:n]
-            if wi == 0:
-                audio = audio * np.linspace(EDGE_FLOOR, 1.0, len(audio), dtype=np.float32)
-            if wi == len(turn.words) - 1:
-                audio = audio * np.linspace(1.0, EDGE_FLOOR, len(audio), dtype=np.float32)
+            if wi == 0:  # a soft onset: the first ONSET_S rise from EDGE_FLOOR
+                k = min(int(ONSET_S * SR), len(audio))
+                audio[:k] *= np.linspace(EDGE_FLOOR, 1.0, k, dtype=np.float32)
+            if wi == len(turn.words) - 1:  # a trailing decay: the last DECAY_S fall to EDGE_FLOOR
+                k = min(int(DECAY_S * SR), len(audio))
+                audio[len(audio) - k:] *= np.linspace(1.0, EDGE_FLOOR, k, dtype=np.float32)
             s = int(word.start * SR)
             x[s:s + len(audio)] += audio[: len(x) - s]
     pcm = np.clip(x * 32767, -32768, 32767).astype(np.int16)
@@ -129,7 +135,7 @@ def read_wav(path: Path) -> np.ndarray:
 def fingerprint(session: SessionDef) -> str:
     """Changes when the session or the synthesis changes: the cache key of generated media."""
     h = hashlib.sha256(repr(session).encode())
-    h.update(f"{NOISE_LEVEL}{EDGE_FLOOR}{WORD_GAP_S}{SR}v1".encode())
+    h.update(f"{NOISE_LEVEL}{EDGE_FLOOR}{WORD_GAP_S}{ONSET_S}{DECAY_S}{SR}v2".encode())
     return h.hexdigest()[:16]
 
 
