@@ -1,0 +1,130 @@
+"""Prompt caching for multi-turn sessions (Anthropic breakpoints, Gemini implicit caching) and cache-aware
+routing, through the official SDKs against the emulators."""
+
+from __future__ import annotations
+
+import pytest
+
+from frugal.common.pricing import default_catalog
+from frugal.common.usage import UsageAmounts
+from frugal.devkit.emulators.anthropic import AnthropicEmulator
+from frugal.devkit.emulators.gemini import GeminiEmulator
+from frugal.router import cache_aware
+from frugal.router.providers.base import ProviderRequest, StreamDone
+from frugal.router.providers.claude import ClaudeProvider
+from frugal.router.providers.gemini import GeminiProvider
+
+SYSTEM = "You are the Lumen Desk assistant. " + "Product brief sentence about plans and seats. " * 120  # ~1.4k tok
+
+
+async def _turns(provider: ClaudeProvider | GeminiProvider, model: str, *, cached_layout: bool) -> list[StreamDone]:
+    history: list[tuple[str, str]] = []
+    out: list[StreamDone] = []
+    for i in range(3):
+        context = [f"Knowledge base passage {i}: " + "details " * 40]
+        system, messages = cache_aware.layout(SYSTEM, context, history + [("user", f"question {i}?")],
+                                              enabled=cached_layout)
+        async for ev in provider.stream(ProviderRequest(model=model, system=system, messages=messages,
+                                                        max_output_tokens=60)):
+            if isinstance(ev, StreamDone):
+                out.append(ev)
+        history += [("user", f"question {i}?"), ("assistant", f"answer {i}.")]
+    return out
+
+
+@pytest.fixture
+def cache_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_aware, "settings", lambda: cache_aware.CacheSettings(prompt_cache_enabled=True))
+
+
+@pytest.fixture
+def cache_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_aware, "settings", lambda: cache_aware.CacheSettings(prompt_cache_enabled=False))
+
+
+async def test_claude_breakpoints_read_the_previous_turns_from_the_cache(cache_on: None) -> None:
+    async with AnthropicEmulator() as emu:
+        p = ClaudeProvider("k", base_url=emu.base_url)
+        try:
+            done = await _turns(p, "claude-sonnet-4-6", cached_layout=True)
+        finally:
+            await p.aclose()
+        body = emu.requests[-1].body
+        assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
+        assert any("cache_control" in b for b in body["messages"][-2]["content"])
+    assert done[0].cache_write_tokens > 1000 and done[0].cache_read_tokens == 0
+    assert done[1].cache_read_tokens >= done[0].cache_write_tokens  # the system prompt came from the cache
+    assert done[2].cache_read_tokens > done[1].cache_read_tokens  # and the history too
+    for d in done:  # usage.input_tokens counts every input token
+        assert d.usage.input_tokens >= d.cache_read_tokens + d.cache_write_tokens
+    catalog = default_catalog()
+    cached = cache_aware.priced(catalog, "claude-sonnet-4-6", done[2].usage,
+                                cache_aware.CacheUsage(done[2].cache_read_tokens, done[2].cache_write_tokens))
+    assert cached < 0.5 * catalog.cost("claude-sonnet-4-6", done[2].usage)
+
+
+async def test_claude_without_breakpoints_caches_nothing(cache_off: None) -> None:
+    async with AnthropicEmulator() as emu:
+        p = ClaudeProvider("k", base_url=emu.base_url)
+        try:
+            done = await _turns(p, "claude-sonnet-4-6", cached_layout=False)
+        finally:
+            await p.aclose()
+    assert all(d.cache_read_tokens == 0 and d.cache_write_tokens == 0 for d in done)
+
+
+async def test_gemini_implicit_cache_needs_the_stable_layout() -> None:
+    async with GeminiEmulator() as emu:
+        p = GeminiProvider("k", base_url=emu.base_url)
+        try:
+            stable = await _turns(p, "gemini-2.5-flash", cached_layout=True)
+            emu.prompt_cache = type(emu.prompt_cache)()  # a fresh cache for the other layout
+            unstable = await _turns(p, "gemini-2.5-flash", cached_layout=False)
+        finally:
+            await p.aclose()
+    assert stable[0].cache_read_tokens == 0 and stable[1].cache_read_tokens > 1000
+    assert stable[2].cache_read_tokens > stable[1].cache_read_tokens
+    # context in the system prompt changes the prefix every turn: nothing is ever read
+    assert all(d.cache_read_tokens == 0 for d in unstable)
+
+
+def test_layout_moves_turn_context_behind_the_stable_prefix() -> None:
+    system, msgs = cache_aware.layout("S", ["CTX"], [("assistant", "a"), ("user", "q")], enabled=True)
+    assert system == "S" and msgs[-1][1].startswith("q") and "CTX" in msgs[-1][1]
+    system, msgs = cache_aware.layout("S", ["CTX"], [("user", "q")], enabled=False)
+    assert "CTX" in system and msgs == [("user", "q")]
+
+
+def test_cache_aware_routing_stays_on_a_warm_tier_only_when_cheaper_and_not_weaker() -> None:
+    catalog = default_catalog()
+    now = [0.0]
+    warm = cache_aware.WarmCaches(catalog, clock=lambda: now[0], enabled=True)
+    warm.record("t", "s", "standard", "google", 20_000)
+    # 20k cached tokens on standard: staying beats lite cold
+    c = warm.choose("t", "s", "lite", 21_000, 60)
+    assert c.tier == "standard" and c.stay_cost < c.switch_cost and "cache-aware" in c.reason
+    # a small prompt: lite cold is cheaper, switch
+    warm.record("t", "s2", "standard", "google", 1_100)
+    assert warm.choose("t", "s2", "lite", 1_200, 60).tier == "lite"
+    # never below the scorer's tier
+    warm.record("t", "s3", "lite", "google", 20_000)
+    assert warm.choose("t", "s3", "premium", 21_000, 60).tier == "premium"
+    # not above the tenant's max tier
+    assert warm.choose("t", "s", "lite", 21_000, 60, max_tier="lite").tier == "lite"
+    # expired: the scorer's choice
+    now[0] = 1_000.0
+    assert warm.choose("t", "s", "lite", 21_000, 60).tier == "lite"
+    # under the caching minimum nothing is warm
+    warm.record("t", "s4", "standard", "google", 500)
+    assert warm.get("t", "s4") is None
+    off = cache_aware.WarmCaches(catalog, clock=lambda: 0.0, enabled=False)
+    off.record("t", "s", "standard", "google", 20_000)
+    assert off.choose("t", "s", "lite", 21_000, 60).tier == "lite"
+
+
+def test_claude_usage_split() -> None:
+    total, split = cache_aware.claude_usage(100, 2000, 3000)
+    assert total == 5100 and split.write_tokens == 2000 and split.read_tokens == 3000
+    u = UsageAmounts(input_tokens=total, output_tokens=10)
+    assert cache_aware.priced(default_catalog(), "claude-sonnet-4-6", u, split) == pytest.approx(
+        (100 * 3 + 2000 * 3.75 + 3000 * 0.3 + 10 * 15) / 1e6)

@@ -1,0 +1,70 @@
+"""Answers sized for speech: per-tier instructions and output caps; a cut answer ends on a whole sentence."""
+
+from __future__ import annotations
+
+from frugal.devkit.emulators.gemini import GeminiEmulator
+from frugal.router.providers.base import ProviderRequest, StreamDone, TextChunk
+from frugal.router.providers.gemini import GeminiProvider
+from frugal.router.speech_style import (
+    SentenceGuard,
+    SpeechStyleSettings,
+    style_for,
+    wants_detail,
+    with_instructions,
+)
+
+LONG = ("The Business plan costs 49 dollars per seat per month with annual billing. It includes single sign-on "
+        "and SCIM. The Team plan is 19 dollars per seat and covers shared inboxes and macros, but not SSO. "
+        "Volume discounts start at fifty seats, and I can walk you through them if that helps.")
+
+
+def test_caps_per_tier_and_detail() -> None:
+    cfg = SpeechStyleSettings()
+    lite = style_for("lite", "How much is Business?", 512, cfg)
+    premium = style_for("premium", "How much is Business?", 512, cfg)
+    detail = style_for("lite", "Explain how SSO works, step by step", 512, cfg)
+    assert lite is not None and premium is not None and detail is not None
+    assert lite.max_output_tokens == cfg.cap_lite < premium.max_output_tokens == cfg.cap_premium
+    assert detail.detail and detail.max_output_tokens == cfg.cap_detail
+    assert "spoken" in lite.instructions and "sentences" in lite.instructions
+    assert style_for("lite", "x", 20, cfg).max_output_tokens == 20  # type: ignore[union-attr]
+    assert style_for("lite", "x", 512, SpeechStyleSettings(style_enabled=False)) is None
+    assert with_instructions("base", lite).startswith("base\n\n")
+    assert wants_detail("Can you walk me through it?") and not wants_detail("What does it cost?")
+
+
+def test_sentence_guard_drops_the_sentence_the_cap_cut() -> None:
+    g = SentenceGuard()
+    out = g.push("First sentence. Second one is cut mi")
+    assert out == "First sentence."
+    assert g.finish("MAX_TOKENS") == ""
+    g2 = SentenceGuard()
+    assert g2.push("A complete answer without a final stop") == ""
+    assert g2.finish("STOP") == "A complete answer without a final stop"
+
+
+async def _answer(cap: int, guard: bool) -> str:
+    async with GeminiEmulator(responder=lambda req: LONG) as emu:
+        p = GeminiProvider("k", base_url=emu.base_url)
+        g = SentenceGuard()
+        spoken = ""
+        try:
+            async for ev in p.stream(ProviderRequest(model="gemini-2.5-flash-lite", system="s",
+                                                     messages=[("user", "price?")], max_output_tokens=cap)):
+                if isinstance(ev, TextChunk):
+                    spoken += g.push(ev.text) if guard else ev.text
+                elif isinstance(ev, StreamDone) and guard:
+                    spoken += g.finish(ev.finish_reason)
+        finally:
+            await p.aclose()
+        return spoken
+
+
+async def test_speech_cap_shortens_spoken_answers_through_the_sdk() -> None:
+    unsized = await _answer(512, guard=False)
+    style = style_for("lite", "How much is Business?", 512)
+    assert style is not None
+    sized = await _answer(style.max_output_tokens, guard=True)
+    assert unsized == LONG
+    assert 0 < len(sized) <= style.max_output_tokens * 4 < len(LONG)
+    assert sized.endswith(".") and LONG.startswith(sized)  # whole sentences only
