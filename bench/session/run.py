@@ -245,7 +245,7 @@ class Llm:
         provider = self.claude if self.catalog.price(model).provider == "anthropic" else self.gemini
         preq = ProviderRequest(model=model, system=system, messages=messages, max_output_tokens=max_out,
                                question=question)
-        guard = speech_style.SentenceGuard()
+        guard = speech_style.SentenceGuard.for_cap(max_out)
         spoken = ""
         done: StreamDone | None = None
         cache_ctx = _PromptCache(levers.prompt_cache)

@@ -116,3 +116,34 @@ async def test_deepgram_bills_only_the_gated_audio() -> None:
     ungated, _ = gate_pcm(pcm, GateConfig(enabled=False))
     emu2 = await _stream_to_emulator(ungated)
     assert emu2.billed_audio_seconds == pytest.approx(SHORT.seconds, abs=0.06)
+
+
+async def test_gated_plugin_stream_bills_only_speech_and_keeps_the_transcript() -> None:
+    """The gateway's wrapper around livekit-plugins-deepgram: frames pushed at 48 kHz like a room track, audio
+    reaching Deepgram only around speech, transcripts passed through."""
+    from livekit.agents import stt as lk_stt
+
+    from frugal.devkit.emulators.deepgram import DeepgramReply
+    from frugal.gateway.stt_gate import GatedSTT, GateSettings, maybe_gate
+
+    pcm, _ = mic_track(SHORT)
+    up = np.repeat(pcm, 3)  # 48 kHz, the rate a LiveKit room track arrives at
+    async with DeepgramEmulator() as emu, aiohttp.ClientSession() as http:
+        emu.script(DeepgramReply(transcript="how much is the business plan per seat"))
+        inner = deepgram.STT(api_key="k", base_url=emu.base_url, http_session=http, model="nova-3")
+        engine = maybe_gate(inner, offline=False, settings=GateSettings())
+        assert isinstance(engine, GatedSTT)
+        assert maybe_gate(inner, offline=False, settings=GateSettings(enabled=False)) is inner
+        stream = engine.stream()
+        step = 480  # 10 ms frames
+        for i in range(0, len(up), step):
+            chunk = up[i:i + step]
+            stream.push_frame(rtc.AudioFrame(chunk.tobytes(), 48000, 1, len(chunk)))
+        stream.end_input()
+        finals = [ev async for ev in stream if ev.type == lk_stt.SpeechEventType.FINAL_TRANSCRIPT]
+        await stream.aclose()
+    assert finals and finals[0].alternatives[0].text == "how much is the business plan per seat"
+    gate = engine.gates[0]
+    assert emu.billed_audio_seconds == pytest.approx(gate.stats.forwarded_s, abs=0.1)
+    assert emu.billed_audio_seconds < 0.4 * SHORT.seconds
+    assert "Finalize" in emu.requests[0].control  # the gate closing asked for the final transcript

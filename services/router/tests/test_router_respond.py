@@ -104,7 +104,7 @@ async def test_gemini_answer_streams_with_provider_usage_and_one_cost_event(
     req = gemini_emu.requests[-1]
     assert req.model == "gemini-2.5-flash-lite" and req.stream and req.texts[-1] == EASY
     assert "voice assistant" in req.system_instruction
-    assert req.generation_config["maxOutputTokens"] == 512
+    assert req.generation_config["maxOutputTokens"] <= 512  # capped for speech (frugal.router.speech_style)
     # One cost event, keyed by (service, tenant, turn, attempt).
     events = await cost_events(redis_client)
     assert len(events) == 1
@@ -277,7 +277,9 @@ async def test_context_reaches_the_model_prompt_and_skips_are_reported(
     router = await start_router(**keys(gemini_emu, rag_addr=deps.rag_addr, vision_addr=deps.vision_addr))
     ans = await respond(router, EASY, skip_vision=True)
     system = gemini_emu.requests[-1].system_instruction
-    assert "[1] Runbook: Restart the ingest worker with make restart." in system
+    # The turn's context rides with the user turn, after the cacheable prefix (frugal.router.cache_aware.layout).
+    assert "[1] Runbook: Restart the ingest worker with make restart." in gemini_emu.requests[-1].texts[-1]
+    assert "Runbook" not in system
     assert context_state(ans, router_pb2.CONTEXT_SOURCE_VISION) == router_pb2.CONTEXT_STATE_SKIPPED
     assert deps.vision.calls == []
     assert ans.started is not None and ans.started.decision.features.rag_context_chars > 0

@@ -33,6 +33,13 @@ def test_caps_per_tier_and_detail() -> None:
     assert wants_detail("Can you walk me through it?") and not wants_detail("What does it cost?")
 
 
+def test_sentence_guard_streams_freely_far_from_the_cap() -> None:
+    g = SentenceGuard(free_chars=50)
+    assert g.push("It is ") == "It is " and g.push("sunny today") == "sunny today"
+    assert g.push(" and more text after the free part") == ""  # held: it might be cut
+    assert g.finish("STOP") == " and more text after the free part"
+
+
 def test_sentence_guard_drops_the_sentence_the_cap_cut() -> None:
     g = SentenceGuard()
     out = g.push("First sentence. Second one is cut mi")
@@ -46,7 +53,7 @@ def test_sentence_guard_drops_the_sentence_the_cap_cut() -> None:
 async def _answer(cap: int, guard: bool) -> str:
     async with GeminiEmulator(responder=lambda req: LONG) as emu:
         p = GeminiProvider("k", base_url=emu.base_url)
-        g = SentenceGuard()
+        g = SentenceGuard.for_cap(cap)
         spoken = ""
         try:
             async for ev in p.stream(ProviderRequest(model="gemini-2.5-flash-lite", system="s",

@@ -17,11 +17,18 @@ Switch: `STT_GATE_ENABLED` (gateway settings), on by default; off streams everyt
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from livekit import rtc
+from livekit.agents import stt
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # Silero's window at 16 kHz: 32 ms
@@ -173,3 +180,104 @@ def gate_pcm(pcm: np.ndarray, config: GateConfig) -> tuple[list[bytes | None], S
         if step.keepalive:
             out.append(None)
     return out, gate
+
+
+# ---- livekit integration -------------------------------------------------------------------------------
+
+
+_DEFAULT = GateConfig()
+
+
+class GateSettings(BaseSettings):
+    """`STT_GATE_ENABLED`, `STT_GATE_PRE_ROLL_S`, `STT_GATE_POST_ROLL_S`, `STT_GATE_THRESHOLD`."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="STT_GATE_")
+
+    enabled: bool = True
+    pre_roll_s: float = Field(default=_DEFAULT.pre_roll_s, ge=0, le=5)
+    post_roll_s: float = Field(default=_DEFAULT.post_roll_s, ge=0, le=5)
+    threshold: float = Field(default=_DEFAULT.threshold, gt=0, lt=1)
+
+    def config(self) -> GateConfig:
+        return GateConfig(enabled=self.enabled, pre_roll_s=self.pre_roll_s, post_roll_s=self.post_roll_s,
+                          threshold=self.threshold,
+                          release_threshold=min(_DEFAULT.release_threshold, self.threshold))
+
+
+class GatedSTT(stt.STT[Any]):
+    """A streaming STT that only receives audio around speech. Transcripts, usage and errors are the wrapped
+    engine's (its usage events are the audio it was actually sent: what the provider bills)."""
+
+    def __init__(self, inner: stt.STT[Any], config: GateConfig | None = None) -> None:
+        super().__init__(capabilities=inner.capabilities)
+        self.inner = inner
+        self.config = config or GateConfig()
+        self.gates: list[SttGate] = []  # one per stream, for the session report
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def provider(self) -> str:
+        return self.inner.provider
+
+    async def _recognize_impl(self, buffer: Any, *, language: Any = NOT_GIVEN,
+                              conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS) -> stt.SpeechEvent:
+        return await self.inner.recognize(buffer, language=language, conn_options=conn_options)
+
+    def stream(self, *, language: Any = NOT_GIVEN,
+               conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS) -> stt.RecognizeStream:
+        gate = SttGate(self.config)
+        self.gates.append(gate)
+        return _GatedStream(stt=self, inner=self.inner.stream(language=language, conn_options=conn_options),
+                            gate=gate, conn_options=conn_options)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _GatedStream(stt.RecognizeStream):
+    def __init__(self, *, stt: GatedSTT, inner: stt.RecognizeStream, gate: SttGate,
+                 conn_options: APIConnectOptions) -> None:
+        # The base class resamples pushed frames to 16 kHz, the rate Silero and the gate work at.
+        super().__init__(stt=stt, conn_options=conn_options, sample_rate=SAMPLE_RATE)
+        self._inner = inner
+        self._gate = gate
+
+    async def _run(self) -> None:
+        vad = SpeechProbability()
+        inner = self._inner
+
+        async def forward() -> None:
+            async for ev in inner:
+                self._event_ch.send_nowait(ev)
+
+        forwarder = asyncio.create_task(forward(), name="stt-gate-forward")
+        try:
+            async for data in self._input_ch:
+                if not isinstance(data, rtc.AudioFrame):  # a flush from the session: pass it on
+                    inner.flush()
+                    continue
+                for window, prob in vad.windows(np.frombuffer(data.data, dtype=np.int16)):
+                    step = self._gate.push(window.tobytes(), WINDOW / SAMPLE_RATE, prob)
+                    for chunk in step.forward:
+                        inner.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+                    if step.closed:  # speech ended: ask for the final transcript now
+                        inner.flush()
+            inner.end_input()
+            await forwarder
+        finally:
+            if not forwarder.done():
+                forwarder.cancel()
+            await asyncio.gather(forwarder, return_exceptions=True)
+            await inner.aclose()
+
+
+def maybe_gate(engine: stt.STT[Any], *, offline: bool, settings: GateSettings | None = None) -> stt.STT[Any]:
+    """The gateway hook: a streaming provider STT gets the gate when the lever is on. The offline stand-in is
+    not streaming (the session's VAD already cuts its segments), so it is left as it is."""
+    cfg = (settings or GateSettings()).config()
+    if offline or not cfg.enabled or not engine.capabilities.streaming:
+        return engine
+    return GatedSTT(engine, cfg)

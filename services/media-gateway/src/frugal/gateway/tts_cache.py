@@ -20,16 +20,18 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from livekit.agents import tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 
-from frugal.common.cost_events import CostEvent, CostKind, make_event_id
+from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
 from frugal.common.usage import UsageAmounts
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ class TtsAudioCache:
         await self.store.put(key, pcm, self.config.ttl_s)
 
 
-HitCallback = Callable[[str, int], None]  # (text, characters served)
+HitCallback = Callable[[str, int], Awaitable[None] | None]  # (text, characters served)
 
 
 class CachedTTS(tts.TTS[Any]):
@@ -191,7 +193,9 @@ class _CachedStream(tts.ChunkedStream):
             output_emitter.push(pcm)
             output_emitter.flush()
             if owner.on_hit is not None:
-                owner.on_hit(text, len(text))
+                pending = owner.on_hit(text, len(text))
+                if pending is not None:
+                    await pending
             return
         if key is None:
             cache.stats.uncacheable += 1
@@ -221,3 +225,49 @@ def hit_cost_event(*, tenant_id: str, session_id: str, seq: int, provider: str, 
         model=model, usage=UsageAmounts(characters=0, requests=0, estimated=offline), cost_usd=0.0, offline=offline,
         attributes={"tts_cache": "hit", "served_characters": str(len(text))},
     )
+
+
+class TtsCacheSettings(BaseSettings):
+    """`TTS_CACHE_ENABLED`, `TTS_CACHE_MAX_CHARS`, `TTS_CACHE_LOCAL_MAX_BYTES`."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="TTS_CACHE_")
+
+    enabled: bool = True
+    max_chars: int = Field(default=400, ge=1, le=5000)
+    local_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+
+_local: LocalStore | None = None
+
+
+def _process_store(max_bytes: int) -> LocalStore:
+    """One bounded store per gateway process, shared by its sessions (the key holds the tenant)."""
+    global _local
+    if _local is None:
+        _local = LocalStore(max_bytes)
+    return _local
+
+
+def maybe_cache(engine: tts.TTS[Any], *, tenant_id: str, voice: str, session_id: str,
+                producer: CostEventProducer | None, provider: str, model: str, offline: bool,
+                settings: TtsCacheSettings | None = None, store: AudioStore | None = None) -> tts.TTS[Any]:
+    """The gateway hook: the session's TTS behind the audio cache when the lever is on. Call it AFTER the cost
+    meter watches `engine`: the meter must see the wrapped engine's usage (what was really synthesised)."""
+    cfg = settings or TtsCacheSettings()
+    if not cfg.enabled:
+        return engine
+    cache = TtsAudioCache(store or _process_store(cfg.local_max_bytes),
+                          CacheConfig(enabled=True, max_chars=cfg.max_chars, local_max_bytes=cfg.local_max_bytes))
+    seq = [0]
+
+    async def on_hit(text: str, _chars: int) -> None:
+        seq[0] += 1
+        if producer is None:
+            return
+        try:
+            await producer.emit(hit_cost_event(tenant_id=tenant_id, session_id=session_id, seq=seq[0],
+                                               provider=provider, model=model, text=text, offline=offline))
+        except Exception:  # a record of money NOT spent: never fail the utterance for it
+            log.exception("could not record a TTS cache hit")
+
+    return CachedTTS(engine, cache, tenant_id=tenant_id, voice=voice, on_hit=on_hit)

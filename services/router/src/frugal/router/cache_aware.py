@@ -27,7 +27,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 from pydantic import Field
@@ -54,7 +53,6 @@ class CacheSettings(BaseSettings):
     cache_aware_max_sessions: int = Field(default=50_000, ge=1)
 
 
-@lru_cache(maxsize=1)
 def settings() -> CacheSettings:
     return CacheSettings()
 
@@ -245,3 +243,97 @@ def stable_prefix_tokens(system: str, messages: Sequence[tuple[str, str]]) -> in
     """Tokens a later turn can read from the cache: the system prompt and the history, not the new turn
     (which carries this turn's context and is sent differently next time)."""
     return estimate_prompt_tokens(system, messages[:-1])
+
+
+# ---- the router's per-turn hooks -----------------------------------------------------------------------
+
+_warm: WarmCaches | None = None
+
+
+def warm_caches(catalog: PriceCatalog) -> WarmCaches:
+    """The process-wide tracker (one per router process)."""
+    global _warm
+    if _warm is None or _warm.catalog is not catalog:
+        _warm = WarmCaches(catalog, max_sessions=settings().cache_aware_max_sessions)
+    return _warm
+
+
+_CONTEXT_HEADERS = ("Knowledge base passages", "What the user's shared screen showed")
+
+
+def split_router_system(system: str) -> tuple[str, list[str]]:
+    """The router's system prompt split into its stable part and the per-turn context sections (the
+    sections `RouterServicer._system_prompt` adds after the instructions, recognised by their headers)."""
+    parts = system.split("\n\n")
+    first = next((i for i, p in enumerate(parts) if p.startswith(_CONTEXT_HEADERS)), len(parts))
+    context = "\n\n".join(parts[first:])
+    return "\n\n".join(parts[:first]), ([context] if context else [])
+
+
+def call_cost(catalog: PriceCatalog, model: str, usage: UsageAmounts, done: Any) -> float:
+    """A provider call's cost, cache reads and writes at their own prices (`done`: its StreamDone, if any)."""
+    cache = CacheUsage(getattr(done, "cache_read_tokens", 0), getattr(done, "cache_write_tokens", 0))
+    return priced(catalog, model, usage, cache)
+
+
+def call_attributes(done: Any) -> dict[str, str]:
+    if done is None:
+        return {}
+    return CacheUsage(done.cache_read_tokens, done.cache_write_tokens).attributes()
+
+
+class TurnLevers:
+    """Speech sizing, cache layout and cache-aware routing for one Respond turn (three small hooks in the
+    router's Respond: `begin` after the decision, `shape` once the prompt is built, `speak` around the text
+    stream, `finished` after a successful call)."""
+
+    def __init__(self, catalog: PriceCatalog, tenant: str, session: str, question: str) -> None:
+        from frugal.router import speech_style  # the style module stands alone; imported here to keep one hook
+
+        self._style_mod = speech_style
+        self.catalog = catalog
+        self.tenant = tenant
+        self.session = session
+        self.question = question
+        self.style: Any = None
+        self.prefix_tokens = 0
+
+    @classmethod
+    def begin(cls, catalog: PriceCatalog, decision: Any, *, tenant: str, session: str, question: str,
+              prompt_chars: int, max_out: int, provider_of: Callable[[Any], tuple[str, bool]],
+              max_tier: str | None = None) -> tuple[TurnLevers, Any]:
+        levers = cls(catalog, tenant, session, question)
+        choice = warm_caches(catalog).choose(tenant, session, decision.tier, math.ceil(prompt_chars / 4),
+                                             max(max_out // 2, 1), max_tier=max_tier)
+        return levers, apply_choice(decision, choice, provider_of, catalog)
+
+    def shape(self, system: str, messages: Sequence[tuple[str, str]], tier: str, max_out: int,
+              *, offline: bool = False) -> tuple[str, list[tuple[str, str]], int]:
+        """Speech style (instructions and cap; an offline stand-in cannot follow the instruction, so its
+        answer is not capped either), then the cache layout."""
+        self.style = None if offline else self._style_mod.style_for(tier, self.question, max_out)
+        stable, context = split_router_system(system)
+        stable = self._style_mod.with_instructions(stable, self.style)
+        out_system, out_messages = layout(stable, context, messages)
+        self.prefix_tokens = stable_prefix_tokens(out_system, out_messages)
+        return out_system, out_messages, self.style.max_output_tokens if self.style else max_out
+
+    async def speak(self, text: Any, call: Any) -> Any:
+        """Text deltas through the sentence guard (when sizing is on); `call.done` holds the StreamDone."""
+        if self.style is None:
+            async for t in text:
+                yield t
+            return
+        guard = self._style_mod.SentenceGuard.for_cap(self.style.max_output_tokens)
+        async for t in text:
+            out = guard.push(t)
+            if out:
+                yield out
+        done = getattr(call, "done", None)
+        tail = guard.finish(getattr(done, "finish_reason", ""))
+        if tail:
+            yield tail
+
+    def finished(self, tier: str, provider: str) -> None:
+        if settings().prompt_cache_enabled:
+            warm_caches(self.catalog).record(self.tenant, self.session, tier, provider, self.prefix_tokens)

@@ -29,10 +29,11 @@ from frugal.common.settings import ConfigError
 from frugal.common.tenancy import current_identity
 from frugal.common.tenant_state import TenantStateCache
 from frugal.common.usage import UsageAmounts
+from frugal.router import cache_aware
 from frugal.router import metrics as m
 from frugal.router.config import Settings
 from frugal.router.context import RAG, VISION, ContextClients, ContextResult, skipped
-from frugal.router.decision import TIER_ENUM, Decider, Decision, TurnText, budget_verdict
+from frugal.router.decision import ENUM_TIER, TIER_ENUM, Decider, Decision, TurnText, budget_verdict
 from frugal.router.fallback import fallback_sequence, parse_fallback_chain
 from frugal.router.limits import TenantRateLimiter
 from frugal.router.providers.base import (
@@ -262,6 +263,11 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         turn = TurnText(request.turn.text, history, rag_ctx.chars, vision_ctx.chars)
         decision = core.decider.decide(turn, scorer_name=request.scorer, policy=policy, budget=budget,
                                        max_output_tokens=max_out)
+        levers, decision = cache_aware.TurnLevers.begin(  # frugal.router.cache_aware: stay on a warm cache
+            core.catalog, decision, tenant=tenant, session=session, question=request.turn.text,
+            prompt_chars=len(s.system_prompt) + len(request.turn.text) + sum(len(t) for _, t in history)
+            + rag_ctx.chars + vision_ctx.chars, max_out=max_out, provider_of=core.providers.describe,
+            max_tier=ENUM_TIER.get(policy.max_tier) if policy is not None else None)
         provider_info = common_pb2.ProviderInfo(provider=decision.provider,
                                                 model=OFFLINE_MODEL if decision.offline else decision.model,
                                                 offline=decision.offline)
@@ -272,6 +278,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
 
         system = self._system_prompt(policy, history, rag_ctx, vision_ctx)
         messages = [(r, t) for r, t in history if r != "system"] + [("user", request.turn.text)]
+        system, messages, max_out = levers.shape(system, messages, decision.tier, max_out,  # speech size, layout
+                                                 offline=decision.offline)
         account = TurnAccount()
         tiers = fallback_sequence(decision.tier, core.chain, s.max_fallbacks)
         first_token_at: float | None = None
@@ -294,7 +302,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             )
             call = _Call(tenant, tier, model, provider)
             try:
-                async for text in self._stream_call(call, preq, budget_s):
+                async for text in levers.speak(self._stream_call(call, preq, budget_s), call):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
                         m.FIRST_TOKEN_SECONDS.labels(tier=tier, model=model).observe(first_token_at - started)
@@ -327,6 +335,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                 raise
             # Success.
             await self._account(call, account, attempt, turn_id, session, request_id, decision, outcome="ok")
+            levers.finished(tier, provider.provider)
             AI_REQUESTS_TOTAL.labels(service="router", kind="llm", provider=provider.provider, model=model,
                                      outcome="ok").inc()
             assert call.usage is not None
@@ -433,6 +442,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                         yield event.text
                 elif isinstance(event, StreamDone):
                     call.usage = event.usage
+                    call.done = event
         finally:
             await gen.aclose()
         if call.usage is None:
@@ -456,7 +466,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         # keeps such events out of budgets; cost and baseline stay comparable, so savings stay meaningful.
         priced_as = core.catalog.tier_model(call.tier) if offline and call.tier in TIERS else call.model
         try:
-            cost = core.catalog.cost(priced_as, usage)
+            cost = cache_aware.call_cost(core.catalog, priced_as, usage, call.done)
         except PriceCatalogError:
             log.error("no price for %s; cost recorded as 0", priced_as)
             cost = 0.0
@@ -466,7 +476,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             kind=CostKind.LLM, provider=call.provider.provider, model=call.model, tier=call.tier, usage=usage,
             cost_usd=cost, offline=offline,
             attributes={"turn_id": turn_id, "attempt": str(attempt), "outcome": outcome, "scorer": decision.scorer,
-                        "routed_tier": decision.tier, "priced_as": priced_as},
+                        "routed_tier": decision.tier, "priced_as": priced_as, **cache_aware.call_attributes(call.done)},
         )
         await core.producer.emit(event)
         account.cost_usd += cost
@@ -489,6 +499,7 @@ class _Call:
     provider: LlmProvider
     emitted: str = ""
     usage: UsageAmounts | None = None
+    done: StreamDone | None = None  # the provider's final event (finish reason, prompt-cache tokens)
 
 
 def _startup_error(message: str) -> NoReturn:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,7 +52,6 @@ class SpeechStyleSettings(BaseSettings):
     cap_detail: int = Field(default=320, ge=16, le=8192)
 
 
-@lru_cache(maxsize=1)
 def settings() -> SpeechStyleSettings:
     return SpeechStyleSettings()
 
@@ -91,14 +89,26 @@ def with_instructions(system: str, style: SpeechStyle | None) -> str:
 
 
 class SentenceGuard:
-    """Releases streamed text a sentence at a time; at the end, an unfinished sentence is kept only when the
-    model finished on its own (not when the output cap cut it)."""
+    """Streams text on; near the output cap it holds the unfinished sentence back, and at the end drops it when
+    the cap cut it (not when the model finished on its own). `free_chars`: text up to this many characters
+    streams as it comes (an answer well under the cap never waits for a sentence end)."""
 
-    def __init__(self) -> None:
+    # Text further than this from the cap streams freely: about one long spoken sentence.
+    MARGIN_CHARS = 120
+
+    def __init__(self, free_chars: int = 0) -> None:
         self._held = ""
+        self._free = max(free_chars, 0)
         self.released_chars = 0
 
+    @classmethod
+    def for_cap(cls, max_output_tokens: int, chars_per_token: int = 4) -> SentenceGuard:
+        return cls(max_output_tokens * chars_per_token - cls.MARGIN_CHARS)
+
     def push(self, text: str) -> str:
+        if not self._held and self.released_chars + len(text) <= self._free:
+            self.released_chars += len(text)
+            return text
         self._held += text
         last = None
         for m in _SENTENCE_END.finditer(self._held):
