@@ -15,7 +15,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def history_window(messages: Sequence[T], max_messages: int, *, stable: bool = True, step: int | None = None) -> list[T]:
+def history_window(messages: Sequence[T], max_messages: int, *, stable: bool = True,
+                   step: int | None = None) -> list[T]:
     if max_messages <= 0:
         return []
     if len(messages) <= max_messages:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
@@ -320,3 +321,23 @@ def record_metrics(cost: SessionCost) -> None:
     if cost.minutes > 0:
         SESSION_MINUTES.inc(cost.minutes)
         SESSION_COST_PER_MINUTE.observe(cost.cost_per_minute)
+
+
+def format_usage_session_cost(msg: Any) -> list[str]:
+    """Lines for a report from GetUsage's `session_cost` (a billing_pb2.SessionCost)."""
+    if not msg.kinds:
+        return []
+    lines = [f"whole session at list prices ({msg.sessions} session(s), {msg.session_minutes:.1f} min; "
+             f"naive = all-premium LLM without prompt caching, STT streamed throughout, every answer synthesised "
+             f"at >= {msg.naive_answer_characters} chars, 1 vision call/s of screen share):",
+             f"  {'kind':<10} {'events':>6} {'cost USD':>12} {'naive USD':>12} {'savings':>8}"]
+    for k in msg.kinds:
+        if k.events == 0 and k.naive_usd == 0:
+            continue
+        lines.append(f"  {k.kind + ('*' if k.estimated else ''):<10} {k.events:>6} {k.cost_usd:>12.6f} "
+                     f"{k.naive_usd:>12.6f} {k.savings:>8.1%}")
+    lines.append(f"  {'TOTAL':<10} {'':>6} {msg.cost_usd:>12.6f} {msg.naive_usd:>12.6f} {msg.savings:>8.1%}  "
+                 f"${msg.cost_per_minute_usd:.4f}/min vs naive ${msg.naive_per_minute_usd:.4f}/min")
+    if msg.estimated:
+        lines.append(f"  * estimated: {msg.offline_rule}")
+    return lines

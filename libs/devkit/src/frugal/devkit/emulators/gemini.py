@@ -28,9 +28,9 @@ mid-stream, thinking tokens and a usage override. Every request is recorded in `
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import math
