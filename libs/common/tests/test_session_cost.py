@@ -8,7 +8,7 @@ import pytest
 from frugal.common.cost_events import CostEvent, CostKind
 from frugal.common.history_window import history_window
 from frugal.common.pricing import PriceCatalog, default_catalog
-from frugal.common.session_cost import CostRow, NaiveRule, format_report, llm_cost, list_price, session_cost
+from frugal.common.session_cost import CostRow, NaiveRule, format_report, list_price, llm_cost, session_cost
 from frugal.common.usage import UsageAmounts
 
 
