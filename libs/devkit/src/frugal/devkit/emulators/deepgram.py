@@ -46,6 +46,8 @@ class DeepgramRequest:
     headers: dict[str, str]
     audio: bytearray = field(default_factory=bytearray)
     control: list[str] = field(default_factory=list)  # "KeepAlive", "Finalize", "CloseStream" in order
+    # The same messages with the audio seconds received when each arrived.
+    control_at: list[tuple[str, float]] = field(default_factory=list)
     results_sent: list[dict[str, Any]] = field(default_factory=list)
     closed: bool = False
 
@@ -212,6 +214,7 @@ class DeepgramEmulator(HttpEmulator[DeepgramReply, DeepgramRequest]):
                     await ws.close(code=1008, message=b"invalid control message")
                     break
                 req.control.append(str(kind))
+                req.control_at.append((str(kind), req.audio_seconds))
                 if kind == "Finalize" and pending:
                     await send_final(True)
                 elif kind == "CloseStream":
