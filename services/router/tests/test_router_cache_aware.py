@@ -128,3 +128,20 @@ def test_claude_usage_split() -> None:
     u = UsageAmounts(input_tokens=total, output_tokens=10)
     assert cache_aware.priced(default_catalog(), "claude-sonnet-4-6", u, split) == pytest.approx(
         (100 * 3 + 2000 * 3.75 + 3000 * 0.3 + 10 * 15) / 1e6)
+
+
+def test_turn_levers_never_move_a_pinned_tier() -> None:
+    from frugal.router.decision import Decision  # noqa: F401  (the dataclass the hook moves)
+
+    catalog = default_catalog()
+    w = cache_aware.warm_caches(catalog)
+    w.record("t-pin", "s", "standard", "google", 20_000)
+
+    class D:  # the attributes the hook reads; a pinned decision is returned as it is
+        tier = "lite"
+
+    d = D()
+    _, same = cache_aware.TurnLevers.begin(catalog, d, tenant="t-pin", session="s", question="q",
+                                           prompt_chars=84_000, max_out=100, provider_of=lambda t: ("google", False),
+                                           pinned=True)
+    assert same is d

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from frugal.devkit.emulators.gemini import GeminiEmulator
 from frugal.router.providers.base import ProviderRequest, StreamDone, TextChunk
 from frugal.router.providers.gemini import GeminiProvider
@@ -75,3 +79,45 @@ async def test_speech_cap_shortens_spoken_answers_through_the_sdk() -> None:
     assert unsized == LONG
     assert 0 < len(sized) <= style.max_output_tokens * 4 < len(LONG)
     assert sized.endswith(".") and LONG.startswith(sized)  # whole sentences only
+
+
+async def _respond_text(router: Any, text: str) -> str:
+    from frugal.api.router.v1 import router_pb2
+
+    call = router.stub.Respond(router_pb2.RespondRequest(turn=router_pb2.TurnInput(text=text), skip_rag=True,
+                                                         skip_vision=True),
+                               metadata=(("x-tenant-id", "acme"), ("x-session-id", "s-speech")), timeout=10)
+    return "".join([m.delta.text async for m in call if m.WhichOneof("payload") == "delta"])
+
+
+async def test_respond_sizes_spoken_answers_and_the_switch_turns_it_off(
+    start_router: Any, gemini_emu: GeminiEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the router's Respond: the speech cap reaches the provider, the spoken text ends on a sentence."""
+    gemini_emu.responder = lambda req: LONG
+    router = await start_router(gemini_api_key="k", gemini_base_url=gemini_emu.base_url)
+    question = "What's the weather like today?"  # lite
+    sized = await _respond_text(router, question)
+    cap = gemini_emu.requests[-1].generation_config["maxOutputTokens"]
+    assert cap == SpeechStyleSettings().cap_lite
+    assert "spoken aloud" in gemini_emu.requests[-1].system_instruction
+    assert sized and LONG.startswith(sized) and sized.endswith(".") and len(sized) <= cap * 4
+    monkeypatch.setenv("SPEECH_STYLE_ENABLED", "false")
+    unsized = await _respond_text(router, question)
+    assert unsized == LONG and gemini_emu.requests[-1].generation_config["maxOutputTokens"] == 512
+
+
+async def test_respond_prices_cached_tokens_in_its_cost_event(
+    start_router: Any, gemini_emu: GeminiEmulator, redis_client: Any
+) -> None:
+    from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
+    from frugal.devkit.emulators.gemini import GeminiReply
+
+    router = await start_router(gemini_api_key="k", gemini_base_url=gemini_emu.base_url)
+    gemini_emu.script(GeminiReply(text="Fine.", usage={"promptTokenCount": 10_000, "candidatesTokenCount": 2,
+                                                       "cachedContentTokenCount": 8_000, "totalTokenCount": 10_002}))
+    await _respond_text(router, "What's the weather like today?")
+    entries = await redis_client.xrange(COST_EVENTS_STREAM)
+    ev = [CostEvent.from_stream_fields(dict(f)) for _, f in entries][-1]
+    assert ev.attributes["cache_read_tokens"] == "8000"
+    assert ev.cost_usd == pytest.approx((2_000 * 0.10 + 8_000 * 0.01 + 2 * 0.40) / 1e6)

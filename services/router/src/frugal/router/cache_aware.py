@@ -301,8 +301,11 @@ class TurnLevers:
     @classmethod
     def begin(cls, catalog: PriceCatalog, decision: Any, *, tenant: str, session: str, question: str,
               prompt_chars: int, max_out: int, provider_of: Callable[[Any], tuple[str, bool]],
-              max_tier: str | None = None) -> tuple[TurnLevers, Any]:
+              max_tier: str | None = None, pinned: bool = False) -> tuple[TurnLevers, Any]:
+        """A tenant's pinned tier is never moved."""
         levers = cls(catalog, tenant, session, question)
+        if pinned:
+            return levers, decision
         choice = warm_caches(catalog).choose(tenant, session, decision.tier, math.ceil(prompt_chars / 4),
                                              max(max_out // 2, 1), max_tier=max_tier)
         return levers, apply_choice(decision, choice, provider_of, catalog)

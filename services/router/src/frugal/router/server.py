@@ -267,7 +267,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             core.catalog, decision, tenant=tenant, session=session, question=request.turn.text,
             prompt_chars=len(s.system_prompt) + len(request.turn.text) + sum(len(t) for _, t in history)
             + rag_ctx.chars + vision_ctx.chars, max_out=max_out, provider_of=core.providers.describe,
-            max_tier=ENUM_TIER.get(policy.max_tier) if policy is not None else None)
+            max_tier=ENUM_TIER.get(policy.max_tier) if policy is not None else None,
+            pinned=policy is not None and policy.pinned_tier in ENUM_TIER)
         provider_info = common_pb2.ProviderInfo(provider=decision.provider,
                                                 model=OFFLINE_MODEL if decision.offline else decision.model,
                                                 offline=decision.offline)
