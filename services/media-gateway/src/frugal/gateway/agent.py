@@ -94,7 +94,7 @@ def build_session(
     meter.watch_tts(tts_engine, tts_label)
     tts_engine = tts_cache.maybe_cache(  # repeated utterances from the audio cache (after the meter's watch)
         tts_engine, tenant_id=tenant.tenant_id, voice=settings.elevenlabs_voice_id or "default",
-        session_id=session_id, producer=producer, provider=tts_label.provider, model=tts_label.model,
+        session_id=session_id, meter=meter, provider=tts_label.provider, model=tts_label.model,
         offline=tts_label.offline)
     session: AgentSession[None] = AgentSession(
         vad=vad_model, stt=stt_engine, tts=tts_engine, llm=router, turn_handling=TURN_HANDLING,

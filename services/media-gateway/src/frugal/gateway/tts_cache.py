@@ -248,11 +248,19 @@ def _process_store(max_bytes: int) -> LocalStore:
     return _local
 
 
-def maybe_cache(engine: tts.TTS[Any], *, tenant_id: str, voice: str, session_id: str,
-                producer: CostEventProducer | None, provider: str, model: str, offline: bool,
-                settings: TtsCacheSettings | None = None, store: AudioStore | None = None) -> tts.TTS[Any]:
+class _Meter(Protocol):
+    """What the hook needs of the session's SpeechCostMeter: its event list and producer."""
+
+    events: list[CostEvent]
+    producer: CostEventProducer | None
+
+
+def maybe_cache(engine: tts.TTS[Any], *, tenant_id: str, voice: str, session_id: str, meter: _Meter,
+                provider: str, model: str, offline: bool, settings: TtsCacheSettings | None = None,
+                store: AudioStore | None = None) -> tts.TTS[Any]:
     """The gateway hook: the session's TTS behind the audio cache when the lever is on. Call it AFTER the cost
-    meter watches `engine`: the meter must see the wrapped engine's usage (what was really synthesised)."""
+    meter watches `engine`: the meter must see the wrapped engine's usage (what was really synthesised). Each
+    hit is recorded beside the meter's events (zero cost, `tts_cache=hit`, the characters served)."""
     cfg = settings or TtsCacheSettings()
     if not cfg.enabled:
         return engine
@@ -262,11 +270,13 @@ def maybe_cache(engine: tts.TTS[Any], *, tenant_id: str, voice: str, session_id:
 
     async def on_hit(text: str, _chars: int) -> None:
         seq[0] += 1
-        if producer is None:
+        event = hit_cost_event(tenant_id=tenant_id, session_id=session_id, seq=seq[0], provider=provider,
+                               model=model, text=text, offline=offline)
+        meter.events.append(event)
+        if meter.producer is None:
             return
         try:
-            await producer.emit(hit_cost_event(tenant_id=tenant_id, session_id=session_id, seq=seq[0],
-                                               provider=provider, model=model, text=text, offline=offline))
+            await meter.producer.emit(event)
         except Exception:  # a record of money NOT spent: never fail the utterance for it
             log.exception("could not record a TTS cache hit")
 
