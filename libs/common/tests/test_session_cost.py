@@ -89,3 +89,14 @@ def test_stable_history_window_keeps_the_prefix_for_several_turns() -> None:
     assert all(len(history_window(msgs[:n], 12)) <= 12 for n in range(30))
     sliding = {history_window(msgs[:n], 12, stable=False)[0] for n in range(13, 19)}
     assert len(sliding) == 6
+
+
+def test_usage_report_lines_from_the_proto(catalog: PriceCatalog) -> None:
+    from frugal.billing.session_report import to_proto
+    from frugal.common.session_cost import format_usage_session_cost
+
+    rows = [CostRow(kind="tts", model="offline-tts", offline=True, usage=UsageAmounts(characters=200, estimated=True),
+                    attributes={"list_price_model": "eleven_flash_v2_5"}, session_id="s")]
+    lines = format_usage_session_cost(to_proto(session_cost(rows, catalog, session_seconds=120), 1))
+    assert any(line.strip().startswith("tts*") for line in lines) and "estimated" in lines[-1]
+    assert "$0.0050/min" in "\n".join(lines)  # 200 chars x $0.00005 over 2 minutes

@@ -11,6 +11,7 @@ import pytest
 from livekit import rtc
 from livekit.plugins import deepgram
 
+from frugal.common.usage import UsageAmounts
 from frugal.devkit.emulators.deepgram import DeepgramEmulator
 from frugal.devkit.sessions.catalog import SessionDef, Turn
 from frugal.devkit.sessions.media import mic_track
@@ -149,3 +150,40 @@ async def test_gated_plugin_stream_bills_only_speech_and_keeps_the_transcript() 
     # the first utterance's end asked for its final transcript while more audio was still to come
     finalize_at = [at for kind, at in emu.requests[0].control_at if kind == "Finalize"]
     assert finalize_at and min(finalize_at) < emu.billed_audio_seconds - 1.0
+
+
+
+async def test_gated_stream_leaves_a_record_of_the_audio_it_had() -> None:
+    """The naive baseline needs the session's audio, not only what was billed: one zero-cost record per stream."""
+    from frugal.common.pricing import default_catalog
+    from frugal.common.session_cost import CostRow, session_cost
+    from frugal.gateway.stt_gate import GateSettings, maybe_gate
+
+    class Meter:
+        def __init__(self) -> None:
+            self.events: list = []  # type: ignore[type-arg]
+            self.producer = None
+            self.tenant_id = "org_x"
+            self.session_id = "s-gate"
+
+    meter = Meter()
+    pcm, _ = mic_track(SHORT)
+    async with DeepgramEmulator() as emu, aiohttp.ClientSession() as http:
+        inner = deepgram.STT(api_key="k", base_url=emu.base_url, http_session=http, model="nova-3",
+                             sample_rate=SAMPLE_RATE)
+        engine = maybe_gate(inner, offline=False, settings=GateSettings(), meter=meter)
+        stream = engine.stream()
+        for i in range(0, len(pcm), 320):
+            chunk = pcm[i:i + 320]
+            stream.push_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, len(chunk)))
+        stream.end_input()
+        async for _ in stream:
+            pass
+        await stream.aclose()
+    [record] = meter.events
+    assert record.cost_usd == 0 and float(record.attributes["stream_seconds"]) == pytest.approx(SHORT.seconds, abs=0.05)
+    billed = CostRow(kind="stt", model="nova-3", usage=UsageAmounts(audio_seconds=emu.billed_audio_seconds),
+                     session_id="s-gate")
+    cost = session_cost([billed, CostRow.from_event(record)], default_catalog())
+    assert cost.session_seconds == pytest.approx(SHORT.seconds, abs=0.05)  # naive: the whole session streamed
+    assert cost.kinds["stt"].cost_usd < 0.4 * cost.kinds["stt"].naive_usd

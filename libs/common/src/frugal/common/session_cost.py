@@ -238,7 +238,9 @@ def session_cost(
     rule = rule or NaiveRule()
     rows = list(rows)
     kinds = {k: KindCost(k) for k in KINDS}
-    stream_seconds = 0.0
+    # Per session: the audio the gateway had (`stream_seconds` records), else what was billed.
+    streamed: dict[str, float] = {}
+    billed: dict[str, float] = {}
     vision_calls: list[float] = []
     for r in rows:
         acc = kinds.setdefault(r.kind, KindCost(r.kind))
@@ -254,13 +256,18 @@ def session_cost(
             acc.add_units(cache_hit_characters=r.int_attr("served_characters"))
         if r.kind == "stt":
             seen = r.float_attr("stream_seconds")
-            stream_seconds += seen if seen is not None else u.audio_seconds
+            key = r.session_id or ""
+            if seen is not None:
+                streamed[key] = streamed.get(key, 0.0) + seen
+            else:
+                billed[key] = billed.get(key, 0.0) + u.audio_seconds
             continue
         if r.kind == "vision":
             vision_calls.append(list_price(r, catalog))
             if screen_share_seconds is not None:
                 continue
         acc.naive_usd += naive_price(r, catalog, rule)
+    stream_seconds = sum(streamed.get(k, billed.get(k, 0.0)) for k in set(streamed) | set(billed))
     seconds = session_seconds if session_seconds is not None else stream_seconds
     stt_model = _stt_model(rows, catalog)
     if stt_model is not None:

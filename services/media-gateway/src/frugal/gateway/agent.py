@@ -85,11 +85,11 @@ def build_session(
 ) -> SessionParts:
     feed = feed if feed is not None else TranscriptFeed()
     stt_engine, stt_label = build_stt(settings, feed=feed, http_session=http_session)
-    stt_engine = stt_gate.maybe_gate(stt_engine, offline=stt_label.offline)  # STT only while someone speaks
     tts_engine, tts_label = build_tts(settings, http_session=http_session)
     router = RouterLLM(clients.router, tenant_id=tenant.tenant_id, session_id=session_id,
                        timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages)
     meter = SpeechCostMeter(producer, catalog, tenant_id=tenant.tenant_id, session_id=session_id)
+    stt_engine = stt_gate.maybe_gate(stt_engine, offline=stt_label.offline, meter=meter)  # STT only on speech
     meter.watch_stt(stt_engine, stt_label)
     meter.watch_tts(tts_engine, tts_label)
     tts_engine = tts_cache.maybe_cache(  # repeated utterances from the audio cache (after the meter's watch)

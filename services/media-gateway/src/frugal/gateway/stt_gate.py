@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from livekit import rtc
@@ -29,6 +30,9 @@ from livekit.agents import stt
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
+from frugal.common.usage import UsageAmounts
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # Silero's window at 16 kHz: 32 ms
@@ -208,11 +212,13 @@ class GatedSTT(stt.STT[Any]):
     """A streaming STT that only receives audio around speech. Transcripts, usage and errors are the wrapped
     engine's (its usage events are the audio it was actually sent: what the provider bills)."""
 
-    def __init__(self, inner: stt.STT[Any], config: GateConfig | None = None) -> None:
+    def __init__(self, inner: stt.STT[Any], config: GateConfig | None = None,
+                 on_stream_end: Callable[[SttGate], Awaitable[None]] | None = None) -> None:
         super().__init__(capabilities=inner.capabilities)
         self.inner = inner
         self.config = config or GateConfig()
         self.gates: list[SttGate] = []  # one per stream, for the session report
+        self.on_stream_end = on_stream_end
 
     @property
     def model(self) -> str:
@@ -272,12 +278,55 @@ class _GatedStream(stt.RecognizeStream):
                 forwarder.cancel()
             await asyncio.gather(forwarder, return_exceptions=True)
             await inner.aclose()
+            owner = self._stt
+            if isinstance(owner, GatedSTT) and owner.on_stream_end is not None:
+                try:
+                    await owner.on_stream_end(self._gate)
+                except Exception:  # a record of audio NOT sent: never fail the stream for it
+                    logging.getLogger(__name__).exception("could not record the gated stream")
 
 
-def maybe_gate(engine: stt.STT[Any], *, offline: bool, settings: GateSettings | None = None) -> stt.STT[Any]:
+class _Meter(Protocol):
+    """What the hook needs of the session's SpeechCostMeter."""
+
+    events: list[CostEvent]
+    producer: CostEventProducer | None
+    tenant_id: str
+    session_id: str
+
+
+def stream_record(gate: SttGate, *, tenant_id: str, session_id: str, provider: str, model: str,
+                  seq: int) -> CostEvent:
+    """A zero-cost record of a gated stream: the audio the gateway had (`stream_seconds`), so the session
+    report's naive baseline can price "STT streamed for the whole session" (what was billed is in the meter's
+    own events)."""
+    return CostEvent(
+        event_id=make_event_id("media-gateway", session_id, "stt-gate", str(seq)), tenant_id=tenant_id,
+        session_id=session_id, service="media-gateway", kind=CostKind.STT, provider=provider, model=model,
+        usage=UsageAmounts(), cost_usd=0.0,
+        attributes={"stt_gate": "on", "stream_seconds": f"{gate.stats.seen_s:.3f}",
+                    "forwarded_seconds": f"{gate.stats.forwarded_s:.3f}", "keepalives_due": str(gate.stats.keepalives)},
+    )
+
+
+def maybe_gate(engine: stt.STT[Any], *, offline: bool, settings: GateSettings | None = None,
+               meter: _Meter | None = None) -> stt.STT[Any]:
     """The gateway hook: a streaming provider STT gets the gate when the lever is on. The offline stand-in is
-    not streaming (the session's VAD already cuts its segments), so it is left as it is."""
+    not streaming (the session's VAD already cuts its segments), so it is left as it is. With `meter`, each
+    gated stream leaves a zero-cost record of the audio it had beside the meter's events."""
     cfg = (settings or GateSettings()).config()
     if offline or not cfg.enabled or not engine.capabilities.streaming:
         return engine
-    return GatedSTT(engine, cfg)
+    if meter is None:
+        return GatedSTT(engine, cfg)
+    seq = [0]
+
+    async def on_end(gate: SttGate) -> None:
+        seq[0] += 1
+        event = stream_record(gate, tenant_id=meter.tenant_id, session_id=meter.session_id,
+                              provider=engine.provider, model=engine.model, seq=seq[0])
+        meter.events.append(event)
+        if meter.producer is not None:
+            await meter.producer.emit(event)
+
+    return GatedSTT(engine, cfg, on_stream_end=on_end)
