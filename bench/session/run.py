@@ -278,10 +278,10 @@ class _PromptCache:
     def __enter__(self) -> None:
         self._saved = cache_aware.settings
         value = cache_aware.CacheSettings(prompt_cache_enabled=self.on)
-        cache_aware.settings = lambda: value  # type: ignore[assignment]
+        cache_aware.settings = lambda: value
 
     def __exit__(self, *exc: object) -> None:
-        cache_aware.settings = self._saved  # type: ignore[method-assign]
+        cache_aware.settings = self._saved
 
 
 # ---- TTS ---------------------------------------------------------------------------------------------
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.session or (["rapid-qa"] if args.quick else list(SESSIONS))
     configs = [Levers()]
     if not args.quick:
-        configs += [Levers(**{n: True}) for n in LEVERS]  # type: ignore[arg-type]
+        configs += [Levers(**{n: True}) for n in LEVERS]
     configs.append(Levers(True, True, True, True))
     # Prompt caching only pays once the stable prefix passes 1,024 tokens: the same session with a longer brief.
     configs += [Levers(True, True, True, False, full_brief=True), Levers(True, True, True, True, full_brief=True)]
