@@ -21,6 +21,7 @@ from frugal.common.pricing import PriceCatalog, TierName
 from frugal.common.usage import UsageAmounts
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
+from frugal.router.prompt import UNTRUSTED_RULE
 
 TIER_NAMES: dict[int, TierName] = {
     common_pb2.TIER_LITE: "lite", common_pb2.TIER_STANDARD: "standard", common_pb2.TIER_PREMIUM: "premium"}
@@ -107,7 +108,7 @@ async def test_gemini_answer_streams_with_provider_usage_and_one_cost_event(
     req = gemini_emu.requests[-1]
     assert req.model == "gemini-2.5-flash-lite" and req.stream and req.texts[-1] == EASY
     assert "voice assistant" in req.system_instruction
-    assert req.generation_config["maxOutputTokens"] == 512
+    assert req.generation_config["maxOutputTokens"] <= 512  # capped for speech (frugal.router.speech_style)
     # One cost event, keyed by (service, tenant, turn, attempt).
     events = await cost_events(redis_client)
     assert len(events) == 1
@@ -281,7 +282,11 @@ async def test_context_reaches_the_model_prompt_and_skips_are_reported(
     router = await start_router(**keys(gemini_emu, rag_addr=deps.rag_addr, vision_addr=deps.vision_addr))
     ans = await respond(router, EASY, skip_vision=True)
     system = gemini_emu.requests[-1].system_instruction
-    assert '<passage index="1" title="Runbook">\nRestart the ingest worker with make restart.\n</passage>' in system
+    # The turn's context rides with the user turn, after the cacheable prefix (frugal.router.cache_aware.layout),
+    # still an escaped untrusted block; the rule that says so stays in the system prompt.
+    block = '<passage index="1" title="Runbook">\nRestart the ingest worker with make restart.\n</passage>'
+    assert block in gemini_emu.requests[-1].texts[-1]
+    assert "Runbook" not in system and UNTRUSTED_RULE in system
     assert context_state(ans, router_pb2.CONTEXT_SOURCE_VISION) == router_pb2.CONTEXT_STATE_SKIPPED
     assert deps.vision.calls == []
     assert ans.started is not None and ans.started.decision.features.rag_context_chars > 0

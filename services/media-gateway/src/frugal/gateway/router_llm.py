@@ -20,6 +20,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConn
 
 from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
+from frugal.common.history_window import history_window
 from frugal.common.tenancy import REQUEST_ID_METADATA_KEY, SESSION_METADATA_KEY, TENANT_METADATA_KEY
 from frugal.common.usage import UsageAmounts
 from frugal.gateway import metrics
@@ -95,7 +96,7 @@ def turn_input_from_chat(chat_ctx: llm.ChatContext, history_max: int) -> router_
         text = msgs.pop()[1]
     system = [m for m in msgs if m[0] != "user" and ROLES[m[0]] == router_pb2.ROLE_SYSTEM][:1]
     convo = [m for m in msgs if ROLES[m[0]] != router_pb2.ROLE_SYSTEM]
-    convo = convo[-history_max:] if history_max > 0 else []
+    convo = history_window(convo, history_max)  # moves in steps: the prompt prefix stays cacheable
     history = [router_pb2.ChatMessage(role=ROLES[r], content=c) for r, c in [*system, *convo]]
     return router_pb2.TurnInput(text=text, history=history)
 

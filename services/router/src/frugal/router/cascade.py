@@ -29,6 +29,7 @@ from prometheus_client import Counter, Histogram
 
 from frugal.common.cost_events import CostEvent, CostKind, make_event_id
 from frugal.common.pricing import PriceCatalog, PriceCatalogError, TierName
+from frugal.common.session_cost import llm_cost
 from frugal.common.usage import UsageAmounts
 from frugal.router.providers.base import (
     LlmProvider,
@@ -214,6 +215,8 @@ class CheapAttempt:
     event_id: str = ""
     # The latest usage the provider reported during the stream (billed if the attempt is cut short).
     reported: UsageAmounts | None = None
+    # Prompt-cache writes the provider reported (reads are usage.cached_input_tokens).
+    cache_write_tokens: int = 0
     # The failure as a ProviderError (for the deployment's breaker); None when the attempt succeeded.
     failure: ProviderError | None = None
 
@@ -243,6 +246,7 @@ async def _attempt(provider: LlmProvider, preq: ProviderRequest, a: CheapAttempt
                     a.reported = event.usage
                 elif isinstance(event, StreamDone):
                     a.usage = event.usage
+                    a.cache_write_tokens = event.cache_write_tokens
     except TimeoutError:
         a.error = f"no complete answer within {budget_s:.2f}s"
         a.failure = ProviderError("timeout", a.error)
@@ -316,7 +320,7 @@ async def _bill(producer: Any, catalog: PriceCatalog, a: CheapAttempt, *, kept: 
     # Offline stand-ins are priced as the tier's real model on estimated usage (the rule of Respond's attempts).
     priced_as = catalog.tier_model(a.tier) if a.offline else a.model
     try:
-        a.cost_usd = catalog.cost(priced_as, a.usage)
+        a.cost_usd = llm_cost(catalog.price(priced_as), a.usage, 0, a.cache_write_tokens)
     except PriceCatalogError:
         a.cost_usd = 0.0
     a.event_id = await emit_cheap_attempt_cost(

@@ -35,6 +35,7 @@ from frugal.common.settings import ConfigError
 from frugal.common.tenancy import current_identity
 from frugal.common.tenant_state import TenantStateCache
 from frugal.common.usage import UsageAmounts
+from frugal.router import cache_aware
 from frugal.router import metrics as m
 from frugal.router.bounded import DEADLINE_RESERVE_S, EMIT_WAIT_S, BoundedProducer, RedisWatch, TurnClock
 from frugal.router.cascade import (
@@ -48,7 +49,7 @@ from frugal.router.cascade import (
 )
 from frugal.router.config import Settings
 from frugal.router.context import RAG, VISION, ContextClients, ContextResult, skipped
-from frugal.router.decision import TIER_ENUM, Decider, Decision, TurnText, budget_verdict
+from frugal.router.decision import ENUM_TIER, TIER_ENUM, Decider, Decision, TurnText, budget_verdict
 from frugal.router.deployments import Deployment, DeploymentPool, DeploymentSpec, describe, parse_deployments
 from frugal.router.fallback import fallback_sequence, parse_fallback_chain
 from frugal.router.health import DeploymentHealth, HealthConfig
@@ -401,6 +402,19 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
 
         decision = self._decide(request.turn, messages, rag_ctx.chars, vision_ctx.chars, request.scorer, policy,
                                 budget, max_output_tokens=max_out)
+        # frugal.router.cache_aware first: a session with a warm prompt cache may stay on its tier; then the
+        # cascade (below) only if the turn is still the learned router's unsure one and not pinned.
+        pinned = policy is not None and policy.pinned_tier in ENUM_TIER
+        routed = decision.tier
+        levers, decision = cache_aware.TurnLevers.begin(
+            core.catalog, decision, tenant=tenant, session=session, question=_decision_text(request.turn),
+            prompt_chars=len(s.system_prompt) + sum(len(x.text) for x in messages) + rag_ctx.chars
+            + vision_ctx.chars, max_out=max_out, provider_of=core.providers.describe,
+            max_tier=ENUM_TIER.get(policy.max_tier) if policy is not None else None, pinned=pinned)
+        if decision.tier != routed:
+            decision = dataclasses.replace(core.with_availability(decision), cascade=False)
+        if pinned:
+            decision = dataclasses.replace(decision, cascade=False)
         provider_info = common_pb2.ProviderInfo(provider=decision.provider,
                                                 model=OFFLINE_MODEL if decision.offline else decision.model,
                                                 offline=decision.offline)
@@ -413,6 +427,10 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                                history_system=history_system, reply_instructions=request.instructions,
                                passages=rag_ctx.passages, screen_notes=vision_ctx.notes,
                                screen_ages_s=vision_ctx.ages_s)
+        # Speech sizing and the cache layout (the turn's untrusted blocks move to the user's message, framed
+        # and escaped as they were; tool messages are left as they are).
+        system, messages, max_out = levers.shape(system, messages, decision.tier, max_out,
+                                                 offline=decision.offline, has_tools=bool(tools))
         account = TurnAccount()
         await self._refresh_health(clock)
         start_tier: TierName = decision.tier
@@ -435,6 +453,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                     first = time.perf_counter()
                     yield router_pb2.RespondResponse(delta=router_pb2.TextDelta(text=ans.text), provider=info)
                     await self._settle(tenant, reserved, cascade_tokens, clock)
+                    levers.finished(ans.tier, ans.provider)
                     total = time.perf_counter() - started
                     m.TOTAL_SECONDS.labels(tier=ans.tier, model=ans.model).observe(total)
                     m.ROUTER_REQUESTS.labels(tenant=tenant, tier=ans.tier, model=ans.model, outcome="ok").inc()
@@ -501,7 +520,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                 m.DEPLOYMENT_CALLS.labels(deployment=cand.deployment.name).inc()
             token = EMIT_WAIT_S.set(None if left is None else max(0.001, budget_s))
             try:
-                async for item in self._stream_call(call, preq, budget_s, first_token_s):
+                async for item in levers.speak(self._stream_call(call, preq, budget_s, first_token_s), call):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
                         m.FIRST_TOKEN_SECONDS.labels(tier=tier, model=model).observe(first_token_at - started)
@@ -551,6 +570,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             # Success.
             EMIT_WAIT_S.set(self._emit_wait(clock))
             await self._account(call, account, attempt, turn_id, session, request_id, decision, outcome="ok")
+            levers.finished(tier, provider.provider)
             AI_REQUESTS_TOTAL.labels(service="router", kind="llm", provider=provider.provider, model=model,
                                      outcome="ok").inc()
             assert call.usage is not None
@@ -854,6 +874,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                     call.reported = event.usage
                 elif isinstance(event, StreamDone):
                     call.usage = event.usage
+                    call.done = event
+                    call.done = event
         finally:
             await gen.aclose()
         if call.usage is None:
@@ -877,7 +899,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         # keeps such events out of budgets; cost and baseline stay comparable, so savings stay meaningful.
         priced_as = core.catalog.tier_model(call.tier) if offline and call.tier in TIERS else call.model
         try:
-            cost = core.catalog.cost(priced_as, usage)
+            cost = cache_aware.call_cost(core.catalog, priced_as, usage, call.done)
         except PriceCatalogError:
             log.error("no price for %s; cost recorded as 0", priced_as)
             cost = 0.0
@@ -887,7 +909,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             kind=CostKind.LLM, provider=call.provider.provider, model=call.model, tier=call.tier, usage=usage,
             cost_usd=cost, offline=offline,
             attributes={"turn_id": turn_id, "attempt": str(attempt), "outcome": outcome, "scorer": decision.scorer,
-                        "routed_tier": decision.tier, "priced_as": priced_as},
+                        "routed_tier": decision.tier, "priced_as": priced_as, **cache_aware.call_attributes(call.done)},
         )
         await core.producer.emit(event)
         account.cost_usd += cost
@@ -914,6 +936,7 @@ class _Call:
     usage: UsageAmounts | None = None
     # The latest usage the provider reported during the stream (billed if the call is cut short).
     reported: UsageAmounts | None = None
+    done: StreamDone | None = None  # the provider's final event (finish reason, prompt-cache writes)
 
 
 def _startup_error(message: str) -> NoReturn:
