@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from frugal.router.conversational import (
-    STRUCTURE_FEATURES,
+from frugal.devkit.routing.conversational import (
     LabelledTurn,
     is_calibration,
     load_turns,
     spearman,
     split_turns,
 )
+from frugal.devkit.routing.routing_eval import evaluate_labelled
+from frugal.router.conversational import STRUCTURE_FEATURES
 from frugal.router.features import extract_features
-from frugal.router.routing_eval import evaluate_labelled
 from frugal.router.scoring import (
     ARTIFACT_FILE,
-    DEFAULT_SCORER,
+    HYBRID_SCORER,
     LEXICAL_ARTIFACT_FILE,
     LEXICAL_SCORER,
     SEED_SCORER,
@@ -50,7 +50,7 @@ def bundled() -> ScorerSet:
     return load_scorers()
 
 
-def tier_of(text: str, name: str = DEFAULT_SCORER) -> int:
+def tier_of(text: str, name: str = HYBRID_SCORER) -> int:
     scorer = bundled().get(name)
     return tier_index(scorer.score(text, extract_features(text)), scorer.reference.thresholds(MIX))
 
@@ -87,11 +87,11 @@ def test_default_beats_seed_and_lexical_on_the_conversational_evaluation_split()
     _, evaluation = split_turns()
     scorers = load_scorers()
     labels = [t.label for t in evaluation]
-    by_name = {name: scores(scorers.get(name), evaluation) for name in (DEFAULT_SCORER, LEXICAL_SCORER, SEED_SCORER)}
+    by_name = {name: scores(scorers.get(name), evaluation) for name in (HYBRID_SCORER, LEXICAL_SCORER, SEED_SCORER)}
     rho = {name: spearman(s, [float(x) for x in labels]) for name, s in by_name.items()}
-    assert rho[DEFAULT_SCORER] >= rho[SEED_SCORER] + 0.10, rho
-    assert rho[DEFAULT_SCORER] >= rho[LEXICAL_SCORER] + 0.50, rho
-    assert rho[DEFAULT_SCORER] >= 0.80, rho
+    assert rho[HYBRID_SCORER] >= rho[SEED_SCORER] + 0.10, rho
+    assert rho[HYBRID_SCORER] >= rho[LEXICAL_SCORER] + 0.50, rho
+    assert rho[HYBRID_SCORER] >= 0.80, rho
 
     rng = random.Random(20260)
     wins = 0
@@ -99,7 +99,7 @@ def test_default_beats_seed_and_lexical_on_the_conversational_evaluation_split()
     for _ in range(400):
         idx = [rng.randrange(n) for _ in range(n)]
         lab = [float(labels[i]) for i in idx]
-        wins += spearman([by_name[DEFAULT_SCORER][i] for i in idx], lab) > spearman(
+        wins += spearman([by_name[HYBRID_SCORER][i] for i in idx], lab) > spearman(
             [by_name[SEED_SCORER][i] for i in idx], lab)
     assert wins >= 0.95 * 400, wins
 
@@ -108,7 +108,7 @@ def test_default_beats_seed_and_lexical_on_the_conversational_evaluation_split()
     for name, s in by_name.items():
         th = scorers.get(name).reference.thresholds(MIX)
         results[name] = evaluate_labelled(name, labels, s, [tier_index(x, th) for x in s], TIER_COSTS)
-    default, seed, lexical = results[DEFAULT_SCORER], results[SEED_SCORER], results[LEXICAL_SCORER]
+    default, seed, lexical = results[HYBRID_SCORER], results[SEED_SCORER], results[LEXICAL_SCORER]
     assert default.premium_to_lite <= 0.10 < seed.premium_to_lite and default.premium_to_lite < lexical.premium_to_lite
     assert default.accuracy >= seed.accuracy + 0.05 and default.accuracy >= lexical.accuracy + 0.20
     # ... while its realized mix stays near the target (the thresholds are calibrated on similar traffic).
@@ -159,7 +159,7 @@ def test_demo_session_turns_spread_across_tiers() -> None:
 def test_bundled_thresholds_are_calibrated_on_the_conversational_calibration_split() -> None:
     calibration, _ = split_turns()
     scorers = load_scorers()
-    for name in (DEFAULT_SCORER, LEXICAL_SCORER):
+    for name in (HYBRID_SCORER, LEXICAL_SCORER):
         scorer = scorers.get(name)
         assert scorer.reference.n == len(calibration) and "conversational" in scorer.reference.sample
         th = scorer.reference.thresholds(MIX)

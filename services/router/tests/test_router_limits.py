@@ -143,7 +143,8 @@ async def test_a_request_larger_than_the_whole_window_is_refused_even_when_empty
     assert not result.allowed and result.limit == "too_large"
     assert (await limiter.check("big", requests_per_minute=100, tokens_per_minute=1000, estimated_tokens=1000)).allowed
     # Through Respond: a turn whose own text exceeds the tenant's window is refused, not let through.
-    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="tiny", monthly_budget_usd=NO_CAP, tokens_per_minute=300))
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(
+        tenant_id="tiny", monthly_budget_usd=NO_CAP, tokens_per_minute=300))
     router = await start_router()
     err = await rejected(router, "tiny", text="word " * 400)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "tenant tokens per minute" in (err.details() or "")
@@ -154,7 +155,8 @@ async def test_respond_settles_the_reservation_to_the_reported_usage(
 ) -> None:
     from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
 
-    await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="heavy", monthly_budget_usd=NO_CAP, tokens_per_minute=10_000))
+    await publish_policy(redis_client, billing_pb2.TenantPolicy(
+        tenant_id="heavy", monthly_budget_usd=NO_CAP, tokens_per_minute=10_000))
     async with GeminiEmulator() as emu:
         router = await start_router(gemini_api_key="g", gemini_base_url=emu.base_url)
         # The turn reserves ~260 tokens; Gemini reports 9,900: settle() books the difference.

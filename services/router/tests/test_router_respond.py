@@ -21,6 +21,7 @@ from frugal.common.pricing import PriceCatalog, TierName
 from frugal.common.usage import UsageAmounts
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
+from frugal.router.prompt import UNTRUSTED_RULE
 
 TIER_NAMES: dict[int, TierName] = {
     common_pb2.TIER_LITE: "lite", common_pb2.TIER_STANDARD: "standard", common_pb2.TIER_PREMIUM: "premium"}
@@ -46,6 +47,9 @@ class Answer:
 async def respond(router: Any, text: str, *, deadline_s: float | None = 10.0, metadata: Any = MD,
                   **kwargs: Any) -> Answer:
     ans = Answer()
+    # These tests exercise one provider path per turn: hybrid-v2 routes without the cascade (learned-v1, the
+    # default, sends unsure turns through it; test_router_cascade.py covers that).
+    kwargs.setdefault("scorer", "hybrid-v2")
     call = router.stub.Respond(router_pb2.RespondRequest(turn=router_pb2.TurnInput(text=text), **kwargs),
                                metadata=metadata, timeout=deadline_s)
     async for msg in call:
@@ -104,7 +108,7 @@ async def test_gemini_answer_streams_with_provider_usage_and_one_cost_event(
     req = gemini_emu.requests[-1]
     assert req.model == "gemini-2.5-flash-lite" and req.stream and req.texts[-1] == EASY
     assert "voice assistant" in req.system_instruction
-    assert req.generation_config["maxOutputTokens"] == 512
+    assert req.generation_config["maxOutputTokens"] <= 512  # capped for speech (frugal.router.speech_style)
     # One cost event, its id drawn for this attempt (turn id, attempt number and a nonce kept in the event).
     events = await cost_events(redis_client)
     assert len(events) == 1
@@ -208,7 +212,8 @@ async def test_failure_mid_answer_is_not_papered_over_and_is_billed(
     got: list[str] = []
     with pytest.raises(grpc.aio.AioRpcError) as info:
         async for msg in router.stub.Respond(router_pb2.RespondRequest(
-                turn=router_pb2.TurnInput(text=HARD), skip_rag=True, skip_vision=True, turn_id="t-mid"),
+                turn=router_pb2.TurnInput(text=HARD), skip_rag=True, skip_vision=True, turn_id="t-mid",
+                scorer="hybrid-v2"),
                 metadata=MD, timeout=10):
             if msg.WhichOneof("payload") == "delta":
                 got.append(msg.delta.text)
@@ -297,7 +302,11 @@ async def test_context_reaches_the_model_prompt_and_skips_are_reported(
     router = await start_router(**keys(gemini_emu, rag_addr=deps.rag_addr, vision_addr=deps.vision_addr))
     ans = await respond(router, EASY, skip_vision=True)
     system = gemini_emu.requests[-1].system_instruction
-    assert '<passage index="1" title="Runbook">\nRestart the ingest worker with make restart.\n</passage>' in system
+    # The turn's context rides with the user turn, after the cacheable prefix (frugal.router.cache_aware.layout),
+    # still an escaped untrusted block; the rule that says so stays in the system prompt.
+    block = '<passage index="1" title="Runbook">\nRestart the ingest worker with make restart.\n</passage>'
+    assert block in gemini_emu.requests[-1].texts[-1]
+    assert "Runbook" not in system and UNTRUSTED_RULE in system
     assert context_state(ans, router_pb2.CONTEXT_SOURCE_VISION) == router_pb2.CONTEXT_STATE_SKIPPED
     assert deps.vision.calls == []
     assert ans.started is not None and ans.started.decision.features.rag_context_chars > 0
@@ -321,7 +330,8 @@ async def test_caller_cancelling_mid_answer_still_bills_the_partial_call(
     router = await start_router(**keys(gemini_emu, claude_emu))
     claude_emu.script(AnthropicReply(chunks=("One. ", "Two. ", "Three. ", "Four."), chunk_delay_s=0.5))
     call = router.stub.Respond(router_pb2.RespondRequest(
-        turn=router_pb2.TurnInput(text=HARD), skip_rag=True, skip_vision=True, turn_id="t-cancel"),
+        turn=router_pb2.TurnInput(text=HARD), skip_rag=True, skip_vision=True, turn_id="t-cancel",
+        scorer="hybrid-v2"),
         metadata=MD, timeout=10)
     async for msg in call:
         if msg.WhichOneof("payload") == "delta":

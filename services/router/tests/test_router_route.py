@@ -30,10 +30,10 @@ async def test_route_is_deterministic_and_explains_itself(start_router: Any) -> 
     b = await router.stub.Route(route_request(CODE_TURN), metadata=MD)
     assert a == b
     d = a.decision
-    assert d.scorer == "hybrid-v2"
+    assert d.scorer == "learned-v1"
     assert d.features.has_code and d.features.length_chars == len(CODE_TURN)
     assert len(d.thresholds) == 2 and d.thresholds[0] <= d.thresholds[1]
-    # With the default 60/25/15 mix this turn is in the top 15% of the reference sample: premium.
+    # learned-v1 at its shipped quality-floor operating point sends this code question to premium.
     assert d.tier == common_pb2.TIER_PREMIUM and d.model == "claude-sonnet-4-6"
     assert d.provider == "offline"  # no ANTHROPIC_API_KEY in this router
     assert d.estimated_input_tokens > 0 and d.estimated_cost_usd > 0

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from frugal.devkit.routing.evaldata import DataMissing, Dataset, data_root, load_all
+from frugal.devkit.routing.routing_eval import best_cost_cut, fixed_tier, mix_grid, sweep
 from frugal.router.config import Settings
-from frugal.router.evaldata import DataMissing, Dataset, data_root, load_all
 from frugal.router.features import extract_features
-from frugal.router.routing_eval import best_cost_cut, fixed_tier, mix_grid, sweep
 from frugal.router.scoring import (
     ARTIFACT_FILE,
     DEFAULT_SCORER,
+    HYBRID_SCORER,
     LEXICAL_ARTIFACT_FILE,
     LEXICAL_SCORER,
     SEED_SCORER,
@@ -83,8 +84,8 @@ def test_thresholds_reproduce_the_target_mix_on_the_reference_sample() -> None:
 
 def test_default_scorer_is_deterministic_and_uses_the_bundled_artifact() -> None:
     scorers = load_scorers()
-    assert scorers.default == DEFAULT_SCORER == "hybrid-v2"
-    assert set(scorers.names) == {DEFAULT_SCORER, LEXICAL_SCORER, SEED_SCORER}
+    assert scorers.default == DEFAULT_SCORER == "learned-v1"
+    assert set(scorers.names) == {DEFAULT_SCORER, HYBRID_SCORER, LEXICAL_SCORER, SEED_SCORER}
     text = "Write a Python function that returns the n-th Fibonacci number using memoization."
     feats = extract_features(text)
     first = scorers.get("").score(text, feats)
@@ -107,7 +108,7 @@ def _copy_artifact(tmp_path: Path) -> Path:
 
 def test_artifact_checksum_is_verified(tmp_path: Path) -> None:
     path = _copy_artifact(tmp_path)
-    assert load_artifact(path)["name"] == DEFAULT_SCORER
+    assert load_artifact(path)["name"] == HYBRID_SCORER
     data = bytearray(path.read_bytes())
     i = data.index(b'"bias":') + 8
     data[i] = ord("9") if data[i] != ord("9") else ord("8")  # one changed digit of the bias
@@ -141,7 +142,7 @@ def test_reference_sample_override_recalibrates(tmp_path: Path) -> None:
     from frugal.router.scoring import read_reference_sample
 
     scorers = load_scorers(reference_texts=read_reference_sample(sample), reference_name="mine")
-    scorer = scorers.get(DEFAULT_SCORER)
+    scorer = scorers.get(HYBRID_SCORER)
     assert scorer.reference.sample == "mine" and scorer.reference.n == 200
     t = scorer.reference.thresholds(TierMix(0.6, 0.25, 0.15))
     tiers = [tier_index(scorer.score(x, extract_features(x)), t) for x in turns]
@@ -162,7 +163,7 @@ def _datasets_or_skip() -> list[Dataset]:
 def test_artifact_rebuilds_bit_for_bit_from_the_public_data() -> None:
     """Both committed artifacts are exactly what frugal.router.train builds from ../shared/data/routing and the
     bundled conversational turns."""
-    from frugal.router import train
+    from frugal.devkit.routing import train_hybrid as train
 
     datasets = _datasets_or_skip()
     rebuilt = train.build_all(datasets, data_root())
@@ -185,11 +186,11 @@ def test_default_scorer_beats_the_seed_heuristic_on_held_out_prompts() -> None:
         train_rows, test_rows = d.split()
         premium = fixed_tier(test_rows, 2, "premium")
         cuts = {}
-        for name in (DEFAULT_SCORER, SEED_SCORER):
+        for name in (HYBRID_SCORER, SEED_SCORER):
             scorer = scorers.get(name)
             ref = QuantileTable.from_scores((scorer.score(e.text, extract_features(e.text)) for e in train_rows),
                                             sample=d.name)
             scores = [scorer.score(e.text, extract_features(e.text)) for e in test_rows]
             best = best_cost_cut(sweep(test_rows, scores, ref, mixes), premium)
             cuts[name] = best.cost_cut(premium.cost) if best else 0.0
-        assert cuts[DEFAULT_SCORER] > cuts[SEED_SCORER] + 0.1, (d.name, cuts)
+        assert cuts[HYBRID_SCORER] > cuts[SEED_SCORER] + 0.1, (d.name, cuts)

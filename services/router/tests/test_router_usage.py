@@ -18,7 +18,8 @@ from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 EASY = "What's the weather like today?"
-HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string?"
+# Premium under learned-v1 without the cascade (these tests are about the premium call itself).
+HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string? Explain the root cause and fix it."  # noqa: E501
 
 
 def both(gemini: GeminiEmulator, claude: AnthropicEmulator, **extra: Any) -> dict[str, Any]:

@@ -25,16 +25,21 @@ class ModelPrice:
     provider: str
     kind: str
     input_per_mtok: float = 0.0
-    # Input tokens read from the provider's prompt cache; None means "no cached price": full input price.
-    cached_input_per_mtok: float | None = None
     output_per_mtok: float = 0.0
     per_audio_second: float = 0.0
     per_character: float = 0.0
     per_image: float = 0.0
     per_request: float = 0.0
+    # Prompt caching: price of input tokens read from the provider's cache, and of tokens written to it
+    # (Anthropic charges cache writes above the input price; Gemini's implicit cache has no write charge).
+    # None: the model has no prompt cache, cached tokens cost the input price.
+    cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
 
     def cost(self, usage: UsageAmounts) -> float:
-        cached = usage.cached_input_tokens
+        """`usage.cached_input_tokens` (a part of input_tokens, the one carrier of cache reads) at the cached
+        price; cache writes are priced by frugal.common.session_cost.llm_cost."""
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
         cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
         return (
             (usage.input_tokens - cached) * self.input_per_mtok / 1e6
@@ -89,8 +94,8 @@ class PriceCatalog:
             if m.cached_input_per_mtok is not None and float(m.cached_input_per_mtok) < 0:
                 raise PriceCatalogError(f"price catalog {source}: {m.model}.cached_input_per_mtok is negative")
             for field in ("input_per_mtok", "output_per_mtok", "per_audio_second", "per_character",
-                          "per_image", "per_request"):
-                if float(getattr(m, field)) < 0:
+                          "per_image", "per_request", "cached_input_per_mtok", "cache_write_per_mtok"):
+                if float(getattr(m, field) or 0.0) < 0:
                     raise PriceCatalogError(f"price catalog {source}: {m.model}.{field} is negative")
         for tier, model in tiers.items():
             if model not in models:

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
+from frugal.billing import session_report
 from frugal.billing.budget import month_start, read_budget_inputs
 from frugal.billing.config import Settings
 from frugal.billing.consumer import UNAVAILABLE_DB_ERRORS, ConsumerConfig, LedgerConsumer
@@ -135,7 +136,8 @@ class BillingServiceServicer(billing_pb2_grpc.BillingServiceServicer):
         try:
             tenant = current_tenant_id()
             start, end = _window(request, datetime.now(UTC))
-            return await usage_report(self._pool, tenant, start, end)
+            resp = await usage_report(self._pool, tenant, start, end)
+            return await session_report.add_session_cost(resp, self._pool, tenant, start, end, request.session_id)
         except Exception as err:
             await _fail(context, err)
 
@@ -182,6 +184,7 @@ async def migrate(settings: Settings) -> list[str]:
 async def build_billing(settings: Settings) -> Billing:
     await migrate(settings)
     catalog = default_catalog(settings.price_catalog_path)
+    session_report.use_catalog(catalog)
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
                              application_name="frugal-billing")
     redis = create_redis(settings.cost_redis_url)

@@ -14,6 +14,7 @@ from livekit.plugins import silero
 
 from frugal.common.cost_events import CostEventProducer
 from frugal.common.pricing import PriceCatalog
+from frugal.gateway import stt_gate, tts_cache
 from frugal.gateway.clients import MeshClients, ResolvedTenant
 from frugal.gateway.config import Settings
 from frugal.gateway.router_llm import RouterLLM, TurnReport, apology_for, status_of
@@ -120,8 +121,13 @@ def build_session(
                            reports=reports)
         session_llm = llm.FallbackAdapter([router, backup], attempt_timeout=settings.router_timeout_s)
     meter = SpeechCostMeter(producer, catalog, tenant_id=tenant.tenant_id, session_id=session_id)
+    stt_engine = stt_gate.maybe_gate(stt_engine, offline=stt_label.offline, meter=meter)  # STT only on speech
     meter.watch_stt(stt_engine, stt_label)
     meter.watch_tts(tts_engine, tts_label)
+    tts_engine = tts_cache.maybe_cache(  # repeated utterances from the audio cache (after the meter's watch)
+        tts_engine, tenant_id=tenant.tenant_id, voice=settings.elevenlabs_voice_id or "default",
+        session_id=session_id, meter=meter, provider=tts_label.provider, model=tts_label.model,
+        offline=tts_label.offline)
     session: AgentSession[None] = AgentSession(
         vad=vad_model, stt=stt_engine, tts=tts_engine, llm=session_llm, turn_handling=TURN_HANDLING,
         user_away_timeout=user_away_timeout,

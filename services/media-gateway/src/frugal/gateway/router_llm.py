@@ -32,6 +32,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConn
 
 from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
+from frugal.common.history_window import history_window
 from frugal.common.limits import MAX_HISTORY_MESSAGES
 from frugal.common.tenancy import REQUEST_ID_METADATA_KEY, SESSION_METADATA_KEY, TENANT_METADATA_KEY
 from frugal.common.usage import UsageAmounts
@@ -151,10 +152,10 @@ ROLES = {"user": router_pb2.ROLE_USER, "assistant": router_pb2.ROLE_ASSISTANT, "
 
 
 def _trim(convo: list[router_pb2.ChatMessage], cap: int) -> list[router_pb2.ChatMessage]:
-    """The newest `cap` messages, never starting with a tool result whose call was cut off."""
+    """At most the newest `cap` messages, never starting with a tool result whose call was cut off."""
     if cap <= 0:
         return []
-    out = convo[-cap:]
+    out = history_window(convo, cap)  # moves in steps: the prompt prefix stays cacheable (prompt caching)
     while out and out[0].role == router_pb2.ROLE_TOOL:
         out = out[1:]
     return out

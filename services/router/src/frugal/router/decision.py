@@ -14,6 +14,7 @@ from frugal.common.pricing import TIERS, PriceCatalog, TierName
 from frugal.common.tenant_state import BudgetVerdict, budget_verdict
 from frugal.common.usage import UsageAmounts
 from frugal.router.features import TurnFeatures, extract_features
+from frugal.router.learned import Assessment, LearnedScorer
 from frugal.router.metrics import DECISION_SECONDS, ROUTER_DECISIONS
 from frugal.router.scoring import ScorerSet, TierMix, tier_index
 
@@ -60,6 +61,14 @@ class Decision:
     override_reasons: tuple[str, ...] = field(default_factory=tuple)
     budget: BudgetVerdict = BudgetVerdict("unlimited")
     decision_seconds: float = 0.0
+    # learned-v1 only: its probabilities that lite / standard answer as well as premium, which operating point
+    # set the thresholds ("floor" or "mix"), and whether the turn goes through the cascade (frugal.router.cascade).
+    p_lite: float | None = None
+    p_standard: float | None = None
+    operating_point: str = "mix"
+    cascade: bool = False
+    # The answer scorer's keep threshold for this turn's cluster (None: the pooled one).
+    answer_keep: float | None = None
 
     def to_proto(self) -> router_pb2.Decision:
         f = self.features
@@ -103,6 +112,7 @@ class Decider:
         provider_of: Callable[[TierName], tuple[str, bool]],
         system_prompt_chars: int = 0,
         expected_output_tokens: int = 250,
+        cascade_enabled: bool = True,
     ) -> None:
         self.scorers = scorers
         self.catalog = catalog
@@ -111,6 +121,9 @@ class Decider:
         self._system_chars = system_prompt_chars
         self._expected_output = expected_output_tokens
         self._thresholds: dict[tuple[str, TierMix], tuple[float, float]] = {}
+        # Whether Respond runs the cascade (frugal.router.cascade) for learned-v1's unsure turns; without it the
+        # prompt router's own operating point applies.
+        self.cascade_enabled = cascade_enabled
 
     def thresholds(self, scorer: str, mix: TierMix) -> tuple[float, float]:
         key = (scorer, mix)
@@ -139,11 +152,26 @@ class Decider:
             rag_context_chars=turn.rag_context_chars,
             vision_context_chars=turn.vision_context_chars,
         )
-        score = scorer.score(turn.text, features)
-        mix = policy_mix(policy) or self.default_mix
-        thresholds = self.thresholds(scorer.name, mix)
-        idx = tier_index(score, thresholds)
+        tenant_mix = policy_mix(policy)
+        mix = tenant_mix or self.default_mix
         reasons: list[str] = []
+        assessment: Assessment | None = None
+        if isinstance(scorer, LearnedScorer):
+            assessment = scorer.assess(turn.text, features, turn.history)
+            score = assessment.score
+            if assessment.follow_up_of is not None:
+                reasons.append(f"follow-up scored as the turn it follows ({assessment.follow_up_of!r})")
+        else:
+            score = scorer.score(turn.text, features)
+        # learned-v1 uses its quality-floor operating point unless the tenant sets a mix.
+        floor_point = isinstance(scorer, LearnedScorer) and tenant_mix is None
+        cascade_upper = 0.0
+        if isinstance(scorer, LearnedScorer) and floor_point and assessment is not None:
+            thresholds, cascade_upper = scorer.floor_point(assessment, cascade=self.cascade_enabled)
+        else:
+            thresholds = self.thresholds(scorer.name, mix)
+        idx = tier_index(score, thresholds)
+        routed = idx
         if mix != self.default_mix:
             reasons.append(f"tenant mix {mix}")
         if policy is not None and policy.pinned_tier in ENUM_TIER:
@@ -163,6 +191,11 @@ class Decider:
         elif verdict.refuses:
             reasons.append(f"budget {verdict.status}: {verdict.detail}")
         tier = TIERS[idx]
+        # The cascade only for turns the learned router is unsure about, and only when nothing overrode it.
+        tenant_tier_rule = policy is not None and (policy.pinned_tier in ENUM_TIER or policy.max_tier in ENUM_TIER)
+        cascade = (isinstance(scorer, LearnedScorer) and floor_point and self.cascade_enabled and idx == routed
+                   and idx > 0 and not tenant_tier_rule and verdict.status in ("ok", "unlimited", "unknown")
+                   and thresholds[0] < score <= cascade_upper)
         model = self.catalog.tier_model(tier)
         provider, offline = self._provider_of(tier)
         input_chars = (self._system_chars + len(turn.text) + sum(len(t) for _, t in turn.history)
@@ -178,4 +211,8 @@ class Decider:
             features=features, thresholds=thresholds, mix=mix, estimated_input_tokens=est_in,
             estimated_output_tokens=est_out, estimated_cost_usd=est_cost, override_reasons=tuple(reasons),
             budget=verdict, decision_seconds=elapsed,
+            p_lite=assessment.p_lite if assessment else None,
+            p_standard=assessment.p_standard if assessment else None,
+            operating_point="floor" if floor_point else "mix", cascade=cascade,
+            answer_keep=scorer.answer_keep(assessment) if isinstance(scorer, LearnedScorer) and assessment else None,
         )

@@ -35,7 +35,9 @@ from typing import Any, Protocol
 from frugal.router.conversational import STRUCTURE_FEATURES, structure_features
 from frugal.router.features import TurnFeatures, extract_features
 
-DEFAULT_SCORER = "hybrid-v2"
+# The learned router (frugal.router.learned) decides by default; hybrid-v2 and the seed stay selectable by name.
+DEFAULT_SCORER = "learned-v1"
+HYBRID_SCORER = "hybrid-v2"
 LEXICAL_SCORER = "lexical-ridge-v1"
 SEED_SCORER = "heuristic-seed"
 ARTIFACT_FILE = "scorer-hybrid-v2.json"
@@ -369,12 +371,35 @@ class ScorerSet:
         return sorted(self.scorers)
 
 
+def load_learned(lexical: LexicalRidgeScorer, hybrid: HybridScorer, path: str | Path | None = None) -> Scorer:
+    """`learned-v1` (frugal.router.learned) on the shared MiniLM encoder; the artifact's checksum and the
+    encoder's embedding table digest are both checked."""
+    from frugal.router.learned import LearnedArtifactError, LearnedScorer, MiniLMTailEmbedder, load_learned_payload
+
+    try:
+        payload = load_learned_payload(path)
+        embedder = MiniLMTailEmbedder()
+        expected = str(payload.get("model", {}).get("encoder_table_sha256", ""))
+        if expected != embedder.table_digest():
+            raise ScorerError("learned artifact was fitted on a different encoder embedding table "
+                              f"({expected[:16]}... != {embedder.table_digest()[:16]}...)")
+
+        def base(text: str, features: TurnFeatures) -> tuple[float, float]:
+            return lexical.score(text, features), hybrid.score(text, features)
+
+        return LearnedScorer(payload, embedder, base)
+    except LearnedArtifactError as err:
+        raise ScorerError(str(err)) from err
+
+
 def load_scorers(
     artifact_path: str | Path | None = None,
     *,
     default: str = DEFAULT_SCORER,
     reference_texts: Sequence[str] | None = None,
     reference_name: str = "custom reference sample",
+    learned: bool = True,
+    learned_artifact_path: str | Path | None = None,
 ) -> ScorerSet:
     """Loads the scorer artifact (verified): `hybrid-v2` with the `lexical-ridge-v1` model it embeds, and the
     seed heuristic. An older `lexical-ridge-v1` artifact gives that scorer and the seed heuristic only.
@@ -390,6 +415,9 @@ def load_scorers(
         lexical = LexicalRidgeScorer({**payload["lexical"], "reference": payload.get("reference")})
         hybrid = HybridScorer(payload, lexical)
         scorers[hybrid.name] = hybrid
+        if learned:
+            learned_scorer = load_learned(lexical, hybrid, learned_artifact_path)
+            scorers[learned_scorer.name] = learned_scorer
     else:
         lexical = LexicalRidgeScorer(payload)
     seed = SeedHeuristicScorer(lexical.seed_reference)

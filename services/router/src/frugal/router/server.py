@@ -36,11 +36,21 @@ from frugal.common.settings import ConfigError
 from frugal.common.tenancy import current_identity
 from frugal.common.tenant_state import TenantStateCache
 from frugal.common.usage import UsageAmounts
+from frugal.router import cache_aware
 from frugal.router import metrics as m
 from frugal.router.bounded import DEADLINE_RESERVE_S, EMIT_WAIT_S, BoundedProducer, RedisWatch, TurnClock
+from frugal.router.cascade import (
+    CASCADE_HOLD_SECONDS,
+    CASCADE_TURNS,
+    AnswerScorer,
+    CascadeOutcome,
+    CheapCall,
+    load_answer_scorer,
+    run_cascade,
+)
 from frugal.router.config import Settings
 from frugal.router.context import RAG, VISION, ContextClients, ContextResult, skipped
-from frugal.router.decision import TIER_ENUM, Decider, Decision, TurnText, budget_verdict
+from frugal.router.decision import ENUM_TIER, TIER_ENUM, Decider, Decision, TurnText, budget_verdict
 from frugal.router.deployments import Deployment, DeploymentPool, DeploymentSpec, describe, parse_deployments
 from frugal.router.fallback import fallback_sequence, parse_fallback_chain
 from frugal.router.health import DeploymentHealth, HealthConfig
@@ -172,6 +182,8 @@ class RouterCore:
             rate_limit_cooldown_s=settings.rate_limit_cooldown_s))
         self.chain = parse_fallback_chain(settings.fallback_chain)
         self.windows = parse_context_windows(settings.model_context_windows)
+        # The cascade's answer scorer (learned-v1 artifact); None when learned-v1 is not loaded.
+        self.answer_scorer: AnswerScorer | None = load_answer_scorer(scorers)
         self.decider = Decider(
             scorers, catalog, TierMix.parse(settings.default_mix), provider_of=providers.describe,
             system_prompt_chars=len(settings.system_prompt), expected_output_tokens=settings.expected_output_tokens,
@@ -206,8 +218,9 @@ class RouterCore:
             return decision
         est = self.catalog.cost(route.model, UsageAmounts(input_tokens=decision.estimated_input_tokens,
                                                           output_tokens=decision.estimated_output_tokens))
+        # No cascade then: it exists to spare the routed (premium) tier, which this deployment does not have.
         return dataclasses.replace(decision, tier=route.tier, model=route.model, provider=route.provider,
-                                   offline=False, estimated_cost_usd=est,
+                                   offline=False, estimated_cost_usd=est, cascade=False,
                                    override_reasons=(*decision.override_reasons, route.reason))
 
     def plan(self, tier: TierName) -> tuple[list[Candidate], list[Candidate]]:
@@ -391,6 +404,19 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
 
         decision = self._decide(request.turn, messages, rag_ctx.chars, vision_ctx.chars, request.scorer, policy,
                                 budget, max_output_tokens=max_out)
+        # frugal.router.cache_aware first: a session with a warm prompt cache may stay on its tier; then the
+        # cascade (below) only if the turn is still the learned router's unsure one and not pinned.
+        pinned = policy is not None and policy.pinned_tier in ENUM_TIER
+        routed = decision.tier
+        levers, decision = cache_aware.TurnLevers.begin(
+            core.catalog, decision, tenant=tenant, session=session, question=_decision_text(request.turn),
+            prompt_chars=len(s.system_prompt) + sum(len(x.text) for x in messages) + rag_ctx.chars
+            + vision_ctx.chars, max_out=max_out, provider_of=core.providers.describe,
+            max_tier=ENUM_TIER.get(policy.max_tier) if policy is not None else None, pinned=pinned)
+        if decision.tier != routed:
+            decision = dataclasses.replace(core.with_availability(decision), cascade=False)
+        if pinned:
+            decision = dataclasses.replace(decision, cascade=False)
         provider_info = common_pb2.ProviderInfo(provider=decision.provider,
                                                 model=OFFLINE_MODEL if decision.offline else decision.model,
                                                 offline=decision.offline)
@@ -403,9 +429,48 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                                history_system=history_system, reply_instructions=request.instructions,
                                passages=rag_ctx.passages, screen_notes=vision_ctx.notes,
                                screen_ages_s=vision_ctx.ages_s)
-        # (A cascade hook, e.g. "try the cheaper tier first", slots in here: it may change `decision`.)
-        candidates, cooling = await self._candidates(decision, clock)
+        # Speech sizing and the cache layout (the turn's untrusted blocks move to the user's message, framed
+        # and escaped as they were; tool messages are left as they are).
+        system, messages, max_out = levers.shape(system, messages, decision.tier, max_out,
+                                                 offline=decision.offline, has_tools=bool(tools))
         account = TurnAccount()
+        await self._refresh_health(clock)
+        start_tier: TierName = decision.tier
+        # Tokens the cascade's cheap attempts used: settled with the turn's rate-limit reservation.
+        cascade_tokens = 0
+        # --- cascade hook (frugal.router.cascade): learned-v1's unsure turns -------------------------------
+        # Not with tools: a tool call cannot be held and scored (it would be sent or lost).
+        if decision.cascade and core.answer_scorer is not None and not tools:
+            cheap = self._cheap_calls(request, system, messages, max_out, tpm, rag_ctx, vision_ctx, clock)
+            if cheap is not None:
+                calls, hold_s = cheap
+                outcome = await self._cascade(calls, hold_s, request, decision, clock, account, tenant=tenant,
+                                              session=session, request_id=request_id, turn_id=turn_id)
+                cascade_tokens = sum(a.usage.input_tokens + a.usage.output_tokens
+                                     for a in outcome.attempts if a.usage is not None)
+                if outcome.kept:
+                    ans = outcome.answer
+                    assert ans.usage is not None
+                    info = common_pb2.ProviderInfo(provider=ans.provider, model=ans.model, offline=ans.offline)
+                    first = time.perf_counter()
+                    yield router_pb2.RespondResponse(delta=router_pb2.TextDelta(text=ans.text), provider=info)
+                    await self._settle(tenant, reserved, cascade_tokens, clock)
+                    levers.finished(ans.tier, ans.provider)
+                    total = time.perf_counter() - started
+                    m.TOTAL_SECONDS.labels(tier=ans.tier, model=ans.model).observe(total)
+                    m.ROUTER_REQUESTS.labels(tenant=tenant, tier=ans.tier, model=ans.model, outcome="ok").inc()
+                    yield router_pb2.RespondResponse(completed=router_pb2.RespondCompleted(
+                        provider=info, tier=TIER_ENUM[ans.tier], usage=ans.usage.to_proto(),  # type: ignore[arg-type]
+                        cost_usd=account.cost_usd, baseline_cost_usd=account.baseline_usd,
+                        first_token_latency_ms=(first - started) * 1000, total_latency_ms=total * 1000,
+                        fallbacks=account.fallbacks, context=[c.to_proto() for c in contexts],
+                        cost_event_ids=account.event_ids, decision=decision.to_proto(), degraded=clock.degraded),
+                        provider=info)
+                    return
+                # Escalated: the normal attempts from premium (its cooldowns, breaker and fallbacks).
+                start_tier = "premium"
+        # --- end cascade hook ----------------------------------------------------------------------------------
+        candidates, cooling = self.core.plan(start_tier)
         for skip in cooling:
             assert skip.deployment is not None
             d = skip.deployment
@@ -457,7 +522,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                 m.DEPLOYMENT_CALLS.labels(deployment=cand.deployment.name).inc()
             token = EMIT_WAIT_S.set(None if left is None else max(0.001, budget_s))
             try:
-                async for item in self._stream_call(call, preq, budget_s, first_token_s):
+                async for item in levers.speak(self._stream_call(call, preq, budget_s, first_token_s), call):
                     if first_token_at is None:
                         first_token_at = time.perf_counter()
                         m.FIRST_TOKEN_SECONDS.labels(tier=tier, model=model).observe(first_token_at - started)
@@ -507,16 +572,14 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             # Success.
             EMIT_WAIT_S.set(self._emit_wait(clock))
             await self._account(call, account, attempt, turn_id, session, request_id, decision, outcome="ok")
+            levers.finished(tier, provider.provider)
             AI_REQUESTS_TOTAL.labels(service="router", kind="llm", provider=provider.provider, model=model,
                                      outcome="ok").inc()
             assert call.usage is not None
             if cand.deployment is not None:
                 await core.health.success(cand.deployment.name, timeout_s=clock.redis_timeout())
-            if reserved:
-                used = call.usage.input_tokens + call.usage.output_tokens
-                settle_note = await core.limiter.settle(tenant, used - reserved, timeout_s=clock.redis_timeout())
-                if settle_note:
-                    clock.fail_open("rate_limiter", settle_note)
+            await self._settle(tenant, reserved, call.usage.input_tokens + call.usage.output_tokens + cascade_tokens,
+                               clock)
             if core.producer.pending_writes:
                 clock.degraded.append("cost events: Redis slow, the write goes on in the background")
             total = time.perf_counter() - started
@@ -653,14 +716,100 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             return trimmed.messages, trimmed.note(budget)
         return messages, ""
 
-    async def _candidates(self, decision: Decision, clock: TurnClock) -> tuple[list[Candidate], list[Candidate]]:
-        """The attempts of this turn, after reading the shared breaker state (bounded; fail open)."""
+    async def _refresh_health(self, clock: TurnClock) -> None:
+        """Reads the shared breaker state before the turn's attempts are planned (bounded; fail open)."""
         core = self.core
         names = [d.name for d in core.providers.pool.deployments]
         store = await core.health.refresh(names, timeout_s=clock.redis_timeout())
         if store:
             clock.fail_open("breaker_store", store)
-        return core.plan(decision.tier)
+
+    async def _settle(self, tenant: str, reserved: int, used: int, clock: TurnClock) -> None:
+        """The rate-limit reservation corrected to the tokens the turn's calls used."""
+        if not reserved:
+            return
+        note = await self.core.limiter.settle(tenant, used - reserved, timeout_s=clock.redis_timeout())
+        if note:
+            clock.fail_open("rate_limiter", note)
+
+    def _cheap_calls(
+        self, request: router_pb2.RespondRequest, system: str, messages: list[Message], max_out: int, tpm: int,
+        rag_ctx: ContextResult, vision_ctx: ContextResult, clock: TurnClock,
+    ) -> tuple[list[CheapCall], float] | None:
+        """The cascade's lite and standard calls (the first healthy deployment of each tier, or the offline
+        stand-in) and how long they may take; None (no cascade) when the two cheap tiers are not two distinct
+        models available now, or when too little of the caller's deadline is left to hold and escalate."""
+        core, s = self.core, self.core.settings
+        left = clock.left()
+        # At most half of what is left: premium must still have time if the cascade escalates.
+        hold_s = s.provider_timeout_s if left is None else min(s.provider_timeout_s, (left - DEADLINE_RESERVE_S) / 2)
+        if hold_s < MIN_ATTEMPT_S:
+            return None
+        calls: list[CheapCall] = []
+        cheap: tuple[TierName, TierName] = ("lite", "standard")
+        for tier in cheap:
+            planned, _ = core.plan(tier)
+            if not planned or planned[0].tier != tier:
+                return None
+            cand = planned[0]
+            provider = cand.deployment.impl if cand.deployment is not None else core.providers.offline
+            fitted, note = self._fit_model(messages, system, cand.model, max_out, tpm, ())
+            if note and note not in clock.degraded:
+                clock.degraded.append(note)
+            calls.append(CheapCall(tier=tier, model=cand.model, provider=provider, deployment=cand.deployment,
+                                   request=ProviderRequest(
+                model=cand.model, system=system, messages=fitted, max_output_tokens=max_out,
+                question=_decision_text(request.turn), passages=rag_ctx.passages, screen_notes=vision_ctx.notes,
+                timeout_s=hold_s)))
+        if calls[0].model == calls[1].model and not calls[0].provider.offline:
+            return None
+        return calls, hold_s
+
+    async def _cascade(
+        self, calls: list[CheapCall], hold_s: float, request: router_pb2.RespondRequest, decision: Decision,
+        clock: TurnClock, account: TurnAccount, *, tenant: str, session: str, request_id: str, turn_id: str,
+    ) -> CascadeOutcome:
+        """Runs the cascade's cheap attempts (each billed with its own cost event, also when the caller leaves
+        during the hold), books them on the turn's account and reports them to the deployments' breakers."""
+        core = self.core
+        for c in calls:
+            if c.deployment is not None:
+                c.deployment.in_flight += 1
+                m.DEPLOYMENT_CALLS.labels(deployment=c.deployment.name).inc()
+        token = EMIT_WAIT_S.set(self._emit_wait(clock))
+        try:
+            outcome = await run_cascade(
+                calls=calls, catalog=core.catalog, recorder=core.recorder, scorer=core.answer_scorer,  # type: ignore[arg-type]
+                question=_decision_text(request.turn), p_lite=decision.p_lite or 0.5,
+                p_standard=decision.p_standard or 0.5, budget_s=hold_s, tenant=tenant, session=session,
+                request_id=request_id, turn_id=turn_id, scorer_name=decision.scorer, routed_tier=decision.tier,
+                answer_keep=decision.answer_keep)
+        finally:
+            EMIT_WAIT_S.reset(token)
+            for c in calls:
+                if c.deployment is not None:
+                    c.deployment.in_flight -= 1
+        CASCADE_TURNS.labels(outcome="kept" if outcome.kept else "escalated").inc()
+        CASCADE_HOLD_SECONDS.observe(outcome.hold_seconds)
+        for c, a in zip(calls, outcome.attempts, strict=True):
+            account.cost_usd += a.cost_usd
+            account.baseline_usd += a.baseline_usd
+            account.event_ids.append(a.event_id)
+            offline = str(a.offline).lower()
+            AI_REQUESTS_TOTAL.labels(service="router", kind="llm", provider=a.provider, model=a.model,
+                                     outcome=a.failure.kind if a.failure else "ok").inc()
+            m.COST_USD.labels(tenant=tenant, tier=a.tier, model=a.model, offline=offline).inc(a.cost_usd)
+            if c.deployment is None:
+                continue
+            if a.failure is not None:
+                store = await core.health.failure(c.deployment.name, a.failure, timeout_s=clock.redis_timeout())
+                if store:
+                    clock.fail_open("breaker_store", store)
+            else:
+                await core.health.success(c.deployment.name, timeout_s=clock.redis_timeout())
+        if core.producer.pending_writes:
+            clock.degraded.append("cost events: Redis slow, the write goes on in the background")
+        return outcome
 
     def _context_tasks(
         self, request: router_pb2.RespondRequest, policy: billing_pb2.TenantPolicy | None,
@@ -730,6 +879,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
                     call.reported = event.usage
                 elif isinstance(event, StreamDone):
                     call.usage = event.usage
+                    call.done = event
         finally:
             await gen.aclose()
         if call.usage is None:
@@ -752,7 +902,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             estimate=UsageAmounts(input_tokens=decision.estimated_input_tokens,
                                   output_tokens=estimate_tokens(call.emitted), requests=1),
             attributes={"turn_id": turn_id, "attempt": str(attempt), "scorer": decision.scorer,
-                        "routed_tier": decision.tier},
+                        "routed_tier": decision.tier, **cache_aware.call_attributes(call.done)},
         )
         if call.usage is not None:
             att.report(call.usage)
@@ -787,6 +937,7 @@ class _Call:
     usage: UsageAmounts | None = None
     # The latest usage the provider reported during the stream (billed if the call is cut short).
     reported: UsageAmounts | None = None
+    done: StreamDone | None = None  # the provider's final event (finish reason, prompt-cache writes)
 
 
 def _startup_error(message: str) -> NoReturn:

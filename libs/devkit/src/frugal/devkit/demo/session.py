@@ -17,6 +17,7 @@ from frugal.api.vision.v1 import vision_pb2
 from frugal.common.admin_client import Ingested, ingest_markdown_folder, load_policy, upsert_tenant
 from frugal.common.grpc_client import create_channel, outgoing_metadata
 from frugal.common.pricing import default_catalog
+from frugal.common.session_cost import format_usage_session_cost
 from frugal.gateway.agent import SessionParts
 from frugal.gateway.clients import TenantRejected
 from frugal.gateway.config import Settings
@@ -197,6 +198,7 @@ def format_report(run: DemoRun) -> list[str]:
         routed, premium = est
         lines.append(f"LLM at list prices (same tokens, routed tiers vs all premium): ${routed:.6f} vs ${premium:.6f} "
                      f"= {1 - routed / premium if premium else 0:.1%} saved (estimate from the turns' token counts)")
+    lines += format_usage_session_cost(led.session_cost)  # frugal.common.session_cost: every kind, per minute
     if led.estimated_events:
         lines.append(f"OFFLINE: {led.estimated_events} of {led.events} events come from offline stand-ins (no API "
                      "keys): their usage is estimated and no provider was paid; treat those figures as estimates.")

@@ -42,6 +42,7 @@ from typing import Any
 from aiohttp import web
 
 from frugal.devkit.emulators._server import HttpEmulator
+from frugal.devkit.emulators.prompt_cache import Block, PromptCacheSim
 
 IMAGE_TOKENS = 1600
 
@@ -199,6 +200,8 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
         self.chunk_delay_s = chunk_delay_s
         self.chunk_chars = max(1, chunk_chars)
         self.require_api_key = require_api_key
+        # Prompt caching (cache_control breakpoints): usage splits input into uncached, writes and reads.
+        self.prompt_cache = PromptCacheSim(ttl_s=300.0)
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/messages", self._handle)
@@ -338,9 +341,11 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
                        for name, args in reply.tool_calls]
         if tool_blocks:
             stop_reason = "tool_use"
-        input_tokens = req.input_tokens
+        cache = self.prompt_cache.explicit(req.model, _cache_blocks(body))
+        cache_read, cache_write = cache.read, cache.write
+        # Uncached input: everything the request counts (tools and tool blocks included) but the cached part.
+        input_tokens = max(req.input_tokens - cache_read - cache_write, 0)
         output_tokens = count_text_tokens(text) + sum(count_text_tokens(json.dumps(b)) for b in tool_blocks)
-        cache_read = cache_write = 0
         if reply.usage is not None:
             input_tokens = reply.usage.get("input_tokens", input_tokens)
             output_tokens = reply.usage.get("output_tokens", output_tokens)
@@ -462,3 +467,23 @@ class AnthropicEmulator(HttpEmulator[AnthropicReply, AnthropicRequest]):
         await event("message_stop", {"type": "message_stop"})
         await resp.write_eof()
         return resp
+
+
+def _cache_blocks(body: dict[str, Any]) -> list[Block]:
+    """The prompt as cacheable blocks in Anthropic's order (system, then messages), text blocks only."""
+    out: list[Block] = []
+
+    def add(content: Any, role: str) -> None:
+        if isinstance(content, str):
+            out.append(Block(f"{role}:{content}", count_text_tokens(content)))
+        elif isinstance(content, list):
+            for b in content:
+                if isinstance(b, dict) and b.get("type") == "text":
+                    t = str(b.get("text", ""))
+                    out.append(Block(f"{role}:{t}", count_text_tokens(t), "cache_control" in b))
+
+    add(body.get("system", ""), "system")
+    for m in body.get("messages") or []:
+        if isinstance(m, dict):
+            add(m.get("content", ""), str(m.get("role")))
+    return out

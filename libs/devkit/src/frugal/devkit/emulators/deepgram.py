@@ -46,6 +46,8 @@ class DeepgramRequest:
     headers: dict[str, str]
     audio: bytearray = field(default_factory=bytearray)
     control: list[str] = field(default_factory=list)  # "KeepAlive", "Finalize", "CloseStream" in order
+    # The same messages with the audio seconds received when each arrived.
+    control_at: list[tuple[str, float]] = field(default_factory=list)
     results_sent: list[dict[str, Any]] = field(default_factory=list)
     closed: bool = False
 
@@ -107,6 +109,17 @@ class DeepgramEmulator(HttpEmulator[DeepgramReply, DeepgramRequest]):
 
     def fail_next(self, status: int, times: int = 1, err_msg: str | None = None) -> None:
         self.script(*[DeepgramReply(status=status, err_msg=err_msg) for _ in range(times)])
+
+    # -- billing counters: Deepgram bills audio duration received, KeepAlive and silence not sent are free --
+    @property
+    def billed_audio_seconds(self) -> float:
+        """Audio seconds received over every connection and POST: what Deepgram would bill."""
+        return sum(r.audio_seconds if r.mode == "live" else _wav_seconds(bytes(r.audio)) for r in self.requests)
+
+    @property
+    def keepalives(self) -> int:
+        """KeepAlive messages received (not billed)."""
+        return sum(r.control.count("KeepAlive") for r in self.requests)
 
     # -- wire format -------------------------------------------------------------------------------
     def _key_ok(self, key: str | None) -> bool:
@@ -201,6 +214,7 @@ class DeepgramEmulator(HttpEmulator[DeepgramReply, DeepgramRequest]):
                     await ws.close(code=1008, message=b"invalid control message")
                     break
                 req.control.append(str(kind))
+                req.control_at.append((str(kind), req.audio_seconds))
                 if kind == "Finalize" and pending:
                     await send_final(True)
                 elif kind == "CloseStream":

@@ -150,6 +150,12 @@ class ElevenLabsEmulator(HttpEmulator[ElevenLabsReply, ElevenLabsRequest]):
     def fail_next(self, status: int, times: int = 1, detail: str | None = None) -> None:
         self.script(*[ElevenLabsReply(status=status, detail=detail) for _ in range(times)])
 
+    # -- billing counter: ElevenLabs bills the characters of the text it is sent to synthesise --
+    @property
+    def billed_characters(self) -> int:
+        """Characters received for synthesis over every connection and POST that was served."""
+        return sum(len(r.text) for r in self.requests if r.closed)
+
     def audio_for(self, text: str, sample_rate: int, reply: ElevenLabsReply) -> bytes:
         """The PCM the emulator speaks for `text` (what tests compare received frames with)."""
         if reply.pcm is not None:

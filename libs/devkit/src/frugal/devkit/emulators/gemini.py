@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from frugal.devkit.emulators._server import HttpEmulator
+from frugal.devkit.emulators.prompt_cache import Block, PromptCacheSim
 
 IMAGE_TOKENS = 258
 
@@ -224,6 +226,9 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
         self.chunk_delay_s = chunk_delay_s
         self.chunk_chars = max(1, chunk_chars)
         self.require_api_key = require_api_key
+        # Implicit context caching (Gemini 2.5): a shared prefix of 1,024+ tokens is read from the cache.
+        self.prompt_cache = PromptCacheSim(ttl_s=180.0)
+        self._cached_tokens: dict[int, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _add_routes(self, app: web.Application) -> None:
@@ -256,8 +261,7 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
             headers["Retry-After"] = str(math.ceil(retry_after_s))
         return web.json_response(self.error_body(status, message, retry_after_s), status=status, headers=headers)
 
-    @staticmethod
-    def _usage(req: GeminiRequest, output_text: str, reply: GeminiReply, final: bool) -> dict[str, Any]:
+    def _usage(self, req: GeminiRequest, output_text: str, reply: GeminiReply, final: bool) -> dict[str, Any]:
         if reply.usage is not None and final:
             return dict(reply.usage)
         text_tokens = sum(count_text_tokens(t) for t in req.texts) + count_text_tokens(req.system_instruction)
@@ -276,6 +280,9 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
             usage["thoughtsTokenCount"] = reply.thoughts_tokens
             total += reply.thoughts_tokens
         usage["totalTokenCount"] = total
+        cached = self._cached_tokens.get(id(req), 0)
+        if cached:
+            usage["cachedContentTokenCount"] = cached
         return usage
 
     @staticmethod
@@ -374,7 +381,15 @@ class GeminiEmulator(HttpEmulator[GeminiReply, GeminiRequest]):
         text = reply.text if reply.text is not None else (
             "".join(reply.chunks) if reply.chunks is not None else "" if reply.function_calls else self.responder(req)
         )
+        # Honour maxOutputTokens (the emulator's tokenizer: 4 characters a token): cut, finishReason MAX_TOKENS.
+        cap = _get(req.generation_config, "maxOutputTokens", "max_output_tokens")
+        if isinstance(cap, int) and cap > 0 and count_text_tokens(text) > cap and reply.chunks is None:
+            text = text[: cap * 4]
+            reply = dataclasses.replace(reply, finish_reason="MAX_TOKENS")
         response_id = uuid.uuid4().hex[:20]
+        blocks = [Block(f"system:{req.system_instruction}", count_text_tokens(req.system_instruction))] + [
+            Block(f"{role}:{t}", count_text_tokens(t)) for role, t in zip(req.roles, req.texts, strict=True)]
+        self._cached_tokens[id(req)] = self.prompt_cache.implicit(req.model, blocks).read
         if not req.stream:
             usage = self._usage(req, text, reply, True)
             return web.json_response(self._response(req, text, usage, response_id, reply.finish_reason,

@@ -102,6 +102,9 @@ class UsageReport:
 class StreamDone:
     usage: UsageAmounts
     finish_reason: str = ""
+    # Of usage.input_tokens: read from / written to the provider's prompt cache (frugal.router.cache_aware).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 StreamEvent = TextChunk | ToolCallChunk | UsageReport | StreamDone

@@ -23,6 +23,7 @@ from anthropic.types import (
 )
 
 from frugal.common.usage import UsageAmounts
+from frugal.router import cache_aware
 from frugal.router.providers.base import (
     Message,
     ProviderError,
@@ -117,6 +118,7 @@ class ClaudeProvider:
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamEvent, None]:
         usage: UsageAmounts | None = None
+        cache_write = 0
         stop = ""
         emitted = False
         text_out = ""
@@ -126,15 +128,16 @@ class ClaudeProvider:
             events = await self._client.with_options(timeout=request.timeout_s).messages.create(
                 model=request.model,
                 max_tokens=request.max_output_tokens,
-                messages=claude_messages(request.messages),
+                messages=cache_aware.claude_breakpoint(claude_messages(request.messages)),
                 stream=True,
-                system=request.system if request.system else anthropic.omit,
+                system=cache_aware.claude_system(request.system) if request.system else anthropic.omit,
                 tools=claude_tools(request.tools) if request.tools else anthropic.omit,
             )
             async with events:
                 async for event in events:
                     if isinstance(event, RawMessageStartEvent):
                         usage = _usage(event.message.usage)
+                        cache_write = int(getattr(event.message.usage, "cache_creation_input_tokens", 0) or 0)
                         yield UsageReport(usage)
                     elif isinstance(event, RawContentBlockStartEvent) and isinstance(event.content_block,
                                                                                      ToolUseBlock):
@@ -176,7 +179,7 @@ class ClaudeProvider:
         if usage is None:
             usage = UsageAmounts(input_tokens=estimate_tokens(request.prompt_text),
                                  output_tokens=estimate_tokens(text_out), requests=1, estimated=True)
-        yield StreamDone(usage, stop)
+        yield StreamDone(usage, stop, usage.cached_input_tokens, cache_write)
 
     async def aclose(self) -> None:
         await self._client.close()

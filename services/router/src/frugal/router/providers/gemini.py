@@ -175,7 +175,7 @@ class GeminiProvider:
         if usage is None:
             usage = UsageAmounts(input_tokens=estimate_tokens(request.prompt_text),
                                  output_tokens=estimate_tokens(text_out), requests=1, estimated=True)
-        yield StreamDone(usage, finish)
+        yield StreamDone(usage, finish, usage.cached_input_tokens)
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()

@@ -97,12 +97,74 @@ class UpsertTenantResponse(_message.Message):
     def __init__(self, policy: _Optional[_Union[TenantPolicy, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
-    __slots__ = ("start", "end")
+    __slots__ = ("start", "end", "session_id")
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
-    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class SessionKindCost(_message.Message):
+    __slots__ = ("kind", "cost_usd", "naive_usd", "savings", "events", "estimated", "audio_seconds", "characters", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "images", "requests", "cache_hit_characters")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    NAIVE_USD_FIELD_NUMBER: _ClassVar[int]
+    SAVINGS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    cost_usd: float
+    naive_usd: float
+    savings: float
+    events: int
+    estimated: bool
+    audio_seconds: float
+    characters: int
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    images: int
+    requests: int
+    cache_hit_characters: int
+    def __init__(self, kind: _Optional[str] = ..., cost_usd: _Optional[float] = ..., naive_usd: _Optional[float] = ..., savings: _Optional[float] = ..., events: _Optional[int] = ..., estimated: _Optional[bool] = ..., audio_seconds: _Optional[float] = ..., characters: _Optional[int] = ..., input_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., images: _Optional[int] = ..., requests: _Optional[int] = ..., cache_hit_characters: _Optional[int] = ...) -> None: ...
+
+class SessionCost(_message.Message):
+    __slots__ = ("kinds", "cost_usd", "naive_usd", "savings", "session_minutes", "cost_per_minute_usd", "naive_per_minute_usd", "estimated", "offline_rule", "naive_answer_characters", "sessions")
+    KINDS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    NAIVE_USD_FIELD_NUMBER: _ClassVar[int]
+    SAVINGS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_MINUTE_USD_FIELD_NUMBER: _ClassVar[int]
+    NAIVE_PER_MINUTE_USD_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_RULE_FIELD_NUMBER: _ClassVar[int]
+    NAIVE_ANSWER_CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    kinds: _containers.RepeatedCompositeFieldContainer[SessionKindCost]
+    cost_usd: float
+    naive_usd: float
+    savings: float
+    session_minutes: float
+    cost_per_minute_usd: float
+    naive_per_minute_usd: float
+    estimated: bool
+    offline_rule: str
+    naive_answer_characters: int
+    sessions: int
+    def __init__(self, kinds: _Optional[_Iterable[_Union[SessionKindCost, _Mapping]]] = ..., cost_usd: _Optional[float] = ..., naive_usd: _Optional[float] = ..., savings: _Optional[float] = ..., session_minutes: _Optional[float] = ..., cost_per_minute_usd: _Optional[float] = ..., naive_per_minute_usd: _Optional[float] = ..., estimated: _Optional[bool] = ..., offline_rule: _Optional[str] = ..., naive_answer_characters: _Optional[int] = ..., sessions: _Optional[int] = ...) -> None: ...
 
 class UsageBreakdown(_message.Message):
     __slots__ = ("key", "cost_usd", "baseline_cost_usd", "savings", "events", "usage")
@@ -121,7 +183,7 @@ class UsageBreakdown(_message.Message):
     def __init__(self, key: _Optional[str] = ..., cost_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., savings: _Optional[float] = ..., events: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
-    __slots__ = ("tenant_id", "start", "end", "cost_usd", "baseline_cost_usd", "savings", "by_kind", "by_tier", "by_model", "llm_requests", "vision_frames", "events", "estimated_events")
+    __slots__ = ("tenant_id", "start", "end", "cost_usd", "baseline_cost_usd", "savings", "by_kind", "by_tier", "by_model", "llm_requests", "vision_frames", "events", "estimated_events", "session_cost")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +197,7 @@ class GetUsageResponse(_message.Message):
     VISION_FRAMES_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_COST_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
@@ -148,7 +211,8 @@ class GetUsageResponse(_message.Message):
     vision_frames: int
     events: int
     estimated_events: int
-    def __init__(self, tenant_id: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cost_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., savings: _Optional[float] = ..., by_kind: _Optional[_Iterable[_Union[UsageBreakdown, _Mapping]]] = ..., by_tier: _Optional[_Iterable[_Union[UsageBreakdown, _Mapping]]] = ..., by_model: _Optional[_Iterable[_Union[UsageBreakdown, _Mapping]]] = ..., llm_requests: _Optional[int] = ..., vision_frames: _Optional[int] = ..., events: _Optional[int] = ..., estimated_events: _Optional[int] = ...) -> None: ...
+    session_cost: SessionCost
+    def __init__(self, tenant_id: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cost_usd: _Optional[float] = ..., baseline_cost_usd: _Optional[float] = ..., savings: _Optional[float] = ..., by_kind: _Optional[_Iterable[_Union[UsageBreakdown, _Mapping]]] = ..., by_tier: _Optional[_Iterable[_Union[UsageBreakdown, _Mapping]]] = ..., by_model: _Optional[_Iterable[_Union[UsageBreakdown, _Mapping]]] = ..., llm_requests: _Optional[int] = ..., vision_frames: _Optional[int] = ..., events: _Optional[int] = ..., estimated_events: _Optional[int] = ..., session_cost: _Optional[_Union[SessionCost, _Mapping]] = ...) -> None: ...
 
 class BudgetState(_message.Message):
     __slots__ = ("tenant_id", "month", "spent_usd", "budget_usd", "fraction_used", "status", "updated_at")

@@ -1,6 +1,6 @@
 """The public routing data sets (../shared/data/routing), loaded as three-tier routing problems.
 
-Used by the scorer's training script (frugal.router.train) and the evaluation harness (bench/routing).
+Used by the scorers' training scripts (frugal.devkit.routing.train_*) and the evaluation harness (bench/routing).
 The files are not part of this repository: see `data_root()` and the README of bench/routing.
 
 - llmrouter (ulab-uiuc/LLMRouter, MIT): `train.json`, per prompt a 0..1 score for 9 open models. Tiers by
@@ -22,6 +22,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ class Example:
     # Score (0..1) and cost (USD) of the lite, standard and premium tier's model on this prompt.
     scores: tuple[float, float, float]
     costs: tuple[float, float, float]
+    # Each tier model's answer where the data set records it (RouterBench), else empty strings.
+    responses: tuple[str, str, str] = ("", "", "")
 
     @property
     def held_out(self) -> bool:
@@ -71,12 +74,21 @@ def is_held_out(text: str) -> bool:
 
 
 def repo_root() -> Path:
-    # services/router/src/frugal/router/evaldata.py -> repository root is five levels up.
-    return Path(__file__).resolve().parents[5]
+    # libs/devkit/src/frugal/devkit/routing/evaldata.py -> repository root is six levels up.
+    return Path(__file__).resolve().parents[6]
 
 
 def data_root() -> Path:
-    return repo_root().parent / "shared" / "data" / "routing"
+    """../shared/data/routing next to the repository, or FRUGAL_ROUTING_DATA when set (a git worktree
+    elsewhere can point at the shared copy)."""
+    override = os.environ.get("FRUGAL_ROUTING_DATA")
+    if override:
+        return Path(override)
+    here = repo_root().parent / "shared" / "data" / "routing"
+    if here.is_dir():
+        return here
+    # A worktree under <x>/wt/<name>: the shared data sits beside the main clone.
+    return repo_root().parent.parent / "shared" / "data" / "routing"
 
 
 def _require(path: Path) -> Path:
@@ -134,6 +146,11 @@ def _prompt_text(raw: str) -> str:
     return str(value)
 
 
+def _response_text(raw: str) -> str:
+    # Responses are stored like prompts: a stringified Python list (one element per turn).
+    return _prompt_text(raw) if raw else ""
+
+
 def load_routerbench(root: Path | None = None) -> Dataset:
     base = (root or data_root()) / "routerbench"
     csv.field_size_limit(sys.maxsize)
@@ -153,6 +170,7 @@ def load_routerbench(root: Path | None = None) -> Dataset:
                         text=text,
                         scores=tuple(float(row[m]) for m in ROUTERBENCH_TIERS),  # type: ignore[arg-type]
                         costs=tuple(float(row[f"{m}|total_cost"]) for m in ROUTERBENCH_TIERS),  # type: ignore[arg-type]
+                        responses=tuple(_response_text(row.get(f"{m}|model_response", "")) for m in ROUTERBENCH_TIERS),  # type: ignore[arg-type]
                     )
                 )
     return Dataset(

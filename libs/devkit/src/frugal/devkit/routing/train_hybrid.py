@@ -1,9 +1,9 @@
 """Builds the scorer artifacts from the public routing data and the conversational turns, bit for bit.
 
-    uv run python -m frugal.router.train                   # rebuild both artifacts in .../frugal/router/data/
-    uv run python -m frugal.router.train --check           # rebuild in memory, compare with the committed bytes
-    uv run python -m frugal.router.train --select          # lexical model: 5-fold CV over HPARAM_GRID
-    uv run python -m frugal.router.train --select-hybrid   # hybrid-v2: CV over HYBRID_GRID (lambda, l2)
+    uv run python -m frugal.devkit.routing.train_hybrid  # rebuild both artifacts (router data dir)
+    uv run python -m frugal.devkit.routing.train_hybrid --check  # rebuild in memory, compare bytes
+    uv run python -m frugal.devkit.routing.train_hybrid --select  # lexical model: 5-fold CV over HPARAM_GRID
+    uv run python -m frugal.devkit.routing.train_hybrid --select-hybrid  # hybrid-v2: CV over HYBRID_GRID (lambda, l2)
 
 Two artifacts:
 - `scorer-lexical-ridge-v1.json`: the lexical model below, with quantile tables on the public training prompts
@@ -41,19 +41,18 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from frugal.router.conversational import (
+from frugal.devkit.routing.conversational import (
     CALIBRATION_PERCENT,
-    STRUCTURE_FEATURES,
     TURNS_FILE,
     LabelledTurn,
     spearman,
     split_turns,
-    structure_features,
     turns_bytes,
 )
-from frugal.router.evaldata import DataMissing, Dataset, Example, data_root, load_all
+from frugal.devkit.routing.evaldata import DataMissing, Dataset, Example, data_root, load_all
+from frugal.devkit.routing.routing_eval import best_cost_cut, fixed_tier, mix_grid, sweep
+from frugal.router.conversational import STRUCTURE_FEATURES, structure_features
 from frugal.router.features import extract_features
-from frugal.router.routing_eval import best_cost_cut, fixed_tier, mix_grid, sweep
 from frugal.router.scoring import (
     ARTIFACT_FILE,
     ARTIFACT_FORMAT,
@@ -282,7 +281,7 @@ def build_hybrid_payload(datasets: Sequence[Dataset], lexical_payload: dict[str,
             "calibration_turns": len(calibration),
             "evaluation_turns": len(evaluation),
             "split": f"calibration when sha256(text) mod 100 < {CALIBRATION_PERCENT} "
-                     "(frugal.router.conversational.is_calibration)",
+                     "(frugal.devkit.routing.conversational.is_calibration)",
             "labels": "authored for this project (synthetic), not a public benchmark",
         },
         "training_data": lexical_payload["training_data"],
@@ -367,13 +366,20 @@ def serialize(payload: dict[str, Any]) -> bytes:
     return (json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
 
 
+def router_data_dir() -> Path:
+    """Where the runtime package keeps its shipped artifacts (services/router/src/frugal/router/data)."""
+    import frugal.router
+
+    return Path(frugal.router.__file__).resolve().parent / "data"
+
+
 def artifact_path() -> Path:
-    """The default scorer's artifact (hybrid-v2)."""
-    return Path(__file__).resolve().parent / "data" / ARTIFACT_FILE
+    """hybrid-v2's artifact."""
+    return router_data_dir() / ARTIFACT_FILE
 
 
 def lexical_artifact_path() -> Path:
-    return Path(__file__).resolve().parent / "data" / LEXICAL_ARTIFACT_FILE
+    return router_data_dir() / LEXICAL_ARTIFACT_FILE
 
 
 def build_all(datasets: Sequence[Dataset], root: Path) -> dict[str, bytes]:

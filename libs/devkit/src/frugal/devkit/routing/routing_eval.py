@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from frugal.router.evaldata import Example
+from frugal.devkit.routing.evaldata import Example
 from frugal.router.scoring import QuantileTable, TierMix, tier_index
 
 QUALITY_FLOOR = 0.95
@@ -75,7 +75,7 @@ def random_router(examples: Sequence[Example], shares: tuple[float, float, float
 
 
 def oracle(examples: Sequence[Example]) -> OperatingPoint:
-    from frugal.router.evaldata import oracle_tier
+    from frugal.devkit.routing.evaldata import oracle_tier
 
     return evaluate_tiers(examples, [oracle_tier(e.scores) for e in examples], "oracle")
 
@@ -88,7 +88,7 @@ def best_cost_cut(
     return min(ok, key=lambda p: (p.cost, -p.quality)) if ok else None
 
 
-# --- conversational turns with difficulty labels (frugal.router.conversational) ---------------------------
+# --- conversational turns with difficulty labels (frugal.devkit.routing.conversational) ---------------------------
 
 @dataclass(frozen=True, slots=True)
 class LabelledResult:
@@ -115,7 +115,7 @@ def _label_shares(labels: Sequence[int]) -> tuple[float, float, float]:
 
 def evaluate_labelled(label: str, labels: Sequence[int], scores: Sequence[float], tiers: Sequence[int],
                       tier_costs: tuple[float, float, float]) -> LabelledResult:
-    from frugal.router.conversational import spearman
+    from frugal.devkit.routing.conversational import spearman
 
     n = len(labels)
     premium_turns = [t for lab, t in zip(labels, tiers, strict=True) if lab == 2]

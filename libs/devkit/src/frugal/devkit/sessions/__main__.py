@@ -1,0 +1,3 @@
+from frugal.devkit.sessions.media import main
+
+raise SystemExit(main())

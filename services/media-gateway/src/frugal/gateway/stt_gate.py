@@ -1,0 +1,332 @@
+"""STT only while someone speaks: audio reaches the streaming STT provider only around voice activity.
+
+Deepgram bills streaming STT for every second of audio it receives, silence included. The gate holds audio
+back while the VAD hears no speech, with a pre-roll (audio from just before the VAD fired: soft onsets are
+detected late) and a post-roll (audio after the VAD let go: trailing words fade out), so no word is cut at
+the edges. In between, the connection is kept open the way Deepgram documents it: a `{"type": "KeepAlive"}`
+text message at least every 10 seconds (Deepgram closes a stream that gets neither audio nor KeepAlive for
+10 s, NET-0001); KeepAlive is not billed. `livekit-plugins-deepgram` already sends one every 5 s from its
+own task, so a gated plugin stream stays open; `SttGate.push` also says when one is due on the media clock,
+for clients that own the socket.
+
+Voice activity comes from Silero (the model the session's VAD uses, from the plugin wheel), run on 32 ms
+windows of 16 kHz audio, in-line, so every frame is decided with the probability of its own window.
+
+Switch: `STT_GATE_ENABLED` (gateway settings), on by default; off streams everything (the naive client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import stt
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
+from frugal.common.usage import UsageAmounts
+
+SAMPLE_RATE = 16000
+WINDOW = 512  # Silero's window at 16 kHz: 32 ms
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    enabled: bool = True
+    # Speech probability at or above which a window opens the gate (Silero's default activation), and below
+    # which it stops counting as speech once open (hysteresis, as Silero's own `neg_threshold`): a soft
+    # syllable inside a word does not close the gate.
+    threshold: float = 0.5
+    release_threshold: float = 0.35
+    # Audio kept from before the VAD fired, and sent after it let go, seconds. Measured on the recorded
+    # sessions (bench/session): 0.5 s / 0.8 s cut soft first and fading last words; 0.8 s / 1.0 s lost one
+    # word of 170; 1.0 s / 1.2 s lost none.
+    pre_roll_s: float = 1.0
+    post_roll_s: float = 1.2
+    # Media seconds without audio after which a KeepAlive is due (Deepgram's limit is 10 s).
+    keepalive_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"GateConfig.threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 < self.release_threshold <= self.threshold:
+            raise ValueError("GateConfig.release_threshold must be in (0, threshold]")
+        if not 0.0 <= self.pre_roll_s <= 5.0 or not 0.0 <= self.post_roll_s <= 5.0:
+            raise ValueError("GateConfig.pre_roll_s and post_roll_s must be in [0, 5] seconds")
+        if not 0.5 <= self.keepalive_interval_s < 10.0:
+            raise ValueError("GateConfig.keepalive_interval_s must be in [0.5, 10) seconds (Deepgram closes at 10 s)")
+
+
+@dataclass(frozen=True, slots=True)
+class GateStep:
+    """What to do after one pushed frame: audio to send now (oldest first), and whether a KeepAlive is due."""
+
+    forward: tuple[bytes, ...] = ()
+    keepalive: bool = False
+    opened: bool = False
+    closed: bool = False  # the gate just closed: a good moment to ask the provider to finalize
+
+
+@dataclass
+class GateStats:
+    seen_s: float = 0.0
+    forwarded_s: float = 0.0
+    keepalives: int = 0
+    # Forwarded spans on the media clock, seconds.
+    spans: list[tuple[float, float]] = field(default_factory=list)
+
+
+class SttGate:
+    """Frames in, each with its speech probability; what to forward out. Pure: no I/O, no clock but the media's.
+
+    Disabled, it forwards every frame (and never asks for a KeepAlive)."""
+
+    def __init__(self, config: GateConfig | None = None) -> None:
+        self.config = config or GateConfig()
+        self.stats = GateStats()
+        self._pre: collections.deque[tuple[bytes, float, float]] = collections.deque()  # (frame, start, dur)
+        self._pre_s = 0.0
+        self._open = False
+        self._last_speech_end = -1e9
+        self._last_activity = 0.0  # media time of the last audio or KeepAlive sent
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def push(self, frame: bytes, duration_s: float, speech_prob: float) -> GateStep:
+        cfg = self.config
+        start = self.stats.seen_s
+        end = start + duration_s
+        self.stats.seen_s = end
+        if not cfg.enabled:
+            return self._send((frame,), ((start, duration_s),), opened=False, closed=False)
+        speech = speech_prob >= (cfg.release_threshold if self._open else cfg.threshold)
+        if speech:
+            self._last_speech_end = end
+            if not self._open:
+                self._open = True
+                held = [(f, s, d) for f, s, d in self._pre]
+                self._pre.clear()
+                self._pre_s = 0.0
+                frames = tuple(f for f, _, _ in held) + (frame,)
+                spans = tuple((s, d) for _, s, d in held) + ((start, duration_s),)
+                return self._send(frames, spans, opened=True, closed=False)
+            return self._send((frame,), ((start, duration_s),), opened=False, closed=False)
+        if self._open:
+            if end - self._last_speech_end <= cfg.post_roll_s:
+                return self._send((frame,), ((start, duration_s),), opened=False, closed=False)
+            self._open = False
+            self._hold(frame, start, duration_s)
+            return GateStep(closed=True)
+        self._hold(frame, start, duration_s)
+        if end - self._last_activity >= cfg.keepalive_interval_s:
+            self._last_activity = end
+            self.stats.keepalives += 1
+            return GateStep(keepalive=True)
+        return GateStep()
+
+    def _hold(self, frame: bytes, start: float, duration_s: float) -> None:
+        self._pre.append((frame, start, duration_s))
+        self._pre_s += duration_s
+        while self._pre and self._pre_s - self._pre[0][2] >= self.config.pre_roll_s:
+            self._pre_s -= self._pre.popleft()[2]
+
+    def _send(self, frames: tuple[bytes, ...], spans: tuple[tuple[float, float], ...], *, opened: bool,
+              closed: bool) -> GateStep:
+        for s, d in spans:
+            self.stats.forwarded_s += d
+            if self.stats.spans and abs(self.stats.spans[-1][1] - s) < 1e-6:
+                self.stats.spans[-1] = (self.stats.spans[-1][0], s + d)
+            else:
+                self.stats.spans.append((s, s + d))
+        self._last_activity = spans[-1][0] + spans[-1][1]
+        return GateStep(forward=frames, opened=opened, closed=closed)
+
+
+class SpeechProbability:
+    """Silero VAD probabilities for consecutive 32 ms windows of 16 kHz mono int16 audio, in-line."""
+
+    def __init__(self) -> None:
+        from livekit.plugins.silero import onnx_model  # the session's VAD model, from the plugin wheel
+
+        self._model = onnx_model.OnnxModel(onnx_session=onnx_model.new_inference_session(True),
+                                           sample_rate=SAMPLE_RATE)
+        self._rest = np.zeros(0, np.float32)
+
+    def windows(self, samples: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
+        """Appends int16 samples; yields (window samples as int16, probability) for each full window."""
+        x = np.concatenate([self._rest, samples.astype(np.float32) / 32768.0])
+        n = len(x) // WINDOW
+        for i in range(n):
+            w = x[i * WINDOW:(i + 1) * WINDOW]
+            yield (w * 32768.0).astype(np.int16), float(self._model(w))
+        self._rest = x[n * WINDOW:]
+
+
+def gate_pcm(pcm: np.ndarray, config: GateConfig) -> tuple[list[bytes | None], SttGate]:
+    """Runs a whole 16 kHz int16 recording through VAD and gate. Returns the send sequence (audio chunks, or
+    None where a KeepAlive is due) and the gate (its stats: seconds seen and forwarded, spans, KeepAlives)."""
+    gate = SttGate(config)
+    vad = SpeechProbability()
+    out: list[bytes | None] = []
+    for window, prob in vad.windows(pcm):
+        step = gate.push(window.tobytes(), WINDOW / SAMPLE_RATE, prob)
+        out.extend(step.forward)
+        if step.keepalive:
+            out.append(None)
+    return out, gate
+
+
+# ---- livekit integration -------------------------------------------------------------------------------
+
+
+_DEFAULT = GateConfig()
+
+
+class GateSettings(BaseSettings):
+    """`STT_GATE_ENABLED`, `STT_GATE_PRE_ROLL_S`, `STT_GATE_POST_ROLL_S`, `STT_GATE_THRESHOLD`."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="STT_GATE_")
+
+    enabled: bool = True
+    pre_roll_s: float = Field(default=_DEFAULT.pre_roll_s, ge=0, le=5)
+    post_roll_s: float = Field(default=_DEFAULT.post_roll_s, ge=0, le=5)
+    threshold: float = Field(default=_DEFAULT.threshold, gt=0, lt=1)
+
+    def config(self) -> GateConfig:
+        return GateConfig(enabled=self.enabled, pre_roll_s=self.pre_roll_s, post_roll_s=self.post_roll_s,
+                          threshold=self.threshold,
+                          release_threshold=min(_DEFAULT.release_threshold, self.threshold))
+
+
+class GatedSTT(stt.STT[Any]):
+    """A streaming STT that only receives audio around speech. Transcripts, usage and errors are the wrapped
+    engine's (its usage events are the audio it was actually sent: what the provider bills)."""
+
+    def __init__(self, inner: stt.STT[Any], config: GateConfig | None = None,
+                 on_stream_end: Callable[[SttGate], Awaitable[None]] | None = None) -> None:
+        super().__init__(capabilities=inner.capabilities)
+        self.inner = inner
+        self.config = config or GateConfig()
+        self.gates: list[SttGate] = []  # one per stream, for the session report
+        self.on_stream_end = on_stream_end
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    @property
+    def provider(self) -> str:
+        return self.inner.provider
+
+    async def _recognize_impl(self, buffer: Any, *, language: Any = NOT_GIVEN,
+                              conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS) -> stt.SpeechEvent:
+        return await self.inner.recognize(buffer, language=language, conn_options=conn_options)
+
+    def stream(self, *, language: Any = NOT_GIVEN,
+               conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS) -> stt.RecognizeStream:
+        gate = SttGate(self.config)
+        self.gates.append(gate)
+        return _GatedStream(stt=self, inner=self.inner.stream(language=language, conn_options=conn_options),
+                            gate=gate, conn_options=conn_options)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _GatedStream(stt.RecognizeStream):
+    def __init__(self, *, stt: GatedSTT, inner: stt.RecognizeStream, gate: SttGate,
+                 conn_options: APIConnectOptions) -> None:
+        # The base class resamples pushed frames to 16 kHz, the rate Silero and the gate work at.
+        super().__init__(stt=stt, conn_options=conn_options, sample_rate=SAMPLE_RATE)
+        self._inner = inner
+        self._gate = gate
+
+    async def _run(self) -> None:
+        vad = SpeechProbability()
+        inner = self._inner
+
+        async def forward() -> None:
+            async for ev in inner:
+                self._event_ch.send_nowait(ev)
+
+        forwarder = asyncio.create_task(forward(), name="stt-gate-forward")
+        try:
+            async for data in self._input_ch:
+                if not isinstance(data, rtc.AudioFrame):  # a flush from the session: pass it on
+                    inner.flush()
+                    continue
+                for window, prob in vad.windows(np.frombuffer(data.data, dtype=np.int16)):
+                    step = self._gate.push(window.tobytes(), WINDOW / SAMPLE_RATE, prob)
+                    for chunk in step.forward:
+                        inner.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+                    if step.closed:  # speech ended: ask for the final transcript now
+                        inner.flush()
+            inner.end_input()
+            await forwarder
+        finally:
+            if not forwarder.done():
+                forwarder.cancel()
+            await asyncio.gather(forwarder, return_exceptions=True)
+            await inner.aclose()
+            owner = self._stt
+            if isinstance(owner, GatedSTT) and owner.on_stream_end is not None:
+                try:
+                    await owner.on_stream_end(self._gate)
+                except Exception:  # a record of audio NOT sent: never fail the stream for it
+                    logging.getLogger(__name__).exception("could not record the gated stream")
+
+
+class _Meter(Protocol):
+    """What the hook needs of the session's SpeechCostMeter."""
+
+    events: list[CostEvent]
+    producer: CostEventProducer | None
+    tenant_id: str
+    session_id: str
+
+
+def stream_record(gate: SttGate, *, tenant_id: str, session_id: str, provider: str, model: str,
+                  seq: int) -> CostEvent:
+    """A zero-cost record of a gated stream: the audio the gateway had (`stream_seconds`), so the session
+    report's naive baseline can price "STT streamed for the whole session" (what was billed is in the meter's
+    own events)."""
+    return CostEvent(
+        event_id=make_event_id("media-gateway", session_id, "stt-gate", str(seq)), tenant_id=tenant_id,
+        session_id=session_id, service="media-gateway", kind=CostKind.STT, provider=provider, model=model,
+        usage=UsageAmounts(), cost_usd=0.0,
+        attributes={"stt_gate": "on", "stream_seconds": f"{gate.stats.seen_s:.3f}",
+                    "forwarded_seconds": f"{gate.stats.forwarded_s:.3f}", "keepalives_due": str(gate.stats.keepalives)},
+    )
+
+
+def maybe_gate(engine: stt.STT[Any], *, offline: bool, settings: GateSettings | None = None,
+               meter: _Meter | None = None) -> stt.STT[Any]:
+    """The gateway hook: a streaming provider STT gets the gate when the lever is on. The offline stand-in is
+    not streaming (the session's VAD already cuts its segments), so it is left as it is. With `meter`, each
+    gated stream leaves a zero-cost record of the audio it had beside the meter's events."""
+    cfg = (settings or GateSettings()).config()
+    if offline or not cfg.enabled or not engine.capabilities.streaming:
+        return engine
+    if meter is None:
+        return GatedSTT(engine, cfg)
+    seq = [0]
+
+    async def on_end(gate: SttGate) -> None:
+        seq[0] += 1
+        event = stream_record(gate, tenant_id=meter.tenant_id, session_id=meter.session_id,
+                              provider=engine.provider, model=engine.model, seq=seq[0])
+        meter.events.append(event)
+        if meter.producer is not None:
+            await meter.producer.emit(event)
+
+    return GatedSTT(engine, cfg, on_stream_end=on_end)

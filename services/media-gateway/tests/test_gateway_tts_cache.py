@@ -1,0 +1,83 @@
+"""TTS reuse: a repeated utterance is served from the per-tenant, per-voice audio cache and not billed again."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from livekit.plugins import elevenlabs
+
+from frugal.devkit.emulators.elevenlabs import ElevenLabsEmulator
+from frugal.gateway.tts_cache import AudioStore, CacheConfig, CachedTTS, LocalStore, RedisStore, TtsAudioCache
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[ElevenLabsEmulator]:
+    async with ElevenLabsEmulator() as e:
+        yield e
+
+
+async def _speak(engine: CachedTTS, text: str) -> bytes:
+    out = b""
+    async with engine.synthesize(text) as stream:
+        async for ev in stream:
+            out += ev.frame.data.tobytes()
+    return out
+
+
+async def _run(emu: ElevenLabsEmulator, store: AudioStore) -> None:
+    async with aiohttp.ClientSession() as http:
+        inner = elevenlabs.TTS(api_key="k", base_url=emu.base_url, http_session=http, encoding="pcm_24000")
+        hits: list[tuple[str, int]] = []
+        cache = TtsAudioCache(store)
+        a = CachedTTS(inner, cache, tenant_id="org_a", voice="v1", on_hit=lambda t, n: hits.append((t, n)))
+        line = "Sure, one moment."
+        first = await _speak(a, line)
+        assert emu.billed_characters == len(line)
+        second = await _speak(a, "Sure,  one moment. ")  # the same line, other whitespace
+        assert emu.billed_characters == len(line)  # not synthesised (nor billed) again
+        assert second == first and len(first) > 0
+        assert hits == [("Sure,  one moment. ", len("Sure,  one moment. "))]
+        assert cache.stats.hits == 1 and cache.stats.misses == 1
+        # another tenant, or another voice, never gets this audio
+        b = CachedTTS(inner, cache, tenant_id="org_b", voice="v1")
+        await _speak(b, line)
+        assert emu.billed_characters == 2 * len(line)
+        c = CachedTTS(inner, cache, tenant_id="org_a", voice="v2")
+        await _speak(c, line)
+        assert emu.billed_characters == 3 * len(line)
+
+
+async def test_repeated_utterance_served_from_local_cache(emu: ElevenLabsEmulator) -> None:
+    await _run(emu, LocalStore(1 << 20))
+
+
+async def test_repeated_utterance_served_from_redis(emu: ElevenLabsEmulator, redis_client: aioredis.Redis) -> None:
+    await _run(emu, RedisStore(redis_client))
+
+
+async def test_long_answers_and_disabled_cache_are_synthesised_every_time(emu: ElevenLabsEmulator) -> None:
+    async with aiohttp.ClientSession() as http:
+        inner = elevenlabs.TTS(api_key="k", base_url=emu.base_url, http_session=http, encoding="pcm_24000")
+        off = CachedTTS(inner, TtsAudioCache(LocalStore(1 << 20), CacheConfig(enabled=False)), tenant_id="org_a",
+                        voice="v1")
+        await _speak(off, "Hello.")
+        await _speak(off, "Hello.")
+        assert emu.billed_characters == 12
+        small = CachedTTS(inner, TtsAudioCache(LocalStore(1 << 20), CacheConfig(max_chars=10)), tenant_id="org_a",
+                          voice="v1")
+        long = "This sentence is longer than ten characters."
+        await _speak(small, long)
+        await _speak(small, long)
+        assert emu.billed_characters == 12 + 2 * len(long)
+
+
+async def test_local_store_is_bounded() -> None:
+    store = LocalStore(100)
+    await store.put("a", b"x" * 60, 10)
+    await store.put("b", b"y" * 60, 10)
+    assert await store.get("a") is None and await store.get("b") == b"y" * 60
+    with pytest.raises(ValueError):
+        CacheConfig(max_chars=0)

@@ -1,0 +1,195 @@
+"""The cascade inside Respond, over real gRPC, with the real google-genai / anthropic SDKs against the local
+emulators: learned-v1's unsure turns get lite and standard answers first (held, both billed as their own
+attempts), then the standard answer is kept or premium answers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from frugal.api.common.v1 import common_pb2
+from frugal.api.router.v1 import router_pb2
+from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, make_event_id
+from frugal.common.pricing import default_catalog
+from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
+from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiRequest
+from frugal.devkit.routing.conversational import load_turns
+from frugal.router.cascade import AnswerScorer
+from frugal.router.decision import Decider, Decision, TurnText
+from frugal.router.learned import load_learned_payload
+from frugal.router.scoring import TierMix, load_scorers
+
+MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
+# (lite answer, standard answer): two cheap models agreeing, and two that disagree with hedges and a refusal.
+AGREE = ("Yes, you can.", "Yes, you can.")
+DISAGREE = ("Maybe, I think it might possibly be the second one, I'm not sure.",
+            "Sorry, I cannot help with that; as an AI I do not have that information.")
+
+
+@pytest.fixture(scope="module")
+def band() -> tuple[str, Decision]:
+    """A bundled turn that learned-v1 sends through the cascade (the router loads the same artifact)."""
+    d = Decider(load_scorers(), default_catalog(), TierMix(0.6, 0.25, 0.15), provider_of=lambda t: ("offline", True))
+    for t in load_turns():
+        decision = d.decide(TurnText(t.text))
+        if decision.cascade:
+            return t.text, decision
+    pytest.skip("no bundled turn falls in the cascade band of this artifact")
+
+
+def expected_keep(text: str, decision: Decision, answers: tuple[str, str]) -> bool:
+    scorer = AnswerScorer(load_learned_payload())
+    assert decision.p_lite is not None and decision.p_standard is not None
+    return scorer.verdict(text, answers[0], answers[1], decision.p_lite, decision.p_standard,
+                          decision.answer_keep).keep
+
+
+async def gemini_answering(answers: tuple[str, str]) -> GeminiEmulator:
+    def responder(req: GeminiRequest) -> str:
+        return answers[0] if req.model.endswith("flash-lite") else answers[1]
+
+    emu = GeminiEmulator(responder=responder)
+    await emu.start()
+    return emu
+
+
+@pytest.fixture
+async def emulators() -> AsyncIterator[dict[str, Any]]:
+    made: list[Any] = []
+
+    async def make(answers: tuple[str, str]) -> tuple[GeminiEmulator, AnthropicEmulator]:
+        g = await gemini_answering(answers)
+        c = AnthropicEmulator()
+        await c.start()
+        made.extend([g, c])
+        return g, c
+
+    yield {"make": make}
+    for e in made:
+        await e.aclose()
+
+
+async def run(router: Any, text: str, turn_id: str) -> tuple[list[str], router_pb2.RespondCompleted]:
+    deltas: list[str] = []
+    completed = None
+    call = router.stub.Respond(router_pb2.RespondRequest(turn=router_pb2.TurnInput(text=text), turn_id=turn_id,
+                                                         skip_rag=True, skip_vision=True), metadata=MD, timeout=20)
+    async for msg in call:
+        kind = msg.WhichOneof("payload")
+        if kind == "delta":
+            deltas.append(msg.delta.text)
+        elif kind == "completed":
+            completed = msg.completed
+    assert completed is not None
+    return deltas, completed
+
+
+async def events(redis: aioredis.Redis) -> list[CostEvent]:
+    entries = await redis.xrange(COST_EVENTS_STREAM)
+    return [CostEvent.from_stream_fields(dict(fields or {})) for _, fields in entries or []]
+
+
+@pytest.mark.parametrize("answers", [AGREE, DISAGREE], ids=["agree", "disagree"])
+async def test_cascade_holds_scores_and_bills_each_attempt(
+    start_router: Any, emulators: dict[str, Any], redis_client: aioredis.Redis, band: tuple[str, Decision],
+    answers: tuple[str, str],
+) -> None:
+    text, decision = band
+    gemini, claude = await emulators["make"](answers)
+    claude.script(AnthropicReply(chunks=("Premium ", "answer."), usage={"input_tokens": 200, "output_tokens": 4}))
+    router = await start_router(gemini_api_key="k", gemini_base_url=gemini.base_url, anthropic_api_key="k",
+                                anthropic_base_url=claude.base_url)
+    deltas, c = await run(router, text, "t-casc")
+    keep = expected_keep(text, decision, answers)
+    evs = await events(redis_client)
+    lite_id = make_event_id("router", "acme", "t-casc", "cascade-lite")
+    std_id = make_event_id("router", "acme", "t-casc", "cascade-standard")
+    # Both cheap answers were asked for (concurrently) and each is billed as its own attempt.
+    assert sorted(r.model for r in gemini.requests) == ["gemini-2.5-flash", "gemini-2.5-flash-lite"]
+    assert {e.event_id for e in evs[:2]} == {lite_id, std_id}
+    assert len({e.event_id for e in evs}) == len(evs) == len(c.cost_event_ids)
+    assert c.cost_usd == pytest.approx(sum(e.cost_usd for e in evs)) and all(e.cost_usd > 0 for e in evs)
+    by_id = {e.event_id: e for e in evs}
+    assert by_id[lite_id].tier == "lite" and by_id[std_id].tier == "standard"
+    if keep:
+        # The held standard answer is sent as it was; nothing else is called.
+        assert "".join(deltas) == answers[1] and len(evs) == 2 and claude.requests == []
+        assert c.tier == common_pb2.TIER_STANDARD and c.provider.model == "gemini-2.5-flash"
+        assert by_id[std_id].attributes["outcome"] == "cascade_kept"
+    else:
+        # Escalated: premium answers; the cheap answers never reach the caller.
+        assert "".join(deltas) == "Premium answer." and len(evs) == 3 and len(claude.requests) == 1
+        assert c.tier == common_pb2.TIER_PREMIUM and c.provider.model == "claude-sonnet-4-6"
+        assert evs[2].event_id == make_event_id("router", "acme", "t-casc", "0")
+        assert {by_id[lite_id].attributes["outcome"], by_id[std_id].attributes["outcome"]} == {"cascade_escalated"}
+
+
+def test_the_two_scripted_cases_take_different_branches(band: tuple[str, Decision]) -> None:
+    text, decision = band
+    assert expected_keep(text, decision, AGREE) and not expected_keep(text, decision, DISAGREE)
+
+
+async def test_caller_leaving_during_the_hold_still_bills_both_cheap_attempts(
+    start_router: Any, redis_client: aioredis.Redis, band: tuple[str, Decision],
+) -> None:
+    text, _ = band
+    # Slow cheap answers: the caller gives up while the router holds them.
+    gemini = GeminiEmulator(responder=lambda req: "A slow cheap answer that is still streaming.", chunk_delay_s=0.3,
+                            chunk_chars=4)
+    await gemini.start()
+    claude = AnthropicEmulator()
+    await claude.start()
+    try:
+        router = await start_router(gemini_api_key="k", gemini_base_url=gemini.base_url, anthropic_api_key="k",
+                                    anthropic_base_url=claude.base_url)
+        call = router.stub.Respond(router_pb2.RespondRequest(
+            turn=router_pb2.TurnInput(text=text), turn_id="t-gone", skip_rag=True, skip_vision=True),
+            metadata=MD, timeout=20)
+        async for msg in call:
+            assert msg.WhichOneof("payload") == "started"
+            break
+        for _ in range(200):
+            if len(gemini.requests) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        call.cancel()
+        ids = {make_event_id("router", "acme", "t-gone", "cascade-lite"),
+               make_event_id("router", "acme", "t-gone", "cascade-standard")}
+        for _ in range(100):
+            got = {e.event_id for e in await events(redis_client)}
+            if ids <= got:
+                break
+            await asyncio.sleep(0.1)
+        evs = await events(redis_client)
+        assert {e.event_id for e in evs} == ids, "each cheap attempt is billed once, even when the caller left"
+        assert claude.requests == []
+    finally:
+        await gemini.aclose()
+        await claude.aclose()
+
+
+async def test_no_cascade_when_the_request_has_tools(
+    start_router: Any, emulators: dict[str, Any], redis_client: aioredis.Redis, band: tuple[str, Decision],
+) -> None:
+    """A tool call cannot be held and scored: with tools, an unsure turn goes straight to its routed tier."""
+    text, decision = band
+    gemini, claude = await emulators["make"](AGREE)
+    router = await start_router(gemini_api_key="k", gemini_base_url=gemini.base_url, anthropic_api_key="k",
+                                anthropic_base_url=claude.base_url)
+    tool = router_pb2.ToolDefinition(name="lookup_order", description="Looks up an order.",
+                                     parameters_json='{"type": "object", "properties": {"id": {"type": "string"}}}')
+    completed = None
+    call = router.stub.Respond(router_pb2.RespondRequest(
+        turn=router_pb2.TurnInput(text=text), turn_id="t-tools", tools=[tool], skip_rag=True, skip_vision=True),
+        metadata=MD, timeout=20)
+    async for msg in call:
+        if msg.WhichOneof("payload") == "completed":
+            completed = msg.completed
+    assert completed is not None and completed.decision.tier == common_pb2.TIER_STANDARD
+    evs = await events(redis_client)
+    assert [e.event_id for e in evs] == [make_event_id("router", "acme", "t-tools", "0")]
+    assert [r.model for r in gemini.requests] == ["gemini-2.5-flash"] and claude.requests == []

@@ -1,0 +1,199 @@
+"""learned-v1: the artifact (checksum, encoder digest, bit-for-bit rebuild, fitted on training rows only), the
+decision (floor operating point, tenant mix, follow-ups, cascade flag) and the answer scorer."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from frugal.api.billing.v1 import billing_pb2
+from frugal.api.common.v1 import common_pb2
+from frugal.common.pricing import default_catalog
+from frugal.devkit.routing.conversational import LabelledTurn, load_turns
+from frugal.devkit.routing.evaldata import DataMissing, Dataset, data_root, load_all
+from frugal.router.cascade import ANSWER_FEATURES, AnswerScorer, agreement, answer_features
+from frugal.router.decision import Decider, TurnText
+from frugal.router.learned import LEARNED_ARTIFACT_FILE, LearnedScorer, is_follow_up, load_learned_payload
+from frugal.router.scoring import DEFAULT_SCORER, ScorerError, TierMix, load_scorers
+
+DATA = Path(__file__).resolve().parents[1] / "src" / "frugal" / "router" / "data"
+HARD = "Prove that there are infinitely many primes, step by step."
+
+
+@pytest.fixture(scope="module")
+def scorers() -> Any:
+    return load_scorers()
+
+
+def decider(scorers: Any, **kw: Any) -> Decider:
+    return Decider(scorers, default_catalog(), TierMix(0.6, 0.25, 0.15),
+                   provider_of=lambda tier: ("offline", True), **kw)
+
+
+def test_learned_is_the_default_and_the_others_stay_selectable(scorers: Any) -> None:
+    assert DEFAULT_SCORER == "learned-v1" and scorers.default == "learned-v1"
+    assert {"hybrid-v2", "heuristic-seed", "lexical-ridge-v1"} <= set(scorers.names)
+    d = decider(scorers)
+    for name in ("hybrid-v2", "heuristic-seed"):
+        assert d.decide(TurnText("Hi there!"), scorer_name=name).scorer == name
+
+
+def test_artifact_is_small_and_refused_when_corrupt_or_for_another_encoder(tmp_path: Path, scorers: Any) -> None:
+    src = DATA / LEARNED_ARTIFACT_FILE
+    assert src.stat().st_size < 100_000
+    path = tmp_path / LEARNED_ARTIFACT_FILE
+    shutil.copy(src, path)
+    shutil.copy(src.with_name(src.name + ".sha256"), path.with_name(path.name + ".sha256"))
+    assert load_learned_payload(path)["name"] == "learned-v1"
+    # One byte changed: the checksum no longer matches.
+    raw = bytearray(path.read_bytes())
+    raw[100] = ord("x") if raw[100] != ord("x") else ord("y")
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ScorerError, match="corrupt"):
+        load_scorers(learned_artifact_path=path)
+    # A valid checksum over an artifact fitted on another embedding table.
+    payload = json.loads(src.read_bytes())
+    payload["model"]["encoder_table_sha256"] = "0" * 64
+    data = json.dumps(payload, sort_keys=True).encode()
+    path.write_bytes(data)
+    path.with_name(path.name + ".sha256").write_text(hashlib.sha256(data).hexdigest() + "\n")
+    with pytest.raises(ScorerError, match="different encoder"):
+        load_scorers(learned_artifact_path=path)
+    # No sidecar at all.
+    path.with_name(path.name + ".sha256").unlink()
+    with pytest.raises(ScorerError, match="unverified"):
+        load_scorers(learned_artifact_path=path)
+
+
+def test_floor_operating_point_by_default_and_the_tenant_mix_when_set(scorers: Any) -> None:
+    learned = scorers.get("learned-v1")
+    assert isinstance(learned, LearnedScorer)
+    d = decider(scorers)
+    plain = d.decide(TurnText(HARD))
+    from frugal.router.features import extract_features
+
+    a = learned.assess(HARD, extract_features(HARD))
+    # The floor point of the turn's cluster (per-cluster thresholds shipped in the artifact).
+    assert 0 <= a.cluster < len(learned.cluster_names)
+    assert plain.operating_point == "floor" and plain.thresholds == learned.floor_point(a, cascade=True)[0]
+    assert plain.p_lite is not None and 0 < plain.p_lite < 1
+    policy = billing_pb2.TenantPolicy(target_mix=common_pb2.TierMix(lite=0.2, standard=0.3, premium=0.5))
+    mixed = d.decide(TurnText(HARD), policy=policy)
+    assert mixed.operating_point == "mix" and not mixed.cascade
+    assert mixed.thresholds == learned.reference.thresholds(TierMix(0.2, 0.3, 0.5))
+    assert any("tenant mix" in r for r in mixed.override_reasons)
+    # Without the cascade the prompt router's own thresholds apply, and nothing is cascaded.
+    off = decider(scorers, cascade_enabled=False).decide(TurnText(HARD))
+    assert off.thresholds == learned.floor_point(a, cascade=False)[0] and not off.cascade
+
+
+def test_short_hard_asks_and_follow_ups_do_not_go_to_lite(scorers: Any) -> None:
+    d = decider(scorers)
+    assert d.decide(TurnText("Hi there!")).tier == "lite"
+    assert d.decide(TurnText("Thanks, that's all.")).tier == "lite"
+    hard = d.decide(TurnText(HARD))
+    assert hard.tier != "lite" or hard.cascade
+    alone = d.decide(TurnText("Why?"))
+    follow = d.decide(TurnText("Why?", history=[("user", HARD), ("assistant", "Suppose finitely many...")]))
+    assert follow.score >= hard.score - 1e-9 and follow.score > alone.score
+    assert any("follow-up" in r for r in follow.override_reasons)
+    # A follow-up after an easy turn keeps its own (easy) score.
+    after_easy = d.decide(TurnText("Why?", history=[("user", "Hi!"), ("assistant", "Hello!")]))
+    assert after_easy.score == pytest.approx(alone.score)
+    assert is_follow_up("Why?") and is_follow_up("And the second one?") and not is_follow_up("Why is the sky blue "
+                                                                                              "on a clear summer day "
+                                                                                              "at noon in June?")
+
+
+def test_pinned_tier_or_budget_downgrade_turns_the_cascade_off(scorers: Any) -> None:
+    d = decider(scorers)
+    learned = scorers.get("learned-v1")
+    # Find a turn in the cascade band among the conversational turns.
+    band = next((t.text for t in load_turns() if d.decide(TurnText(t.text)).cascade), None)
+    if band is None:
+        pytest.skip("no bundled turn falls in the cascade band of this artifact")
+    from frugal.router.features import extract_features
+
+    (t1, _), upper = learned.floor_point(learned.assess(band, extract_features(band)), cascade=True)
+    assert t1 < d.decide(TurnText(band)).score <= upper
+    routed = d.decide(TurnText(band))
+    assert routed.cascade
+    tier_enum = {"lite": common_pb2.TIER_LITE, "standard": common_pb2.TIER_STANDARD,
+                 "premium": common_pb2.TIER_PREMIUM}[routed.tier]
+    # A tenant tier rule, even one that leaves the tier as routed, means no cascade (it would call other tiers).
+    for policy in (billing_pb2.TenantPolicy(pinned_tier=tier_enum), billing_pb2.TenantPolicy(max_tier=tier_enum),
+                   billing_pb2.TenantPolicy(pinned_tier=common_pb2.TIER_PREMIUM)):
+        assert not d.decide(TurnText(band), policy=policy).cascade, policy
+
+
+def test_answer_scorer_features_and_agreement() -> None:
+    feats = answer_features("Pick one. A) x B) y\nPrint only a single choice.\nAnswer:", "B", "B", 0.0, 0.0)
+    assert len(feats) == len(ANSWER_FEATURES)
+    assert dict(zip(ANSWER_FEATURES, feats, strict=True))["same_answer"] == 1.0
+    assert agreement("The answer is B", "the answer is b") == 1.0 and agreement("A", "B") == 0.0
+    scorer = AnswerScorer(load_learned_payload())
+    q = "Question: which gas do plants absorb? A) oxygen B) carbon dioxide\nPrint only a single choice.\nAnswer:"
+    assert scorer.probability(q, "B", "B", 0.7, 0.8) > scorer.probability(q, "A", "B", 0.7, 0.8)
+
+
+# --- fitting reads training rows only -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def routing_data() -> list[Dataset]:
+    try:
+        return load_all()
+    except DataMissing as err:
+        pytest.skip(f"public routing data missing ({err}); see bench/routing/run.py")
+
+
+def _fitted(payload: dict[str, Any]) -> dict[str, Any]:
+    # Provenance (file digests) aside, everything else is a fitted parameter or a setting.
+    return {k: v for k, v in payload.items() if k != "training_data"}
+
+
+def _flip(d: Dataset, held_out: bool) -> Dataset:
+    ex = tuple(dataclasses.replace(e, scores=tuple(1.0 - s for s in e.scores),  # type: ignore[arg-type]
+                                   responses=("nonsense", "other", "x")) if e.held_out == held_out else e
+               for e in d.examples)
+    return dataclasses.replace(d, examples=ex)
+
+
+def test_evaluation_rows_never_reach_the_training_rows(routing_data: list[Dataset]) -> None:
+    """Every fitted value is a function of `training_rows` (fast check; the full rebuild is below)."""
+    from frugal.devkit.routing import train_learned
+
+    turns = load_turns()
+    flipped_turns = [t if t.calibration else LabelledTurn(t.text, 2 - t.label, t.category) for t in turns]
+    base = train_learned.training_rows(routing_data, turns)
+    assert base == train_learned.training_rows([_flip(d, True) for d in routing_data], flipped_turns)
+    assert base != train_learned.training_rows([_flip(d, False) for d in routing_data], turns)
+    groups = {r.group for r in base}
+    assert groups == {"llmrouter", "arc-challenge", "mbpp", "winogrande", "conversational"}
+
+
+@pytest.mark.timeout(2400)  # three full fits; about 5 minutes on an idle machine, much more on a loaded one
+def test_artifact_rebuilds_bit_for_bit_and_evaluation_rows_change_no_fitted_parameter(
+    routing_data: list[Dataset],
+) -> None:
+    from frugal.devkit.routing import train_learned
+    from frugal.devkit.routing.train_hybrid import serialize
+
+    feat = train_learned.Featurizer()
+    base = train_learned.build_payload(routing_data, data_root(), feat)
+    assert serialize(base) == (DATA / LEARNED_ARTIFACT_FILE).read_bytes(), "rebuild differs from the committed file"
+
+    turns = load_turns()
+    flipped_turns = [t if t.calibration else LabelledTurn(t.text, 2 - t.label, t.category) for t in turns]
+    changed_eval = train_learned.build_payload([_flip(d, True) for d in routing_data], data_root(), feat,
+                                               turns=flipped_turns)
+    assert _fitted(changed_eval) == _fitted(base)
+    # The same change on training rows does move the fit (so the comparison above can fail).
+    changed_train = train_learned.build_payload([_flip(d, False) for d in routing_data], data_root(), feat)
+    assert _fitted(changed_train) != _fitted(base)
