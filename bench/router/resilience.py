@@ -29,7 +29,9 @@ from frugal.router.config import Settings
 from frugal.router.server import build_app
 
 MD = (("x-tenant-id", "bench"), ("x-session-id", "bench-1"))
-HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string?"
+# Premium under learned-v1 without the cascade (the figures are about the premium call itself).
+HARD = ("def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string? "
+        "Explain the root cause and fix it.")
 
 
 async def start(redis_url: str, gemini: GeminiEmulator, claude: AnthropicEmulator, **extra: Any) -> Any:

@@ -11,8 +11,9 @@ Real parts: the microphone track is synthesised deterministically (frugal.devkit
 plugin's ONNX model) drives the STT gate; audio goes through livekit-plugins-deepgram to the Deepgram
 emulator, which counts the audio seconds it received (what Deepgram bills); speech goes through
 livekit-plugins-elevenlabs (behind the TTS cache when on) to the ElevenLabs emulator, which counts the
-characters it synthesised; LLM turns are decided by the router's own Decider (hybrid-v2 scorer), moved by
-cache-aware routing when on, and answered through the router's Gemini/Claude providers (official SDKs)
+characters it synthesised; LLM turns are decided by the router's own Decider (its default scorer, learned-v1
+since the router-learn merge; the README's figures were taken with hybrid-v2), moved by cache-aware routing
+when on, and answered through the router's Gemini/Claude providers (official SDKs)
 against the emulators, which emulate prompt caching (Anthropic breakpoints, Gemini implicit) and honour
 max_tokens; screen frames go through vision-dedup's DedupTracker. Each kind is priced by
 frugal.common.session_cost, the same rule billing's GetUsage uses.
@@ -53,7 +54,7 @@ from frugal.gateway.tts_cache import CachedTTS, LocalStore, TtsAudioCache
 from frugal.router import cache_aware, speech_style
 from frugal.router.config import Settings as RouterSettings
 from frugal.router.decision import Decider, TurnText
-from frugal.router.providers.base import ProviderRequest, StreamDone, TextChunk
+from frugal.router.providers.base import Message, ProviderRequest, StreamDone, TextChunk
 from frugal.router.providers.claude import ClaudeProvider
 from frugal.router.providers.gemini import GeminiProvider
 from frugal.router.scoring import TierMix, load_scorers
@@ -231,8 +232,9 @@ class Llm:
         style = speech_style.style_for(tier, question, DEFAULT_MAX_OUTPUT, speech_style.SpeechStyleSettings(
             style_enabled=levers.speech_style))
         system = speech_style.with_instructions(self.base_system, style)
-        system, messages = cache_aware.layout(system, context, hist + [("user", question)],
-                                              enabled=levers.prompt_cache)
+        system, messages = cache_aware.layout(
+            system, context, [*(Message(r, t) for r, t in hist if r in ("user", "assistant")),  # type: ignore[arg-type]
+                              Message("user", question)], enabled=levers.prompt_cache)
         prompt_tokens = cache_aware.estimate_prompt_tokens(system, messages)
         max_out = style.max_output_tokens if style else DEFAULT_MAX_OUTPUT
         if levers.prompt_cache:
