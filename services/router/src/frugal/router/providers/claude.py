@@ -125,7 +125,10 @@ class ClaudeProvider:
         # content block index -> (tool_use id, name, streamed JSON pieces)
         pending_tools: dict[int, tuple[str, str, list[str]]] = {}
         try:
-            events = await self._client.with_options(timeout=request.timeout_s).messages.create(
+            # The per-request `timeout` argument, not `with_options`: a client copy per call re-resolves the
+            # platform headers in a worker thread on every turn (seen in the router's profile).
+            events = await self._client.messages.create(
+                timeout=request.timeout_s,
                 model=request.model,
                 max_tokens=request.max_output_tokens,
                 messages=cache_aware.claude_breakpoint(claude_messages(request.messages)),
