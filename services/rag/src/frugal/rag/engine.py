@@ -22,6 +22,7 @@ from typing import Literal
 
 import asyncpg
 
+from frugal.common import errors
 from frugal.common.cost_events import CostEventProducer, CostKind
 from frugal.common.cost_recorder import CostRecorder
 from frugal.common.db import tenant_transaction
@@ -65,35 +66,36 @@ MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 50
 
 
-class RagError(Exception):
-    """Base of the errors the servicer turns into a status code; the message is for the caller."""
+class RagError(errors.ServiceError):
+    """Base of rag's errors; each carries its status code (frugal.common.errors), the message is for the caller."""
 
 
-class InvalidInput(RagError):
+class InvalidInput(RagError, errors.InvalidArgument):
     pass
 
 
-class NotFound(RagError):
+class NotFound(RagError, errors.NotFound):
     pass
 
 
-class Unavailable(RagError):
+class Unavailable(RagError, errors.Unavailable):
     pass
 
 
-class DeadlineExceeded(RagError):
+class DeadlineExceeded(RagError, errors.DeadlineExceeded):
     pass
 
 
 class ProviderRejected(RagError):
-    """A provider refused the request for a reason retrying cannot fix (key, model, request shape)."""
+    """A provider refused the request for a reason retrying cannot fix (key, model, request shape): INTERNAL."""
 
 
-class TooLarge(RagError):
-    """The document needs more than its budget (chunks, extraction CPU, inflated bytes, text)."""
+class TooLarge(RagError, errors.InvalidArgument):
+    """The document needs more than its budget (chunks, extraction CPU, inflated bytes, text): the caller must
+    split or simplify it."""
 
 
-class FailedPrecondition(RagError):
+class FailedPrecondition(RagError, errors.FailedPrecondition):
     """The request is valid but the service cannot do it in its current configuration."""
 
 

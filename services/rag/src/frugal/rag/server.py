@@ -26,15 +26,10 @@ from frugal.rag.embedding.base import Embedder, provider_info
 from frugal.rag.embedding.cache import QueryEmbeddingCache
 from frugal.rag.engine import (
     Caller,
-    DeadlineExceeded,
-    FailedPrecondition,
     InvalidInput,
     Mode,
-    NotFound,
-    ProviderRejected,
     RagEngine,
     RagError,
-    TooLarge,
     Unavailable,
 )
 from frugal.rag.reembed import Reembedder
@@ -57,17 +52,6 @@ _OUTCOMES = {
     "unchanged": rag_pb2.INGEST_OUTCOME_UNCHANGED,
     "replaced": rag_pb2.INGEST_OUTCOME_REPLACED,
 }
-_STATUS: dict[type[RagError], grpc.StatusCode] = {
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    ProviderRejected: grpc.StatusCode.INTERNAL,
-    # The document is well-formed but needs more than its budget: the caller must split or simplify it.
-    TooLarge: grpc.StatusCode.INVALID_ARGUMENT,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-}
-
 T = TypeVar("T")
 
 
@@ -99,26 +83,23 @@ class RagServiceServicer(rag_pb2_grpc.RagServiceServicer):
         self.engine = engine
 
     async def _call(self, context: grpc.aio.ServicerContext[Any, Any], fn: Callable[[], Awaitable[T]]) -> T:
+        """Database failures get rag's own wording (nothing was changed); everything else, RagErrors included,
+        maps through the one mapping (frugal.common.errors) in the server interceptor."""
         try:
             return await fn()
-        except RagError as err:
-            await _abort(context, _STATUS.get(type(err), grpc.StatusCode.INTERNAL), str(err))
-        except asyncpg.QueryCanceledError:
-            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "database statement timed out (deadline)")
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as err:
-            log.warning("database unavailable: %s", err)
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, "database unavailable, retry later")
-        except asyncpg.SerializationError:
-            await _abort(context, grpc.StatusCode.ABORTED, "concurrent update of the same document; retry")
         except asyncpg.ProgramLimitExceededError as err:
             # Chunks are capped, so this should not happen; if it does it is the input's size, not ours.
             log.warning("database size limit: %s", err)
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         f"the document exceeds a database size limit ({err}); split it. Nothing was changed")
+            raise InvalidInput(f"the document exceeds a database size limit ({err}); split it. "
+                               "Nothing was changed") from err
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as err:
+            log.warning("database unavailable: %s", err)
+            raise Unavailable("database unavailable, retry later") from err
+        except (asyncpg.QueryCanceledError, asyncpg.SerializationError, asyncpg.DeadlockDetectedError):
+            raise  # DEADLINE_EXCEEDED / ABORTED through the one mapping
         except asyncpg.PostgresError as err:
             log.error("database error: %s", err, exc_info=err)
-            await _abort(context, grpc.StatusCode.INTERNAL,
-                         f"database error ({type(err).__name__}); nothing was changed")
+            raise RagError(f"database error ({type(err).__name__}); nothing was changed") from err
 
     async def IngestDocument(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         caller = _caller()
