@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from frugal.common.service import build_or_exit
 from frugal.devkit.routing.evaldata import DataMissing, Dataset, data_root, load_all
 from frugal.devkit.routing.routing_eval import best_cost_cut, fixed_tier, mix_grid, sweep
 from frugal.router.config import Settings
@@ -126,10 +127,12 @@ async def test_service_refuses_to_start_on_a_corrupt_artifact(tmp_path: Path, re
     path = _copy_artifact(tmp_path)
     path.write_bytes(path.read_bytes()[:-100])  # truncated
     settings = Settings(grpc_port=0, metrics_port=0, redis_url=redis_url, scorer_artifact_path=str(path))
+    # Through the one start-up path (frugal.common.service): one line naming the problem, exit status 1.
     with pytest.raises(SystemExit) as info:
-        await build_app(settings)
-    assert info.value.code == 2
-    assert "corrupt" in capsys.readouterr().err
+        await build_or_exit("router", build_app(settings))
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "router: cannot start:" in err and "corrupt" in err and "Traceback" not in err
 
 
 def test_reference_sample_override_recalibrates(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import tempfile
 from grpc_health.v1 import health, health_pb2
 from livekit.agents import AgentServer
 
+from frugal.common.service import build_or_exit
 from frugal.gateway import metrics
 from frugal.gateway.config import Settings
 from frugal.gateway.job_metrics import GatewayMetricsServer, mark_job_process_dead
@@ -140,7 +141,8 @@ async def serve(settings: Settings, *, server: AgentServer | None = None,
     from frugal.gateway.worker import build_server
 
     job_dir = settings.job_metrics_dir or tempfile.mkdtemp(prefix="gateway-job-metrics-")
-    app = await build_app(settings.model_copy(update={"metrics_port": 0}))  # /metrics is ours (merged)
+    # /metrics is ours (merged); a failing build stops with one line (the one start-up path).
+    app = await build_or_exit(settings.service_name, build_app(settings.model_copy(update={"metrics_port": 0})))
     metrics_server = GatewayMetricsServer(settings.metrics_port, job_dir) if settings.metrics_port else None
     if server is None and settings.livekit_url:
         server = build_server(settings, job_metrics_dir=job_dir)

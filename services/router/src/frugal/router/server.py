@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import re
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -32,7 +31,7 @@ from frugal.common.grpc_server import GrpcApp, service_full_name
 from frugal.common.metrics import AI_REQUESTS_TOTAL
 from frugal.common.pricing import TIERS, PriceCatalog, PriceCatalogError, TierName, default_catalog
 from frugal.common.redis_client import create_redis
-from frugal.common.settings import ConfigError
+from frugal.common.service import StartupError
 from frugal.common.tenancy import current_identity
 from frugal.common.tenant_state import TenantStateCache
 from frugal.common.usage import UsageAmounts
@@ -941,13 +940,11 @@ class _Call:
 
 
 def _startup_error(message: str) -> NoReturn:
-    print(f"router: {message}", file=sys.stderr)
-    log.error("router cannot start: %s", message)
-    raise ConfigError(2)
+    raise StartupError(message)  # one line and exit 1 through frugal.common.service (the one start-up path)
 
 
 async def build_app(settings: Settings) -> GrpcApp:
-    """Refuses to start (exit status 2, one line on stderr) on a corrupt scorer artifact, an unknown default
+    """Refuses to start (StartupError: one line on stderr, exit 1) on a corrupt scorer artifact, an unknown default
     scorer, a bad reference sample or price catalog."""
     try:
         catalog = default_catalog(settings.price_catalog_path)

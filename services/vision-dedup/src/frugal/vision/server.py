@@ -18,6 +18,7 @@ from frugal.common.cost_events import CostEventProducer
 from frugal.common.grpc_server import GrpcApp, service_full_name
 from frugal.common.pricing import PriceCatalog, PriceCatalogError, default_catalog
 from frugal.common.redis_client import create_redis
+from frugal.common.service import StartupError
 from frugal.common.tenancy import TenancyError, current_identity, validate_session_id
 from frugal.vision import metrics
 from frugal.vision.analysis import (
@@ -231,7 +232,7 @@ async def build_app(settings: Settings) -> GrpcApp:
         executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="vision")
         provider = build_provider(settings, catalog, executor)
     except PriceCatalogError as err:
-        raise SystemExit(f"config error: {err}") from err
+        raise StartupError(f"price catalog: {err}") from err
     redis = create_redis(settings.redis_url)
     producer = CostEventProducer(redis)
     store = ContextStore(redis, size=settings.context_size, ttl_s=settings.context_ttl_seconds)
