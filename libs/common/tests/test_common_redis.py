@@ -73,3 +73,22 @@ def test_devstack_is_idempotent_and_recreates_databases() -> None:
         stack.stop()
     assert not stack.postgres.running() and not stack.redis.running()
     tmp.cleanup()
+
+
+async def test_cost_events_get_their_own_redis_only_when_configured(redis_url: str) -> None:
+    from frugal.common.redis_client import aclose_cost_redis, create_cost_redis, create_redis
+    from frugal.common.settings import ServiceSettings
+
+    shared = create_redis(redis_url)
+    same = create_cost_redis(ServiceSettings(redis_url=redis_url), shared)
+    assert same is shared
+    other_url = redis_url.rsplit("/", 1)[0] + "/3"
+    own = create_cost_redis(ServiceSettings(redis_url=redis_url, cost_events_redis_url=other_url), shared)
+    assert own is not shared
+    await own.set("cost-probe", b"1")
+    assert await shared.get("cost-probe") is None  # another database: the stream never lands among the caches
+    await own.delete("cost-probe")
+    await aclose_cost_redis(own, shared)
+    await aclose_cost_redis(same, shared)
+    assert await shared.ping()
+    await shared.aclose()

@@ -130,8 +130,8 @@ async def open_job(ctx: JobContext) -> OpenJob | None:
         ctx.shutdown(reason=f"rejected: {err.reason}")
         return None
 
-    redis = create_redis(settings.redis_url)
-    producer = CostEventProducer(redis)
+    redis = create_redis(settings.cost_redis_url)  # the job's Redis only carries its cost events
+    producer = CostEventProducer.from_settings(settings, redis)
     cached = ctx.proc.userdata.get("vad")
     vad_model = cached if isinstance(cached, vad.VAD) else await asyncio.to_thread(load_vad)
     parts = build_session(settings, clients, tenant, session_id, vad_model=vad_model, producer=producer,

@@ -18,7 +18,7 @@ from frugal.common.db import create_pool
 from frugal.common.grpc_server import GrpcApp, service_full_name
 from frugal.common.migrations import apply_migrations
 from frugal.common.pricing import PriceCatalog, default_catalog
-from frugal.common.redis_client import create_redis
+from frugal.common.redis_client import aclose_cost_redis, create_cost_redis, create_redis
 from frugal.common.tenancy import current_identity
 from frugal.rag import store
 from frugal.rag.config import Settings
@@ -272,7 +272,8 @@ async def build_app(settings: Settings, *, catalog: PriceCatalog | None = None) 
             await reranker.aclose()
         raise
     redis = create_redis(settings.redis_url)
-    costs = CostEventProducer(redis)
+    cost_redis = create_cost_redis(settings, redis)
+    costs = CostEventProducer.from_settings(settings, cost_redis)
     engine = RagEngine(
         settings, pool=pool, embedder=embedder, cache=QueryEmbeddingCache(redis, settings.embedding_cache_ttl),
         reranker=reranker, costs=costs, catalog=catalog, embedder_factory=embedder_factory(settings),
@@ -290,6 +291,7 @@ async def build_app(settings: Settings, *, catalog: PriceCatalog | None = None) 
         if reranker is not None:
             await reranker.aclose()
         await pool.close()
+        await aclose_cost_redis(cost_redis, redis)
         await redis.aclose()
 
     app.on_shutdown(close)

@@ -30,7 +30,7 @@ from frugal.common.cost_recorder import CostRecorder, CostRecordingUnavailable
 from frugal.common.grpc_server import GrpcApp, service_full_name
 from frugal.common.metrics import AI_REQUESTS_TOTAL
 from frugal.common.pricing import TIERS, PriceCatalog, PriceCatalogError, TierName, default_catalog
-from frugal.common.redis_client import create_redis
+from frugal.common.redis_client import aclose_cost_redis, create_cost_redis, create_redis
 from frugal.common.service import StartupError
 from frugal.common.tenancy import current_identity
 from frugal.common.tenant_state import TenantStateCache
@@ -171,9 +171,12 @@ class RouterCore:
         self.providers = providers
         self.redis = redis
         self.contexts = contexts
-        self.tenant_state = TenantStateCache(redis, ttl_s=settings.tenant_state_ttl_s)
+        # Billing publishes tenant state on the cost-events Redis (persistent, noeviction); caches and rate
+        # limits stay on REDIS_URL.
+        self.cost_redis = create_cost_redis(settings, redis)
+        self.tenant_state = TenantStateCache(self.cost_redis, ttl_s=settings.tenant_state_ttl_s)
         self.limiter = TenantRateLimiter(redis)
-        self.producer = BoundedProducer(CostEventProducer.from_settings(settings, redis))
+        self.producer = BoundedProducer(CostEventProducer.from_settings(settings, self.cost_redis))
         self.recorder = CostRecorder(self.producer, catalog, service="router")
         self.redis_watch = RedisWatch()
         self.health = DeploymentHealth(redis, HealthConfig(
@@ -190,6 +193,7 @@ class RouterCore:
 
     async def aclose(self) -> None:
         await self.producer.aclose()
+        await aclose_cost_redis(self.cost_redis, self.redis)
         await self.contexts.aclose()
         await self.providers.aclose()
         await self.redis.aclose()

@@ -17,7 +17,7 @@ from frugal.api.vision.v1 import vision_pb2, vision_pb2_grpc
 from frugal.common.cost_events import CostEventProducer
 from frugal.common.grpc_server import GrpcApp, service_full_name
 from frugal.common.pricing import PriceCatalog, PriceCatalogError, default_catalog
-from frugal.common.redis_client import create_redis
+from frugal.common.redis_client import aclose_cost_redis, create_cost_redis, create_redis
 from frugal.common.service import StartupError
 from frugal.common.tenancy import TenancyError, current_identity, validate_session_id
 from frugal.vision import metrics
@@ -234,7 +234,8 @@ async def build_app(settings: Settings) -> GrpcApp:
     except PriceCatalogError as err:
         raise StartupError(f"price catalog: {err}") from err
     redis = create_redis(settings.redis_url)
-    producer = CostEventProducer(redis)
+    cost_redis = create_cost_redis(settings, redis)
+    producer = CostEventProducer.from_settings(settings, cost_redis)
     store = ContextStore(redis, size=settings.context_size, ttl_s=settings.context_ttl_seconds)
     analyzer = Analyzer(provider, catalog, producer, store, max_concurrency=settings.vision_max_concurrency,
                         timeout_s=settings.vision_timeout_seconds, executor=executor,
@@ -247,6 +248,7 @@ async def build_app(settings: Settings) -> GrpcApp:
     async def close() -> None:
         await analyzer.aclose()
         await producer.aclose()
+        await aclose_cost_redis(cost_redis, redis)
         await redis.aclose()
         with contextlib.suppress(Exception):
             executor.shutdown(wait=False, cancel_futures=True)
