@@ -681,12 +681,14 @@ class RagEngine:
         result = RetrieveResult([], [], embedder_used=False, cache_hit=False, reranker_used=False, rerank_note="")
 
         qvec: Vector | None = None
+        index_model: str | None = None
         space = self.space
         if use_vector:
             with timer.stage("embed"):
                 try:
                     # The tenant's index model (the old one until a model change completes).
                     index = await self.index_state(caller.tenant_id)
+                    index_model = index.model
                     e = self.embedder_for(index.model)
                     if e is None:
                         raise EmbeddingError(f"the index's model {index.model!r} is not available here",
@@ -717,6 +719,16 @@ class RagEngine:
                 scan_mem_multiplier=s.hnsw_scan_mem_multiplier, statement_timeout_ms=timeout_ms,
             )
             stats = await store.tenant_stats(conn)
+            if use_vector and qvec is not None and index_model is not None:
+                # A model change may have swapped the index since the query was embedded (its old vectors
+                # are gone): embed again with the index's model as it is now.
+                now = await store.get_index(conn)
+                now_model = now.model if now is not None else self.embedder.model
+                e_now = self.embedder_for(now_model) if now_model != index_model else None
+                if e_now is not None:
+                    space = store.VectorSpace(e_now.model, e_now.dimensions)
+                    result.embedder = e_now
+                    qvec, result.cache_hit = await self._query_vector(caller, e_now, q, deadline)
             if use_vector and qvec is not None:
                 with timer.stage("vector"):
                     vec_rows, result.vector_path = await self._vector_candidates(conn, space, stats, qvec, n)
