@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
+from frugal.common.pricing import default_catalog
 from frugal.devkit.vision import corpus
 from frugal.devkit.vision.evaluation import i420_frame
 
@@ -126,13 +127,16 @@ async def test_stream_survives_malformed_frames_and_reports_offline_analyses(
         assert a.provider.offline and a.provider.provider == "offline" and a.provider.model == "offline-vision"
         assert a.description.startswith("[offline vision:") and "not read" in a.description
         assert "320x180" in a.description
-        assert a.usage.estimated and a.usage.images == 1 and a.cost_usd == 0.0
+        assert a.usage.estimated and a.usage.images == 1 and a.cost_usd > 0
     assert analyses[-1].sequence == max(kept_seqs), "the newest kept frame is always analysed"
 
     events = await cost_events(redis_url)
     assert len(events) == len(analyses)
     for e, a in zip(events, analyses, strict=True):
-        assert e.kind.value == "vision" and e.offline and e.cost_usd == 0.0 and e.usage.estimated
+        # The one offline rule: list price of the vision model it stands in for, on estimated usage, labelled.
+        stood_in = default_catalog().tier_model("standard")
+        assert e.kind.value == "vision" and e.offline and e.usage.estimated and e.attributes["priced_as"] == stood_in
+        assert e.cost_usd == pytest.approx(default_catalog().cost(stood_in, e.usage)) and e.cost_usd > 0
         assert e.tenant_id == "org_test" and e.session_id == "sess-1" and e.model == "offline-vision"
         assert e.attributes["sequence"] == str(a.sequence)
     # covered seconds add up to the stream time from the first frame to the last analysed one

@@ -241,9 +241,12 @@ class Analyzer:
     def __init__(self, provider: VisionProvider, catalog: PriceCatalog, producer: CostEventProducer,
                  store: ContextStore, *, max_concurrency: int = 4, timeout_s: float = 20.0,
                  executor: Executor | None = None, tenant_share: float = 0.5,
-                 breaker: CircuitBreaker | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, offline_priced_as: str | None = None) -> None:
         self.provider = provider
         self.catalog = catalog
+        # The one offline rule: an offline analysis is priced as the vision model it stands in for (the
+        # configured one; the catalog's standard tier by default).
+        self.offline_priced_as = offline_priced_as or catalog.tier_model("standard")
         self.producer = producer
         self.recorder = CostRecorder(producer, catalog, service=SERVICE)
         self.store = store
@@ -307,7 +310,7 @@ class Analyzer:
         event = await self._record_cost(result, tier=tier, tenant_id=tenant_id, session_id=session_id,
                                         request_id=request_id, job=job, covered_seconds=covered_seconds,
                                         frames_considered=frames_considered, attributes=attributes,
-                                        stands_in_for=p.model if not p.offline else None)
+                                        stands_in_for=p.model if not p.offline else self.offline_priced_as)
         cost = event.cost_usd
         analysis = vision_pb2.FrameAnalysis(
             sequence=job.sequence,

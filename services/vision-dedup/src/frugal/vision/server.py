@@ -240,7 +240,8 @@ async def build_app(settings: Settings) -> GrpcApp:
     analyzer = Analyzer(provider, catalog, producer, store, max_concurrency=settings.vision_max_concurrency,
                         timeout_s=settings.vision_timeout_seconds, executor=executor,
                         tenant_share=settings.vision_tenant_share,
-                        breaker=CircuitBreaker(settings.vision_breaker_failures, settings.vision_breaker_cooldown_s))
+                        breaker=CircuitBreaker(settings.vision_breaker_failures, settings.vision_breaker_cooldown_s),
+                        offline_priced_as=settings.vision_model or catalog.tier_model(settings.vision_tier))
     app = GrpcApp(settings, services=[SERVICE_NAME])
     servicer = VisionServiceServicer(settings, analyzer, store, executor)
     vision_pb2_grpc.add_VisionServiceServicer_to_server(servicer, app.server)
