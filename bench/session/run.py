@@ -347,7 +347,7 @@ def run_vision(session: SessionDef, turns: list[SpokenTurn]) -> tuple[list[CostR
     each kept frame is one vision call. Returns its rows and (time, note) per kept frame."""
     if session.screen is None:
         return [], []
-    from frugal.gateway.replay.synth import slide_frames
+    from frugal.devkit.demo.synth import slide_frames
     from frugal.vision.dedup import DedupConfig, DedupTracker
     from frugal.vision.frames import thumbnail_from_luma
 

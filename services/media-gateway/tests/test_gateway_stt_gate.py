@@ -155,14 +155,15 @@ async def test_gated_plugin_stream_bills_only_speech_and_keeps_the_transcript() 
 
 async def test_gated_stream_leaves_a_record_of_the_audio_it_had() -> None:
     """The naive baseline needs the session's audio, not only what was billed: one zero-cost record per stream."""
+    from frugal.common.cost_events import CostEvent, CostEventProducer
     from frugal.common.pricing import default_catalog
     from frugal.common.session_cost import CostRow, session_cost
     from frugal.gateway.stt_gate import GateSettings, maybe_gate
 
     class Meter:
         def __init__(self) -> None:
-            self.events: list = []  # type: ignore[type-arg]
-            self.producer = None
+            self.events: list[CostEvent] = []
+            self.producer: CostEventProducer | None = None
             self.tenant_id = "org_x"
             self.session_id = "s-gate"
 

@@ -59,6 +59,9 @@ class FakeRag(rag_pb2_grpc.RagServiceServicer):
     async def IngestDocument(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "test double")
 
+    async def ChangeEmbeddingModel(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "test double")
+
     async def DeleteDocument(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "test double")
 

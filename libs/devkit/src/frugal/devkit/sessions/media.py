@@ -5,16 +5,12 @@ words, so each word's time span comes with the transcript). Every utterance star
 fading out, the edges a VAD detects late and lets go of early: that is what pre-roll and post-roll protect.
 A faint room noise runs under everything (real silence is never digital zero).
 
-Synth tools: imported from `frugal.gateway.replay.synth` where they are on this branch (the gateway helper
-is moving them to `frugal.devkit.demo`; the import below follows whichever exists).
-
     python -m frugal.devkit.sessions OUT_DIR [--name NAME]   # writes session.toml, transcript.json, mic.wav
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import wave
 from dataclasses import dataclass
@@ -22,13 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from frugal.devkit.demo.synth import speech_like
 from frugal.devkit.sessions.catalog import SESSIONS, SessionDef
-
-try:  # the gateway helper is moving the synth tools into the devkit
-    _synth = importlib.import_module("frugal.devkit.demo.synth")
-except ImportError:
-    _synth = importlib.import_module("frugal.gateway.replay.synth")
-speech_like = _synth.speech_like
 
 SR = 16000
 NOISE_LEVEL = 0.002  # about -54 dBFS of room noise
