@@ -88,12 +88,18 @@ def test_every_code_call_is_allowed_and_every_path_exists(
     assert scan.implements["frugal.api.rag.v1.RagService"] == "rag"
 
 
-def test_only_the_router_may_retrieve(istio: list[dict[str, Any]], k8s: list[dict[str, Any]]) -> None:
+def test_only_the_router_and_the_gateway_tool_may_retrieve(
+    istio: list[dict[str, Any]], k8s: list[dict[str, Any]]
+) -> None:
     policies = [o for o in istio if o["kind"] == "AuthorizationPolicy"]
     rag_pod = {"app.kubernetes.io/name": "rag"}
     path = "/frugal.api.rag.v1.RagService/Retrieve"
-    assert mesh.allowed(policies, rag_pod, f"{mesh.TRUST_DOMAIN}/ns/frugal/sa/router", path, 50053)
-    for caller in ("media-gateway", "billing", "vision-dedup", "frugal-admin"):
+    # The router for a turn's context; the gateway for its search_knowledge_base tool (frugal.gateway.tools).
+    for caller in ("router", "media-gateway"):
+        assert mesh.allowed(policies, rag_pod, f"{mesh.TRUST_DOMAIN}/ns/frugal/sa/{caller}", path, 50053), caller
+    assert not mesh.allowed(policies, rag_pod, f"{mesh.TRUST_DOMAIN}/ns/frugal/sa/media-gateway",
+                            "/frugal.api.rag.v1.RagService/IngestDocument", 50053)
+    for caller in ("billing", "vision-dedup", "frugal-admin"):
         assert not mesh.allowed(policies, rag_pod, f"{mesh.TRUST_DOMAIN}/ns/frugal/sa/{caller}", path, 50053), caller
     assert not mesh.allowed(policies, rag_pod, f"{mesh.TRUST_DOMAIN}/ns/frugal/sa/router",
                          "/frugal.api.rag.v1.RagService/IngestDocument", 50053)
