@@ -155,10 +155,13 @@ class RagServiceServicer(rag_pb2_grpc.RagServiceServicer):
 
     async def ListDocuments(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         caller = _caller()
+        # The index state first: a model swap commits documents and index together, so documents read after an
+        # index that says "swapped" are swapped too (the other order could show a finished change beside
+        # documents still on the old model).
+        progress = await self._call(context, lambda: self.engine.index_progress(caller))
         docs, token = await self._call(context, lambda: self.engine.list_documents(
             caller, page_size=request.page_size, page_token=request.page_token,
         ))
-        progress = await self._call(context, lambda: self.engine.index_progress(caller))
         return rag_pb2.ListDocumentsResponse(
             documents=[
                 rag_pb2.DocumentInfo(
