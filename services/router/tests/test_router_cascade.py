@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2
-from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, make_event_id
+from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
 from frugal.common.pricing import default_catalog
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiRequest
@@ -106,8 +106,9 @@ async def test_cascade_holds_scores_and_bills_each_attempt(
     deltas, c = await run(router, text, "t-casc")
     keep = expected_keep(text, decision, answers)
     evs = await events(redis_client)
-    lite_id = make_event_id("router", "acme", "t-casc", "cascade-lite")
-    std_id = make_event_id("router", "acme", "t-casc", "cascade-standard")
+    # Each attempt has its own event id (a nonce per attempt, frugal.common.cost_recorder); the attempt says which.
+    by_attempt = {e.attributes["attempt"]: e for e in evs}
+    lite_id, std_id = by_attempt["cascade-lite"].event_id, by_attempt["cascade-standard"].event_id
     # Both cheap answers were asked for (concurrently) and each is billed as its own attempt.
     assert sorted(r.model for r in gemini.requests) == ["gemini-2.5-flash", "gemini-2.5-flash-lite"]
     assert {e.event_id for e in evs[:2]} == {lite_id, std_id}
@@ -124,7 +125,7 @@ async def test_cascade_holds_scores_and_bills_each_attempt(
         # Escalated: premium answers; the cheap answers never reach the caller.
         assert "".join(deltas) == "Premium answer." and len(evs) == 3 and len(claude.requests) == 1
         assert c.tier == common_pb2.TIER_PREMIUM and c.provider.model == "claude-sonnet-4-6"
-        assert evs[2].event_id == make_event_id("router", "acme", "t-casc", "0")
+        assert evs[2].attributes["attempt"] == "0" and evs[2].event_id not in (lite_id, std_id)
         assert {by_id[lite_id].attributes["outcome"], by_id[std_id].attributes["outcome"]} == {"cascade_escalated"}
 
 
@@ -157,15 +158,16 @@ async def test_caller_leaving_during_the_hold_still_bills_both_cheap_attempts(
                 break
             await asyncio.sleep(0.05)
         call.cancel()
-        ids = {make_event_id("router", "acme", "t-gone", "cascade-lite"),
-               make_event_id("router", "acme", "t-gone", "cascade-standard")}
+        wanted = ["cascade-lite", "cascade-standard"]
         for _ in range(100):
-            got = {e.event_id for e in await events(redis_client)}
-            if ids <= got:
+            got = sorted(e.attributes.get("attempt", "") for e in await events(redis_client))
+            if got == wanted:
                 break
             await asyncio.sleep(0.1)
         evs = await events(redis_client)
-        assert {e.event_id for e in evs} == ids, "each cheap attempt is billed once, even when the caller left"
+        assert sorted(e.attributes["attempt"] for e in evs) == wanted, \
+            "each cheap attempt is billed once, even when the caller left"
+        assert len({e.event_id for e in evs}) == 2
         assert claude.requests == []
     finally:
         await gemini.aclose()
@@ -191,5 +193,5 @@ async def test_no_cascade_when_the_request_has_tools(
             completed = msg.completed
     assert completed is not None and completed.decision.tier == common_pb2.TIER_STANDARD
     evs = await events(redis_client)
-    assert [e.event_id for e in evs] == [make_event_id("router", "acme", "t-tools", "0")]
+    assert [e.attributes["attempt"] for e in evs] == ["0"]  # one ordinary attempt: no cascade with tools
     assert [r.model for r in gemini.requests] == ["gemini-2.5-flash"] and claude.requests == []

@@ -194,7 +194,7 @@ class Decider:
         # The cascade only for turns the learned router is unsure about, and only when nothing overrode it.
         tenant_tier_rule = policy is not None and (policy.pinned_tier in ENUM_TIER or policy.max_tier in ENUM_TIER)
         cascade = (isinstance(scorer, LearnedScorer) and floor_point and self.cascade_enabled and idx == routed
-                   and idx > 0 and not tenant_tier_rule and verdict.status in ("ok", "unlimited", "unknown")
+                   and idx > 0 and not tenant_tier_rule and verdict.status in ("ok", "unlimited", "unpublished")
                    and thresholds[0] < score <= cascade_upper)
         model = self.catalog.tier_model(tier)
         provider, offline = self._provider_of(tier)
