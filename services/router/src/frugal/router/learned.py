@@ -35,7 +35,6 @@ The artifact (`learned-v1.json`) is small JSON (rounded floats, sorted keys), re
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ import numpy.typing as npt
 
 from frugal.router.conversational import STRUCTURE_FEATURES, structure_features
 from frugal.router.features import TurnFeatures, extract_features
+from frugal.router.scoring import verify_artifact
 
 LEARNED_SCORER = "learned-v1"
 LEARNED_ARTIFACT_FILE = "learned-v1.json"
@@ -267,17 +267,5 @@ def learned_artifact_bytes(path: str | Path | None = None) -> tuple[bytes, str |
 def load_learned_payload(path: str | Path | None = None) -> dict[str, Any]:
     """Reads and verifies the artifact (SHA-256 sidecar, format)."""
     data, expected, source = learned_artifact_bytes(path)
-    if expected is None:
-        raise LearnedArtifactError(f"learned artifact {source}: no .sha256 sidecar; refusing an unverified artifact")
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise LearnedArtifactError(
-            f"learned artifact {source} is corrupt: sha256 {actual[:16]}... != {expected[:16]}..."
-        )
-    try:
-        payload = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LearnedArtifactError(f"learned artifact {source}: not JSON ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != LEARNED_FORMAT:
-        raise LearnedArtifactError(f"learned artifact {source}: format is not {LEARNED_FORMAT}")
-    return payload
+    return verify_artifact(data, expected, source, what="learned artifact", fmt=LEARNED_FORMAT,
+                           error=LearnedArtifactError)

@@ -335,23 +335,28 @@ def artifact_bytes(path: str | Path | None = None) -> tuple[bytes, str | None, s
     return data, expected, str(p)
 
 
-def load_artifact(path: str | Path | None = None) -> dict[str, Any]:
-    """Reads and verifies the artifact: SHA-256 of the file must match its sidecar; format must match."""
-    data, expected, source = artifact_bytes(path)
+def verify_artifact(data: bytes, expected: str | None, source: str, *, what: str, fmt: str,
+                    error: type[Exception]) -> dict[str, Any]:
+    """The shipped-artifact rule (shared by every scorer artifact): the file's SHA-256 must match its sidecar,
+    it must be a JSON object of format `fmt`; otherwise `error` naming `what` and `source`."""
     if expected is None:
-        raise ScorerError(f"scorer artifact {source}: no .sha256 sidecar; refusing an unverified artifact")
+        raise error(f"{what} {source}: no .sha256 sidecar; refusing an unverified artifact")
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
-        raise ScorerError(
-            f"scorer artifact {source} is corrupt: sha256 {actual[:16]}... != expected {expected[:16]}..."
-        )
+        raise error(f"{what} {source} is corrupt: sha256 {actual[:16]}... != expected {expected[:16]}...")
     try:
         payload = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ScorerError(f"scorer artifact {source}: not JSON ({err})") from err
-    if not isinstance(payload, dict) or payload.get("format") != ARTIFACT_FORMAT:
-        raise ScorerError(f"scorer artifact {source}: format is not {ARTIFACT_FORMAT}")
+        raise error(f"{what} {source}: not JSON ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise error(f"{what} {source}: format is not {fmt}")
     return payload
+
+
+def load_artifact(path: str | Path | None = None) -> dict[str, Any]:
+    """Reads and verifies the artifact: SHA-256 of the file must match its sidecar; format must match."""
+    data, expected, source = artifact_bytes(path)
+    return verify_artifact(data, expected, source, what="scorer artifact", fmt=ARTIFACT_FORMAT, error=ScorerError)
 
 
 @dataclass(frozen=True)
