@@ -40,7 +40,7 @@ import numpy as np
 
 from frugal.common.history_window import history_window
 from frugal.common.pricing import PriceCatalog, default_catalog
-from frugal.common.session_cost import CostRow, SessionCost, format_report, session_cost
+from frugal.common.session_cost import CostRow, SessionCost, format_report, list_price, session_cost
 from frugal.common.usage import UsageAmounts
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicRequest
 from frugal.devkit.emulators.deepgram import DeepgramEmulator
@@ -106,6 +106,19 @@ class RunResult:
     cached_read: int = 0
     input_tokens: int = 0
     stt: SttResult | None = None
+    # Per user turn: (question, tier or "fixed", output tokens, characters spoken, LLM $, TTS chars billed).
+    turn_log: list[TurnLog] = field(default_factory=list)
+
+
+@dataclass
+class TurnLog:
+    question: str
+    tier: str
+    output_tokens: int = 0
+    spoken_chars: int = 0
+    llm_usd: float = 0.0
+    tts_billed: int = 0
+    tts_served: int = 0
 
 
 # ---- STT ---------------------------------------------------------------------------------------------
@@ -291,9 +304,11 @@ class _PromptCache:
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
 
-async def run_tts(utterances: list[tuple[str, bool]], cached: bool, store: LocalStore) -> tuple[list[CostRow], int]:
+async def run_tts(utterances: list[tuple[str, bool]], cached: bool,
+                  store: LocalStore) -> tuple[list[CostRow], list[tuple[int, int]]]:
     """Speaks each utterance sentence by sentence (how the session feeds a non-streaming TTS); returns cost
-    rows (billed characters from the emulator's own count, per sentence) and the characters it billed."""
+    rows (billed characters from the emulator's own count, per sentence) and, per utterance, the characters
+    billed and those served from the cache."""
     from livekit.plugins import elevenlabs
 
     rows: list[CostRow] = []
@@ -316,8 +331,14 @@ async def run_tts(utterances: list[tuple[str, bool]], cached: bool, store: Local
                 rows.append(CostRow(kind="tts", model="eleven_flash_v2_5",
                                     usage=UsageAmounts(characters=billed, requests=1 if billed else 0),
                                     attributes=attrs))
+        per_utterance: list[tuple[int, int]] = []
+        it = iter(rows)
+        for text, _ in utterances:
+            mine = [next(it) for s in _SENT.split(text) if s.strip()]
+            per_utterance.append((sum(r.usage.characters for r in mine),
+                                  sum(int(r.attributes.get("served_characters", "0")) for r in mine)))
         # The naive rule sizes answers per utterance, not per sentence: fold each answer's sentences.
-        return _fold_answers(rows, utterances), emu.billed_characters
+        return _fold_answers(rows, utterances), per_utterance
 
 
 def _fold_answers(rows: list[CostRow], utterances: list[tuple[str, bool]]) -> list[CostRow]:
@@ -391,6 +412,7 @@ async def run_session(session: SessionDef, configs: list[Levers], catalog: Price
             utterances: list[tuple[str, bool]] = [(session.greeting, False)]
             for t in session.turns:
                 llm.now = t.at
+                log = TurnLog(t.text, "fixed")
                 if t.fixed:
                     reply = t.reply
                 else:
@@ -398,13 +420,18 @@ async def run_session(session: SessionDef, configs: list[Levers], catalog: Price
                     reply, row = await llm.turn(t.text, history, notes, levers, warm, res)
                     rows.append(row)
                     res.answer_chars.append(len(reply))
+                    log = TurnLog(t.text, row.tier or "?", row.usage.output_tokens, len(reply),
+                                  list_price(row, catalog))
                     # Retrieval for the turn: one query embedding (the router asks rag for no rerank).
                     rows.append(CostRow(kind="embedding", model="voyage-3.5-lite",
                                         usage=UsageAmounts(input_tokens=max(len(t.text) // 4, 1), requests=1)))
+                res.turn_log.append(log)
                 history += [("user", t.text), ("assistant", reply)]
                 utterances.append((reply, not t.fixed))
-            tts_rows, _ = await run_tts(utterances, levers.tts_cache, LocalStore(64 << 20))
+            tts_rows, per_utterance = await run_tts(utterances, levers.tts_cache, LocalStore(64 << 20))
             rows += tts_rows
+            for log, (billed, served) in zip(res.turn_log, per_utterance[1:], strict=True):
+                log.tts_billed, log.tts_served = billed, served
             s = stt[levers.stt_gate]
             rows.append(CostRow(kind="stt", model="nova-3", usage=UsageAmounts(audio_seconds=s.billed_s, requests=1),
                                 attributes={"stream_seconds": str(s.stream_s)}))
@@ -415,7 +442,7 @@ async def run_session(session: SessionDef, configs: list[Levers], catalog: Price
     return results
 
 
-def _print_session(session: SessionDef, results: list[RunResult]) -> bool:
+def _print_session(session: SessionDef, results: list[RunResult], show_turns: bool = False) -> bool:
     """The naive baseline is the all-off run's (the naive agent's own unsized answers, every second streamed,
     repriced all premium without caching, 1 vision call per second of share): one baseline per session, so every
     configuration is compared with the same figure. `GetUsage` applies the same rule row by row; its figure for
@@ -455,12 +482,35 @@ def _print_session(session: SessionDef, results: list[RunResult]) -> bool:
           f"{dict(sorted(results[0].tiers.items()))}")
     print("  all on, by kind (naive here = GetUsage's row rule on this run):\n    "
           + format_report(on.cost).replace("\n", "\n    "))
+    if show_turns:
+        _print_turns(on, catalog_tts_price(on))
     ratio = on.cost.cost_usd / naive.naive_usd
     if ratio > 0.25 or on.stt.words_lost:
         ok = False
     print(f"  target (all on <= 25% of naive, no word lost): {'MET' if ok else 'MISSED'} "
           f"({ratio:.1%} of naive, {on.stt.words_lost} words lost)")
     return ok
+
+
+def catalog_tts_price(r: RunResult) -> float:
+    tts = r.cost.kinds["tts"]
+    chars = tts.units.get("characters", 0.0)
+    return tts.cost_usd / chars if chars else 0.0
+
+
+def _print_turns(r: RunResult, per_char: float) -> None:
+    """Where the money goes, turn by turn (all on): tier, output tokens, characters spoken, LLM and TTS $."""
+    print(f"  per turn (all on): {'tier':<9}{'out tok':>8}{'spoken':>8}{'tts paid':>9}{'cached':>8}"
+          f"{'llm $':>9}{'tts $':>9}  question")
+    for t in r.turn_log:
+        print(f"  {'':<19}{t.tier:<9}{t.output_tokens:>8}{t.spoken_chars:>8}{t.tts_billed:>9}{t.tts_served:>8}"
+              f"{t.llm_usd:>9.4f}{t.tts_billed * per_char:>9.4f}  {t.question[:48]}")
+    by_tier: dict[str, list[int]] = {}
+    for t in r.turn_log:
+        if t.tier != "fixed":
+            by_tier.setdefault(t.tier, []).append(t.spoken_chars)
+    print("  characters per answer by tier: " + ", ".join(
+        f"{k} {sum(v) / len(v):.0f} (n={len(v)})" for k, v in sorted(by_tier.items())))
 
 
 def heldout_gate(names: list[str], gate_cfg: GateConfig) -> None:
@@ -491,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="rapid-qa only, all off / all on")
     p.add_argument("--session", choices=sorted(SESSIONS), action="append")
+    p.add_argument("--turns", action="store_true", help="print the all-on run turn by turn")
     args = p.parse_args(argv)
     names = args.session or (["rapid-qa"] if args.quick else list(SESSIONS))
     configs = [Levers()]
@@ -508,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         session = SESSIONS[name]
         results = asyncio.run(run_session(session, configs, catalog, gate_cfg))
-        all_ok &= _print_session(session, results)
+        all_ok &= _print_session(session, results, args.turns)
     print("\nSTT gate: pre/post-roll sweep (words lost vs audio sent)")
     for name in names:
         gate_sweep(name)

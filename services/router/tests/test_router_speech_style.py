@@ -28,7 +28,10 @@ def test_caps_per_tier_and_detail() -> None:
     premium = style_for("premium", "How much is Business?", 512, cfg)
     detail = style_for("lite", "Explain how SSO works, step by step", 512, cfg)
     assert lite is not None and premium is not None and detail is not None
-    assert lite.max_output_tokens == cfg.cap_lite < premium.max_output_tokens == cfg.cap_premium
+    assert lite.max_output_tokens == cfg.cap_lite and premium.max_output_tokens == cfg.cap_premium
+    # One speech length on every tier (the tier is about difficulty, not about how long to talk).
+    assert cfg.cap_lite == cfg.cap_standard == cfg.cap_premium < cfg.cap_detail
+    assert lite.instructions in premium.instructions
     assert detail.detail and detail.max_output_tokens == cfg.cap_detail
     assert "spoken" in lite.instructions and "sentences" in lite.instructions
     assert style_for("lite", "x", 20, cfg).max_output_tokens == 20  # type: ignore[union-attr]

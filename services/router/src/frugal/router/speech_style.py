@@ -30,13 +30,14 @@ BASE_INSTRUCTIONS = (
     "Your answer is spoken aloud by a voice assistant. Answer in plain spoken sentences, no markdown, lists, "
     "tables, links or emoji."
 )
+# One speech length for every tier: how long a listener wants an answer to be does not depend on which model
+# gives it (the tier is about how hard the question is). Premium only adds: reason silently.
+SPEECH_LENGTH = ("Answer in one or two short sentences, about 30 words at most, the direct answer first. If more "
+                 "could help, offer it in a few words instead of giving it unasked.")
 TIER_INSTRUCTIONS = {
-    "lite": "Answer in one or two short sentences. If more could help, offer it in a few words instead of "
-            "giving it.",
-    "standard": "Answer in at most two sentences, the direct answer first. Offer more detail instead of "
-                "giving it unasked.",
-    "premium": "Answer in at most three sentences, the direct answer first; reason silently and say only the "
-               "conclusion unless the user asks for the steps.",
+    "lite": SPEECH_LENGTH,
+    "standard": SPEECH_LENGTH,
+    "premium": SPEECH_LENGTH + " Reason silently and say only the conclusion unless the user asks for the steps.",
 }
 DETAIL_INSTRUCTIONS = "The user asked for detail: answer fully, in spoken sentences, as briefly as that allows."
 
@@ -45,10 +46,11 @@ class SpeechStyleSettings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="SPEECH_")
 
     style_enabled: bool = True
-    # About 20-25 tokens make a spoken sentence: two short sentences on lite and standard, three on premium.
+    # About 20-25 tokens make a spoken sentence: 50 tokens (~200 characters, ~35 words, ~13 s of speech) hold
+    # the two short sentences the instructions ask for, on every tier (see SPEECH_LENGTH).
     cap_lite: int = Field(default=50, ge=16, le=4096)
-    cap_standard: int = Field(default=60, ge=16, le=4096)
-    cap_premium: int = Field(default=80, ge=16, le=4096)
+    cap_standard: int = Field(default=50, ge=16, le=4096)
+    cap_premium: int = Field(default=50, ge=16, le=4096)
     cap_detail: int = Field(default=320, ge=16, le=8192)
 
 
