@@ -188,3 +188,35 @@ async def test_gated_stream_leaves_a_record_of_the_audio_it_had() -> None:
     cost = session_cost([billed, CostRow.from_event(record)], default_catalog())
     assert cost.session_seconds == pytest.approx(SHORT.seconds, abs=0.05)  # naive: the whole session streamed
     assert cost.kinds["stt"].cost_usd < 0.4 * cost.kinds["stt"].naive_usd
+
+
+def _tone_frame(amplitude: float, seed: int) -> bytes:
+    x = amplitude * np.random.default_rng(seed).standard_normal(WINDOW)
+    return np.clip(x * 32767, -32768, 32767).astype(np.int16).tobytes()
+
+
+def test_level_above_the_noise_floor_opens_the_gate_when_silero_misses_the_speech() -> None:
+    """Silero gives some real utterances no window at its threshold (soft, short, unusual voices): the level
+    criterion still forwards them; stationary noise, however loud, lifts the floor and not the gate."""
+    quiet, loud = 0.002, 0.1  # about -54 dBFS of room noise, a -20 dBFS voice: 34 dB above the floor
+    frames = [_tone_frame(quiet, i) for i in range(100)] + [_tone_frame(loud, i) for i in range(100, 120)] \
+        + [_tone_frame(quiet, i) for i in range(120, 220)]
+    gate = SttGate(GateConfig(pre_roll_s=0.1, post_roll_s=0.1))
+    sent = [i for i, f in enumerate(frames) if gate.push(f, DUR, 0.0).forward]
+    assert sent and sent[0] == 100 and 119 <= sent[-1] <= 119 + int(0.1 / DUR) + 1
+    silero_only = SttGate(GateConfig(pre_roll_s=0.1, post_roll_s=0.1, energy_onset_db=None))
+    assert not any(silero_only.push(f, DUR, 0.0).forward for f in frames)  # what the level criterion fixes
+    # A room that gets noisy and stays noisy (a fan at -20 dBFS for 30 s): forwarded a few seconds at most
+    # while the floor climbs (3 dB/s), then held back.
+    noisy = [_tone_frame(loud, i) for i in range(int(30 / DUR))]
+    gate2 = SttGate(GateConfig(pre_roll_s=0.1, post_roll_s=0.1))
+    for f in [_tone_frame(quiet, i) for i in range(100)] + noisy:
+        gate2.push(f, DUR, 0.0)
+    assert gate2.stats.forwarded_s < 12.0
+    assert not gate2.is_open
+
+
+def test_level_criterion_ignores_digital_silence_dither() -> None:
+    gate = SttGate(GateConfig(pre_roll_s=0.0, post_roll_s=0.0))
+    frames = [b"\x00\x00" * WINDOW] * 50 + [_tone_frame(0.0001, i) for i in range(50)]  # -80 dBFS: below -70
+    assert not any(gate.push(f, DUR, 0.0).forward for f in frames)

@@ -46,11 +46,19 @@ class GateConfig:
     # syllable inside a word does not close the gate.
     threshold: float = 0.5
     release_threshold: float = 0.35
-    # Audio kept from before the VAD fired, and sent after it let go, seconds. Measured on the recorded
-    # sessions (bench/session): 0.5 s / 0.8 s cut soft first and fading last words; 0.8 s / 1.0 s lost one
-    # word of 170; 1.0 s / 1.2 s lost none.
-    pre_roll_s: float = 1.0
-    post_roll_s: float = 1.2
+    # Level above the tracked noise floor at which a window opens the gate / still counts as speech, even when
+    # Silero's probability does not (None: Silero alone). Silero misses soft, short or unusual speech whole
+    # (on the generated sessions 1 utterance in 14 never reached 0.5, and mid-utterance dips last over a
+    # second); a word lost is a failed turn, a noise second forwarded costs $0.00013, so the gate errs to
+    # forwarding. Stationary noise raises the floor, not the gate (`NoiseFloor`).
+    energy_onset_db: float | None = 15.0
+    energy_hold_db: float = 9.0
+    # Audio kept from before the gate opened, and sent after speech ended, seconds: chosen held-out by
+    # bench/session/gate_tuning.py (the largest onset delay / release lag on generated tuning sessions + two
+    # windows), floored at livekit's Silero defaults for the same model (prefix_padding_duration 0.5 s,
+    # min_silence_duration 0.55 s): the speech the agent's own VAD cuts for an STT.
+    pre_roll_s: float = 0.5
+    post_roll_s: float = 0.55
     # Media seconds without audio after which a KeepAlive is due (Deepgram's limit is 10 s).
     keepalive_interval_s: float = 5.0
 
@@ -61,6 +69,8 @@ class GateConfig:
             raise ValueError("GateConfig.release_threshold must be in (0, threshold]")
         if not 0.0 <= self.pre_roll_s <= 5.0 or not 0.0 <= self.post_roll_s <= 5.0:
             raise ValueError("GateConfig.pre_roll_s and post_roll_s must be in [0, 5] seconds")
+        if self.energy_onset_db is not None and not 0.0 < self.energy_hold_db <= self.energy_onset_db <= 60.0:
+            raise ValueError("GateConfig: need 0 < energy_hold_db <= energy_onset_db <= 60 dB")
         if not 0.5 <= self.keepalive_interval_s < 10.0:
             raise ValueError("GateConfig.keepalive_interval_s must be in [0.5, 10) seconds (Deepgram closes at 10 s)")
 
@@ -84,6 +94,42 @@ class GateStats:
     spans: list[tuple[float, float]] = field(default_factory=list)
 
 
+# Below this level a window is treated as digital silence whatever the floor (a -100 dB floor would make
+# dither "loud").
+MIN_SPEECH_DBFS = -70.0
+
+
+def level_dbfs(frame: bytes) -> float:
+    """RMS level of 16-bit PCM, dB relative to full scale (-200 for an empty or all-zero frame)."""
+    x = np.frombuffer(frame, dtype=np.int16).astype(np.float32)
+    if not len(x):
+        return -200.0
+    rms = float(np.sqrt(np.mean(x * x))) / 32768.0
+    return 20.0 * float(np.log10(rms)) if rms > 1e-10 else -200.0
+
+
+class NoiseFloor:
+    """Minimum-statistics noise floor: follows a quieter window at once and rises slowly (RISE_DB_PER_S), so
+    speech (never quiet for long: syllables and words have gaps) does not lift it, while a room getting
+    noisier does within seconds."""
+
+    RISE_DB_PER_S = 3.0
+
+    def __init__(self) -> None:
+        self.db: float | None = None
+
+    def update(self, level_db: float, duration_s: float) -> float:
+        if self.db is None or level_db < self.db:
+            self.db = level_db
+        else:
+            self.db = min(self.db + self.RISE_DB_PER_S * duration_s, level_db)
+        return self.db
+
+
+def cast_db(value: float | None) -> float:
+    return float("inf") if value is None else value
+
+
 class SttGate:
     """Frames in, each with its speech probability; what to forward out. Pure: no I/O, no clock but the media's.
 
@@ -92,6 +138,7 @@ class SttGate:
     def __init__(self, config: GateConfig | None = None) -> None:
         self.config = config or GateConfig()
         self.stats = GateStats()
+        self.floor = NoiseFloor()
         self._pre: collections.deque[tuple[bytes, float, float]] = collections.deque()  # (frame, start, dur)
         self._pre_s = 0.0
         self._open = False
@@ -102,14 +149,25 @@ class SttGate:
     def is_open(self) -> bool:
         return self._open
 
-    def push(self, frame: bytes, duration_s: float, speech_prob: float) -> GateStep:
+    def speech(self, speech_prob: float, level_db: float, duration_s: float) -> tuple[bool, bool]:
+        """(opens, holds) for one window: it would open a closed gate / keeps an open one counting as speech."""
+        cfg = self.config
+        floor = self.floor.update(level_db, duration_s)
+        loud = level_db >= MIN_SPEECH_DBFS and cfg.energy_onset_db is not None
+        opens = speech_prob >= cfg.threshold or (loud and level_db - floor >= cast_db(cfg.energy_onset_db))
+        holds = speech_prob >= cfg.release_threshold or (loud and level_db - floor >= cfg.energy_hold_db)
+        return opens, holds
+
+    def push(self, frame: bytes, duration_s: float, speech_prob: float, level_db: float | None = None) -> GateStep:
+        """`level_db`: the frame's level (dBFS) when the caller has it; measured from `frame` otherwise."""
         cfg = self.config
         start = self.stats.seen_s
         end = start + duration_s
         self.stats.seen_s = end
         if not cfg.enabled:
             return self._send((frame,), ((start, duration_s),), opened=False, closed=False)
-        speech = speech_prob >= (cfg.release_threshold if self._open else cfg.threshold)
+        opens, holds = self.speech(speech_prob, level_dbfs(frame) if level_db is None else level_db, duration_s)
+        speech = holds if self._open else opens
         if speech:
             self._last_speech_end = end
             if not self._open:
@@ -193,7 +251,8 @@ _DEFAULT = GateConfig()
 
 
 class GateSettings(BaseSettings):
-    """`STT_GATE_ENABLED`, `STT_GATE_PRE_ROLL_S`, `STT_GATE_POST_ROLL_S`, `STT_GATE_THRESHOLD`."""
+    """`STT_GATE_ENABLED`, `STT_GATE_PRE_ROLL_S`, `STT_GATE_POST_ROLL_S`, `STT_GATE_THRESHOLD`,
+    `STT_GATE_ENERGY_ONSET_DB`."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="STT_GATE_")
 
@@ -201,11 +260,16 @@ class GateSettings(BaseSettings):
     pre_roll_s: float = Field(default=_DEFAULT.pre_roll_s, ge=0, le=5)
     post_roll_s: float = Field(default=_DEFAULT.post_roll_s, ge=0, le=5)
     threshold: float = Field(default=_DEFAULT.threshold, gt=0, lt=1)
+    # 0 turns the level criterion off (Silero alone).
+    energy_onset_db: float = Field(default=_DEFAULT.energy_onset_db or 0.0, ge=0, le=60)
 
     def config(self) -> GateConfig:
+        onset = self.energy_onset_db or None
         return GateConfig(enabled=self.enabled, pre_roll_s=self.pre_roll_s, post_roll_s=self.post_roll_s,
                           threshold=self.threshold,
-                          release_threshold=min(_DEFAULT.release_threshold, self.threshold))
+                          release_threshold=min(_DEFAULT.release_threshold, self.threshold),
+                          energy_onset_db=onset,
+                          energy_hold_db=min(_DEFAULT.energy_hold_db, onset or _DEFAULT.energy_hold_db))
 
 
 class GatedSTT(stt.STT[Any]):
