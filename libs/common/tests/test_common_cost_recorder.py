@@ -157,6 +157,32 @@ def test_cached_input_tokens_are_priced_at_the_cached_price() -> None:
         UsageAmounts(input_tokens=10, cached_input_tokens=11)
 
 
+async def test_cache_writes_are_priced_at_the_write_price_by_the_recorder_and_the_report_alike() -> None:
+    """Anthropic bills prompt-cache writes at 1.25x input: the catalog carries the price, the recorder applies it
+    to an attempt's `cache_write_tokens`, and the session report's row rule gives the same figure."""
+    from frugal.common.session_cost import CostRow, list_price
+
+    cat = default_catalog()
+    p = cat.price("claude-sonnet-4-6")
+    assert p.cache_write_per_mtok == pytest.approx(1.25 * p.input_per_mtok)
+    usage = UsageAmounts(input_tokens=10_000, cached_input_tokens=2_000, output_tokens=100, requests=1)
+    attrs = {"cache_read_tokens": "2000", "cache_write_tokens": "6000"}
+    event = await _recorder(None).record(usage=usage, tenant_id="org_a", kind=CostKind.LLM, provider="anthropic",
+                                         model="claude-sonnet-4-6", key=("t", "0"), attributes=attrs)
+    expected = (2_000 * 3.00 + 2_000 * 0.30 + 6_000 * 3.75 + 100 * 15.00) / 1e6
+    assert event.cost_usd == pytest.approx(expected)
+    assert list_price(CostRow.from_event(event), cat) == pytest.approx(event.cost_usd)
+    # writes are never more than the uncached input, and a model without a write price bills them as input
+    assert cat.cost("claude-sonnet-4-6", usage, 50_000) == pytest.approx((2_000 * 0.30 + 8_000 * 3.75 + 1_500) / 1e6)
+    assert cat.cost("gemini-2.5-flash", usage, 6_000) == cat.cost("gemini-2.5-flash", usage)
+    # a zero-cost record: no usage, no price, its own id, what saved it
+    free = _recorder(None).build_free(saved_by="tts_cache", tenant_id="org_a", kind=CostKind.TTS,
+                                      provider="elevenlabs", model="eleven_flash_v2_5", key=("s", "1"),
+                                      attributes={"served_characters": "40"})
+    assert free.cost_usd == 0 and free.usage.characters == 0 and free.attributes["saved_by"] == "tts_cache"
+    assert free.attributes["attempt_nonce"] and free.attributes["served_characters"] == "40"
+
+
 # ------------------------------------------------------------------------------------------------ spool
 
 

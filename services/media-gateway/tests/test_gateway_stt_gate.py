@@ -155,19 +155,12 @@ async def test_gated_plugin_stream_bills_only_speech_and_keeps_the_transcript() 
 
 async def test_gated_stream_leaves_a_record_of_the_audio_it_had() -> None:
     """The naive baseline needs the session's audio, not only what was billed: one zero-cost record per stream."""
-    from frugal.common.cost_events import CostEvent, CostEventProducer
     from frugal.common.pricing import default_catalog
     from frugal.common.session_cost import CostRow, session_cost
+    from frugal.gateway.speech import SpeechCostMeter
     from frugal.gateway.stt_gate import GateSettings, maybe_gate
 
-    class Meter:
-        def __init__(self) -> None:
-            self.events: list[CostEvent] = []
-            self.producer: CostEventProducer | None = None
-            self.tenant_id = "org_x"
-            self.session_id = "s-gate"
-
-    meter = Meter()
+    meter = SpeechCostMeter(None, default_catalog(), tenant_id="org_x", session_id="s-gate")
     pcm, _ = mic_track(SHORT)
     async with DeepgramEmulator() as emu, aiohttp.ClientSession() as http:
         inner = deepgram.STT(api_key="k", base_url=emu.base_url, http_session=http, model="nova-3",
@@ -183,6 +176,9 @@ async def test_gated_stream_leaves_a_record_of_the_audio_it_had() -> None:
         await stream.aclose()
     [record] = meter.events
     assert record.cost_usd == 0 and float(record.attributes["stream_seconds"]) == pytest.approx(SHORT.seconds, abs=0.05)
+    # built by the one recorder: its own attempt id and nonce, what saved it
+    assert record.attributes["saved_by"] == "stt_gate" and record.attributes["attempt_nonce"]
+    assert record.service == "media-gateway" and record.session_id == "s-gate" and record.usage.requests == 0
     billed = CostRow(kind="stt", model="nova-3", usage=UsageAmounts(audio_seconds=emu.billed_audio_seconds),
                      session_id="s-gate")
     cost = session_cost([billed, CostRow.from_event(record)], default_catalog())

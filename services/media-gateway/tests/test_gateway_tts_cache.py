@@ -81,3 +81,36 @@ async def test_local_store_is_bounded() -> None:
     assert await store.get("a") is None and await store.get("b") == b"y" * 60
     with pytest.raises(ValueError):
         CacheConfig(max_chars=0)
+
+
+async def test_a_hit_is_recorded_through_the_one_recorder_on_the_cost_stream(
+    emu: ElevenLabsEmulator, redis_client: aioredis.Redis
+) -> None:
+    """The gateway hook: a miss is billed by the meter (the engine's own usage), a hit leaves a zero-cost event
+    built by the same recorder (own attempt id, `saved_by`), on the same durable stream."""
+    from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, CostEventProducer, CostKind
+    from frugal.common.pricing import default_catalog
+    from frugal.gateway.speech import ProviderLabel, SpeechCostMeter
+    from frugal.gateway.tts_cache import TtsCacheSettings, maybe_cache
+
+    producer = CostEventProducer(redis_client, name="t-tts-hit")
+    meter = SpeechCostMeter(producer, default_catalog(), tenant_id="org_a", session_id="s-hit")
+    label = ProviderLabel(CostKind.TTS, "elevenlabs", "eleven_flash_v2_5", False, "eleven_flash_v2_5")
+    async with aiohttp.ClientSession() as http:
+        inner = elevenlabs.TTS(api_key="k", base_url=emu.base_url, http_session=http, encoding="pcm_24000",
+                               model="eleven_flash_v2_5")
+        meter.watch_tts(inner, label)
+        engine = maybe_cache(inner, tenant_id="org_a", voice="v1", session_id="s-hit", meter=meter,
+                             provider="elevenlabs", model="eleven_flash_v2_5", offline=False,
+                             settings=TtsCacheSettings(), store=LocalStore(1 << 20))
+        assert isinstance(engine, CachedTTS)
+        for _ in range(2):
+            await _speak(engine, "Sure, one moment.")
+        await meter.aclose()
+    hits = [e for e in meter.events if e.attributes.get("tts_cache") == "hit"]
+    assert len(hits) == 1 and emu.billed_characters == len("Sure, one moment.")
+    hit = hits[0]
+    assert hit.cost_usd == 0 and hit.usage.characters == 0 and hit.attributes["saved_by"] == "tts_cache"
+    assert hit.attributes["served_characters"] == str(len("Sure, one moment.")) and hit.attributes["attempt_nonce"]
+    stream = [CostEvent.from_stream_fields(dict(f)) for _, f in await redis_client.xrange(COST_EVENTS_STREAM)]
+    assert hit.event_id in {e.event_id for e in stream}

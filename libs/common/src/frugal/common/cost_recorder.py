@@ -15,7 +15,10 @@ Rules it enforces so services cannot get them wrong:
 - **One offline rule.** An offline stand-in (no API key) is booked at the list price of the model it
   stands in for (`priced_as`) on estimated usage, `offline=true`, `usage.estimated=true`,
   `attributes.priced_as`; billing keeps offline events out of budgets.
-- **Cached input tokens** are priced at the catalog's cached price (frugal.common.pricing).
+- **Cached input tokens** are priced at the catalog's cached price, and prompt-cache writes (the
+  `cache_write_tokens` attribute) at its cache-write price (frugal.common.pricing, the rule the session
+  report uses too).
+- **Zero-cost records** (work a lever saved) are built here too (`build_free`): one place for every event.
 """
 
 from __future__ import annotations
@@ -35,12 +38,19 @@ from frugal.common.cost_events import (
     make_event_id,
 )
 from frugal.common.metrics import AI_COST_TOTAL
-from frugal.common.pricing import PriceCatalog, PriceCatalogError, TierName
+from frugal.common.pricing import CACHE_WRITE_ATTR, PriceCatalog, PriceCatalogError, TierName
 from frugal.common.usage import UsageAmounts
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CallAttempt", "CostRecorder", "CostRecordingUnavailable"]
+
+
+def _int(raw: str | None) -> int:
+    try:
+        return max(int(raw or 0), 0)
+    except ValueError:
+        return 0
 
 
 def _outcome_of(exc: BaseException | None) -> str:
@@ -196,6 +206,17 @@ class CostRecorder:
         att.event = self.build_event(att, outcome)
         return att.event
 
+    def build_free(self, *, saved_by: str, **attempt_args: Any) -> CostEvent:
+        """A zero-cost record of work a lever saved (a TTS cache hit, a gated STT stream's unsent audio): no
+        usage, no price, its own event id like every attempt, `attributes.saved_by`; the attributes say what
+        the naive agent would have paid for (e.g. `served_characters`, `stream_seconds`). Built, NOT emitted
+        (like `build`)."""
+        att = self.attempt(**attempt_args)
+        att.report(UsageAmounts(estimated=att.offline))
+        att.attributes["saved_by"] = saved_by
+        att.event = self.build_event(att, "ok")
+        return att.event
+
     # ------------------------------------------------------------------------------------------ rules
 
     def settle_usage(self, att: CallAttempt) -> UsageAmounts:
@@ -217,8 +238,10 @@ class CostRecorder:
     def price(self, att: CallAttempt, usage: UsageAmounts) -> tuple[float, str]:
         """(cost, model priced): online at the model's price; offline at the list price of `priced_as`."""
         priced_as = (att.priced_as or att.model) if att.offline else att.model
+        # Prompt-cache writes (an LLM attempt's `cache_write_tokens` attribute) at the catalog's write price.
+        writes = _int(att.attributes.get(CACHE_WRITE_ATTR)) if att.kind is CostKind.LLM else 0
         try:
-            return self.catalog.cost(priced_as, usage), priced_as
+            return self.catalog.cost(priced_as, usage, writes), priced_as
         except PriceCatalogError:
             log.error("no price for %s in catalog %s; cost recorded as 0", priced_as, self.catalog.version)
             return 0.0, priced_as

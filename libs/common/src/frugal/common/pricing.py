@@ -13,6 +13,8 @@ from frugal.common.usage import UsageAmounts
 TierName = Literal["lite", "standard", "premium"]
 TIERS: tuple[TierName, ...] = ("lite", "standard", "premium")
 Kind = Literal["llm", "vision", "embedding", "rerank", "stt", "tts"]
+# The cost-event attribute that carries an LLM call's prompt-cache writes (UsageAmounts has no field for them).
+CACHE_WRITE_ATTR = "cache_write_tokens"
 
 
 class PriceCatalogError(ValueError):
@@ -36,14 +38,19 @@ class ModelPrice:
     cached_input_per_mtok: float | None = None
     cache_write_per_mtok: float | None = None
 
-    def cost(self, usage: UsageAmounts) -> float:
+    def cost(self, usage: UsageAmounts, cache_write_tokens: int = 0) -> float:
         """`usage.cached_input_tokens` (a part of input_tokens, the one carrier of cache reads) at the cached
-        price; cache writes are priced by frugal.common.session_cost.llm_cost."""
+        price; `cache_write_tokens` (another part of input_tokens: what the call wrote to the prompt cache, the
+        `cache_write_tokens` attribute of an LLM cost event) at the cache-write price. The one pricing rule: the
+        recorder, the router and the session report all price through here."""
         cached = min(usage.cached_input_tokens, usage.input_tokens)
+        writes = min(max(cache_write_tokens, 0), usage.input_tokens - cached)
         cached_price = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        write_price = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
         return (
-            (usage.input_tokens - cached) * self.input_per_mtok / 1e6
+            (usage.input_tokens - cached - writes) * self.input_per_mtok / 1e6
             + cached * cached_price / 1e6
+            + writes * write_price / 1e6
             + usage.output_tokens * self.output_per_mtok / 1e6
             + usage.audio_seconds * self.per_audio_second
             + usage.characters * self.per_character
@@ -117,8 +124,8 @@ class PriceCatalog:
         except KeyError:
             raise PriceCatalogError(f"no price for model {model!r} (catalog {self.version})") from None
 
-    def cost(self, model: str, usage: UsageAmounts) -> float:
-        return self.price(model).cost(usage)
+    def cost(self, model: str, usage: UsageAmounts, cache_write_tokens: int = 0) -> float:
+        return self.price(model).cost(usage, cache_write_tokens)
 
     def tier_model(self, tier: TierName) -> str:
         return self.tiers[tier]

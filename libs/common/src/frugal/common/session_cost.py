@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from frugal.common.cost_events import CostEvent
-from frugal.common.pricing import ModelPrice, PriceCatalog, PriceCatalogError
+from frugal.common.pricing import CACHE_WRITE_ATTR, ModelPrice, PriceCatalog, PriceCatalogError
 from frugal.common.usage import UsageAmounts
 
 KINDS: tuple[str, ...] = ("stt", "tts", "llm", "vision", "embedding", "rerank")
@@ -100,13 +100,7 @@ def llm_cost(price: ModelPrice, usage: UsageAmounts, cache_read: int = 0, cache_
     Cache reads are `usage.cached_input_tokens` (the one carrier); `cache_read` (an event's
     `cache_read_tokens` attribute) names the same tokens, so the larger of the two counts, never their sum."""
     cache_read = min(max(cache_read, usage.cached_input_tokens), usage.input_tokens)
-    cache_write = min(cache_write, usage.input_tokens - cache_read)
-    uncached = usage.input_tokens - cache_read - cache_write
-    read_price = price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
-    write_price = price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
-    other = usage.model_copy(update={"input_tokens": 0, "cached_input_tokens": 0})
-    return (uncached * price.input_per_mtok + cache_read * read_price + cache_write * write_price) / 1e6 \
-        + price.cost(other)
+    return price.cost(usage.model_copy(update={"cached_input_tokens": cache_read}), cache_write)
 
 
 def list_price(row: CostRow, catalog: PriceCatalog) -> float:
@@ -116,7 +110,7 @@ def list_price(row: CostRow, catalog: PriceCatalog) -> float:
     except PriceCatalogError:
         return 0.0
     if row.kind == "llm":
-        return llm_cost(price, row.usage, row.int_attr("cache_read_tokens"), row.int_attr("cache_write_tokens"))
+        return llm_cost(price, row.usage, row.int_attr("cache_read_tokens"), row.int_attr(CACHE_WRITE_ATTR))
     return price.cost(row.usage)
 
 

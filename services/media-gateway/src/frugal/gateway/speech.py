@@ -225,6 +225,21 @@ class SpeechCostMeter:
             self._queue.put_nowait(event)
         return event
 
+    def record_free(self, *, kind: CostKind, provider: str, model: str, offline: bool, saved_by: str,
+                    attributes: dict[str, str]) -> CostEvent:
+        """A zero-cost record of work a lever saved (frugal.common.cost_recorder.CostRecorder.build_free),
+        kept and sent like the meter's other events."""
+        self._seq += 1
+        event = self.recorder.build_free(
+            saved_by=saved_by, tenant_id=self.tenant_id, kind=kind, provider=provider, model=model,
+            key=(self.session_id, str(self._seq), saved_by), session_id=self.session_id, offline=offline,
+            attributes=attributes)
+        self.events.append(event)
+        if self.producer is not None:
+            self._ensure_worker()
+            self._queue.put_nowait(event)
+        return event
+
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain(), name="speech-cost-events")

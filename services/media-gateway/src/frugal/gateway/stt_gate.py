@@ -31,8 +31,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConn
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
-from frugal.common.usage import UsageAmounts
+from frugal.common.cost_events import CostEvent, CostKind
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # Silero's window at 16 kHz: 32 ms
@@ -351,46 +350,32 @@ class _GatedStream(stt.RecognizeStream):
 
 
 class _Meter(Protocol):
-    """What the hook needs of the session's SpeechCostMeter."""
+    """What the hook needs of the session's SpeechCostMeter: its zero-cost record (through the recorder)."""
 
-    events: list[CostEvent]
-    producer: CostEventProducer | None
-    tenant_id: str
-    session_id: str
+    def record_free(self, *, kind: CostKind, provider: str, model: str, offline: bool, saved_by: str,
+                    attributes: dict[str, str]) -> CostEvent: ...
 
 
-def stream_record(gate: SttGate, *, tenant_id: str, session_id: str, provider: str, model: str,
-                  seq: int) -> CostEvent:
-    """A zero-cost record of a gated stream: the audio the gateway had (`stream_seconds`), so the session
-    report's naive baseline can price "STT streamed for the whole session" (what was billed is in the meter's
-    own events)."""
-    return CostEvent(
-        event_id=make_event_id("media-gateway", session_id, "stt-gate", str(seq)), tenant_id=tenant_id,
-        session_id=session_id, service="media-gateway", kind=CostKind.STT, provider=provider, model=model,
-        usage=UsageAmounts(), cost_usd=0.0,
-        attributes={"stt_gate": "on", "stream_seconds": f"{gate.stats.seen_s:.3f}",
-                    "forwarded_seconds": f"{gate.stats.forwarded_s:.3f}", "keepalives_due": str(gate.stats.keepalives)},
-    )
+def stream_attributes(gate: SttGate) -> dict[str, str]:
+    """What a zero-cost record of a gated stream carries: the audio the gateway had (`stream_seconds`), so the
+    session report's naive baseline can price "STT streamed for the whole session" (what was billed is in the
+    meter's own events)."""
+    return {"stt_gate": "on", "stream_seconds": f"{gate.stats.seen_s:.3f}",
+            "forwarded_seconds": f"{gate.stats.forwarded_s:.3f}", "keepalives_due": str(gate.stats.keepalives)}
 
 
 def maybe_gate(engine: stt.STT[Any], *, offline: bool, settings: GateSettings | None = None,
                meter: _Meter | None = None) -> stt.STT[Any]:
     """The gateway hook: a streaming provider STT gets the gate when the lever is on. The offline stand-in is
     not streaming (the session's VAD already cuts its segments), so it is left as it is. With `meter`, each
-    gated stream leaves a zero-cost record of the audio it had beside the meter's events."""
+    gated stream leaves a zero-cost record of the audio it had (through the meter's recorder)."""
     cfg = (settings or GateSettings()).config()
     if offline or not cfg.enabled or not engine.capabilities.streaming:
         return engine
     if meter is None:
         return GatedSTT(engine, cfg)
-    seq = [0]
-
     async def on_end(gate: SttGate) -> None:
-        seq[0] += 1
-        event = stream_record(gate, tenant_id=meter.tenant_id, session_id=meter.session_id,
-                              provider=engine.provider, model=engine.model, seq=seq[0])
-        meter.events.append(event)
-        if meter.producer is not None:
-            await meter.producer.emit(event)
+        meter.record_free(kind=CostKind.STT, provider=engine.provider, model=engine.model, offline=False,
+                          saved_by="stt_gate", attributes=stream_attributes(gate))
 
     return GatedSTT(engine, cfg, on_stream_end=on_end)

@@ -31,8 +31,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 
-from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind, make_event_id
-from frugal.common.usage import UsageAmounts
+from frugal.common.cost_events import CostEvent, CostKind
 
 log = logging.getLogger(__name__)
 
@@ -215,16 +214,10 @@ class _CachedStream(tts.ChunkedStream):
             await cache.put(key, b"".join(chunks))
 
 
-def hit_cost_event(*, tenant_id: str, session_id: str, seq: int, provider: str, model: str, text: str,
-                   offline: bool) -> CostEvent:
-    """A zero-cost record of an utterance served from the cache: nothing was paid, but the session report
-    (and GetUsage's naive baseline) must know the characters a naive agent would have synthesised."""
-    return CostEvent(
-        event_id=make_event_id("media-gateway", session_id, "tts-cache-hit", str(seq)),
-        tenant_id=tenant_id, session_id=session_id, service="media-gateway", kind=CostKind.TTS, provider=provider,
-        model=model, usage=UsageAmounts(characters=0, requests=0, estimated=offline), cost_usd=0.0, offline=offline,
-        attributes={"tts_cache": "hit", "served_characters": str(len(text))},
-    )
+def hit_attributes(text: str) -> dict[str, str]:
+    """What a zero-cost record of a cache hit carries: nothing was paid, but the session report (and GetUsage's
+    naive baseline) must know the characters a naive agent would have synthesised."""
+    return {"tts_cache": "hit", "served_characters": str(len(text))}
 
 
 class TtsCacheSettings(BaseSettings):
@@ -249,10 +242,10 @@ def _process_store(max_bytes: int) -> LocalStore:
 
 
 class _Meter(Protocol):
-    """What the hook needs of the session's SpeechCostMeter: its event list and producer."""
+    """What the hook needs of the session's SpeechCostMeter: its zero-cost record (through the recorder)."""
 
-    events: list[CostEvent]
-    producer: CostEventProducer | None
+    def record_free(self, *, kind: CostKind, provider: str, model: str, offline: bool, saved_by: str,
+                    attributes: dict[str, str]) -> CostEvent: ...
 
 
 def maybe_cache(engine: tts.TTS[Any], *, tenant_id: str, voice: str, session_id: str, meter: _Meter,
@@ -260,23 +253,16 @@ def maybe_cache(engine: tts.TTS[Any], *, tenant_id: str, voice: str, session_id:
                 store: AudioStore | None = None) -> tts.TTS[Any]:
     """The gateway hook: the session's TTS behind the audio cache when the lever is on. Call it AFTER the cost
     meter watches `engine`: the meter must see the wrapped engine's usage (what was really synthesised). Each
-    hit is recorded beside the meter's events (zero cost, `tts_cache=hit`, the characters served)."""
+    hit is recorded by the meter through the one recorder (zero cost, `tts_cache=hit`, the characters served)."""
     cfg = settings or TtsCacheSettings()
     if not cfg.enabled:
         return engine
     cache = TtsAudioCache(store or _process_store(cfg.local_max_bytes),
                           CacheConfig(enabled=True, max_chars=cfg.max_chars, local_max_bytes=cfg.local_max_bytes))
-    seq = [0]
-
-    async def on_hit(text: str, _chars: int) -> None:
-        seq[0] += 1
-        event = hit_cost_event(tenant_id=tenant_id, session_id=session_id, seq=seq[0], provider=provider,
-                               model=model, text=text, offline=offline)
-        meter.events.append(event)
-        if meter.producer is None:
-            return
+    def on_hit(text: str, _chars: int) -> None:
         try:
-            await meter.producer.emit(event)
+            meter.record_free(kind=CostKind.TTS, provider=provider, model=model, offline=offline,
+                              saved_by="tts_cache", attributes=hit_attributes(text))
         except Exception:  # a record of money NOT spent: never fail the utterance for it
             log.exception("could not record a TTS cache hit")
 
