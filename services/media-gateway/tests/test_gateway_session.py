@@ -172,7 +172,11 @@ async def test_replay_with_provider_keys_uses_the_real_plugins_and_bills_their_f
         '[[turns]]\nat = 0.5\naudio = "q.wav"\n'
     )
     from frugal.devkit.emulators.deepgram import DeepgramReply
+    from frugal.gateway.job_metrics import GatewayMetricsServer
 
+    metrics_server = GatewayMetricsServer(0, str(tmp_path / "job-metrics"), host="127.0.0.1")
+    port = metrics_server.start()
+    before = _scrape(port)
     async with DeepgramEmulator() as dg, ElevenLabsEmulator() as xi:
         # Deepgram's endpointing, as the emulator plays it: the final result once the spoken part has arrived.
         dg.script(DeepgramReply(transcript="How much is the Business plan?", after_audio_s=2.5))
@@ -192,3 +196,29 @@ async def test_replay_with_provider_keys_uses_the_real_plugins_and_bills_their_f
     assert stt and all(e.provider == "deepgram" and not e.offline and e.cost_usd > 0 for e in stt)
     assert sum(e.usage.audio_seconds for e in stt) >= 1.5
     assert tts and all(e.provider == "elevenlabs" and not e.offline for e in tts)
+    # The session's end put its whole-session cost in the session metrics, on the gateway's /metrics.
+    after = _scrape(port)
+    metrics_server.stop()
+    cost = result.session_cost
+    assert cost is not None and cost.kinds["stt"].cost_usd > 0 and cost.kinds["tts"].cost_usd > 0
+    for kind in ("stt", "tts", "llm"):
+        key = f'session_list_price_usd_total{{kind="{kind}"}}'
+        assert after[key] - before.get(key, 0.0) == pytest.approx(cost.kinds[kind].cost_usd, rel=1e-6, abs=1e-12)
+    naive = 'session_naive_usd_total{kind="stt"}'
+    assert after[naive] - before.get(naive, 0.0) == pytest.approx(cost.kinds["stt"].naive_usd, rel=1e-6)
+    assert after["session_minutes_total"] - before.get("session_minutes_total", 0.0) == pytest.approx(cost.minutes)
+    assert after["session_cost_usd_per_minute_count"] - before.get("session_cost_usd_per_minute_count", 0.0) == 1
+    assert cost.minutes > 0 and cost.kinds["stt"].naive_usd >= cost.kinds["stt"].cost_usd
+
+
+def _scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - localhost
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,8 @@ from livekit.plugins import silero
 
 from frugal.common.cost_events import CostEventProducer
 from frugal.common.pricing import PriceCatalog
-from frugal.gateway import stt_gate, tts_cache
+from frugal.common.session_cost import SessionCost
+from frugal.gateway import session_end, stt_gate, tts_cache
 from frugal.gateway.clients import MeshClients, ResolvedTenant
 from frugal.gateway.config import Settings
 from frugal.gateway.router_llm import RouterLLM, TurnReport, apology_for, status_of
@@ -78,12 +80,19 @@ class SessionParts:
     tenant: ResolvedTenant
     session_id: str
     notes: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.monotonic)
+    # The whole-session cost, set when the session closes (frugal.gateway.session_end).
+    cost: SessionCost | None = None
 
     async def aclose(self) -> None:
         # Closing the session flushes STT/TTS streams, whose final usage arrives then: the meter must still
         # listen, so it closes (and sends what it holds) after the session.
         await self.session.aclose()
         await self.meter.aclose()
+        if self.cost is None:  # once, however often it is closed
+            self.cost = session_end.finish(self.meter.events, self.llm.reports, self.meter.catalog,
+                                           wall_seconds=time.monotonic() - self.started_at,
+                                           session_id=self.session_id)
 
 
 def welcome_text(settings: Settings, tenant: ResolvedTenant) -> str | None:

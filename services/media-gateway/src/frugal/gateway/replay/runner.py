@@ -26,6 +26,7 @@ from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import CostEvent, CostEventProducer
 from frugal.common.pricing import default_catalog
 from frugal.common.redis_client import create_redis
+from frugal.common.session_cost import SessionCost
 from frugal.gateway.agent import SessionParts, build_session, load_vad
 from frugal.gateway.clients import MeshClients, ResolvedTenant
 from frugal.gateway.config import Settings
@@ -150,6 +151,7 @@ class ReplayResult:
     speech_events: list[CostEvent] = field(default_factory=list)
     welcome: str | None = None
     wall_seconds: float = 0.0
+    session_cost: SessionCost | None = None  # the whole-session cost recorded at the session's end
 
     @property
     def reports(self) -> list[TurnReport]:
@@ -238,6 +240,7 @@ async def run_replay(
         finally:
             await parts.aclose()
             result.speech_events = list(parts.meter.events)
+            result.session_cost = parts.cost
         result.wall_seconds = time.monotonic() - started
         observer.finished(result)
         return result
