@@ -114,3 +114,24 @@ async def test_a_hit_is_recorded_through_the_one_recorder_on_the_cost_stream(
     assert hit.attributes["served_characters"] == str(len("Sure, one moment.")) and hit.attributes["attempt_nonce"]
     stream = [CostEvent.from_stream_fields(dict(f)) for _, f in await redis_client.xrange(COST_EVENTS_STREAM)]
     assert hit.event_id in {e.event_id for e in stream}
+
+
+async def test_the_worker_keeps_the_cache_in_the_cache_redis_never_in_the_cost_events_one() -> None:
+    """Each livekit job runs in a process of its own: the cache lives in REDIS_URL so a tenant's greeting
+    outlives the session; when REDIS_URL is also the (noeviction) cost-events Redis, audio stays in-process."""
+    from frugal.gateway.config import Settings
+    from frugal.gateway.tts_cache import TtsCacheSettings
+    from frugal.gateway.worker import tts_cache_redis
+
+    split = Settings(grpc_port=0, metrics_port=0, redis_url="redis://127.0.0.1:1/0",
+                     cost_events_redis_url="redis://127.0.0.1:2/0")
+    client = tts_cache_redis(split, TtsCacheSettings())
+    assert client is not None
+    try:
+        assert client.connection_pool.connection_kwargs["port"] == 1
+    finally:
+        await client.aclose()
+    shared = Settings(grpc_port=0, metrics_port=0, redis_url="redis://127.0.0.1:1/0")
+    assert tts_cache_redis(shared, TtsCacheSettings()) is None
+    assert tts_cache_redis(split, TtsCacheSettings(store="local")) is None
+    assert tts_cache_redis(split, TtsCacheSettings(enabled=False)) is None

@@ -113,7 +113,10 @@ def build_session(
     feed: TranscriptFeed | None = None,
     http_session: aiohttp.ClientSession | None = None,
     user_away_timeout: float | None = 15.0,
+    tts_store: tts_cache.AudioStore | None = None,
 ) -> SessionParts:
+    """`tts_store`: where the TTS audio cache lives (the worker passes the cache Redis); default the
+    process's bounded LRU."""
     feed = feed if feed is not None else TranscriptFeed()
     stt_engine, stt_label = build_stt(settings, feed=feed, http_session=http_session)
     tts_engine, tts_label = build_tts(settings, http_session=http_session)
@@ -136,7 +139,7 @@ def build_session(
     tts_engine = tts_cache.maybe_cache(  # repeated utterances from the audio cache (after the meter's watch)
         tts_engine, tenant_id=tenant.tenant_id, voice=settings.elevenlabs_voice_id or "default",
         session_id=session_id, meter=meter, provider=tts_label.provider, model=tts_label.model,
-        offline=tts_label.offline)
+        offline=tts_label.offline, store=tts_store)
     session: AgentSession[None] = AgentSession(
         vad=vad_model, stt=stt_engine, tts=tts_engine, llm=session_llm, turn_handling=TURN_HANDLING,
         user_away_timeout=user_away_timeout,

@@ -22,7 +22,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
 from livekit.agents import tts
@@ -221,13 +221,17 @@ def hit_attributes(text: str) -> dict[str, str]:
 
 
 class TtsCacheSettings(BaseSettings):
-    """`TTS_CACHE_ENABLED`, `TTS_CACHE_MAX_CHARS`, `TTS_CACHE_LOCAL_MAX_BYTES`."""
+    """`TTS_CACHE_ENABLED`, `TTS_CACHE_MAX_CHARS`, `TTS_CACHE_LOCAL_MAX_BYTES`, `TTS_CACHE_STORE`."""
 
     model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="TTS_CACHE_")
 
     enabled: bool = True
     max_chars: int = Field(default=400, ge=1, le=5000)
     local_max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # redis: the cache Redis (REDIS_URL), shared by every job process and kept across sessions (livekit runs
+    # each job in a process of its own, so a process-local cache would forget a tenant's greeting after every
+    # session); local: the in-process LRU only.
+    store: Literal["redis", "local"] = "redis"
 
 
 _local: LocalStore | None = None

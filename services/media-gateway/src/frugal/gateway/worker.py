@@ -33,7 +33,7 @@ from frugal.common.cost_events import CostEventProducer
 from frugal.common.pricing import default_catalog
 from frugal.common.redis_client import create_redis
 from frugal.common.settings import load_settings
-from frugal.gateway import metrics
+from frugal.gateway import metrics, tts_cache
 from frugal.gateway.agent import SessionParts, build_session, load_vad
 from frugal.gateway.clients import JobTenancy, MeshClients, ResolvedTenant, TenantRejected
 from frugal.gateway.config import Settings
@@ -99,6 +99,7 @@ class OpenJob:
     parts: SessionParts
     producer: CostEventProducer
     redis: Redis
+    cache_redis: Redis | None = None
     screen: ScreenShareManager | None = None
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -110,8 +111,22 @@ class OpenJob:
         await self.parts.aclose()
         await self.producer.aclose()
         await self.redis.aclose()
+        if self.cache_redis is not None:
+            await self.cache_redis.aclose()
         await self.clients.aclose()
         metrics.ACTIVE_SESSIONS.dec()
+
+
+def tts_cache_redis(settings: Settings, cache: tts_cache.TtsCacheSettings) -> Redis | None:
+    """The TTS audio cache's Redis: the cache Redis (REDIS_URL), so a tenant's greeting and fixed phrases outlive
+    this job's process. Never the persistent, noeviction cost-events Redis: audio there could crowd out cost
+    events, so when both URLs name one instance the cache stays in the process."""
+    if not cache.enabled or cache.store != "redis":
+        return None
+    if settings.cost_redis_url == settings.redis_url:
+        log.warning("TTS cache kept in-process: REDIS_URL is also the cost-events Redis (set COST_EVENTS_REDIS_URL)")
+        return None
+    return create_redis(settings.redis_url)
 
 
 async def open_job(ctx: JobContext) -> OpenJob | None:
@@ -134,10 +149,12 @@ async def open_job(ctx: JobContext) -> OpenJob | None:
     producer = CostEventProducer.from_settings(settings, redis)
     cached = ctx.proc.userdata.get("vad")
     vad_model = cached if isinstance(cached, vad.VAD) else await asyncio.to_thread(load_vad)
+    cache_redis = tts_cache_redis(settings, tts_cache.TtsCacheSettings())
     parts = build_session(settings, clients, tenant, session_id, vad_model=vad_model, producer=producer,
-                          catalog=default_catalog(settings.price_catalog_path))
+                          catalog=default_catalog(settings.price_catalog_path),
+                          tts_store=tts_cache.RedisStore(cache_redis) if cache_redis is not None else None)
     job = OpenJob(ctx=ctx, settings=settings, clients=clients, tenant=tenant, session_id=session_id, parts=parts,
-                  producer=producer, redis=redis)
+                  producer=producer, redis=redis, cache_redis=cache_redis)
     metrics.ACTIVE_SESSIONS.inc()
     ctx.add_shutdown_callback(job.aclose)
     log.info("session %s for tenant %s in room %s (%s)", session_id, tenant.tenant_id, tenancy.room_name,
