@@ -124,6 +124,7 @@ class TurnLog:
     llm_usd: float = 0.0
     tts_billed: int = 0
     tts_served: int = 0
+    detail: bool = False  # the user asked for detail (the detail cap applies, on any tier)
 
 
 # ---- STT ---------------------------------------------------------------------------------------------
@@ -426,7 +427,7 @@ async def run_session(session: SessionDef, configs: list[Levers], catalog: Price
                     rows.append(row)
                     res.answer_chars.append(len(reply))
                     log = TurnLog(t.text, row.tier or "?", row.usage.output_tokens, len(reply),
-                                  list_price(row, catalog))
+                                  list_price(row, catalog), detail=speech_style.wants_detail(t.text))
                     # Retrieval for the turn: one query embedding (the router asks rag for no rerank).
                     rows.append(CostRow(kind="embedding", model="voyage-3.5-lite",
                                         usage=UsageAmounts(input_tokens=max(len(t.text) // 4, 1), requests=1)))
@@ -526,7 +527,7 @@ def _print_turns(r: RunResult, per_char: float) -> None:
     by_tier: dict[str, list[int]] = {}
     for t in r.turn_log:
         if t.tier != "fixed":
-            by_tier.setdefault(t.tier, []).append(t.spoken_chars)
+            by_tier.setdefault(f"{t.tier} (asked for detail)" if t.detail else t.tier, []).append(t.spoken_chars)
     print("  characters per answer by tier: " + ", ".join(
         f"{k} {sum(v) / len(v):.0f} (n={len(v)})" for k, v in sorted(by_tier.items())))
 
