@@ -48,6 +48,7 @@ from frugal.devkit.emulators.elevenlabs import ElevenLabsEmulator
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiRequest
 from frugal.devkit.emulators.prompt_cache import PromptCacheSim
 from frugal.devkit.sessions.catalog import SESSIONS, SessionDef
+from frugal.devkit.sessions.gate_tuning import FRESH_SEEDS, evaluate, track, variant, words_lost
 from frugal.devkit.sessions.media import SpokenTurn, load_or_generate
 from frugal.gateway.stt_gate import SAMPLE_RATE, GateConfig, gate_pcm
 from frugal.gateway.tts_cache import CachedTTS, LocalStore, TtsAudioCache
@@ -128,16 +129,6 @@ class TurnLog:
 
 
 # ---- STT ---------------------------------------------------------------------------------------------
-
-
-def words_lost(turns: list[SpokenTurn], spans: list[tuple[float, float]]) -> tuple[int, int]:
-    total = lost = 0
-    for t in turns:
-        for w in t.words:
-            total += 1
-            if not any(a - 1e-6 <= w.start and w.end <= b + 1e-6 for a, b in spans):
-                lost += 1
-    return lost, total
 
 
 async def run_stt(pcm: np.ndarray, turns: list[SpokenTurn], gated: bool, gate_cfg: GateConfig) -> SttResult:
@@ -538,11 +529,10 @@ def heldout_gate(names: list[str], gate_cfg: GateConfig, fresh: tuple[int, ...])
     beside the previous Silero-only 1.0/1.2 s gate and the trivial no-pre/post-roll one."""
     import dataclasses
 
-    from gate_tuning import evaluate, track, variant
 
     previous = GateConfig(energy_onset_db=None, pre_roll_s=1.0, post_roll_s=1.2)
     bare = dataclasses.replace(gate_cfg, pre_roll_s=0.0, post_roll_s=0.0)
-    tracks = [track(variant(SESSIONS[n], k)) for k in fresh for n in names]
+    tracks = [track(variant(SESSIONS[n], k), CACHE_DIR) for k in fresh for n in names]
     for label, cfg in (("shipped", gate_cfg), ("previous (Silero only, 1.0/1.2 s)", previous),
                        ("no pre/post-roll", bare)):
         rows = evaluate(tracks, cfg)
@@ -578,7 +568,6 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(run_session(session, configs, catalog, gate_cfg))
         all_ok &= _print_session(session, results, args.turns)
     print("\nSTT gate on fresh seeds (its settings were tuned on other seeds: bench/session/gate_tuning.py)")
-    from gate_tuning import FRESH_SEEDS
     heldout_gate(names, gate_cfg, FRESH_SEEDS[:1] if args.quick else FRESH_SEEDS[:4])
     print(f"\n{'all targets met' if all_ok else 'some targets missed'} ({time.perf_counter() - t0:.0f} s)")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -112,7 +113,8 @@ async def test_a_hit_is_recorded_through_the_one_recorder_on_the_cost_stream(
     hit = hits[0]
     assert hit.cost_usd == 0 and hit.usage.characters == 0 and hit.attributes["saved_by"] == "tts_cache"
     assert hit.attributes["served_characters"] == str(len("Sure, one moment.")) and hit.attributes["attempt_nonce"]
-    stream = [CostEvent.from_stream_fields(dict(f)) for _, f in await redis_client.xrange(COST_EVENTS_STREAM)]
+    entries: Any = await redis_client.xrange(COST_EVENTS_STREAM)
+    stream = [CostEvent.from_stream_fields(dict(f)) for _, f in entries]
     assert hit.event_id in {e.event_id for e in stream}
 
 

@@ -10,7 +10,10 @@ own task, so a gated plugin stream stays open; `SttGate.push` also says when one
 for clients that own the socket.
 
 Voice activity comes from Silero (the model the session's VAD uses, from the plugin wheel), run on 32 ms
-windows of 16 kHz audio, in-line, so every frame is decided with the probability of its own window.
+windows of 16 kHz audio, in-line, so every frame is decided with the probability of its own window, OR from the
+window's level above a tracked noise floor (`NoiseFloor`): Silero misses some speech whole (soft, short,
+unusual voices), and a missed word costs a turn while a forwarded noise second costs $0.00013. The settings
+(pre/post-roll, release threshold, the level criterion) were chosen held-out by bench/session/gate_tuning.py.
 
 Switch: `STT_GATE_ENABLED` (gateway settings), on by default; off streams everything (the naive client).
 """
