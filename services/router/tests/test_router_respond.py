@@ -22,6 +22,7 @@ from frugal.common.usage import UsageAmounts
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
 from frugal.router.prompt import UNTRUSTED_RULE
+from frugal.router.speech_style import SpeechStyleSettings
 
 TIER_NAMES: dict[int, TierName] = {
     common_pb2.TIER_LITE: "lite", common_pb2.TIER_STANDARD: "standard", common_pb2.TIER_PREMIUM: "premium"}
@@ -151,7 +152,9 @@ async def test_claude_answers_premium_turns_with_usage_from_the_stream(
     assert (c.usage.input_tokens, c.usage.output_tokens) == (300, 9)
     assert c.cost_usd == pytest.approx(300 * 3.0 / 1e6 + 9 * 15.0 / 1e6)
     req = claude_emu.requests[-1]
-    assert req.max_tokens == 64 and req.messages[-1] == ("user", HARD) and "voice assistant" in req.system
+    # the caller's 64, or the spoken-answer cap when it is lower (frugal.router.speech_style)
+    assert req.max_tokens == min(64, SpeechStyleSettings().cap_premium)
+    assert req.messages[-1] == ("user", HARD) and "voice assistant" in req.system
 
 
 async def test_provider_error_falls_back_along_the_chain(
