@@ -479,7 +479,7 @@ async def test_committed_entries_leave_the_stream_at_once(ledger_env: Any, kit: 
 
 
 async def test_batch_path_keeps_rls_the_ingest_list_shows_only_its_tenants(ledger_env: Any, kit: Any) -> None:
-    """billing_ingest_batch writes many tenants in one transaction through app.ingest_tenant_ids; that list
+    """billing_ingest_batch writes many tenants in one transaction through app.ingest_tenants; that set
     exposes its tenants only, and a transaction that sets nothing still sees nothing."""
     redis = ledger_env.redis
     await kit.xadd_events(redis, [kit.event(t) for t in ("acme", "beta", "org_abc") for _ in range(5)])
@@ -491,13 +491,13 @@ async def test_batch_path_keeps_rls_the_ingest_list_shows_only_its_tenants(ledge
             assert await conn.fetchval("SELECT count(*) FROM cost_ledger") == 0
             assert await conn.fetchval("SELECT count(*) FROM tenant_monthly_spend") == 0
         async with conn.transaction():
-            await conn.execute("SELECT set_config('app.ingest_tenant_ids', 'acme,org_abc', true)")
+            await conn.execute("""SELECT set_config('app.ingest_tenants', '{"acme": 1, "org_abc": 1}', true)""")
             rows = await conn.fetch("SELECT tenant_id, count(*) AS n FROM cost_ledger GROUP BY 1 ORDER BY 1")
             assert [(r["tenant_id"], r["n"]) for r in rows] == [("acme", 5), ("org_abc", 5)]
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # append-only: no UPDATE for the app role
                 await conn.execute("UPDATE cost_ledger SET cost_usd = 0")
         async with conn.transaction():
-            await conn.execute("SELECT set_config('app.ingest_tenant_ids', 'acme', true)")
+            await conn.execute("""SELECT set_config('app.ingest_tenants', '{"acme": 1}', true)""")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # rows outside the list are refused
                 await conn.execute(
                     "INSERT INTO tenant_monthly_spend (tenant_id, month, online_usd) VALUES ('beta', '2026-01-01', 1)")

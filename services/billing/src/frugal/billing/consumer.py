@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,7 +46,8 @@ from frugal.billing import metrics as m
 from frugal.billing.config import Settings
 from frugal.billing.ledger import LedgerEntry, TenantWriteResult, write_batch, write_tenant_events
 from frugal.billing.state import StatePublisher
-from frugal.common.cost_events import SCHEMA_VERSION, CostEvent, baseline_cost
+from frugal.billing.wire import WireEvent, decode_event
+from frugal.common.cost_events import SCHEMA_VERSION, baseline_cost_of
 from frugal.common.pricing import PriceCatalog
 
 log = logging.getLogger(__name__)
@@ -150,13 +152,11 @@ def _ms_of(stream_id: str) -> int:
     return int(stream_id.split("-", 1)[0])
 
 
-def _check_sanity(ev: CostEvent, baseline: float) -> str | None:
+def _check_sanity(ev: WireEvent, baseline: float) -> str | None:
     u = ev.usage
-    floats = {"cost_usd": ev.cost_usd, "usage.audio_seconds": u.audio_seconds, "baseline": baseline}
-    if ev.covered_seconds is not None:
-        floats["covered_seconds"] = ev.covered_seconds
-    for name, value in floats.items():
-        if not math.isfinite(value):
+    for name, value in (("cost_usd", ev.cost_usd), ("usage.audio_seconds", u.audio_seconds), ("baseline", baseline),
+                        ("covered_seconds", ev.covered_seconds)):
+        if value is not None and not math.isfinite(value):
             return f"{name} is not finite"
     if ev.cost_usd > MAX_EVENT_COST_USD:
         return f"cost_usd {ev.cost_usd} exceeds the per-event sanity limit {MAX_EVENT_COST_USD:g}"
@@ -175,9 +175,10 @@ def _check_sanity(ev: CostEvent, baseline: float) -> str | None:
             return f"{name} contains a NUL character"
     if not ev.service or not ev.provider or not ev.model:
         return "service, provider and model must be non-empty"
-    attrs = json.dumps(ev.attributes)
-    if len(attrs) > MAX_ATTRIBUTES_JSON or "\\u0000" in attrs:
-        return f"attributes are larger than {MAX_ATTRIBUTES_JSON} bytes or contain NUL characters"
+    if ev.attributes:
+        attrs = json.dumps(ev.attributes)
+        if len(attrs) > MAX_ATTRIBUTES_JSON or "\\u0000" in attrs:
+            return f"attributes are larger than {MAX_ATTRIBUTES_JSON} bytes or contain NUL characters"
     return None
 
 
@@ -188,41 +189,47 @@ def parse_entry(
     if not fields:
         return Poison(stream_id, "deleted", "entry has no fields: deleted from the stream before it was written",
                       {})
+    raw = fields.get(b"event")
+    if raw is None:
+        raw = fields.get("event")
+    if raw is None:
+        return Poison(stream_id, "unparseable", "stream entry has no 'event' field", fields)
     try:
-        event = CostEvent.from_stream_fields(fields)
+        event, occurred_at = decode_event(raw)
     except ValidationError as err:
         kinds = {e["type"] for e in err.errors()}
         reason = "unparseable" if kinds & {"json_invalid", "json_type"} else "invalid"
         tenant = None
         with contextlib.suppress(Exception):
-            raw = json.loads(fields.get("event", fields.get(b"event", b"")))
-            tenant = str(raw.get("tenant_id"))[:64] if isinstance(raw, dict) and raw.get("tenant_id") else None
+            doc = json.loads(raw)
+            tenant = str(doc.get("tenant_id"))[:64] if isinstance(doc, dict) and doc.get("tenant_id") else None
         return Poison(stream_id, reason, str(err)[:2000], fields, tenant)
+    except msgspec.ValidationError as err:  # the model's values out of the ledger's form (cannot happen)
+        return Poison(stream_id, "invalid", str(err)[:2000], fields)
     except (ValueError, TypeError, UnicodeDecodeError) as err:
         return Poison(stream_id, "unparseable", str(err)[:2000], fields)
     if event.schema_version != SCHEMA_VERSION:
         return Poison(stream_id, "invalid", f"unsupported schema_version {event.schema_version}", fields,
                       event.tenant_id)
     try:
-        baseline = baseline_cost(event, catalog)
+        baseline = baseline_cost_of(event.kind, event.usage, event.cost_usd, event.covered_seconds, catalog)
     except (ValueError, KeyError) as err:
         return Poison(stream_id, "invalid", f"baseline cost: {err}", fields, event.tenant_id)
     problem = _check_sanity(event, baseline)
     if problem is not None:
         return Poison(stream_id, "invalid", problem, fields, event.tenant_id)
     now = now or datetime.now(UTC)
-    if event.occurred_at < now - MAX_EVENT_AGE:
+    if occurred_at < now - MAX_EVENT_AGE:
         return Poison(stream_id, "timestamp_too_old",
-                      f"occurred_at {event.occurred_at.isoformat()} is more than {MAX_EVENT_AGE.days} days ago",
+                      f"occurred_at {occurred_at.isoformat()} is more than {MAX_EVENT_AGE.days} days ago",
                       fields, event.tenant_id)
-    if event.occurred_at > now + MAX_EVENT_SKEW:
+    if occurred_at > now + MAX_EVENT_SKEW:
         return Poison(stream_id, "timestamp_in_future",
-                      f"occurred_at {event.occurred_at.isoformat()} is more than "
+                      f"occurred_at {occurred_at.isoformat()} is more than "
                       f"{MAX_EVENT_SKEW.total_seconds() / 60:.0f} minutes ahead", fields, event.tenant_id)
-    raw = fields.get("event", fields.get(b"event"))
     payload = raw if isinstance(raw, bytes) else str(raw).encode()
-    return LedgerEntry(stream_id=stream_id, event=event, baseline_usd=baseline,
-                       payload_sha256=hashlib.sha256(payload.strip()).hexdigest())
+    return LedgerEntry(stream_id=stream_id, event=event, occurred_at=occurred_at, baseline_usd=baseline,
+                       payload_sha256=hashlib.sha256(payload.strip()).hexdigest(), raw=payload)
 
 
 class _Backoff:
@@ -538,12 +545,12 @@ class LedgerConsumer:
                 for e in entries:
                     if e.event.tenant_id == tenant_id:
                         poison.extend(Poison(sid, "unknown_tenant", f"tenant {tenant_id!r} is not registered",
-                                             e.event.to_stream_fields(), tenant_id) for sid in copies(e))
+                                             e.fields(), tenant_id) for sid in copies(e))
                 continue
             for e in res.collisions:
                 poison.extend(Poison(sid, "event_id_conflict",
                                      f"event_id {e.event.event_id!r} is already in the ledger for another tenant",
-                                     e.event.to_stream_fields(), tenant_id) for sid in copies(e))
+                                     e.fields(), tenant_id) for sid in copies(e))
             for e in res.conflicts:
                 poison.extend(_conflict(e, "the ledger", sid) for sid in copies(e))
             for e in res.inserted + res.duplicates:
@@ -583,7 +590,7 @@ class LedgerConsumer:
             entry = entries[0]
             sids = [entry.stream_id, *extra_ids.get(entry.event.event_id, ())]
             await self._dead_letter([
-                Poison(sid, "db_rejected", f"{type(err).__name__}: {err}"[:2000], entry.event.to_stream_fields(),
+                Poison(sid, "db_rejected", f"{type(err).__name__}: {err}"[:2000], entry.fields(),
                        entry.event.tenant_id)
                 for sid in sids
             ])
@@ -648,7 +655,7 @@ class LedgerConsumer:
                     sids = [entry.stream_id, *extra_ids.get(entry.event.event_id, ())]
                     await self._dead_letter([
                         Poison(sid, "db_rejected", f"{type(err).__name__}: {err}"[:2000],
-                               entry.event.to_stream_fields(), tenant_id)
+                               entry.fields(), tenant_id)
                         for sid in sids
                     ])
                     outcome.dead_lettered += len(sids)
@@ -679,11 +686,11 @@ class LedgerConsumer:
         if result.unknown_tenant:
             await self._dead_letter([
                 Poison(e.stream_id, "unknown_tenant", f"tenant {tenant_id!r} is not registered",
-                       e.event.to_stream_fields(), tenant_id)
+                       e.fields(), tenant_id)
                 for e in entries
             ] + [
                 Poison(sid, "unknown_tenant", f"tenant {tenant_id!r} is not registered",
-                       e.event.to_stream_fields(), tenant_id)
+                       e.fields(), tenant_id)
                 for e in entries for sid in extra_ids.get(e.event.event_id, ())
             ])
             outcome.dead_lettered += len(entries) + sum(len(extra_ids.get(e.event.event_id, ())) for e in entries)
@@ -693,7 +700,7 @@ class LedgerConsumer:
             await self._dead_letter([
                 Poison(e.stream_id, "event_id_conflict",
                        f"event_id {e.event.event_id!r} is already in the ledger for another tenant",
-                       e.event.to_stream_fields(), tenant_id)
+                       e.fields(), tenant_id)
                 for e in result.collisions
             ])
             outcome.dead_lettered += len(result.collisions)
@@ -880,7 +887,7 @@ def _child(metric: Any, labels: tuple[str, ...]) -> Any:
 def _conflict(entry: LedgerEntry, where: str, stream_id: str | None = None) -> Poison:
     return Poison(stream_id or entry.stream_id, "conflicting_duplicate",
                   f"event_id {entry.event.event_id!r} was already recorded by {where} with a different payload "
-                  f"(sha256 {entry.payload_sha256[:16]}...): not merged", entry.event.to_stream_fields(),
+                  f"(sha256 {entry.payload_sha256[:16]}...): not merged", entry.fields(),
                   entry.event.tenant_id)
 
 

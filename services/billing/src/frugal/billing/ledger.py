@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
 from frugal.api.billing.v1 import billing_pb2
 from frugal.billing.budget import BudgetInputs, read_budget_inputs
-from frugal.common.cost_events import CostEvent
+from frugal.billing.wire import WireEvent
 from frugal.common.db import tenant_transaction
 from frugal.common.usage import UsageAmounts
 
@@ -23,10 +24,17 @@ class LedgerEntry:
     """A parsed, validated stream entry ready for the ledger."""
 
     stream_id: str
-    event: CostEvent
+    event: WireEvent
+    occurred_at: datetime
     baseline_usd: float
-    # SHA-256 of the event's canonical JSON: tells a replay (same payload) from a conflict (another payload).
+    # SHA-256 of the event's JSON as produced: tells a replay (same payload) from a conflict (another payload).
     payload_sha256: str = ""
+    # The entry's event JSON as produced: what a dead letter keeps.
+    raw: bytes = b""
+
+    def fields(self) -> dict[str, bytes]:
+        """The stream entry's fields (for dead letters)."""
+        return {"event": self.raw}
 
 
 @dataclass
@@ -99,48 +107,24 @@ def _columns(entries: Sequence[LedgerEntry]) -> list[list[object]]:
             ev.event_id, ev.session_id, ev.request_id, ev.service, ev.kind.value, ev.provider, ev.model, ev.tier,
             u.input_tokens, u.output_tokens, u.audio_seconds, u.characters, u.images, u.requests, u.estimated,
             ev.offline, _dec(ev.cost_usd), _dec(e.baseline_usd), ev.covered_seconds, ev.frames_considered,
-            ev.occurred_at, e.stream_id, json.dumps(ev.attributes),
+            e.occurred_at, e.stream_id, json.dumps(ev.attributes),
         )
         for col, value in zip(cols, values, strict=True):
             col.append(value)
     return cols
 
 
-def _batch_columns(entries: Sequence[LedgerEntry]) -> list[list[object]]:
-    cols: list[list[object]] = [[] for _ in range(26)]
-    (c_tenant, c_id, c_session, c_request, c_service, c_kind, c_provider, c_model, c_tier, c_in, c_cached, c_out,
-     c_audio, c_chars, c_images, c_requests, c_est, c_off, c_cost, c_base, c_cov, c_frames, c_at, c_sid, c_attrs,
-     c_sha) = cols
-    for e in entries:
-        ev = e.event
-        u = ev.usage
-        c_tenant.append(ev.tenant_id)
-        c_id.append(ev.event_id)
-        c_session.append(ev.session_id)
-        c_request.append(ev.request_id)
-        c_service.append(ev.service)
-        c_kind.append(ev.kind.value)
-        c_provider.append(ev.provider)
-        c_model.append(ev.model)
-        c_tier.append(ev.tier)
-        c_in.append(u.input_tokens)
-        c_cached.append(u.cached_input_tokens)
-        c_out.append(u.output_tokens)
-        c_audio.append(u.audio_seconds)
-        c_chars.append(u.characters)
-        c_images.append(u.images)
-        c_requests.append(u.requests)
-        c_est.append(u.estimated)
-        c_off.append(ev.offline)
-        c_cost.append(_dec(ev.cost_usd))
-        c_base.append(_dec(e.baseline_usd))
-        c_cov.append(ev.covered_seconds)
-        c_frames.append(ev.frames_considered)
-        c_at.append(ev.occurred_at)
-        c_sid.append(e.stream_id)
-        c_attrs.append(json.dumps(ev.attributes))
-        c_sha.append(e.payload_sha256 or None)
-    return cols
+def _batch_columns(entries: Sequence[LedgerEntry]) -> list[list[Any]]:
+    """The 26 parallel arrays of billing_ingest_batch (migrations/0003), one pass over the batch."""
+    rows = [
+        (ev.tenant_id, ev.event_id, ev.session_id, ev.request_id, ev.service, ev.kind.value, ev.provider, ev.model,
+         ev.tier, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.audio_seconds, u.characters, u.images,
+         u.requests, u.estimated, ev.offline, ev.cost_usd, e.baseline_usd, ev.covered_seconds,
+         ev.frames_considered, e.occurred_at, e.stream_id, json.dumps(ev.attributes) if ev.attributes else "{}",
+         e.payload_sha256 or None)
+        for e in entries for ev in (e.event,) for u in (ev.usage,)
+    ]
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(26)]
 
 
 _INGEST = "SELECT * FROM billing_ingest_batch($1, $2, " + ", ".join(f"${i}" for i in range(3, 29)) + ")"
@@ -150,43 +134,52 @@ async def write_batch(
     pool: asyncpg.Pool, entries: Sequence[LedgerEntry], *, catalog_version: str, now: datetime
 ) -> dict[str, TenantWriteResult]:
     """Writes a whole batch, every tenant, in ONE transaction and one round trip (billing_ingest_batch,
-    migrations/0002: RLS in force through the batch's declared tenant list). Each event_id at most once, ever;
-    `entries` must have distinct event ids."""
+    migrations/0003: RLS in force through the batch's declared tenants). Each event_id at most once, ever;
+    `entries` must have distinct event ids.
+
+    The function lists only what was NOT inserted (replays, conflicts, collisions, unknown tenants) and the
+    budget inputs: every other event of a known tenant was inserted."""
     ordered = sorted(entries, key=lambda e: e.event.event_id)
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(_INGEST, catalog_version, now, *_batch_columns(ordered))
     results: dict[str, TenantWriteResult] = {}
-    inserted: set[str] = set()
-    seen: dict[str, str | None] = {}
+    seen: dict[str, tuple[str, str | None]] = {}
+    missing: set[str] = set()
+    unknown: set[str] = set()
     for r in rows:
-        tenant, status = r["r_tenant"], r["r_status"]
-        res = results.get(tenant)
-        if res is None:
-            res = results[tenant] = TenantWriteResult(tenant)
-        if status == "inserted":
-            inserted.add(r["r_event_id"])
-        elif status == "seen":
-            seen[r["r_event_id"]] = r["r_detail"]
-        elif status == "unknown_tenant":
-            res.unknown_tenant = True
+        status = r[0]
+        if status == "seen":
+            seen[r[2]] = (r[1], r[3])
+        elif status == "missing":
+            missing.add(r[2])
         elif status == "budget":
-            res.budget = BudgetInputs(tenant_id=tenant, budget_usd=r["r_budget"], downgrade_at=r["r_downgrade"],
-                                      refuse_at=r["r_refuse"], online_usd=r["r_online"], offline_usd=r["r_offline"])
+            tenant = r[1]
+            results[tenant] = TenantWriteResult(
+                tenant, budget=BudgetInputs(tenant_id=tenant, budget_usd=r[4], downgrade_at=r[5], refuse_at=r[6],
+                                            online_usd=r[7], offline_usd=r[8]))
+        elif status == "unknown_tenant":
+            unknown.add(r[1])
+            results[r[1]] = TenantWriteResult(r[1], unknown_tenant=True)
     for e in ordered:
         eid = e.event.event_id
-        res = results.setdefault(e.event.tenant_id, TenantWriteResult(e.event.tenant_id))
-        if res.unknown_tenant:
+        tenant = e.event.tenant_id
+        res = results.get(tenant)
+        if res is None:  # cannot happen (every known tenant has a budget row): kept safe, not guessed
+            res = results[tenant] = TenantWriteResult(tenant)
+        if tenant in unknown:
             continue
-        if eid in inserted:
-            res.inserted.append(e)
-        elif eid in seen:
-            stored = seen[eid]
-            if stored is None or not e.payload_sha256 or stored == e.payload_sha256:
+        if eid in seen:
+            owner, stored = seen[eid]
+            if owner != tenant:  # another tenant of this batch owns the id
+                res.collisions.append(e)
+            elif stored is None or not e.payload_sha256 or stored == e.payload_sha256:
                 res.duplicates.append(e)
             else:
                 res.conflicts.append(e)
-        else:
+        elif eid in missing:
             res.collisions.append(e)
+        else:
+            res.inserted.append(e)
     return results
 
 
