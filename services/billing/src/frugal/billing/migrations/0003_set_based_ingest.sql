@@ -8,11 +8,14 @@
 --    (an InitPlan: the scalar subquery). Unset or empty: NULL, nothing visible, nothing writable. The app role
 --    still has no BYPASSRLS and gains nothing it did not have (it could already set app.current_tenant_id to
 --    any tenant).
--- 2. billing_ingest_batch returns what the caller cannot infer: the ids NOT inserted (with the stored payload
+-- 2. The batch arrives as one text per column (values joined by U+001F, each preceded by it; U+001E alone is
+--    NULL): a driver encodes 26 strings instead of 52,000 array elements, and the server splits and casts them
+--    in C. The consumer refuses these two control characters in every text value (dead letter "invalid"), and
+--    the function checks that every column has exactly p_n values (else a data_exception: nothing written).
+--    Money is the text Python's repr writes, cast to numeric: exactly the digits the producer meant.
+-- 3. billing_ingest_batch returns what the caller cannot infer: the ids NOT inserted (with the stored payload
 --    hash when the id is visible, i.e. this tenant's), the unknown tenants and the budget inputs. Every event
---    of a known tenant not listed was inserted. Money travels as float8 and becomes numeric through its
---    shortest exact text (extra_float_digits = 1: the digits Python's repr writes), not float8_numeric's 15
---    significant digits.
+--    of a known tenant not listed was inserted.
 -- 0002's function is dropped: during a rolling update, a billing of the previous version fails its batches
 -- (a database error: the entries stay pending, nothing is lost) until it is replaced.
 
@@ -29,7 +32,22 @@ ALTER POLICY ledger_ingest ON tenant_monthly_spend
 ALTER POLICY ledger_ingest_read ON tenants
     USING ((SELECT NULLIF(current_setting('app.ingest_tenants', true), '')::jsonb) ? tenant_id);
 
--- The arrays are parallel and sorted by event_id (one lock order for every writer). Result rows
+CREATE FUNCTION billing_split(p_joined text, p_n int) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v text[] := (string_to_array(p_joined, E'\x1f', E'\x1e'))[2:];
+BEGIN
+    IF p_joined IS NULL OR coalesce(cardinality(v), 0) <> p_n THEN
+        RAISE EXCEPTION 'billing_ingest_batch: a column holds % values, not %', coalesce(cardinality(v), 0), p_n
+            USING ERRCODE = 'data_exception';
+    END IF;
+    RETURN v;
+END
+$$;
+
+-- The columns are parallel and sorted by event_id (one lock order for every writer). Result rows
 -- (r_status, r_tenant, r_event_id, r_detail, budget inputs):
 --   'seen'            the event_id was not inserted and is in the ledger for one of the batch's tenants
 --                     (r_tenant: the stored row's; r_detail: its payload_sha256): a replay or a conflict;
@@ -37,21 +55,22 @@ ALTER POLICY ledger_ingest_read ON tenants
 --   'unknown_tenant'  the tenant is not registered (none of its events written, none listed otherwise);
 --   'budget'          a batch tenant's month-to-date budget inputs after the batch.
 CREATE FUNCTION billing_ingest_batch(
-    p_catalog_version text, p_now timestamptz,
-    p_tenant text[], p_event_id text[], p_session_id text[], p_request_id text[], p_service text[],
-    p_kind text[], p_provider text[], p_model text[], p_tier text[], p_input_tokens int8[],
-    p_cached_input_tokens int8[], p_output_tokens int8[], p_audio_seconds float8[], p_characters int8[],
-    p_images int8[], p_requests int8[], p_estimated bool[], p_offline bool[], p_cost_usd float8[],
-    p_baseline_cost_usd float8[], p_covered_seconds float8[], p_frames_considered int8[],
-    p_occurred_at timestamptz[], p_stream_id text[], p_attributes text[], p_payload_sha256 text[])
+    p_catalog_version text, p_now timestamptz, p_n int,
+    p_tenant text, p_event_id text, p_session_id text, p_request_id text, p_service text,
+    p_kind text, p_provider text, p_model text, p_tier text, p_input_tokens text,
+    p_cached_input_tokens text, p_output_tokens text, p_audio_seconds text, p_characters text,
+    p_images text, p_requests text, p_estimated text, p_offline text, p_cost_usd text,
+    p_baseline_cost_usd text, p_covered_seconds text, p_frames_considered text,
+    p_occurred_at text, p_stream_id text, p_attributes text, p_payload_sha256 text)
 RETURNS TABLE (r_status text, r_tenant text, r_event_id text, r_detail text, r_budget float8,
                r_downgrade float8, r_refuse float8, r_online float8, r_offline float8)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp
-SET extra_float_digits = 1
 AS $$
 DECLARE
-    v_batch  text[] := ARRAY(SELECT DISTINCT unnest(p_tenant));
+    a_tenant text[] := public.billing_split(p_tenant, p_n);
+    a_event_id text[] := public.billing_split(p_event_id, p_n);
+    v_batch  text[] := ARRAY(SELECT DISTINCT unnest(a_tenant));
     v_known  text[];
     v_ins_id text[];
 BEGIN
@@ -62,11 +81,21 @@ BEGIN
                         NULL::float8, NULL::float8, NULL::float8
                    FROM (SELECT unnest(v_batch) EXCEPT SELECT unnest(v_known)) AS b(t);
     WITH u AS (
-        SELECT * FROM unnest(p_tenant, p_event_id, p_session_id, p_request_id, p_service, p_kind, p_provider,
-                             p_model, p_tier, p_input_tokens, p_cached_input_tokens, p_output_tokens,
-                             p_audio_seconds, p_characters, p_images, p_requests, p_estimated, p_offline,
-                             p_cost_usd, p_baseline_cost_usd, p_covered_seconds, p_frames_considered,
-                             p_occurred_at, p_stream_id, p_attributes, p_payload_sha256)
+        SELECT * FROM unnest(
+            a_tenant, a_event_id, public.billing_split(p_session_id, p_n), public.billing_split(p_request_id, p_n),
+            public.billing_split(p_service, p_n), public.billing_split(p_kind, p_n),
+            public.billing_split(p_provider, p_n), public.billing_split(p_model, p_n),
+            public.billing_split(p_tier, p_n), public.billing_split(p_input_tokens, p_n)::int8[],
+            public.billing_split(p_cached_input_tokens, p_n)::int8[],
+            public.billing_split(p_output_tokens, p_n)::int8[],
+            public.billing_split(p_audio_seconds, p_n)::float8[], public.billing_split(p_characters, p_n)::int8[],
+            public.billing_split(p_images, p_n)::int8[], public.billing_split(p_requests, p_n)::int8[],
+            public.billing_split(p_estimated, p_n)::bool[], public.billing_split(p_offline, p_n)::bool[],
+            public.billing_split(p_cost_usd, p_n)::numeric[], public.billing_split(p_baseline_cost_usd, p_n)::numeric[],
+            public.billing_split(p_covered_seconds, p_n)::float8[],
+            public.billing_split(p_frames_considered, p_n)::int8[],
+            public.billing_split(p_occurred_at, p_n)::timestamptz[], public.billing_split(p_stream_id, p_n),
+            public.billing_split(p_attributes, p_n), public.billing_split(p_payload_sha256, p_n))
                AS u(tenant_id, event_id, session_id, request_id, service, kind, provider, model, tier,
                     input_tokens, cached_input_tokens, output_tokens, audio_seconds, characters, images,
                     requests, estimated, offline, cost_usd, baseline_cost_usd, covered_seconds,
@@ -79,8 +108,8 @@ BEGIN
             occurred_at, stream_id, catalog_version, attributes, payload_sha256)
         SELECT u.event_id, u.tenant_id, u.session_id, u.request_id, u.service, u.kind, u.provider, u.model,
                u.tier, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.audio_seconds, u.characters,
-               u.images, u.requests, u.estimated, u.offline, u.cost_usd::text::numeric,
-               u.baseline_cost_usd::text::numeric, u.covered_seconds, u.frames_considered, u.occurred_at,
+               u.images, u.requests, u.estimated, u.offline, u.cost_usd,
+               u.baseline_cost_usd, u.covered_seconds, u.frames_considered, u.occurred_at,
                u.stream_id, p_catalog_version, u.attributes::jsonb, u.payload_sha256
           FROM u
          -- Unknown tenants' rows are left out here (not by the FK): one bad tenant does not fail the batch.
@@ -113,7 +142,7 @@ BEGIN
     RETURN QUERY
     SELECT CASE WHEN s.event_id IS NULL THEN 'missing' ELSE 'seen' END, s.tenant_id, e.id, s.payload_sha256,
            NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::float8
-      FROM (SELECT x.id FROM unnest(p_event_id, p_tenant) AS x(id, t) WHERE x.t IN (SELECT unnest(v_known))
+      FROM (SELECT x.id FROM unnest(a_event_id, a_tenant) AS x(id, t) WHERE x.t IN (SELECT unnest(v_known))
             EXCEPT SELECT unnest(v_ins_id)) AS e(id)
       LEFT JOIN LATERAL (SELECT l.tenant_id, l.event_id, l.payload_sha256 FROM public.cost_ledger l
                           WHERE l.event_id = e.id OFFSET 0) AS s ON true;
@@ -128,9 +157,7 @@ BEGIN
 END
 $$;
 
-REVOKE ALL ON FUNCTION billing_ingest_batch(text, timestamptz, text[], text[], text[], text[], text[], text[],
-    text[], text[], text[], int8[], int8[], int8[], float8[], int8[], int8[], int8[], bool[], bool[], float8[],
-    float8[], float8[], int8[], timestamptz[], text[], text[], text[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION billing_ingest_batch(text, timestamptz, text[], text[], text[], text[], text[], text[],
-    text[], text[], text[], int8[], int8[], int8[], float8[], int8[], int8[], int8[], bool[], bool[], float8[],
-    float8[], float8[], int8[], timestamptz[], text[], text[], text[]) TO @app_role@;
+REVOKE ALL ON FUNCTION billing_split(text, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing_split(text, int) TO @app_role@;
+REVOKE ALL ON FUNCTION billing_ingest_batch(text, timestamptz, int, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing_ingest_batch(text, timestamptz, int, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text, text) TO @app_role@;
