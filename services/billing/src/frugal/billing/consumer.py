@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -108,6 +109,9 @@ class ConsumerConfig:
     # Transient database errors are retried this many times within a batch before the entries are left
     # pending for a later round.
     write_attempts: int = 3
+    # start() tunes the process's garbage collector for ingestion (tune_gc_for_ingest): billing's process is
+    # the consumer's.
+    tune_gc: bool = True
 
     @classmethod
     def from_settings(cls, s: Settings, consumer: str | None = None) -> ConsumerConfig:
@@ -257,6 +261,15 @@ def parse_entry(
                        payload_sha256=hashlib.sha256(payload.strip()).hexdigest(), raw=payload)
 
 
+def tune_gc_for_ingest() -> None:
+    """A batch allocates ~10 container objects per event and lives for a transaction, long enough to be
+    promoted: with the default thresholds (700, 10, 10) the collector ran older-generation passes over the
+    whole heap every few batches, ~20 % of the consumer's CPU at 500 tenants. What start-up built (modules,
+    the catalog, metrics) is frozen out of collection, and the young generation is collected less often."""
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
+
+
 class _Backoff:
     def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
         self._base, self._cap, self._n = base, cap, 0
@@ -315,6 +328,8 @@ class LedgerConsumer:
     async def start(self) -> None:
         """Starts the consumer task (which creates the group first, retrying while Redis is unreachable)."""
         if self._task is None:
+            if self.config.tune_gc:
+                tune_gc_for_ingest()
             self._task = asyncio.create_task(self._run(), name=f"ledger-consumer-{self.config.consumer}")
             self._task.add_done_callback(self._on_done)
 
