@@ -503,3 +503,25 @@ async def test_batch_path_keeps_rls_the_ingest_list_shows_only_its_tenants(ledge
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # rows outside the list are refused
                 await conn.execute(
                     "INSERT INTO tenant_monthly_spend (tenant_id, month, online_usd) VALUES ('beta', '2026-01-01', 1)")
+
+
+async def test_values_holding_the_column_separator_are_refused_not_misaligned(ledger_env: Any, kit: Any) -> None:
+    """The batch travels as one text per column, values separated by U+001F (U+001E = NULL): an event whose
+    text holds either is dead-lettered ("invalid"); its batch mates are written with their own values."""
+    redis = ledger_env.redis
+    mates = [kit.event("acme", session_id=f"s{i}", request_id="" if i == 1 else f"r{i}") for i in range(3)]
+    bad = [kit.event("acme", session_id="a\x1fb"), kit.event("acme", request_id="\x1e"),
+           kit.event("acme", model="m\x1f")]
+    ids = await kit.xadd_events(redis, [mates[0], *bad, *mates[1:]])
+    c = ledger_env.consumer("c1")
+    await c.start()
+    await kit.wait_for(lambda: kit.drained(redis), what="drained")
+    dlq = {d["stream_id"]: d for d in await _dlq(redis)}
+    assert set(dlq) == set(ids[1:4])
+    assert all(d["reason"] == "invalid" and "U+001F" in d["detail"] for d in dlq.values())
+    rows = {r["event_id"]: r for r in await _ledger(ledger_env.pool, "acme")}
+    assert set(rows) == {e.event_id for e in mates}
+    for e in mates:
+        r = rows[e.event_id]
+        assert (r["session_id"], r["request_id"], r["model"]) == (e.session_id, e.request_id, e.model)
+        assert r["cost_usd"] == Decimal(repr(e.cost_usd)) and r["occurred_at"] == e.occurred_at
