@@ -705,17 +705,18 @@ class LedgerConsumer:
         oldest_ms = now_ms
         for e in inserted:
             ev = e.event
-            kinds[ev.kind.value] += 1
+            kind: str = ev.kind  # a StrEnum member is its value as a label (Enum.value is a slow property)
+            kinds[kind] += 1
             offline = "true" if ev.offline else "false"
-            cost[(ev.tenant_id, ev.kind.value, ev.model, ev.tier or "", offline)] += ev.cost_usd
-            base[(ev.tenant_id, ev.kind.value)] += e.baseline_usd
+            cost[(ev.tenant_id, kind, ev.model, ev.tier or "", offline)] += ev.cost_usd
+            base[(ev.tenant_id, kind)] += e.baseline_usd
             if ev.usage.input_tokens:
                 tokens[(ev.tenant_id, ev.model, "input")] += ev.usage.input_tokens
             if ev.usage.output_tokens:
                 tokens[(ev.tenant_id, ev.model, "output")] += ev.usage.output_tokens
             oldest_ms = min(oldest_ms, _ms_of(e.stream_id))
-        for kind, n in kinds.items():
-            _child(m.EVENTS_WRITTEN, (kind,)).inc(n)
+        for kind_label, n in kinds.items():
+            _child(m.EVENTS_WRITTEN, (str(kind_label),)).inc(n)
         m.LEDGER_TOTALS.add(cost, base, tokens)
         # Per batch: the delay of its oldest entry (the figure an ingestion-delay alert cares about).
         m.INGEST_DELAY_SECONDS.observe(max(0.0, (now_ms - oldest_ms) / 1000))

@@ -120,7 +120,7 @@ SEP = "\x1f"
 NULL_MARK = "\x1e"
 
 
-def _text(values: list[str]) -> str:
+def _text(values: Sequence[str]) -> str:
     joined = SEP + SEP.join(values)
     if joined.count(SEP) != len(values):  # a separator inside a value: refused upstream, never sent misaligned
         raise ValueError("a ledger text value contains the column separator U+001F")
@@ -146,7 +146,7 @@ def _batch_columns(entries: Sequence[LedgerEntry]) -> list[str]:
         _opt([ev.session_id for ev in evs]),
         _opt([ev.request_id for ev in evs]),
         _text([ev.service for ev in evs]),
-        _text([ev.kind.value for ev in evs]),
+        _text([ev.kind for ev in evs]),  # a StrEnum: the member is its value (Enum.value is a slow property)
         _text([ev.provider for ev in evs]),
         _text([ev.model for ev in evs]),
         _opt([ev.tier for ev in evs]),
@@ -164,7 +164,8 @@ def _batch_columns(entries: Sequence[LedgerEntry]) -> list[str]:
         _text([repr(e.baseline_usd) for e in entries]),
         _opt([None if ev.covered_seconds is None else repr(ev.covered_seconds) for ev in evs]),
         _opt([None if ev.frames_considered is None else str(ev.frames_considered) for ev in evs]),
-        _text([e.occurred_at.isoformat() for e in entries]),
+        # RFC 3339 as produced (the fast path's one format) or the model's isoformat: the instant e.occurred_at.
+        _text([ev.occurred_at for ev in evs]),
         _text([e.stream_id for e in entries]),
         _text([json.dumps(ev.attributes) if ev.attributes else "{}" for ev in evs]),
         _opt([e.payload_sha256 or None for e in entries]),
