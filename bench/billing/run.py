@@ -30,7 +30,7 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,12 +121,14 @@ async def _worker_async(cfg: dict[str, Any], ready: Any, go: Any, stop: Any, res
     ready.release()
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, go.wait)
+    cpu0 = time.process_time()
     await consumer.start()
     await loop.run_in_executor(None, stop.wait)
     await consumer.aclose()
+    cpu = time.process_time() - cpu0
     t = consumer.totals
     results.put({"name": cfg["name"], "latencies": latencies, "written": t.written, "duplicates": t.duplicates,
-                 "dead_lettered": t.dead_lettered})
+                 "dead_lettered": t.dead_lettered, "cpu": cpu})
     await redis.aclose()
     await pool.close()
 
@@ -144,6 +146,19 @@ class RunResult:
     latencies: list[float]
     ok: bool
     detail: str
+    # CPU seconds spent during the run: the consumer process, PostgreSQL (postmaster and backends), Redis.
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def cpu_us(self, part: str) -> float:
+        return self.cpu.get(part, float("nan")) / self.entries * 1e6
+
+    @property
+    def ceiling(self) -> float:
+        """events/s if the three parts had the machine's 2 cores to themselves and overlapped perfectly:
+        an upper bound from the CPU they used, not a measurement."""
+        c, p, r = (self.cpu.get(k, 0.0) for k in ("consumer", "postgres", "redis"))
+        busiest = max(c, p + r, (c + p + r) / 2)
+        return self.entries / busiest if busiest > 0 else float("nan")
 
     @property
     def rate(self) -> float:
@@ -154,6 +169,45 @@ class RunResult:
             return float("nan")
         s = sorted(self.latencies)
         return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] * 1000
+
+
+def _ticks(pid: int, children: bool = False) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    # utime, stime (and cutime, cstime: exited children, such as finished backends)
+    return int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+
+
+def _children(ppid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+class ServerCpu:
+    """CPU seconds of the embedded PostgreSQL (postmaster, its backends and helpers) and Redis, from /proc."""
+
+    def __init__(self, pg: EmbeddedPostgres | None, rs: EmbeddedRedis | None) -> None:
+        self._pg = int((pg.data / "postmaster.pid").read_text().split()[0]) if pg is not None else None
+        self._rs = int(rs.pidfile.read_text().strip()) if rs is not None and rs.pidfile.exists() else None
+        self._hz = os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self._pg is not None:
+            ticks = _ticks(self._pg, children=True) + sum(_ticks(c) for c in _children(self._pg))
+            out["postgres"] = ticks / self._hz
+        if self._rs is not None:
+            out["redis"] = _ticks(self._rs) / self._hz
+        return out
 
 
 async def _reset(admin_dsn: str, redis_url: str) -> None:
@@ -215,7 +269,8 @@ async def _check(admin_dsn: str, redis_url: str, distinct: int) -> tuple[bool, s
 
 
 async def run(label: str, k: int, events: list[CostEvent], *, admin_dsn: str, app_dsn: str, redis_url: str,
-              batch: int, concurrency: int, seed: int, old: bool, dup_fraction: float = 0.05) -> RunResult:
+              batch: int, concurrency: int, seed: int, old: bool, servers: ServerCpu | None = None,
+              dup_fraction: float = 0.05) -> RunResult:
     await _reset(admin_dsn, redis_url)
     entries = await _fill(redis_url, events, dup_fraction, seed)
     ctx = mp.get_context("spawn")
@@ -231,6 +286,7 @@ async def run(label: str, k: int, events: list[CostEvent], *, admin_dsn: str, ap
     for _ in procs:
         await asyncio.get_running_loop().run_in_executor(None, ready.acquire)
     redis = create_redis(redis_url)
+    before = servers.sample() if servers is not None else {}
     started = time.perf_counter()
     go.set()
     try:
@@ -239,6 +295,7 @@ async def run(label: str, k: int, events: list[CostEvent], *, admin_dsn: str, ap
                 break
             await asyncio.sleep(0.01)
         seconds = time.perf_counter() - started
+        after = servers.sample() if servers is not None else {}
     finally:
         stop.set()
         await redis.aclose()
@@ -251,7 +308,9 @@ async def run(label: str, k: int, events: list[CostEvent], *, admin_dsn: str, ap
     dups = sum(o["duplicates"] for o in outs)
     ok = ok and written == len(events) and dups == entries - len(events)
     detail += f"; consumers wrote {written}, duplicates acknowledged {dups} of {entries - len(events)} replays"
-    return RunResult(label, k, entries, len(events), seconds, latencies, ok, detail)
+    cpu = {part: after[part] - before[part] for part in after}
+    cpu["consumer"] = sum(o["cpu"] for o in outs)
+    return RunResult(label, k, entries, len(events), seconds, latencies, ok, detail, cpu)
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -282,20 +341,25 @@ async def main_async(args: argparse.Namespace) -> int:
         finally:
             await pool.close()
 
+        servers = ServerCpu(pg, rs) if pg is not None and rs is not None else None
         n = args.events or (6_000 if args.quick else 20_000)
-        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; {n} distinct events + 5 % "
-              f"replays per run, one consumer process\n", flush=True)
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (other work on the machine "
+              f"slows every figure); {n} distinct events + 5 % replays per run, one consumer process\n", flush=True)
         table: dict[tuple[str, int], RunResult] = {}
         for t in args.tenants:
             events = make_events(n, seed=t, tenants=tenant_ids(t))
             for path in args.paths:
                 old = path == "old"
                 r = await run(f"{path}-{t}", 1, events, admin_dsn=admin_dsn, app_dsn=app_dsn, redis_url=redis_url,
-                              batch=500 if old else args.batch, concurrency=4 if old else 1, seed=t, old=old)
+                              batch=500 if old else args.batch, concurrency=4 if old else 1, seed=t, old=old,
+                              servers=servers)
                 table[(path, t)] = r
                 print(f"{path:3s} path, {t:3d} active tenants: {r.entries:6d} entries in {r.seconds:6.2f}s = "
                       f"{r.rate:8.0f} events/s   transaction p50 {r.pct(50):6.1f} ms p99 {r.pct(99):6.1f} ms "
                       f"({len(r.latencies)} transactions)  exactly-once: {'OK' if r.ok else 'FAILED'}", flush=True)
+                print(f"    CPU per event: consumer {r.cpu_us('consumer'):5.1f} us, postgres "
+                      f"{r.cpu_us('postgres'):5.1f} us, redis {r.cpu_us('redis'):5.1f} us; load average "
+                      f"{os.getloadavg()[0]:.2f}", flush=True)
                 if not r.ok:
                     print(f"  {r.detail}", flush=True)
         print("\nevents/s      " + "".join(f"{t:>10d} tenants" for t in args.tenants))
@@ -304,6 +368,10 @@ async def main_async(args: argparse.Namespace) -> int:
         if "old" in args.paths and "new" in args.paths:
             print("new / old    " + "".join(f"{table[('new', t)].rate / table[('old', t)].rate:>17.1f}x"
                                            for t in args.tenants))
+        if servers is not None:
+            print("ceiling (CPU used / 2 idle cores, perfect overlap: a bound, not a measurement)")
+            for path in args.paths:
+                print(f"{path:3s} path     " + "".join(f"{table[(path, t)].ceiling:>18.0f}" for t in args.tenants))
         if "new" in args.paths and MAX_TENANTS in args.tenants:
             r = table[("new", MAX_TENANTS)]
             print(f"target >= 20000 events/s at 500 tenants: {r.rate:.0f} ({'met' if r.rate >= 20_000 else 'NOT met'})")

@@ -47,3 +47,16 @@ def test_thresholds_and_the_new_month_starting_at_once() -> None:
     assert budget_verdict(_policy(10, refuse_at=0.9, downgrade_at=0.5), _state(9.2, 10), now=NOW).status == "exhausted"
     # Exhausted in November; five seconds into December the tenant spends again (no 300 s wait for billing).
     assert budget_verdict(_policy(10), _state(12, 10, month="2026-11"), now=NOW).status == "ok"
+
+
+def test_a_store_that_lost_billings_state_reads_unknown_for_tenants_with_no_keys() -> None:
+    from frugal.common.tenant_state import lost_budget_state
+
+    lost = lost_budget_state("t")
+    v = budget_verdict(None, lost, now=NOW)  # neither key left, and the reader saw the epoch go
+    assert v.status == "unknown" and v.refuses and v.retryable and "missing from Redis" in v.detail
+    # A policy republished already decides: capped -> unknown until its state is back; no cap -> unlimited.
+    assert budget_verdict(_policy(10), lost, now=NOW).status == "unknown"
+    assert budget_verdict(_policy(NO_CAP), lost, now=NOW).status == "unlimited"
+    # Billing never publishes UNSPECIFIED without updated_at: its own states are not mistaken for the marker.
+    assert budget_verdict(None, _state(1, 10), now=NOW).status == "ok"

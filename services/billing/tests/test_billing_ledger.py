@@ -179,7 +179,9 @@ async def test_crash_between_commit_and_ack_then_reclaim(ledger_env: Any, kit: A
     # One transaction per batch, whatever the number of tenants: the whole first batch committed at once.
     written_before_ack = {e.event_id for e in events[:50]}
     pending: Any = await redis.xpending("cost-events", "billing-ledger")
-    assert pending["pending"] == 50  # the whole first batch: committed but never acknowledged
+    # The whole first batch, committed but never acknowledged, and the second, read ahead while the first
+    # transaction ran (parsed, never written).
+    assert pending["pending"] == 100
     in_ledger = {r["event_id"] for t in ("acme", "beta") for r in await _ledger(ledger_env.pool, t)}
     assert in_ledger == written_before_ack
 
@@ -479,7 +481,7 @@ async def test_committed_entries_leave_the_stream_at_once(ledger_env: Any, kit: 
 
 
 async def test_batch_path_keeps_rls_the_ingest_list_shows_only_its_tenants(ledger_env: Any, kit: Any) -> None:
-    """billing_ingest_batch writes many tenants in one transaction through app.ingest_tenant_ids; that list
+    """billing_ingest_batch writes many tenants in one transaction through app.ingest_tenants; that set
     exposes its tenants only, and a transaction that sets nothing still sees nothing."""
     redis = ledger_env.redis
     await kit.xadd_events(redis, [kit.event(t) for t in ("acme", "beta", "org_abc") for _ in range(5)])
@@ -491,13 +493,35 @@ async def test_batch_path_keeps_rls_the_ingest_list_shows_only_its_tenants(ledge
             assert await conn.fetchval("SELECT count(*) FROM cost_ledger") == 0
             assert await conn.fetchval("SELECT count(*) FROM tenant_monthly_spend") == 0
         async with conn.transaction():
-            await conn.execute("SELECT set_config('app.ingest_tenant_ids', 'acme,org_abc', true)")
+            await conn.execute("""SELECT set_config('app.ingest_tenants', '{"acme": 1, "org_abc": 1}', true)""")
             rows = await conn.fetch("SELECT tenant_id, count(*) AS n FROM cost_ledger GROUP BY 1 ORDER BY 1")
             assert [(r["tenant_id"], r["n"]) for r in rows] == [("acme", 5), ("org_abc", 5)]
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # append-only: no UPDATE for the app role
                 await conn.execute("UPDATE cost_ledger SET cost_usd = 0")
         async with conn.transaction():
-            await conn.execute("SELECT set_config('app.ingest_tenant_ids', 'acme', true)")
+            await conn.execute("""SELECT set_config('app.ingest_tenants', '{"acme": 1}', true)""")
             with pytest.raises(asyncpg.InsufficientPrivilegeError):  # rows outside the list are refused
                 await conn.execute(
                     "INSERT INTO tenant_monthly_spend (tenant_id, month, online_usd) VALUES ('beta', '2026-01-01', 1)")
+
+
+async def test_values_holding_the_column_separator_are_refused_not_misaligned(ledger_env: Any, kit: Any) -> None:
+    """The batch travels as one text per column, values separated by U+001F (U+001E = NULL): an event whose
+    text holds either is dead-lettered ("invalid"); its batch mates are written with their own values."""
+    redis = ledger_env.redis
+    mates = [kit.event("acme", session_id=f"s{i}", request_id="" if i == 1 else f"r{i}") for i in range(3)]
+    bad = [kit.event("acme", session_id="a\x1fb"), kit.event("acme", request_id="\x1e"),
+           kit.event("acme", model="m\x1f")]
+    ids = await kit.xadd_events(redis, [mates[0], *bad, *mates[1:]])
+    c = ledger_env.consumer("c1")
+    await c.start()
+    await kit.wait_for(lambda: kit.drained(redis), what="drained")
+    dlq = {d["stream_id"]: d for d in await _dlq(redis)}
+    assert set(dlq) == set(ids[1:4])
+    assert all(d["reason"] == "invalid" and "U+001F" in d["detail"] for d in dlq.values())
+    rows = {r["event_id"]: r for r in await _ledger(ledger_env.pool, "acme")}
+    assert set(rows) == {e.event_id for e in mates}
+    for e in mates:
+        r = rows[e.event_id]
+        assert (r["session_id"], r["request_id"], r["model"]) == (e.session_id, e.request_id, e.model)
+        assert r["cost_usd"] == Decimal(repr(e.cost_usd)) and r["occurred_at"] == e.occurred_at

@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
@@ -107,6 +107,47 @@ class CostEvent(BaseModel):
         return cls.model_validate_json(raw)
 
 
+class TokenCounts(Protocol):
+    """The usage amounts an LLM baseline prices (UsageAmounts, or the ledger's decoded form of it)."""
+
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def cached_input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+
+
+class _TokensOnly:
+    """The token counts of a usage and nothing else: what PriceCatalog.llm_baseline_cost prices, read by
+    ModelPrice.cost without building (and validating) a UsageAmounts per event."""
+
+    __slots__ = ("input_tokens", "cached_input_tokens", "output_tokens")
+    audio_seconds = 0.0
+    characters = 0
+    images = 0
+    requests = 0
+
+    def __init__(self, usage: TokenCounts) -> None:
+        self.input_tokens = usage.input_tokens
+        self.cached_input_tokens = usage.cached_input_tokens
+        self.output_tokens = usage.output_tokens
+
+
+def baseline_cost_of(
+    kind: CostKind, usage: TokenCounts, cost_usd: float, covered_seconds: float | None, catalog: PriceCatalog
+) -> float:
+    """baseline_cost from an event's parts (the ledger consumer prices thousands of events a second)."""
+    if kind is CostKind.LLM:
+        # = catalog.llm_baseline_cost(usage): the same ModelPrice.cost on the same token counts.
+        price = catalog.price(catalog.baseline_llm_model)
+        return price.cost(cast(UsageAmounts, _TokensOnly(usage)))
+    if kind is CostKind.VISION and covered_seconds is not None:
+        calls = max(covered_seconds * catalog.baseline_vision_fps, 1.0)
+        return cost_usd * calls
+    return cost_usd
+
+
 def baseline_cost(event: CostEvent, catalog: PriceCatalog) -> float:
     """What the same traffic would have cost without the optimisation this event's kind gets.
 
@@ -114,12 +155,7 @@ def baseline_cost(event: CostEvent, catalog: PriceCatalog) -> float:
     - vision: one call per second of covered screen share (no dedup), each costing what this call did;
     - everything else is not optimised here: its baseline is its cost.
     """
-    if event.kind is CostKind.LLM:
-        return catalog.llm_baseline_cost(event.usage)
-    if event.kind is CostKind.VISION and event.covered_seconds is not None:
-        calls = max(event.covered_seconds * catalog.baseline_vision_fps, 1.0)
-        return event.cost_usd * calls
-    return event.cost_usd
+    return baseline_cost_of(event.kind, event.usage, event.cost_usd, event.covered_seconds, catalog)
 
 
 class CostRecordingUnavailable(RuntimeError):

@@ -3,6 +3,13 @@
 Billing is the writer (after UpsertTenant and after each ledger commit); everyone else reads. Values are
 the serialized protobuf messages, so every reader sees exactly billing's API types. Readers cache
 briefly; a missing key means "billing has not published this tenant" (unknown), never "unlimited".
+
+A flushed store (FLUSHALL, a Redis restarted empty, a failover to an empty replica) must not read as "billing
+has published nothing for these tenants" (allowed): billing also writes an epoch key (STATE_EPOCH_KEY) after
+each complete publication, and watches it: gone, it republishes every tenant at once (within
+BUDGET_STATE_WATCH_SECONDS), then writes it again. A reader that has seen the epoch and finds it gone knows the
+store lost billing's state: a tenant with no keys then reads "unknown" (paid tiers refused, UNAVAILABLE, and
+the reason said), not "unpublished". The epoch is read in the same round trip as the tenant's key.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from frugal.api.billing.v1 import billing_pb2
 
 POLICY_KEY = "frugal:tenant-policy:{tenant_id}"
 BUDGET_KEY = "frugal:budget:{tenant_id}"
+# Written by billing (no TTL) after every complete publication of every tenant's policy and budget state.
+STATE_EPOCH_KEY = "frugal:tenant-state:epoch"
 # Default fractions of the monthly budget: downgrade tiers from here, refuse from here.
 DEFAULT_DOWNGRADE_AT = 0.8
 DEFAULT_REFUSE_AT = 1.0
@@ -38,6 +47,21 @@ async def publish_budget(redis: aioredis.Redis, state: billing_pb2.BudgetState, 
     await redis.set(BUDGET_KEY.format(tenant_id=state.tenant_id), state.SerializeToString(), ex=ttl_s)
 
 
+async def publish_epoch(redis: aioredis.Redis, epoch: str) -> None:
+    await redis.set(STATE_EPOCH_KEY, epoch)
+
+
+def lost_budget_state(tenant_id: str) -> billing_pb2.BudgetState:
+    """What a reader returns for a tenant with no budget key in a store that lost billing's state: status
+    UNSPECIFIED and no updated_at (billing always sets both), which budget_verdict reads as "unknown"."""
+    return billing_pb2.BudgetState(tenant_id=tenant_id, status=billing_pb2.BUDGET_STATUS_UNSPECIFIED)
+
+
+def _is_lost(budget: billing_pb2.BudgetState | None) -> bool:
+    return (budget is not None and budget.status == billing_pb2.BUDGET_STATUS_UNSPECIFIED
+            and not budget.HasField("updated_at"))
+
+
 async def read_policy(redis: aioredis.Redis, tenant_id: str) -> billing_pb2.TenantPolicy | None:
     raw = await redis.get(POLICY_KEY.format(tenant_id=tenant_id))
     return None if raw is None else billing_pb2.TenantPolicy.FromString(_bytes(raw))
@@ -50,19 +74,35 @@ async def read_budget(redis: aioredis.Redis, tenant_id: str) -> billing_pb2.Budg
 
 @dataclass
 class TenantStateCache:
-    """Per-process cache in front of Redis: policy and budget for `ttl_s` seconds."""
+    """Per-process cache in front of Redis: policy and budget for `ttl_s` seconds.
+
+    Each read also fetches the epoch (one MGET). Once this reader has seen billing's epoch, a read that finds
+    it gone means the store lost billing's state (`store_lost`): a missing budget is then returned as
+    lost_budget_state (verdict "unknown", refused) instead of None (verdict "unpublished", allowed). A reader
+    started after the loss sees "unpublished" until billing republishes (within its watch interval)."""
 
     redis: aioredis.Redis
     ttl_s: float = 2.0
     _policies: dict[str, tuple[float, billing_pb2.TenantPolicy | None]] = field(default_factory=dict)
     _budgets: dict[str, tuple[float, billing_pb2.BudgetState | None]] = field(default_factory=dict)
+    epoch_seen: bool = False
+    store_lost: bool = False
+
+    async def _get(self, key: str) -> bytes | None:
+        raw, epoch = await self.redis.mget([key, STATE_EPOCH_KEY])
+        if epoch is not None:
+            self.epoch_seen, self.store_lost = True, False
+        elif self.epoch_seen:
+            self.store_lost = True
+        return None if raw is None else _bytes(raw)
 
     async def policy(self, tenant_id: str) -> billing_pb2.TenantPolicy | None:
         hit = self._policies.get(tenant_id)
         now = time.monotonic()
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
-        value = await read_policy(self.redis, tenant_id)
+        raw = await self._get(POLICY_KEY.format(tenant_id=tenant_id))
+        value = None if raw is None else billing_pb2.TenantPolicy.FromString(raw)
         self._policies[tenant_id] = (now, value)
         return value
 
@@ -71,7 +111,11 @@ class TenantStateCache:
         now = time.monotonic()
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
-        value = await read_budget(self.redis, tenant_id)
+        raw = await self._get(BUDGET_KEY.format(tenant_id=tenant_id))
+        if raw is not None:
+            value: billing_pb2.BudgetState | None = billing_pb2.BudgetState.FromString(raw)
+        else:
+            value = lost_budget_state(tenant_id) if self.store_lost else None
         self._budgets[tenant_id] = (now, value)
         return value
 
@@ -115,8 +159,9 @@ class BudgetVerdict:
 
     status: "unlimited", "ok", "downgrade" (one tier down), "exhausted" and "suspended" (refused,
     RESOURCE_EXHAUSTED), "unknown" (a capped tenant whose state billing has not published, or published too
-    long ago: refused, UNAVAILABLE, because spending without knowing the spend would fail open),
-    "unpublished" (billing has published neither policy nor state for this tenant: no cap is known, allowed).
+    long ago, or any tenant of a store that lost billing's state: refused, UNAVAILABLE, because spending
+    without knowing the spend would fail open), "unpublished" (billing, whose state is in place, has published
+    neither policy nor state for this tenant: no cap is known, allowed).
     """
 
     status: str
@@ -145,7 +190,14 @@ def budget_verdict(
 ) -> BudgetVerdict:
     """The verdict from billing's published policy and budget state (the policy's cap wins: it is newer)."""
     now = now or datetime.now(UTC)
+    lost = _is_lost(budget)
+    if lost:
+        budget = None
     if policy is None and budget is None:
+        if lost:
+            return BudgetVerdict("unknown", "billing's published tenant state is missing from Redis (flushed or "
+                                            "restarted empty): the tenant's cap is unknown, paid tiers refused until "
+                                            "billing republishes it")
         return BudgetVerdict("unpublished", "billing has published no policy for this tenant")
     cap = policy.monthly_budget_usd if policy is not None else budget.budget_usd if budget is not None else NO_CAP
     if cap < 0:

@@ -58,6 +58,9 @@ class Settings(DatabaseSettings):
     # with this TTL (readers treat a missing key as "unknown").
     budget_refresh_seconds: float = Field(default=15.0, gt=0, le=86_400)
     budget_state_ttl_seconds: int = Field(default=3600, ge=10)
+    # How often the refresher checks that the state store still holds billing's epoch key; gone (a flushed or
+    # empty Redis), every tenant is republished at once.
+    budget_state_watch_seconds: float = Field(default=1.0, gt=0, le=3600)
     # Whether offline (no API key, nothing was paid) events count toward the month-to-date spend.
     budget_count_offline: bool = False
 

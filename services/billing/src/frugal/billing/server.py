@@ -203,7 +203,8 @@ async def build_billing(settings: Settings) -> Billing:
     # Shutdown hooks run in reverse order: consumer, refresher, then Redis and the pool.
     app.on_shutdown(pool.close)
     app.on_shutdown(redis.aclose)
-    refresher = StateRefresher(publisher, registry, settings.budget_refresh_seconds)
+    refresher = StateRefresher(publisher, registry, settings.budget_refresh_seconds,
+                               watch_s=settings.budget_state_watch_seconds)
     refresher.start()
     app.on_shutdown(refresher.aclose)
     consumer: LedgerConsumer | None = None

@@ -3,7 +3,10 @@ and the gateway read them. Billing is the only writer.
 
 When: a policy after each UpsertTenant; a budget state after each ledger commit that touched the tenant and
 after each UpsertTenant; both for every tenant at start and every BUDGET_REFRESH_SECONDS (month roll-over,
-Redis restarts, budget keys expiring after BUDGET_STATE_TTL_SECONDS).
+budget keys expiring after BUDGET_STATE_TTL_SECONDS). After each complete round, the epoch key
+(frugal.common.tenant_state.STATE_EPOCH_KEY); every BUDGET_STATE_WATCH_SECONDS the refresher checks it, and a
+store that lost it (FLUSHALL, a Redis restarted empty) gets every tenant republished at once, then the epoch:
+readers that saw the epoch read the tenants not yet republished as "unknown" (refused), never "unpublished".
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,12 +26,20 @@ from redis.exceptions import RedisError
 
 from frugal.api.billing.v1 import billing_pb2
 from frugal.billing.budget import BudgetInputs, budget_state, read_budget_inputs
-from frugal.billing.metrics import BUDGET_FRACTION, BUDGET_STATUS, STATE_PUBLISH_ERRORS
+from frugal.billing.metrics import LEDGER_TOTALS, STATE_PUBLISH_ERRORS
 from frugal.billing.tenants import TenantRegistry, fetch_policy
 from frugal.common.db import tenant_transaction
-from frugal.common.tenant_state import BUDGET_KEY, publish_budget, publish_policy
+from frugal.common.tenant_state import BUDGET_KEY, STATE_EPOCH_KEY, publish_budget, publish_epoch, publish_policy
 
 log = logging.getLogger(__name__)
+
+# KEYS: budget keys; ARGV[1]: TTL seconds, ARGV[1 + i]: the value of KEYS[i].
+_SET_ALL_EX = """
+for i = 1, #KEYS do
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"""
 
 
 class StatePublisher:
@@ -36,7 +50,6 @@ class StatePublisher:
         self._redis = redis
         self.count_offline = count_offline
         self._ttl = budget_ttl_s
-        self._gauges: dict[str, tuple[Any, Any]] = {}
 
     def state(self, inputs: BudgetInputs, now: datetime | None = None) -> billing_pb2.BudgetState:
         return budget_state(inputs, now=now or datetime.now(UTC), count_offline=self.count_offline)
@@ -44,8 +57,7 @@ class StatePublisher:
     async def publish_budget(self, inputs: BudgetInputs, now: datetime | None = None) -> billing_pb2.BudgetState:
         """Computes and publishes; raises RedisError/OSError when Redis is unreachable."""
         state = self.state(inputs, now)
-        BUDGET_FRACTION.labels(tenant_id=inputs.tenant_id).set(state.fraction_used)
-        BUDGET_STATUS.labels(tenant_id=inputs.tenant_id).set(state.status)
+        LEDGER_TOTALS.set_budgets({inputs.tenant_id: (state.fraction_used, state.status)})
         try:
             await publish_budget(self._redis, state, ttl_s=self._ttl)
         except (RedisError, OSError):
@@ -53,17 +65,22 @@ class StatePublisher:
             raise
         return state
 
-    def stage_budget(self, pipe: Any, inputs: BudgetInputs, now: datetime | None = None) -> billing_pb2.BudgetState:
-        """Queues the budget state's SET on a pipeline (the consumer's ack MULTI); returns the state."""
-        state = self.state(inputs, now)
-        gauges = self._gauges.get(inputs.tenant_id)
-        if gauges is None:  # labels() validates names on each call: cached, it is per tenant per batch
-            gauges = self._gauges[inputs.tenant_id] = (BUDGET_FRACTION.labels(tenant_id=inputs.tenant_id),
-                                                       BUDGET_STATUS.labels(tenant_id=inputs.tenant_id))
-        gauges[0].set(state.fraction_used)
-        gauges[1].set(state.status)
-        pipe.set(BUDGET_KEY.format(tenant_id=state.tenant_id), state.SerializeToString(), ex=self._ttl)
-        return state
+    def stage_budgets(self, pipe: Any, inputs: Sequence[BudgetInputs], now: datetime | None = None) -> None:
+        """Queues the budget states of a batch's tenants on a pipeline (the consumer's ack MULTI) as ONE
+        command (a script SETting each key with the TTL): 500 tenants are one command to pack, not 500."""
+        if not inputs:
+            return
+        now = now or datetime.now(UTC)
+        keys: list[str] = []
+        values: list[bytes] = []
+        gauges: dict[str, tuple[float, float]] = {}
+        for i in inputs:
+            state = self.state(i, now)
+            keys.append(BUDGET_KEY.format(tenant_id=i.tenant_id))
+            values.append(state.SerializeToString())
+            gauges[i.tenant_id] = (state.fraction_used, state.status)
+        LEDGER_TOTALS.set_budgets(gauges)
+        pipe.eval(_SET_ALL_EX, len(keys), *keys, self._ttl, *values)
 
     async def publish_policy(self, policy: billing_pb2.TenantPolicy) -> None:
         try:
@@ -84,12 +101,27 @@ class StatePublisher:
         await self.publish_budget(inputs, now)
         return True
 
-    async def refresh_all(self, registry: TenantRegistry) -> int:
+    async def refresh_all(self, registry: TenantRegistry, concurrency: int = 8) -> int:
+        """Every tenant, `concurrency` at a time; raises (and publishes no epoch) if any tenant failed."""
+        ids = await registry.list_ids()
         done = 0
-        for tenant_id in await registry.list_ids():
-            if await self.refresh_tenant(tenant_id):
-                done += 1
+        for i in range(0, len(ids), concurrency):
+            results = await asyncio.gather(*(self.refresh_tenant(t) for t in ids[i:i + concurrency]))
+            done += sum(results)
         return done
+
+    async def publish_epoch(self) -> str:
+        """After a complete round: the store holds every tenant's state (frugal.common.tenant_state)."""
+        epoch = f"{datetime.now(UTC).isoformat()} {socket.gethostname()}-{os.getpid()}"
+        try:
+            await publish_epoch(self._redis, epoch)
+        except (RedisError, OSError):
+            STATE_PUBLISH_ERRORS.labels(what="epoch").inc()
+            raise
+        return epoch
+
+    async def epoch_present(self) -> bool:
+        return bool(await self._redis.exists(STATE_EPOCH_KEY))
 
 
 def _until_next_month(now: datetime | None = None) -> float:
@@ -101,32 +133,60 @@ def _until_next_month(now: datetime | None = None) -> float:
 
 
 class StateRefresher:
-    """Background loop: `refresh_all` at start, then every `interval_s`; failures are logged and retried."""
+    """Background loop: `refresh_all` (then the epoch) at start and every `interval_s`, and at once when the
+    epoch is found missing (checked every `watch_s`); failures are logged and retried at the next check."""
 
-    def __init__(self, publisher: StatePublisher, registry: TenantRegistry, interval_s: float) -> None:
+    def __init__(self, publisher: StatePublisher, registry: TenantRegistry, interval_s: float,
+                 watch_s: float = 1.0) -> None:
         self._publisher = publisher
         self._registry = registry
         self._interval = interval_s
+        self._watch = min(watch_s, interval_s)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0
+        # Rounds started because the epoch was missing (a flushed store), for tests and logs.
+        self.recoveries = 0
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="billing-state-refresher")
 
+    async def _round(self) -> bool:
+        try:
+            count = await self._publisher.refresh_all(self._registry)
+            await self._publisher.publish_epoch()
+            log.debug("re-published policy and budget state of %d tenants", count)
+            return True
+        except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.warning("tenant state refresh failed, will retry: %s", err)
+        except Exception:
+            log.exception("tenant state refresh failed")
+        return False
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()  # a full round at once
         while not self._stop.is_set():
-            try:
-                count = await self._publisher.refresh_all(self._registry)
-                log.debug("re-published policy and budget state of %d tenants", count)
-            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
-                log.warning("tenant state refresh failed, will retry: %s", err)
-            except Exception:
-                log.exception("tenant state refresh failed")
-            self.rounds += 1
+            if loop.time() >= due:
+                ok = await self._round()
+                self.rounds += 1
+                # A failed round is retried at the next watch tick, a good one after the interval.
+                due = loop.time() + (min(self._interval, _until_next_month()) if ok else self._watch)
+            else:
+                try:
+                    lost = not await self._publisher.epoch_present()
+                except (RedisError, OSError) as err:
+                    log.warning("tenant state epoch check failed: %s", err)
+                    lost = False
+                if lost:
+                    log.warning("billing's tenant state is gone from Redis (flushed or restarted empty): "
+                                "republishing every tenant now")
+                    self.recoveries += 1
+                    due = loop.time()
+                    continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), min(self._interval, _until_next_month()))
+                await asyncio.wait_for(self._stop.wait(), max(0.0, min(self._watch, due - loop.time())))
 
     async def aclose(self) -> None:
         self._stop.set()
