@@ -490,6 +490,16 @@ def report(series: dict[str, Series], concurrencies: list[int]) -> None:
             if name != "direct":
                 overhead_p95[name] = pct(diffs, 0.95)
             print(f"{name:10} {fmt3(ttft):>24} | {fmt3(total):>24} | {over:>26} | {cpu} | {s.errors}")
+        # The arithmetic of a CPU-bound proxy: N simultaneous turns need N x (CPU per turn) of CPU; with C cores
+        # (shared here with the emulator and this client) the last first token waits at least about that / C.
+        cores = os.cpu_count() or 1
+        for name in ("mesh", "mesh@base"):
+            ms = series.get(name)
+            if ms is not None and conc > 1 and ms.turns.get(conc):
+                per_turn_ms = ms.cpu_s.get(conc, 0.0) / ms.turns[conc] * 1000
+                print(f"{name}: CPU {per_turn_ms:.2f} ms/turn x {conc} turns / {cores} cores = "
+                      f"{per_turn_ms * conc / cores:.0f} ms of queueing for the last turn of a round, at best "
+                      f"(target p95 overhead at 50: 15 ms needs <= {15 * cores / 50:.2f} ms CPU per turn)")
         if "litellm" in overhead_p95:
             lite = overhead_p95["litellm"]
             for name in ("mesh", "mesh+ctx", "mesh@base"):
