@@ -4,7 +4,8 @@
                                         [--baseline-src DIR] [--profile-router FILE]
 
 One zero-latency Anthropic emulator (frugal.devkit.emulators, its own process) is called four ways:
-  direct       the anthropic SDK, straight to the emulator (the floor every other figure is measured from)
+  direct       the anthropic SDK (its aiohttp transport, as the router), straight to the emulator (the floor
+               every other figure is measured from)
   mesh         the gateway's router client -> router `Respond` -> anthropic SDK -> emulator, context off
   mesh+ctx     the same with RAG (pgvector + BM25, warm) and vision context (Redis) on
   litellm      LiteLLM proxy (installed by this bench into its own venv from PyPI, never a project
@@ -189,7 +190,10 @@ Turn = Callable[[str], Awaitable[Sample]]
 def direct_client(anthropic_url: str) -> tuple[Turn, Callable[[], Awaitable[None]]]:
     import anthropic
 
-    client = anthropic.AsyncAnthropic(api_key="bench-key", base_url=anthropic_url, max_retries=0, timeout=30.0)
+    # The transport the router uses (the SDK's aiohttp one): the floor is the cheapest call, so the overhead is
+    # what the mesh adds, not a difference of HTTP stacks (it also keeps this client from being the bottleneck).
+    client = anthropic.AsyncAnthropic(api_key="bench-key", base_url=anthropic_url, max_retries=0, timeout=30.0,
+                                      http_client=anthropic.DefaultAioHttpClient(timeout=30.0))
 
     async def turn(prompt: str) -> Sample:
         t0 = time.perf_counter()

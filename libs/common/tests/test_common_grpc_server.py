@@ -8,9 +8,9 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
 from frugal.common.grpc_client import create_channel, outgoing_metadata, remaining_timeout
