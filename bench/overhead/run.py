@@ -1,13 +1,18 @@
 """What the mesh adds to time-to-first-token, side by side with LiteLLM proxy, in one run.
 
     uv run python bench/overhead/run.py [--quick] [--rounds N] [--concurrency 1,10,50] [--no-litellm]
+                                        [--baseline-src DIR] [--profile-router FILE]
 
 One zero-latency Anthropic emulator (frugal.devkit.emulators, its own process) is called four ways:
-  direct       the anthropic SDK, straight to the emulator (the floor every other figure is measured from)
+  direct       the anthropic SDK (its aiohttp transport, as the router), straight to the emulator (the floor
+               every other figure is measured from)
   mesh         the gateway's router client -> router `Respond` -> anthropic SDK -> emulator, context off
   mesh+ctx     the same with RAG (pgvector + BM25, warm) and vision context (Redis) on
   litellm      LiteLLM proxy (installed by this bench into its own venv from PyPI, never a project
                dependency) -> emulator, streamed through its OpenAI-compatible endpoint
+  mesh@base    (with --baseline-src DIR) the mesh through a second router run from an older source tree (DIR's
+               libs/common/src and services/router/src first on PYTHONPATH, e.g. `git archive <commit>` of
+               them), same Redis, billing and emulator: before/after figures in one machine state
 The tenant is pinned to premium (claude-sonnet-4-6) so all four reach the same emulator route. Systems are
 interleaved in rounds (shuffled per round) so machine drift hits all equally. Overheads are per-round paired
 differences against `direct` (turn i of a system minus turn i of direct in the same round). CPU is the
@@ -144,14 +149,38 @@ def start_litellm(exe: Path, anthropic_url: str, workdir: Path) -> tuple[subproc
     return proc, f"http://127.0.0.1:{port}", key
 
 
-def start_profiler(svg: str | None, pid: int) -> subprocess.Popen[bytes] | None:
+def start_baseline_router(mesh: object, src: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A second router (context off) from the source tree `src`, on its own ports, beside the mesh's."""
+    from frugal.common.healthcheck import wait_serving
+    from frugal.devkit.devstack import free_port
+    from frugal.devkit.localmesh import LocalMesh
+
+    assert isinstance(mesh, LocalMesh)
+    roots = [src / "libs" / "common" / "src", src / "services" / "router" / "src"]
+    missing = [str(r) for r in roots if not (r / "frugal").is_dir()]
+    if missing:
+        raise SystemExit(f"--baseline-src: no frugal sources in {', '.join(missing)}")
+    port = free_port()
+    env = mesh.env_for("router", None)
+    env.update({"GRPC_PORT": str(port), "METRICS_PORT": str(free_port()),
+                "PYTHONPATH": os.pathsep.join([*map(str, roots), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+    log = (workdir / "router-base.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "frugal.router"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    wait_serving(f"127.0.0.1:{port}", 90, alive=lambda: proc.poll() is None)
+    return proc, f"127.0.0.1:{port}"
+
+
+def start_profiler(svg: str | None, pid: int, *, native: bool = False) -> subprocess.Popen[bytes] | None:
     if not svg:
         return None
     exe = shutil.which("py-spy")
     if exe is None:
         print("py-spy is not installed (uv tool install py-spy): no profile")
         return None
-    return subprocess.Popen([exe, "record", "-p", str(pid), "-o", svg, "-f", "raw", "-r", "250", "--nonblocking"])
+    # --native (Cython and C frames: gRPC's core, protobuf) cannot be sampled without pausing the process.
+    mode = ["--native"] if native else ["--nonblocking"]
+    return subprocess.Popen([exe, "record", "-p", str(pid), "-o", svg, "-f", "raw", "-r", "250", *mode])
 
 
 # ---------------------------------------------------------------------------------------------- clients
@@ -161,7 +190,10 @@ Turn = Callable[[str], Awaitable[Sample]]
 def direct_client(anthropic_url: str) -> tuple[Turn, Callable[[], Awaitable[None]]]:
     import anthropic
 
-    client = anthropic.AsyncAnthropic(api_key="bench-key", base_url=anthropic_url, max_retries=0, timeout=30.0)
+    # The transport the router uses (the SDK's aiohttp one): the floor is the cheapest call, so the overhead is
+    # what the mesh adds, not a difference of HTTP stacks (it also keeps this client from being the bottleneck).
+    client = anthropic.AsyncAnthropic(api_key="bench-key", base_url=anthropic_url, max_retries=0, timeout=30.0,
+                                      http_client=anthropic.DefaultAioHttpClient(timeout=30.0))
 
     async def turn(prompt: str) -> Sample:
         t0 = time.perf_counter()
@@ -345,6 +377,7 @@ async def bench(args: argparse.Namespace) -> int:
         redis.start()
         emu_proc, anthropic_url = start_emulator()
         litellm_proc: subprocess.Popen[bytes] | None = None
+        base_proc: subprocess.Popen[bytes] | None = None
         mesh = LocalMesh.on_free_ports(
             pg.admin_dsn, redis.url, log_dir=tmp / "logs", services=("billing", "rag", "vision-dedup", "router"),
             extra_env={"ANTHROPIC_API_KEY": "bench-key", "ANTHROPIC_BASE_URL": anthropic_url, "LOG_LEVEL": "WARNING",
@@ -367,6 +400,11 @@ async def bench(args: argparse.Namespace) -> int:
             systems["mesh+ctx"], close = mesh_client(addr["router"], context=True)
             closers.append(close)
             pids["mesh+ctx"] = [mesh.procs[n].pid for n in ("router", "rag", "vision-dedup")]
+            if args.baseline_src:
+                base_proc, base_addr = start_baseline_router(mesh, Path(args.baseline_src), tmp)
+                systems["mesh@base"], close = mesh_client(base_addr, context=False)
+                closers.append(close)
+                pids["mesh@base"] = [base_proc.pid]
             if litellm_exe is not None:
                 litellm_proc, base, key = start_litellm(litellm_exe, anthropic_url, tmp)
                 if await wait_http(f"{base}/health/liveliness", litellm_proc):
@@ -383,7 +421,7 @@ async def bench(args: argparse.Namespace) -> int:
                         await run_round(turn, 1, i)
                     except Exception as err:  # noqa: BLE001 - a system that cannot answer is reported, not fatal
                         raise SystemExit(f"{name}: warm-up turn failed: {err!r}") from err
-            profiler = start_profiler(args.profile_router, mesh.procs["router"].pid)
+            profiler = start_profiler(args.profile_router, mesh.procs["router"].pid, native=args.profile_native)
             series = {name: Series() for name in systems}
             rng = random.Random(7)
             for conc in args.concurrency:
@@ -418,6 +456,12 @@ async def bench(args: argparse.Namespace) -> int:
                     litellm_proc.wait(10)
                 except subprocess.TimeoutExpired:
                     litellm_proc.kill()
+            if base_proc is not None:
+                base_proc.terminate()
+                try:
+                    base_proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    base_proc.kill()
             mesh.stop()
             emu_proc.terminate()
             emu_proc.wait(10)
@@ -450,9 +494,19 @@ def report(series: dict[str, Series], concurrencies: list[int]) -> None:
             if name != "direct":
                 overhead_p95[name] = pct(diffs, 0.95)
             print(f"{name:10} {fmt3(ttft):>24} | {fmt3(total):>24} | {over:>26} | {cpu} | {s.errors}")
+        # The arithmetic of a CPU-bound proxy: N simultaneous turns need N x (CPU per turn) of CPU; with C cores
+        # (shared here with the emulator and this client) the last first token waits at least about that / C.
+        cores = os.cpu_count() or 1
+        for name in ("mesh", "mesh@base"):
+            ms = series.get(name)
+            if ms is not None and conc > 1 and ms.turns.get(conc):
+                per_turn_ms = ms.cpu_s.get(conc, 0.0) / ms.turns[conc] * 1000
+                print(f"{name}: CPU {per_turn_ms:.2f} ms/turn x {conc} turns / {cores} cores = "
+                      f"{per_turn_ms * conc / cores:.0f} ms of queueing for the last turn of a round, at best "
+                      f"(target p95 overhead at 50: 15 ms needs <= {15 * cores / 50:.2f} ms CPU per turn)")
         if "litellm" in overhead_p95:
             lite = overhead_p95["litellm"]
-            for name in ("mesh", "mesh+ctx"):
+            for name in ("mesh", "mesh+ctx", "mesh@base"):
                 if name in overhead_p95 and lite > 0:
                     print(f"{name} p95 overhead / litellm p95 overhead = {overhead_p95[name] / lite:.2f} "
                           f"(target <= 0.33)")
@@ -467,8 +521,12 @@ def main() -> int:
     p.add_argument("--concurrency", default="1,10,50")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy comparison")
+    p.add_argument("--baseline-src", metavar="DIR",
+                   help="also run a router from this older source tree (before/after in one run)")
     p.add_argument("--profile-router", metavar="FILE",
                    help="record the router with py-spy (if installed): collapsed stacks into FILE")
+    p.add_argument("--profile-native", action="store_true",
+                   help="with --profile-router: native frames too (pauses the router per sample: slower figures)")
     args = p.parse_args()
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
     if args.quick:

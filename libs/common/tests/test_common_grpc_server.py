@@ -10,6 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from frugal.api.router.v1 import router_pb2, router_pb2_grpc
 from frugal.common.grpc_client import create_channel, outgoing_metadata, remaining_timeout
@@ -97,6 +98,7 @@ async def test_health_reflection_and_tenancy() -> None:
                     pass
             assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
+            before = {c: _handled("Route", c) for c in ("OK", "UNIMPLEMENTED", "UNAUTHENTICATED")}
             ok = await stub.Route(req, metadata=MD, timeout=20)
             assert ok.decision.model == "org_abc|sess-1"
             assert 15 <= int(ok.decision.scorer) <= 20
@@ -104,8 +106,19 @@ async def test_health_reflection_and_tenancy() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await stub.Route(router_pb2.RouteRequest(turn=router_pb2.TurnInput(text="unimplemented")), metadata=MD)
             assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            # Counted per method and status code (the interceptor's cached metric children).
+            await stub.Route(req, metadata=MD, timeout=20)
+            assert _handled("Route", "OK") == before["OK"] + 2
+            assert _handled("Route", "UNIMPLEMENTED") == before["UNIMPLEMENTED"] + 1
+            assert _handled("Route", "UNAUTHENTICATED") == before["UNAUTHENTICATED"]
+            assert REGISTRY.get_sample_value("grpc_server_in_flight", {"grpc_service": ROUTER}) == 0
     finally:
         await app.stop(1)
+
+
+def _handled(method: str, code: str) -> float:
+    return REGISTRY.get_sample_value("grpc_server_handled_total", {
+        "grpc_service": ROUTER, "grpc_method": method, "grpc_type": "unary", "grpc_code": code}) or 0.0
 
 
 async def test_identity_and_deadline_propagate_downstream() -> None:

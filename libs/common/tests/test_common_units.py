@@ -178,3 +178,27 @@ def test_usage_proto_roundtrip() -> None:
     u = UsageAmounts(input_tokens=3, output_tokens=4, audio_seconds=1.5, characters=9, images=1, requests=2,
                      estimated=True)
     assert UsageAmounts.from_proto(u.to_proto()) == u
+
+
+def test_env_cached_settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from frugal.common.settings import env_cached
+
+    class Hot(BaseSettings):
+        model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="HOT_")
+        cap: int = 5
+        enabled: bool = True
+
+    monkeypatch.delenv("HOT_CAP", raising=False)
+    monkeypatch.delenv("hot_enabled", raising=False)
+    get = env_cached(Hot)
+    first = get()
+    assert first.cap == 5 and get() is first  # unchanged environment: the same value, not rebuilt
+    monkeypatch.setenv("HOT_CAP", "7")
+    assert get().cap == 7
+    monkeypatch.setenv("hot_enabled", "false")  # pydantic-settings reads names case-insensitively
+    assert get().enabled is False and get().cap == 7
+    monkeypatch.setenv("HOT_CAP", "nope")
+    with pytest.raises(ValueError):  # a bad value fails as cls() does
+        get()

@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from frugal.common.pricing import TIERS, PriceCatalog, PriceCatalogError, TierName
 from frugal.common.session_cost import llm_cost
+from frugal.common.settings import env_cached
 from frugal.common.usage import UsageAmounts
 from frugal.router.prompt import UNTRUSTED_RULE
 from frugal.router.providers.base import Message, ToolCallOut
@@ -55,8 +56,12 @@ class CacheSettings(BaseSettings):
     cache_aware_max_sessions: int = Field(default=50_000, ge=1)
 
 
+_settings = env_cached(CacheSettings)
+
+
 def settings() -> CacheSettings:
-    return CacheSettings()
+    """Read several times per turn: built again only when its environment variables change."""
+    return _settings()
 
 
 # ---- layout --------------------------------------------------------------------------------------------

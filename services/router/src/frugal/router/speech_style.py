@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from frugal.common.settings import env_cached
+
 _DETAIL = re.compile(
     r"\b(in detail|detailed|step[- ]by[- ]step|walk me through|elaborate|explain (?:how|why|in)|all the steps|"
     r"full (?:list|comparison|explanation)|thoroughly|reason (?:it )?(?:out|through)|compare)\b",
@@ -54,8 +56,11 @@ class SpeechStyleSettings(BaseSettings):
     cap_detail: int = Field(default=320, ge=16, le=8192)
 
 
+_settings = env_cached(SpeechStyleSettings)
+
+
 def settings() -> SpeechStyleSettings:
-    return SpeechStyleSettings()
+    return _settings()  # per turn: built again only when its environment variables change
 
 
 @dataclass(frozen=True, slots=True)
