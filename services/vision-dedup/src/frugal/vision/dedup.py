@@ -246,9 +246,8 @@ class DedupTracker:
     _kept_native: _NativeRef | None = None
     _kept_hash: int = 0
     _kept_t: float = 0.0
+    # The last frame's thumbnail (its detail image is not held: the timer is given the frame's again).
     _prev: npt.NDArray[np.uint8] | None = None
-    # The last frame's detail image, held only while that frame may still be kept by the timer.
-    _prev_detail: npt.NDArray[np.uint8] | None = None
     _prev_hash: int = 0
     _anchor: npt.NDArray[np.uint8] | None = None
     _anchor_detail: npt.NDArray[np.uint8] | None = None
@@ -291,23 +290,27 @@ class DedupTracker:
         """When the change seen last would be kept if no further frame arrives (sender ms), or None."""
         return None if self._pending is None else self._pending[0]
 
-    def flush(self, t_ms: float, thumb: Thumbnail | None = None) -> Decision | None:
+    def flush(self, t_ms: float, thumb: Thumbnail) -> Decision | None:
         """The quiet-time timer: no frame came since the last one, which shows a change that has now been
-        still long enough. Keeps that last frame (the caller still holds it) and returns the decision.
-        `thumb`: that frame's thumbnail again, with its luma plane (the reference for later small edits;
-        without it they are measured on the detail image only, until the next keep)."""
-        if (self._pending is None or t_ms < self._pending[0] or self._prev is None
-                or self._prev_detail is None):
+        still long enough. Keeps that last frame and returns the decision. The caller holds the frame and
+        gives its thumbnail again (`thumb`, with its luma plane: holding the detail image and the luma of
+        every frame that might be kept would cost more than making them again for the few that are)."""
+        if self._pending is None or t_ms < self._pending[0] or self._prev is None or self._kept_detail is None:
             return None
+        det = thumb.detail if thumb.detail is not None else thumb.pixels
+        if thumb.pixels.shape != self._prev.shape or det.shape != self._kept_detail.shape:
+            raise ValueError("flush: not the thumbnail of this track's last frame (its size differs)")
         _, reason, area, bbox = self._pending
         self._pending = None
-        self._kept, self._kept_detail, self._kept_hash = self._prev, self._prev_detail, self._prev_hash
-        self._prev_detail = None  # it is the kept one now
-        same = thumb is not None and thumb.detail is not None and thumb.detail.shape == self._kept_detail.shape
-        self._kept_native = self._native_of(thumb) if thumb is not None and same else None
+        self._kept, self._kept_detail, self._kept_hash = self._prev, det, self._prev_hash
+        self._kept_native = self._native_of(thumb)
         self._kept_t = self._last_t
         self.kept += 1
         return Decision(True, reason, self._prev_hash, 0, area, bbox, by_timer=True)
+
+    def discard_pending(self) -> None:
+        """Forgets the change the timer would keep (its frame cannot be used after all)."""
+        self._pending = None
 
     @staticmethod
     def _native_of(thumb: Thumbnail) -> _NativeRef | None:
@@ -336,10 +339,7 @@ class DedupTracker:
         self._pending = None
         prev = self._prev
         assert self._anchor is not None and self._anchor_detail is not None
-        decision = self._decide(thumb, cur, det, h, t, prev, user_speaking)
-        # The detail image of this frame is needed later only if the timer may still keep it.
-        self._prev_detail = det if self._pending is not None else None
-        return decision
+        return self._decide(thumb, cur, det, h, t, prev, user_speaking)
 
     def _decide(self, thumb: Thumbnail, cur: npt.NDArray[np.uint8], det: npt.NDArray[np.uint8], h: int,
                 t: float, prev: npt.NDArray[np.uint8], user_speaking: bool) -> Decision:
@@ -612,7 +612,6 @@ class DedupTracker:
         self._pending = None
         self._kept, self._kept_hash, self._kept_t, self._prev, self._prev_hash = cur, h, t, cur, h
         self._kept_detail = det
-        self._prev_detail = None
         self._kept_native = self._native_of(thumb)
         self._anchor = cur.copy()
         self._anchor_detail = det.copy()
