@@ -267,3 +267,27 @@ def test_the_same_page_with_the_frame_resolution_unchanged_is_a_duplicate() -> N
     shimmer[300:303, 100:104] = np.clip(shimmer[300:303, 100:104].astype(int) + 30, 0, 255).astype(np.uint8)
     d = tr.decide(thumbnail_from_luma(shimmer), 400)
     assert not d.kept and d.reason in ("small_change", "duplicate")
+
+
+def test_event_ages_stay_exact_when_the_16_ms_ticks_wrap() -> None:
+    """Per-pixel event times are uint16 ticks of 16 ms (modulo ~17.5 min). A region that blinked, then
+    stayed still for exactly one wrap plus a little, must not look as if it had just blinked: its next real
+    change is kept."""
+    tr = DedupTracker()
+    page = base()
+    tr.decide(thumb(page), 0)
+    on = page.copy()
+    on[40:44, 60:64] = flip(on[40:44, 60:64])
+    t = 0
+    for k in range(1, 9):  # blinks every 500 ms: periodic after two
+        t = 500 * k
+        tr.decide(thumb(on if k % 2 else page), t)
+    last_blink = t
+    assert tr.decide(thumb(page), t + 500).reason in ("periodic_change", "duplicate")
+    t += 500
+    change_at = last_blink + 65536 * 16 + 50 * 16  # an age of 65,586 ticks: 50 modulo 2**16
+    while t + 1000 < change_at:
+        t += 1000
+        tr.decide(thumb(page), t)
+    out = [tr.decide(thumb(on), change_at + dt) for dt in (0, 200, 400, 600, 800, 1000)]
+    assert [o.reason for o in out if o.kept] == ["detail_changed"], [o.reason for o in out]
