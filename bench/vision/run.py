@@ -239,6 +239,9 @@ def path_figures(quick: bool) -> list[str]:
                            f"{z.missed_1s:>12} {z.missed_2_5s:>14}")
     out.append("")
     out.append("ratio = model frames / meaningful changes (target <= 1.2); target: 0 missed at 2.5 s, <= 1 at 1 s.")
+    if width < 1280:
+        out.append(f"(smoke run at {width}x{height}: digit_edit's 11 px text is 5 px tall there, and a digit redrawn "
+                   "over another changes fewer than MIN_DETAIL_PIXELS pixels; the full run is at 1280x720)")
     out += ["missed: " + n for n in notes] or ["missed: none"]
     out.append(f"CPU of the whole path per frame sent to vision-dedup (gateway conversion + dedup): "
                f"{cpu['s'] / max(1, cpu['n']) * 1000:.2f} ms at {width}x{height}")
