@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,24 @@ def test_unknown_verdict_kinds_from_a_newer_server_are_tolerated() -> None:
     assert streamer.stats.unknown == 1
     # the timer's verdict turns the earlier skip into a keep: the frame is counted once
     assert (streamer.stats.kept, streamer.stats.skipped, streamer.stats.kept_by_timer) == (1, 0, 1)
+
+
+async def test_replay_sends_the_frame_held_at_the_end_of_the_recording(tmp_path: Path) -> None:
+    """A recording faster than the rate cap ends on a frame the cap held: it is sent at its slot, not lost
+    (vision-dedup then decides it when the stream half-closes)."""
+    from PIL import Image
+
+    from frugal.gateway.replay.runner import ReplayClock, _play_screen
+    from frugal.gateway.replay.spec import ScreenSpec, SessionSpec
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, v in enumerate((0, 0, 0, 200)):  # 30 FPS: the change is the last frame, 100 ms after the first
+        Image.fromarray(np.full((18, 32, 3), v, np.uint8)).save(folder / f"{i:03d}.png")
+    spec = SessionSpec(root=tmp_path, title="t", room="r", turns=(), screen=ScreenSpec(frames=folder, fps=30.0))
+    capture = _Capture()
+    clock = ReplayClock(speed=10.0)
+    sampler = TrackSampler(capture, FrameThrottle(5.0, 5.0), clock=clock.now)
+    await _play_screen(spec, sampler, clock)
+    assert [f.timestamp_ms for f in capture.frames] == [0, 100]
+    assert sampler.due() is None and sampler.sent_late == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from frugal.vision.dedup import DedupConfig, DedupTracker
@@ -140,10 +141,11 @@ def test_sparse_frames_keep_changes_and_the_timer_keeps_a_change_no_frame_follow
     assert not d.kept and tr.due_ms() is not None
     due = tr.due_ms()
     assert due is not None and 2000 < due <= 3000
-    assert tr.flush(due - 1) is None  # not yet
-    kept = tr.flush(due)
+    again = thumbnail_from_luma(other)  # the caller makes the held frame's thumbnail again
+    assert tr.flush(due - 1, again) is None  # not yet
+    kept = tr.flush(due, again)
     assert kept is not None and kept.kept and kept.by_timer and kept.reason == "changed"
-    assert tr.due_ms() is None and tr.flush(due + 5000) is None  # kept once
+    assert tr.due_ms() is None and tr.flush(due + 5000, again) is None  # kept once
     # the next frame of the same screen is a duplicate of what the timer kept
     assert tr.decide(thumbnail_from_luma(other), 4000).reason == "duplicate"
     # a frame that comes before the timer is due replaces it: kept by the frame, not twice
@@ -187,7 +189,7 @@ def test_pointer_motion_is_not_kept() -> None:
         reasons.append(d.reason)
         assert not d.kept, reasons
     assert "pointer_motion" in reasons
-    assert tr.flush(1e9) is None
+    assert tr.flush(1e9, thumbnail_from_luma(with_pointer(300, 600))) is None
 
 
 def test_resolution_change_resets_the_track() -> None:
@@ -211,3 +213,81 @@ def test_a_motion_run_lasts_across_sparse_frames() -> None:
             kept.append((i, d.reason))
     # the run began with the first moved frame (1 s): its checkpoint comes max_stale_ms later
     assert kept and kept[0] == (1 + DedupConfig().max_stale_ms // 1000, "motion_checkpoint")
+
+
+def sheet(value: str) -> np.ndarray:
+    """A 1280x720 form: anti-aliased 11 px numbers in boxes, one field showing `value`."""
+    img = np.full((720, 1280), 248, np.uint8)
+    for r in range(12):
+        for c in range(4):
+            cv2.rectangle(img, (60 + c * 300, 40 + r * 55), (260 + c * 300, 70 + r * 55), 210, 1)
+            text = value if (r, c) == (5, 2) else f"{(r * 7919 + c * 104729) % 99999:,}"
+            cv2.putText(img, text, (70 + c * 300, 62 + r * 55), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 25, 1, cv2.LINE_AA)
+    return img
+
+
+def test_a_glyph_redrawn_over_another_is_kept_though_block_means_barely_move() -> None:
+    """1,350 -> 1,850: the 8 is drawn over the 3's strokes, so in the 2x2 block means of the detail image the
+    pixels that turned on and off cancel out; at the frame's own resolution they do not."""
+    cfg = DedupConfig()
+    before, after = thumbnail_from_luma(sheet("1,350")), thumbnail_from_luma(sheet("1,850"))
+    assert before.detail is not None and after.detail is not None and after.detail_factor == 2
+    in_detail = np.count_nonzero(cv2.absdiff(before.detail, after.detail) > cfg.detail_diff_threshold)
+    at_frame = np.count_nonzero(cv2.absdiff(sheet("1,350"), sheet("1,850")) > cfg.detail_diff_threshold)
+    assert in_detail < cfg.min_detail_pixels <= at_frame  # the detail image alone would skip it
+
+    tr = DedupTracker(cfg)
+    tr.decide(before, 0)
+    out = [tr.decide(thumbnail_from_luma(sheet("1,850")), t) for t in range(200, 1400, 200)]
+    kept = [o for o in out if o.kept]
+    assert [o.reason for o in kept] == ["detail_changed"]
+    x, y, w, h = kept[0].bbox  # where the field is, not the whole sheet
+    assert 600 <= x <= 700 and 300 <= y <= 340 and w <= 60 and h <= 30
+
+    # Kept by the timer (frames stopped), then edited again: measured against the frame the timer kept.
+    tr = DedupTracker(cfg)
+    tr.decide(thumbnail_from_luma(luma_page()), 0)
+    assert not tr.decide(thumbnail_from_luma(sheet("1,350")), 2000).kept
+    due = tr.due_ms()
+    assert due is not None
+    flushed = tr.flush(due, thumbnail_from_luma(sheet("1,350")))
+    assert flushed is not None and flushed.kept
+    # (after the volatile gap: pixels changing twice within it would count as periodic)
+    out = [tr.decide(thumbnail_from_luma(sheet("1,850")), t) for t in range(6000, 7200, 200)]
+    assert [o.reason for o in out if o.kept] == ["detail_changed"]
+
+
+def test_the_same_page_with_the_frame_resolution_unchanged_is_a_duplicate() -> None:
+    """The frame-resolution comparison only looks where the detail image moved: an unchanged sheet costs
+    nothing and stays a duplicate; a sub-threshold shimmer is skipped."""
+    tr = DedupTracker()
+    tr.decide(thumbnail_from_luma(sheet("1,350")), 0)
+    assert tr.decide(thumbnail_from_luma(sheet("1,350")), 200).reason == "duplicate"
+    shimmer = sheet("1,350")
+    shimmer[300:303, 100:104] = np.clip(shimmer[300:303, 100:104].astype(int) + 30, 0, 255).astype(np.uint8)
+    d = tr.decide(thumbnail_from_luma(shimmer), 400)
+    assert not d.kept and d.reason in ("small_change", "duplicate")
+
+
+def test_event_ages_stay_exact_when_the_16_ms_ticks_wrap() -> None:
+    """Per-pixel event times are uint16 ticks of 16 ms (modulo ~17.5 min). A region that blinked, then
+    stayed still for exactly one wrap plus a little, must not look as if it had just blinked: its next real
+    change is kept."""
+    tr = DedupTracker()
+    page = base()
+    tr.decide(thumb(page), 0)
+    on = page.copy()
+    on[40:44, 60:64] = flip(on[40:44, 60:64])
+    t = 0
+    for k in range(1, 9):  # blinks every 500 ms: periodic after two
+        t = 500 * k
+        tr.decide(thumb(on if k % 2 else page), t)
+    last_blink = t
+    assert tr.decide(thumb(page), t + 500).reason in ("periodic_change", "duplicate")
+    t += 500
+    change_at = last_blink + 65536 * 16 + 50 * 16  # an age of 65,586 ticks: 50 modulo 2**16
+    while t + 1000 < change_at:
+        t += 1000
+        tr.decide(thumb(page), t)
+    out = [tr.decide(thumb(on), change_at + dt) for dt in (0, 200, 400, 600, 800, 1000)]
+    assert [o.reason for o in out if o.kept] == ["detail_changed"], [o.reason for o in out]

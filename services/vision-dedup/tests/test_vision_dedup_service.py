@@ -271,6 +271,20 @@ async def test_a_change_followed_by_no_frame_is_kept_by_the_timer(start_server: 
     assert got[2].reason == "changed" and got[2].hash == got[1].hash
 
 
+async def test_a_change_pending_when_the_client_half_closes_is_kept_and_analysed(
+    start_server: Any, redis_client: aioredis.Redis
+) -> None:
+    """End of stream (the share stops, a recording ends): the last frame shows a change nothing confirmed yet.
+    It is decided at once, as its timer would have, kept, and analysed before the stream ends."""
+    _, stub = await start_server()
+    reqs = [screen(0, seq=1, ts=1000), screen(1, seq=2, ts=1200)]  # half-close right after the change
+    verdicts, analyses = await collect(stub.StreamFrames(requests_from(reqs), metadata=md("org_eos", "s-eos")))
+    assert [(v.sequence, v.kind, v.by_timer) for v in verdicts] == [(1, KEPT, False), (2, SKIPPED, False),
+                                                                    (2, KEPT, True)]
+    assert verdicts[2].reason == "changed"
+    assert sorted(a.sequence for a in analyses) == [1, 2]  # the last change reached the model
+
+
 async def test_a_stream_may_not_open_unlimited_tracks(start_server: Any, redis_client: aioredis.Redis) -> None:
     _, stub = await start_server(max_tracks_per_stream=3)
     reqs = [screen(0, seq=i, ts=1000 + i, track=f"TR_{i}") for i in range(5)] + [screen(1, seq=9, ts=2000,

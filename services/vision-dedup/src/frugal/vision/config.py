@@ -8,7 +8,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from frugal.common.settings import PORTS, ServiceSettings
-from frugal.vision.dedup import DedupConfig
+from frugal.vision.dedup import MAX_VOLATILE_GAP_MS, DedupConfig
 
 _D = DedupConfig()
 
@@ -41,7 +41,7 @@ class Settings(ServiceSettings):
     # (clock, blinking cursor, small video): it and its neighbours are ignored while that lasts...
     volatile_min_events: int = Field(default=_D.volatile_min_events, ge=2, le=250)
     volatile_event_spacing_ms: int = Field(default=_D.volatile_event_spacing_ms, ge=0, le=10_000)
-    volatile_gap_ms: int = Field(default=_D.volatile_gap_ms, ge=50, le=600_000)
+    volatile_gap_ms: int = Field(default=_D.volatile_gap_ms, ge=50, le=MAX_VOLATILE_GAP_MS)
     # ...unless such regions cover more than this fraction of the frame (then it is real motion).
     max_volatile_area: float = Field(default=_D.max_volatile_area, ge=0, le=1)
     # Neighbourhood (in thumbnail pixels) of a volatile pixel that is ignored with it.

@@ -14,7 +14,12 @@ the thumbnail is ~160 px wide: 8x8 pixels at 720p) and keeps, per track:
   `volatile_dilate` neighbourhood) are left out of the change map and of motion while they stay that way,
   as long as they cover at most `max_volatile_area` of the frame (beyond that it is real motion, such as
   a long scroll or a full-screen video);
-- per tile (`tile_size` thumbnail pixels), when it last moved.
+- per tile (`tile_size` thumbnail pixels), when it last moved;
+- the last kept frame's luma at the resolution it was sent, compressed in bands of rows. A detail pixel is
+  the mean of a block of frame pixels; when an edit draws the new glyph over the old one's strokes (a 3
+  becoming an 8, 28,336 becoming 80,336) the pixels that turned on and off share blocks and their means
+  barely move. Where the detail image moved at all, the frame's own pixels are compared, so the count of
+  changed pixels is the same whatever the block size (exactly the detail rule when the frame is ~640 wide).
 
 Decision, outside volatile pixels:
 1. nothing changed since the last kept frame -> skip ("duplicate", or "periodic_change" when the only
@@ -22,9 +27,10 @@ Decision, outside volatile pixels:
 2. a large change (area >= `large_change_area`, or pHash distance > `phash_threshold`) is kept once the
    screen has been still for `fast_settle_ms` ("changed"), or as soon as everything outside a small
    still-moving region has settled (a window that opens with a video playing in it);
-3. a small change (area >= `min_change_area`: a typed line, a number changed on a slide) is kept once
-   the screen has been still for `settle_ms` ("detail_changed"); typing keeps the screen moving, so a
-   line is taken when the typist pauses, not once per keystroke;
+3. a small change (area >= `min_change_area`: a typed line, a number changed on a slide; or at least
+   `min_detail_pixels` pixels *of the frame as sent* that moved by more than `detail_diff_threshold`: one
+   digit in a cell) is kept once the screen has been still for `settle_ms` ("detail_changed"); typing
+   keeps the screen moving, so a line is taken when the typist pauses, not once per keystroke;
 4. smaller changes are skipped ("small_change": a cursor blink or a clock tick not yet recognised as
    periodic);
 5. while things move, frames are skipped ("scrolling" when a vertical shift explains the motion,
@@ -35,13 +41,14 @@ Decision, outside volatile pixels:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
-from frugal.vision.frames import Thumbnail
+from frugal.vision.frames import Thumbnail, u8
 from frugal.vision.phash import hamming, phash
 
 BoolArray = npt.NDArray[np.bool_]
@@ -51,6 +58,8 @@ _NEVER = -1e15  # "long ago", finite so that differences stay finite
 _GROUP_KERNEL = np.ones((7, 7), dtype=np.uint8)
 # Longest wait for a next frame before the quiet-time timer keeps a pending change.
 MAX_TIMER_WAIT_MS = 1000
+# Longest volatile gap: per-pixel event ages are kept modulo 2**16 ticks of 16 ms (see _TICK_MS).
+MAX_VOLATILE_GAP_MS = 300_000
 KEPT_REASONS = ("first_frame", "resolution_changed", "changed", "detail_changed", "motion_checkpoint")
 SKIPPED_REASONS = ("duplicate", "periodic_change", "small_change", "pointer_motion", "scrolling", "in_motion",
                    "settling")
@@ -77,7 +86,9 @@ class DedupConfig:
     max_scroll_rows: int = 16
     # Detail image (~640 px wide): a pixel there changed when it moved by more than this many levels...
     detail_diff_threshold: int = 40
-    # ...and this many changed detail pixels are an edit worth a call (a digit is ~20-60 of them).
+    # ...and this many pixels of the frame as sent that moved by more than that are an edit worth a call (a
+    # digit redrawn over another in 11 px text is ~20-40 of them). Counted on the detail image first; where
+    # that falls short, at the frame's own resolution (block averages of overlapping strokes cancel out).
     min_detail_pixels: int = 12
     # Detail pixels that must move between two frames for the screen to count as moving.
     min_detail_motion: int = 3
@@ -89,6 +100,10 @@ class DedupConfig:
     # active_tau_ms); active from active_threshold on.
     active_tau_ms: int = 4000
     active_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.volatile_gap_ms <= MAX_VOLATILE_GAP_MS:
+            raise ValueError(f"volatile_gap_ms must be in (0, {MAX_VOLATILE_GAP_MS}], got {self.volatile_gap_ms}")
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -174,6 +189,45 @@ def _mask_to_detail(mask: BoolArray, shape: tuple[int, int]) -> BoolArray:
     return big
 
 
+# Band height (rows of the frame as sent) of the compressed kept luma: a small edit decompresses a few bands.
+_NATIVE_BAND_ROWS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class _NativeRef:
+    """A luma plane kept compressed (zlib level 1, ~1-3 ms at 720p; a screen compresses 10-40x) in bands of
+    rows, so that comparing one region decompresses only the bands it covers."""
+
+    shape: tuple[int, int]
+    bands: tuple[bytes, ...]
+
+    @classmethod
+    def of(cls, luma: npt.NDArray[np.uint8]) -> _NativeRef:
+        h, w = luma.shape
+        b = _NATIVE_BAND_ROWS
+        return cls((h, w), tuple(zlib.compress(np.ascontiguousarray(luma[y : y + b]).tobytes(), 1)
+                                 for y in range(0, h, b)))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(band) for band in self.bands)
+
+    def rows(self, y0: int, y1: int) -> npt.NDArray[np.uint8]:
+        b = _NATIVE_BAND_ROWS
+        first, last = y0 // b, -(-y1 // b)
+        raw = b"".join(zlib.decompress(self.bands[i]) for i in range(first, last))
+        out: npt.NDArray[np.uint8] = np.frombuffer(raw, dtype=np.uint8).reshape(-1, self.shape[1])
+        return out[y0 - first * b : y1 - first * b]
+
+
+# Per-pixel event times are 16 ms ticks in a uint16 (modulo 2**16, ~17 min; half the memory of float32 ms):
+# ages are differences modulo 2**16, kept unambiguous by re-ageing pixels whose last event is older than
+# the volatile gap once _REFRESH_TICKS have passed (frames are at most a gap apart, or all pixels are
+# re-aged): no age exceeds _REFRESH_TICKS + 2 gaps + 1 < 2**16 (the gap is at most 300 s = 18,750 ticks).
+_TICK_MS = 16
+_REFRESH_TICKS = 16384
+
+
 @dataclass(slots=True)
 class DedupTracker:
     """Decision state of one video track. Not thread-safe: one frame at a time.
@@ -188,10 +242,12 @@ class DedupTracker:
     _geo: _Geometry | None = None
     _kept: npt.NDArray[np.uint8] | None = None
     _kept_detail: npt.NDArray[np.uint8] | None = None
+    # The kept frame's luma as sent, compressed (None: the detail image is the frame's resolution already).
+    _kept_native: _NativeRef | None = None
     _kept_hash: int = 0
     _kept_t: float = 0.0
+    # The last frame's thumbnail (its detail image is not held: the timer is given the frame's again).
     _prev: npt.NDArray[np.uint8] | None = None
-    _prev_detail: npt.NDArray[np.uint8] | None = None
     _prev_hash: int = 0
     _anchor: npt.NDArray[np.uint8] | None = None
     _anchor_detail: npt.NDArray[np.uint8] | None = None
@@ -205,10 +261,14 @@ class DedupTracker:
     _tile_last_motion: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
     _tile_activity: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
     _tile_last_raw_motion: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
-    # Per detail pixel: time of its last separate change (float32 ms relative to the track start) and count.
-    _px_last_event: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    # Per detail pixel: tick of its last separate change (uint16, see _TICK_MS) and how many there were.
+    _px_last_event: npt.NDArray[np.uint16] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint16))
     _px_events: npt.NDArray[np.uint8] = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
     _t0: float = 0.0
+    # Ticks since _t0 (offset so that a never-changed pixel, tick 0, is older than the gap) at the last frame
+    # and at the last re-ageing.
+    _tick: int = 0
+    _refreshed_tick: int = 0
     # Pending change: (due time, reason it would be kept with, area, bbox) or None.
     _pending: tuple[float, str, float, tuple[int, int, int, int]] | None = None
     frames: int = 0
@@ -230,20 +290,36 @@ class DedupTracker:
         """When the change seen last would be kept if no further frame arrives (sender ms), or None."""
         return None if self._pending is None else self._pending[0]
 
-    def flush(self, t_ms: float) -> Decision | None:
+    def flush(self, t_ms: float, thumb: Thumbnail) -> Decision | None:
         """The quiet-time timer: no frame came since the last one, which shows a change that has now been
-        still long enough. Keeps that last frame (the caller still holds it) and returns the decision."""
-        if self._pending is None or t_ms < self._pending[0] or self._prev is None:
+        still long enough. Keeps that last frame and returns the decision. The caller holds the frame and
+        gives its thumbnail again (`thumb`, with its luma plane: holding the detail image and the luma of
+        every frame that might be kept would cost more than making them again for the few that are)."""
+        if self._pending is None or t_ms < self._pending[0] or self._prev is None or self._kept_detail is None:
             return None
+        det = thumb.detail if thumb.detail is not None else thumb.pixels
+        if thumb.pixels.shape != self._prev.shape or det.shape != self._kept_detail.shape:
+            raise ValueError("flush: not the thumbnail of this track's last frame (its size differs)")
         _, reason, area, bbox = self._pending
         self._pending = None
-        self._kept, self._kept_detail, self._kept_hash = self._prev, self._prev_detail, self._prev_hash
+        self._kept, self._kept_detail, self._kept_hash = self._prev, det, self._prev_hash
+        self._kept_native = self._native_of(thumb)
         self._kept_t = self._last_t
         self.kept += 1
         return Decision(True, reason, self._prev_hash, 0, area, bbox, by_timer=True)
 
+    def discard_pending(self) -> None:
+        """Forgets the change the timer would keep (its frame cannot be used after all)."""
+        self._pending = None
+
+    @staticmethod
+    def _native_of(thumb: Thumbnail) -> _NativeRef | None:
+        """The compressed luma of a kept frame, when it is finer than the detail image."""
+        if thumb.luma is None or thumb.detail is None or thumb.detail_factor <= thumb.luma_factor:
+            return None
+        return _NativeRef.of(thumb.luma)
+
     def decide(self, thumb: Thumbnail, t_ms: float, *, user_speaking: bool = False) -> Decision:
-        cfg = self.config
         self.frames += 1
         t = max(float(t_ms), self._last_t)
         self._frame_gap = t - self._last_t
@@ -255,14 +331,22 @@ class DedupTracker:
         det = thumb.detail if thumb.detail is not None else cur
         h = phash(cur)
         geo = self._geo
-        if geo is None or self._kept is None or self._prev is None or self._prev_detail is None:
+        if geo is None or self._kept is None or self._prev is None or self._kept_detail is None:
             return self._keep(thumb, cur, det, h, t, "first_frame")
         if ((geo.width, geo.height) != (thumb.width, thumb.height) or geo.shape != cur.shape
-                or self._prev_detail.shape != det.shape):
+                or self._kept_detail.shape != det.shape):
             return self._keep(thumb, cur, det, h, t, "resolution_changed")
         self._pending = None
         prev = self._prev
-        assert self._anchor is not None and self._anchor_detail is not None and self._kept_detail is not None
+        assert self._anchor is not None and self._anchor_detail is not None
+        return self._decide(thumb, cur, det, h, t, prev, user_speaking)
+
+    def _decide(self, thumb: Thumbnail, cur: npt.NDArray[np.uint8], det: npt.NDArray[np.uint8], h: int,
+                t: float, prev: npt.NDArray[np.uint8], user_speaking: bool) -> Decision:
+        cfg = self.config
+        geo = self._geo
+        assert geo is not None and self._anchor is not None and self._anchor_detail is not None
+        assert self._kept is not None and self._kept_detail is not None
         thr, thr_d = cfg.pixel_diff_threshold, cfg.detail_diff_threshold
         # Motion is measured against per-pixel anchors that follow the frame only where a pixel moved by more
         # than the threshold: slow drifts (a fade, a video's gradient) accumulate until they count.
@@ -270,26 +354,26 @@ class DedupTracker:
         np.copyto(self._anchor, cur, where=moved_px)
         moved_d: BoolArray = cv2.absdiff(det, self._anchor_detail) > thr_d
         np.copyto(self._anchor_detail, det, where=moved_d)
-        self._prev, self._prev_detail, self._prev_hash = cur, det, h
+        self._prev, self._prev_hash = cur, h
 
         # Recurrence per detail pixel: separate changes (>= volatile_event_spacing_ms apart) with no pause
         # longer than volatile_gap_ms. Pixels that changed volatile_min_events times are periodic or animated.
-        rel = np.float32(t - self._t0)
-        gap = cfg.volatile_gap_ms
+        gap = cfg.volatile_gap_ms // _TICK_MS
+        now = self._advance_ticks(t, gap)
         changed_any = moved_d | _mask_to_detail(moved_px, det.shape)
         idx = np.flatnonzero(changed_any)  # usually few pixels move: update only those
         if idx.size:
             last = self._px_last_event.ravel()
             counts = self._px_events.ravel()
-            since = rel - last[idx]
+            since = now - last[idx]  # uint16: modulo 2**16
             c = np.where(since > gap, 0, counts[idx])
-            event = since >= cfg.volatile_event_spacing_ms
+            event = since >= -(-cfg.volatile_event_spacing_ms // _TICK_MS)
             c[event] = np.minimum(c[event], 254) + 1
             counts[idx] = c
-            last[idx[event]] = rel
+            last[idx[event]] = now
         # Activity is judged on all motion, periodic pixels included: a video is both.
         raw_moved_tiles = geo.tiles_any(moved_px | _mask_to_thumb(moved_d, cur.shape))
-        vol_d = (self._px_events >= cfg.volatile_min_events) & (self._px_last_event >= rel - gap)
+        vol_d = (self._px_events >= cfg.volatile_min_events) & ((now - self._px_last_event) <= gap)
         volatile_area = 0.0
         vol_t: BoolArray | None = None
         if vol_d.any():
@@ -340,20 +424,28 @@ class DedupTracker:
         area = n_changed / diff.size
         big = area >= cfg.large_change_area or distance > cfg.phash_threshold
         diff_d: BoolArray | None = None
-        n_detail = 0
+        n_detail = n_native = 0
         raw_diff_d: BoolArray | None = None
+        native_d: BoolArray | None = None
         if not big:
-            raw_diff_d = cv2.absdiff(det, self._kept_detail) > thr_d
+            absdiff_d = u8(cv2.absdiff(det, self._kept_detail))
+            raw_diff_d = absdiff_d > thr_d
             diff_d = raw_diff_d & ~vol_d if volatile_area > 0 else raw_diff_d
             n_detail = int(np.count_nonzero(diff_d))
-        if n_changed == 0 and n_detail < cfg.min_detail_pixels:
+            if area < cfg.min_change_area and n_detail < cfg.min_detail_pixels:
+                n_native, native_d = self._native_change(thumb, absdiff_d, vol_d if volatile_area > 0 else None)
+        n_fine = max(n_detail, n_native)
+        if n_changed == 0 and n_fine < cfg.min_detail_pixels:
             if raw_diff.any():
                 reason = "periodic_change"
             else:
-                reason = "small_change" if n_detail else "duplicate"
+                reason = "small_change" if n_fine else "duplicate"
             return Decision(False, reason, h, distance, 0.0, (0, 0, 0, 0), volatile_area)
-        bbox = geo.bbox(diff) if n_changed else self._detail_bbox(diff_d, thumb)
-        small = not big and (area >= cfg.min_change_area or n_detail >= cfg.min_detail_pixels)
+        if n_changed:
+            bbox = geo.bbox(diff)
+        else:
+            bbox = self._detail_bbox(native_d if n_native > n_detail else diff_d, thumb)
+        small = not big and (area >= cfg.min_change_area or n_fine >= cfg.min_detail_pixels)
         # Judged on the change before volatile masking: a pointer that slowed down as it came to rest has
         # made the pixels where it rests look periodic.
         if small and raw_diff_d is not None and self._pointer_only(raw_diff_d, det, self._kept_detail):
@@ -361,6 +453,7 @@ class DedupTracker:
 
         def keep(reason: str) -> Decision:
             self._kept, self._kept_detail, self._kept_hash, self._kept_t = cur, det, h, t
+            self._kept_native = self._native_of(thumb)
             self.kept += 1
             return Decision(True, reason, h, distance, area, bbox, volatile_area)
 
@@ -402,6 +495,56 @@ class DedupTracker:
         due = max(self._last_motion_t + quiet, t + wait)
         self._pending = (due, "changed" if big else "detail_changed", area, bbox)
         return Decision(False, reason, h, distance, area, bbox, volatile_area)
+
+    def _advance_ticks(self, t: float, gap: int) -> np.uint16:
+        """This frame's event tick (uint16); re-ages stale pixels so that ages modulo 2**16 stay exact."""
+        tick = int((t - self._t0) // _TICK_MS) + gap + 1
+        now = np.uint16(tick & 0xFFFF)
+        if tick - self._tick > gap:
+            # No frame for longer than the gap: every pixel's last event is older than it.
+            self._px_last_event.fill(np.uint16((tick - gap - 1) & 0xFFFF))
+            self._px_events.fill(0)
+            self._refreshed_tick = tick
+        elif tick - self._refreshed_tick >= _REFRESH_TICKS:
+            stale = (now - self._px_last_event) > gap
+            self._px_last_event[stale] = np.uint16((tick - gap - 1) & 0xFFFF)
+            self._px_events[stale] = 0
+            self._refreshed_tick = tick
+        self._tick = tick
+        return now
+
+    def _native_change(self, thumb: Thumbnail, absdiff_d: npt.NDArray[np.uint8], vol_d: BoolArray | None
+                       ) -> tuple[int, BoolArray | None]:
+        """Pixels of the frame as sent that moved by more than detail_diff_threshold since the kept frame,
+        looked for where the detail image moved at all (and next to it: a stroke that moved may have left a
+        neighbouring block), outside volatile pixels. Returns their count and the detail pixels holding them."""
+        ref, luma, det = self._kept_native, thumb.luma, thumb.detail
+        if ref is None or luma is None or det is None or luma.shape != ref.shape:
+            return 0, None
+        r = thumb.detail_factor // thumb.luma_factor
+        thr = self.config.detail_diff_threshold
+        # A pixel that moved by more than thr moves its block's mean by more than thr / r^2, unless other
+        # pixels of the block moved the other way (overlapping strokes): those are found as neighbours.
+        cand = absdiff_d > thr // (r * r)
+        if vol_d is not None:
+            cand &= ~vol_d
+        if r <= 1 or not cand.any():
+            return 0, None
+        grow: BoolArray = cv2.dilate(cand.view(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        if vol_d is not None:
+            grow &= ~vol_d
+        rows, cols = np.flatnonzero(grow.any(axis=1)), np.flatnonzero(grow.any(axis=0))
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        old = ref.rows(y0 * r, y1 * r)[:, x0 * r : x1 * r]
+        new = luma[y0 * r : y1 * r, x0 * r : x1 * r]
+        moved = (cv2.absdiff(np.ascontiguousarray(new), np.ascontiguousarray(old)) > thr)
+        per_block = moved.reshape(y1 - y0, r, x1 - x0, r).sum(axis=(1, 3)) * grow[y0:y1, x0:x1]
+        n = int(per_block.sum())
+        if n == 0:
+            return 0, None
+        where = np.zeros(det.shape, dtype=bool)
+        where[y0:y1, x0:x1] = per_block > 0
+        return n, where
 
     def _detail_bbox(self, diff_d: BoolArray | None, thumb: Thumbnail) -> tuple[int, int, int, int]:
         if diff_d is None:
@@ -459,7 +602,8 @@ class DedupTracker:
         self._tile_activity = np.zeros(self._geo.tiles)
         self._tile_last_raw_motion = np.full(self._geo.tiles, _NEVER)
         self._t0 = t
-        self._px_last_event = np.full(det.shape, -1e9, dtype=np.float32)
+        self._tick = self._refreshed_tick = self.config.volatile_gap_ms // _TICK_MS + 1
+        self._px_last_event = np.zeros(det.shape, dtype=np.uint16)  # tick 0: older than the gap
         self._px_events = np.zeros(det.shape, dtype=np.uint8)
         self._last_motion_t = _NEVER
         self._motion_run_start = _NEVER
@@ -467,7 +611,8 @@ class DedupTracker:
         self._run_frames = 0
         self._pending = None
         self._kept, self._kept_hash, self._kept_t, self._prev, self._prev_hash = cur, h, t, cur, h
-        self._kept_detail = self._prev_detail = det
+        self._kept_detail = det
+        self._kept_native = self._native_of(thumb)
         self._anchor = cur.copy()
         self._anchor_detail = det.copy()
         self.kept += 1

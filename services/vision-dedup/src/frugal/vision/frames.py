@@ -64,6 +64,12 @@ class Thumbnail:
     # vanish in the thumbnail: a number in a cell, a line of text, a pointer. None: use `pixels`.
     detail: U8 | None = None
     detail_factor: int = 0
+    # The luma plane the thumbnails were made from (`luma_factor` x `luma_factor` frame pixels per pixel: 1,
+    # or the reduced scale a JPEG was decoded at). Often a view of the frame's bytes: valid while the frame
+    # is, never to be held (dedup compares a small edit at this resolution, where block averages of
+    # overlapping strokes cannot cancel out, and keeps a compressed copy only of the kept frame's).
+    luma: U8 | None = None
+    luma_factor: int = 1
 
 
 def format_name(fmt: int) -> str:
@@ -156,9 +162,9 @@ def thumbnail_from_luma(y: U8, long_side: int = 160, *, width: int = 0, height: 
     if kd % scale == 0 and k % kd == 0:
         # The detail image first, then the thumbnail from it: one pass over the full frame.
         detail = _reduce(y, kd // scale)
-        return Thumbnail(_reduce(detail, k // kd), k, fw, fh, detail, kd)
+        return Thumbnail(_reduce(detail, k // kd), k, fw, fh, detail, kd, y, scale)
     detail = _reduce(y, max(1, kd // scale))
-    return Thumbnail(_reduce(y, max(1, k // scale)), k, fw, fh, detail, max(1, kd // scale) * scale)
+    return Thumbnail(_reduce(y, max(1, k // scale)), k, fw, fh, detail, max(1, kd // scale) * scale, y, scale)
 
 
 def luma_thumbnail(frame: Any, limits: FrameLimits, long_side: int = 160) -> Thumbnail:

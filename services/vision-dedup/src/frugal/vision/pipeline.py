@@ -2,8 +2,8 @@
 
 `StreamCore` is what the server runs for every frame (in its executor) and whenever a track's quiet-time
 timer fires; the bench drives the same class on a simulated clock. It bounds what one stream may hold: at
-most `max_tracks` tracks, each holding its decision state and the last frame seen (needed when the timer
-keeps it).
+most `max_tracks` tracks, each holding its decision state and, while the quiet-time timer may still keep
+it, the last frame seen (as received; dropped once kept, skipped or replaced).
 
 Times: `t_ms` is the sender's capture time (`Frame.timestamp_ms`); frames without one are stamped with the
 server's clock since the track began.
@@ -11,6 +11,7 @@ server's clock since the track began.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from frugal.vision.frames import FrameError, FrameLimits, Thumbnail, format_name
 from frugal.vision.phash import to_hex
 
 MAX_TRACK_ID_LENGTH = 128
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -32,9 +34,10 @@ class Track:
     start_ms: int
     clock_origin: float = field(default_factory=time.monotonic)
     frames: int = 0
-    # The last frame seen and its thumbnail: what the quiet-time timer keeps when no further frame comes.
+    # The last frame seen, while the quiet-time timer may keep it (when no further frame comes). Only the
+    # frame as received: the timer makes its thumbnail again if it keeps it (holding the thumbnail would
+    # hold its detail image, and its luma plane a second copy of the frame's bytes).
     last_frame: Any = None
-    last_thumb: Thumbnail | None = None
     last_t_ms: float = 0.0
 
 
@@ -92,7 +95,7 @@ class StreamCore:
         track.frames += 1
         # Only a frame that may still be kept by the timer needs holding on to.
         pending = track.tracker.due_ms() is not None
-        track.last_frame, track.last_thumb = (frame, thumb) if pending else (None, None)
+        track.last_frame = frame if pending else None
         track.last_t_ms = t_ms
         return self._outcome(verdict, fmt, decision, frame, track, thumb, started)
 
@@ -107,16 +110,25 @@ class StreamCore:
         return best
 
     def fire(self, track_id: str, t_ms: float) -> Outcome | None:
-        """The timer of `track_id` at sender time `t_ms`: keeps its last frame if it is still pending."""
+        """The timer of `track_id` at sender time `t_ms`: keeps its last frame if it is still pending.
+        CPU work when it keeps (the frame's thumbnail again): run it off the event loop."""
         track = self.tracks.get(track_id)
-        if track is None or track.last_frame is None or track.last_thumb is None:
+        due = None if track is None else track.tracker.due_ms()
+        if track is None or track.last_frame is None or due is None or t_ms < due:
             return None
         started = time.perf_counter()
-        decision = track.tracker.flush(t_ms)
+        frame = track.last_frame
+        track.last_frame = None
+        try:
+            thumb = luma_thumbnail(frame, self.limits, self.config.thumb_long_side)
+        except (FrameError, cv2.error) as err:  # it was decoded once: decoding is deterministic
+            log.error("track %s: the held frame %d could not be decoded again (%s): not kept", track_id,
+                      frame.sequence, err)
+            track.tracker.discard_pending()
+            return None
+        decision = track.tracker.flush(t_ms, thumb)
         if decision is None:
             return None
-        frame, thumb = track.last_frame, track.last_thumb
-        track.last_frame, track.last_thumb = None, None
         verdict = vision_pb2.FrameVerdict(sequence=frame.sequence, track_id=frame.track_id,
                                           timestamp_ms=frame.timestamp_ms, distance=-1, by_timer=True)
         return self._outcome(verdict, format_name(int(frame.format)), decision, frame, track, thumb, started)

@@ -147,7 +147,7 @@ class VisionServiceServicer(vision_pb2_grpc.VisionServiceServicer):
                 else:
                     if timer is not None and loop.time() >= timer[2] - 0.001:
                         # No further frame came: the pending change has been still for its quiet time.
-                        fired = core.fire(timer[0], timer[1])
+                        fired = await loop.run_in_executor(self._executor, core.fire, timer[0], timer[1])
                         if fired is not None:
                             stats["timer"] += 1
                             await send(fired)
@@ -169,11 +169,14 @@ class VisionServiceServicer(vision_pb2_grpc.VisionServiceServicer):
                         metrics.TRACKS.inc(len(core.tracks) - tracks_counted)
                         tracks_counted = len(core.tracks)
                 await send(outcome)
-            # The client half-closed: keep what is still pending, finish the analyses, then end the stream.
+            # The client half-closed (the share or the recording ended): no frame will come to confirm or
+            # replace what is pending, so each pending change is decided now, as its timer would have, and a
+            # kept one is analysed before the stream ends.
             while (timer := next_timer()) is not None:
-                fired = core.fire(timer[0], timer[1])
+                fired = await loop.run_in_executor(self._executor, core.fire, timer[0], timer[1])
                 if fired is None:
                     break
+                stats["timer"] += 1
                 await send(fired)
             await analyses.drain()
             await out.put(_DONE)

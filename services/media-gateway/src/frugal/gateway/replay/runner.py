@@ -352,6 +352,12 @@ async def _play_screen(spec: SessionSpec, sampler: TrackSampler, clock: ReplayCl
         # Decoding is CPU work: keep it off the event loop so VAD and the session stay responsive.
         timed = await asyncio.to_thread(next, frames, None)
         if timed is None:
+            # The recording ended: a frame the rate cap held is its last one (the screen as it stayed), sent
+            # at its slot as a live track's would be (TrackSampler.consume does the same).
+            due = sampler.due()
+            if due is not None:
+                await clock.sleep_until(due)
+                sampler.flush(max(due, clock.now()) + 1e-6)
             return
         await clock.sleep_until(timed.at)
         sampler.push(timed.frame, at=timed.at, timestamp_ms=int(timed.at * 1000))
