@@ -9,13 +9,13 @@ premium (RouteLLM's "win" classifiers, one logistic regression per tier), from
   here (bench/router) and the decision budget is 3 ms p50 / 10 ms p99. The encoder is the shared one
   (`frugal.encoder.minilm.load_encoder`): its tokenizer and embedding table, not a copy;
 - structure: the conversational-structure features (frugal.router.conversational), the lexical model's
-  numeric features, and the `lexical-ridge-v1` score. That score is itself fitted on the public training
-  prompts, so training uses it *cross-fitted* (each training row scored by a lexical model fitted without the
-  row's fold): in-sample it is far more predictive than on new prompts (AUC 0.83 vs 0.63 on llmrouter, about
-  0.65 vs 0.48 on the RouterBench tasks), and a router fitted on in-sample values over-trusts it and routes
-  held-out prompts too low. `hybrid-v2`'s score is not a feature: it is a linear function of the structure
-  features and the lexical score (both here already) whose structure part is fitted on the conversational
-  calibration turns (in-sample AUC 0.96 there);
+  numeric features, and the `lexical-ridge-v1` and `hybrid-v2` scores. Both scores are themselves fitted on
+  training rows (the lexical model on the public training prompts, hybrid-v2's structure part on the
+  conversational calibration turns), so training uses them *cross-fitted* (each training row scored by models
+  fitted without the row's fold), as they are on a new turn at run time: in-sample they are far more
+  predictive than on new turns (the lexical score's AUC for "lite fails" is 0.83 in-sample vs 0.63
+  cross-fitted on llmrouter, about 0.65 vs 0.48 on the RouterBench tasks), and a router fitted on in-sample
+  values over-trusts them and routes held-out prompts too low;
 - the conversation: a follow-up ("Why?", "and the second one?") is scored as hard as the user turn it follows
   when that one was harder (`is_follow_up`).
 
@@ -104,7 +104,7 @@ class MiniLMTailEmbedder:
 # Turn-level numeric features beside the embedding (order matters: the artifact stores their names).
 EXTRA_FEATURES: tuple[str, ...] = (
     *(f"structure:{n}" for n in STRUCTURE_FEATURES),
-    "log_chars", "log_tail_words", "questions", "has_code", "newlines_sqrt", "digit_ratio", "lexical",
+    "log_chars", "log_tail_words", "questions", "has_code", "newlines_sqrt", "digit_ratio", "lexical", "hybrid",
 )
 
 _FOLLOW_UP_START = re.compile(
@@ -121,13 +121,13 @@ def is_follow_up(text: str) -> bool:
     return 0 < len(words) <= 8 and bool(_FOLLOW_UP_START.match(text.strip()))
 
 
-class BaseScore(Protocol):
-    """The `lexical-ridge-v1` score of a turn."""
+class BaseScores(Protocol):
+    """The `lexical-ridge-v1` and `hybrid-v2` scores of a turn."""
 
-    def __call__(self, text: str, features: TurnFeatures) -> float: ...
+    def __call__(self, text: str, features: TurnFeatures) -> tuple[float, float]: ...
 
 
-def extra_features(text: str, features: TurnFeatures, lexical: float) -> list[float]:
+def extra_features(text: str, features: TurnFeatures, lexical: float, hybrid: float) -> list[float]:
     tail = text[-TAIL_CHARS:]
     digits = sum(1 for c in tail if c.isdigit())
     return [
@@ -139,6 +139,7 @@ def extra_features(text: str, features: TurnFeatures, lexical: float) -> list[fl
         math.sqrt(min(text.count("\n"), 400)),
         digits / max(1, len(tail)),
         lexical,
+        hybrid,
     ]
 
 
@@ -161,7 +162,7 @@ class LearnedScorer:
 
     name = LEARNED_SCORER
 
-    def __init__(self, payload: dict[str, Any], embedder: TokenEmbedder, base: BaseScore) -> None:
+    def __init__(self, payload: dict[str, Any], embedder: TokenEmbedder, base: BaseScores) -> None:
         from frugal.router.scoring import QuantileTable
 
         try:
@@ -214,8 +215,8 @@ class LearnedScorer:
 
     def _assess_one(self, text: str, features: TurnFeatures) -> Assessment:
         emb = self._embedder.tail_vector(text)
-        lexical = self._base(text, features)
-        extra = (np.asarray(extra_features(text, features, lexical), dtype=np.float64) - self.mean) / self.std
+        lexical, hybrid = self._base(text, features)
+        extra = (np.asarray(extra_features(text, features, lexical, hybrid), dtype=np.float64) - self.mean) / self.std
         x = np.concatenate([emb.astype(np.float64), extra])
         p_l = _sigmoid(float(x @ self.w_lite) + self.b_lite)
         p_s = _sigmoid(float(x @ self.w_std) + self.b_std)

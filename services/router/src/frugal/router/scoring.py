@@ -376,7 +376,7 @@ class ScorerSet:
         return sorted(self.scorers)
 
 
-def load_learned(lexical: LexicalRidgeScorer, path: str | Path | None = None) -> Scorer:
+def load_learned(lexical: LexicalRidgeScorer, hybrid: HybridScorer, path: str | Path | None = None) -> Scorer:
     """`learned-v1` (frugal.router.learned) on the shared MiniLM encoder; the artifact's checksum and the
     encoder's embedding table digest are both checked."""
     from frugal.router.learned import LearnedArtifactError, LearnedScorer, MiniLMTailEmbedder, load_learned_payload
@@ -389,7 +389,10 @@ def load_learned(lexical: LexicalRidgeScorer, path: str | Path | None = None) ->
             raise ScorerError("learned artifact was fitted on a different encoder embedding table "
                               f"({expected[:16]}... != {embedder.table_digest()[:16]}...)")
 
-        return LearnedScorer(payload, embedder, lexical.score)
+        def base(text: str, features: TurnFeatures) -> tuple[float, float]:
+            return lexical.score(text, features), hybrid.score(text, features)
+
+        return LearnedScorer(payload, embedder, base)
     except LearnedArtifactError as err:
         raise ScorerError(str(err)) from err
 
@@ -418,7 +421,7 @@ def load_scorers(
         hybrid = HybridScorer(payload, lexical)
         scorers[hybrid.name] = hybrid
         if learned:
-            learned_scorer = load_learned(lexical, learned_artifact_path)
+            learned_scorer = load_learned(lexical, hybrid, learned_artifact_path)
             scorers[learned_scorer.name] = learned_scorer
     else:
         lexical = LexicalRidgeScorer(payload)

@@ -10,10 +10,11 @@ RouterBench subset: ARC-Challenge, MBPP, Winogrande) and the calibration half of
 conversational turns. Groups: llmrouter, arc-challenge, mbpp, winogrande, conversational.
 
 1. Features per row (frugal.router.learned): tail token embedding + extra features (standardized). The extra
-   feature `lexical` is the `lexical-ridge-v1` score, a model fitted on these same public training prompts:
-   every training row gets it CROSS-FITTED (from a lexical model fitted without the row's fold), as on a new
-   prompt at run time. In-sample it is far more predictive than on new prompts, and a router fitted on
-   in-sample values over-trusts it (its out-of-fold quality looked fine and held-out quality missed the floor).
+   features `lexical` (the `lexical-ridge-v1` score, a model fitted on these same public training prompts) and
+   `hybrid` (hybrid-v2: a structure model fitted on the conversational calibration turns + lambda x lexical)
+   are CROSS-FITTED on every training row (from models fitted without the row's fold), as on a new turn at
+   run time. In-sample they are far more predictive than on new turns, and a router fitted on in-sample
+   values over-trusts them (revision 1: its out-of-fold quality looked fine, held-out quality missed the floor).
 2. Targets per cheaper tier t: y_t = 1 - max(0, s_premium - s_t) (1 when t matches premium; for 0/1 scores
    exactly "t is as good as premium"). Conversational turns: s_t = 1 when t >= the label.
 3. One L2 logistic regression per tier (Newton's method, fixed iterations), each group weighing the same in
@@ -31,6 +32,8 @@ conversational turns. Groups: llmrouter, arc-challenge, mbpp, winogrande, conver
    training group with at least MIN_CELL_ROWS rows in it (and the whole cluster), so a minority group inside
    a cluster (MBPP rows in the llmrouter cluster) is held to the floor too, not averaged away. A cluster with
    fewer than MIN_CLUSTER_ROWS training rows ships the pooled point (too little support to fit its own).
+   A point gets a cascade band only when most of its training rows carry the cheap models' answers (RouterBench
+   rows); elsewhere the band could not be fitted, and it is the prompt-only point.
    The bound is a PREDICTION bound (BOUND_FACTOR): the floor must hold on a fresh sample as large as the cell,
    not only in expectation, since a held-out set is one such sample. The choice between the plain confidence
    bound and the prediction bound was made with `--validate` (training data only; see bench/routing/README.md).
@@ -60,7 +63,18 @@ from frugal.common.pricing import TIERS, default_catalog
 from frugal.common.usage import UsageAmounts
 from frugal.devkit.routing.conversational import LabelledTurn, split_turns, turns_bytes
 from frugal.devkit.routing.evaldata import DataMissing, Dataset, Example, data_root, load_all
-from frugal.devkit.routing.train_hybrid import HPARAMS, _ref_stub, file_digest, fit, r6, router_data_dir, serialize
+from frugal.devkit.routing.train_hybrid import (
+    HPARAMS,
+    HYBRID_HPARAMS,
+    HYBRID_NAME,
+    _ref_stub,
+    file_digest,
+    fit,
+    fit_structure,
+    r6,
+    router_data_dir,
+    serialize,
+)
 from frugal.encoder.minilm import limit_blas_threads
 from frugal.router.cascade import ANSWER_FEATURES, answer_features, logit
 from frugal.router.features import extract_features
@@ -74,11 +88,11 @@ from frugal.router.learned import (
     MiniLMTailEmbedder,
     extra_features,
 )
-from frugal.router.scoring import LEXICAL_SCORER, LexicalRidgeScorer, QuantileTable, load_scorers
+from frugal.router.scoring import LEXICAL_SCORER, HybridScorer, LexicalRidgeScorer, QuantileTable, load_scorers
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
-# Artifact revision (the scorer keeps its name): 2 = cross-fitted lexical feature, no hybrid feature,
+# Artifact revision (the scorer keeps its name): 2 = cross-fitted lexical and hybrid features,
 # group-balanced cluster classifier, per-cell floor constraints, prediction bound.
 REVISION = 2
 FLOOR = 0.95
@@ -99,6 +113,7 @@ MIN_CLUSTER_ROWS = 100
 CONV_INPUT_TOKENS, CONV_OUTPUT_TOKENS = 600, 250
 GRID = 21
 LEXICAL_COLUMN = EXTRA_FEATURES.index("lexical")
+HYBRID_COLUMN = EXTRA_FEATURES.index("hybrid")
 
 
 @dataclass(frozen=True)
@@ -109,12 +124,15 @@ class Settings:
     balanced_clusters: bool = True
     cells: bool = True
     bound_factor: float = BOUND_FACTOR
+    # A group's rows inside a cluster are a floor cell only when they are at least this share of the group's
+    # training rows (0: every cell with MIN_CELL_ROWS rows).
+    min_cell_share: float = 0.0
 
     def describe(self) -> str:
         return (f"lexical {'cross-fitted' if self.cross_fit_lexical else 'in-sample'}, cluster classifier "
                 f"{'group-balanced' if self.balanced_clusters else 'unweighted'}, cluster floor on "
-                f"{'every group cell' if self.cells else 'the pooled cluster'}, bound factor "
-                f"{self.bound_factor:.3g}")
+                f"{'every group cell' if self.cells else 'the pooled cluster'} (cells >= "
+                f"{self.min_cell_share:.0%} of their group), bound factor {self.bound_factor:.3g}")
 
 
 SHIPPED = Settings()
@@ -165,8 +183,12 @@ def fold_of(text: str) -> int:
 class Featurizer:
     def __init__(self) -> None:
         self.embedder = MiniLMTailEmbedder()
-        # The base score only, never the artifact being built.
-        self.lexical = load_scorers(learned=False, default="hybrid-v2").get(LEXICAL_SCORER)
+        # The base scores only, never the artifact being built.
+        base = load_scorers(learned=False, default=HYBRID_NAME)
+        self.lexical = base.get(LEXICAL_SCORER)
+        hybrid = base.get(HYBRID_NAME)
+        assert isinstance(hybrid, HybridScorer)
+        self.hybrid = hybrid
         # text -> (embedding, extra features): a rebuild in the same process (tests) featurizes once.
         self._cache: dict[str, tuple[F64, F64]] = {}
         # (rows digest, excluded folds) -> lexical scores of the excluded folds' rows.
@@ -181,7 +203,8 @@ class Featurizer:
             if hit is None:
                 f = extract_features(t)
                 hit = (self.embedder.tail_vector(t).astype(np.float64),
-                       np.asarray(extra_features(t, f, self.lexical.score(t, f)), dtype=np.float64))
+                       np.asarray(extra_features(t, f, self.lexical.score(t, f), self.hybrid.score(t, f)),
+                                  dtype=np.float64))
                 self._cache[t] = hit
             emb[i], extra[i] = hit
         return emb, extra
@@ -202,16 +225,35 @@ class Featurizer:
             self._lexical_cache[key] = hit
         return hit
 
+    def structure_without(self, conv: Sequence[Row], excluded: frozenset[int]) -> HybridScorer:
+        """hybrid-v2 (shipped lambda and lexical scale) with its structure part refitted on the conversational
+        rows outside the `excluded` folds."""
+        turns = [LabelledTurn(r.text, 3 - int(round(sum(r.scores))), "") for r in conv
+                 if fold_of(r.text) not in excluded]
+        h = self.hybrid
+        structure = fit_structure(turns, HYBRID_HPARAMS["l2"])
+        return HybridScorer({"name": HYBRID_NAME, "lambda": h.lam, "structure": structure,
+                             "lexical_scale": {"mean": h.lexical_mean, "std": h.lexical_std}, "reference": _ref_stub()},
+                            h.lexical, reference=QuantileTable([0.0, 1.0], sample="", n=0))
+
     def cross_fitted(self, rows: Sequence[Row], extra: F64, outer: frozenset[int] = frozenset()) -> F64:
-        """`extra` with the lexical column of every public row replaced by a score from a lexical model fitted
-        without the row's fold (nor the `outer` folds: nested validation). Conversational turns are never in
-        the lexical model's training rows, so theirs stay."""
+        """`extra` with the base scores as they would be on new turns: the lexical column of every public row from
+        a lexical model fitted without the row's fold (nor the `outer` folds: nested validation); conversational
+        turns are never in the lexical model's training rows, so theirs stay. The hybrid column: hybrid-v2's
+        structure part refitted without the row's fold (conversational rows; they are its training rows) and
+        the `outer` folds, plus lambda x the standardized cross-fitted lexical score."""
         public = [r for r in rows if r.group != "conversational"]
+        conv = [r for r in rows if r.group == "conversational"]
         out = extra.copy()
         by_fold = {k: self.lexical_without(public, frozenset({k}) | outer) for k in range(FOLDS) if k not in outer}
+        structure = {k: self.structure_without(conv, frozenset({k}) | outer) for k in range(FOLDS) if k not in outer}
+        structure_all = self.structure_without(conv, outer)
         for i, r in enumerate(rows):
             if r.group != "conversational":
                 out[i, LEXICAL_COLUMN] = by_fold[fold_of(r.text)][r.text]
+            h = structure[fold_of(r.text)] if r.group == "conversational" else structure_all
+            z = (out[i, LEXICAL_COLUMN] - h.lexical_mean) / h.lexical_std
+            out[i, HYBRID_COLUMN] = h.structure_score(r.text) + h.lam * z
         return out
 
 
@@ -325,7 +367,8 @@ def fit_policy(groups: Sequence[str], s: F64, a: F64, q: F64, c: F64, floor: flo
     constraint_masks = [masks[n] for n in names]
     if cells is not None:
         cv = np.array(cells)
-        constraint_masks += [cv == n for n in sorted(set(cells)) if int((cv == n).sum()) >= MIN_CELL_ROWS]
+        # "" labels rows that are no cell of their own.
+        constraint_masks += [cv == n for n in sorted(set(cells) - {""}) if int((cv == n).sum()) >= MIN_CELL_ROWS]
     member = np.array(constraint_masks, dtype=np.float64)  # (m, n)
     n_cell = member.sum(axis=1)
     prem_q = {n: float(q[masks[n], 2].mean()) for n in names}
@@ -526,26 +569,38 @@ def _fit_shared(rows: Sequence[Row], emb: F64, extra: F64, settings: Settings) -
                    np.array([r.costs for r in rows]), groups, names, cls, assigned)
 
 
+def _cascade_supported(a: F64) -> bool:
+    """The cascade band can only be fitted where the rows carry the cheap models' answers; at run time every
+    turn in the band is cascaded. So a point gets a cascade band only when most of its training rows (and at
+    least MIN_CELL_ROWS) have answers; otherwise it is the prompt-only point (an llmrouter-like turn is never
+    cascaded under a band fitted on a handful of RouterBench rows)."""
+    n = int((~np.isnan(a)).sum())
+    return n >= MIN_CELL_ROWS and 2 * n >= len(a)
+
+
 def _points(sh: _Shared, floor: float, settings: Settings, bound_factor: float) -> Pipeline:
     s, a_all, q, c, groups = sh.s, sh.a, sh.q, sh.c, sh.groups
     no_answers = np.full(len(s), np.nan)
-    policy, fit_report = fit_policy(groups, s, a_all, q, c, floor, bound_factor=bound_factor)
     # The prompt router alone (no cascade: where the cascade is off, or for comparison), same rule.
     prompt_only, prompt_report = fit_policy(groups, s, no_answers, q, c, floor, bound_factor=bound_factor)
+    policy, fit_report = ((prompt_only, prompt_report) if not _cascade_supported(a_all) else
+                          fit_policy(groups, s, a_all, q, c, floor, bound_factor=bound_factor))
     pipe = Pipeline(sh.model, sh.answer, policy, fit_report, prompt_only, prompt_report)
     gvec = np.array(groups)
     for k, n in enumerate(sh.names):
         m = sh.assigned == k
         size = int(m.sum())
-        cell_labels = list(gvec[m]) if settings.cells else None
         cells = {g: int((gvec[m] == g).sum()) for g in sh.names if (gvec[m] == g).any()}
+        big = {g for g, n_g in cells.items() if n_g >= settings.min_cell_share * int((gvec == g).sum())}
+        cell_labels = [g if g in big else "" for g in gvec[m]] if settings.cells else None
         one = ["cluster"] * size
         thin = size < MIN_CLUSTER_ROWS
         if thin:
             cp, crep, po, prep = policy, fit_report, prompt_only, prompt_report
         else:
-            cp, crep = fit_policy(one, s[m], a_all[m], q[m], c[m], floor, cell_labels, bound_factor)
             po, prep = fit_policy(one, s[m], no_answers[m], q[m], c[m], floor, cell_labels, bound_factor)
+            cp, crep = ((po, prep) if not _cascade_supported(a_all[m]) else
+                        fit_policy(one, s[m], a_all[m], q[m], c[m], floor, cell_labels, bound_factor))
         pipe.clusters.append(ClusterPoint(
             n, sh.cls[k][0], sh.cls[k][1], size, r6(float((gvec[m] == n).mean())) if size else 0.0, cells,
             cp, crep, po, prep, thin))
@@ -631,8 +686,8 @@ def build_payload(datasets: Sequence[Dataset], root: Path, featurizer: Featurize
             "l2": L2,
             "target": "1 - max(0, s_premium - s_tier); conversational: s_tier = 1[tier >= label]",
             "weighting": "each group the same total weight: " + ", ".join(groups),
-            "lexical_feature": f"{LEXICAL_SCORER} score; cross-fitted on training rows ({FOLDS} folds by prompt "
-                               "hash), the shipped lexical model at run time",
+            "base_features": f"{LEXICAL_SCORER} and {HYBRID_NAME} scores, cross-fitted on training rows ({FOLDS} "
+                             "folds by prompt hash), the shipped models at run time",
         },
         "answer_scorer": {
             "names": list(ANSWER_FEATURES),
@@ -716,10 +771,14 @@ def validate(datasets: Sequence[Dataset], settings: Sequence[Settings], feat: Fe
             # The pseudo-held-out rows' lexical score: a lexical model fitted on the inner rows only (as the
             # shipped one is fitted on the training rows only).
             lex = feat.lexical_without([r for r in rows if r.group != "conversational"], frozenset({k}))
+            hyb = feat.structure_without([r for r in rows if r.group == "conversational"], frozenset({k}))
             extra_t = extra_t.copy()
             for i, r in enumerate(test):
                 if r.group != "conversational":
                     extra_t[i, LEXICAL_COLUMN] = lex[r.text]
+                if family.cross_fit_lexical:
+                    z = (extra_t[i, LEXICAL_COLUMN] - hyb.lexical_mean) / hyb.lexical_std
+                    extra_t[i, HYBRID_COLUMN] = hyb.structure_score(r.text) + hyb.lam * z
             for (st, mode), (qual_all, cost_all) in res.items():
                 qual, cost, _, _ = pipes[st].route(test, emb_t, extra_t, cascade=mode == "default")
                 qual_all[test_m], cost_all[test_m] = qual, cost
@@ -754,6 +813,9 @@ VALIDATION_SETTINGS = (
     SHIPPED,
     Settings(bound_factor=0.0),
     Settings(bound_factor=2.0),
+    Settings(balanced_clusters=False),
+    Settings(balanced_clusters=False, bound_factor=1.0),
+    Settings(min_cell_share=0.1),
 )
 
 
