@@ -24,21 +24,49 @@ from frugal.router.learned import load_learned_payload
 from frugal.router.scoring import TierMix, load_scorers
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
-# (lite answer, standard answer): two cheap models agreeing, and two that disagree with hedges and a refusal.
-AGREE = ("Yes, you can.", "Yes, you can.")
-DISAGREE = ("Maybe, I think it might possibly be the second one, I'm not sure.",
-            "Sorry, I cannot help with that; as an AI I do not have that information.")
+# (lite answer, standard answer): two cheap models giving the same one-letter choice, and a standard answer that
+# does not answer the multiple-choice question asked.
+AGREE = ("B", "B")
+DISAGREE = ("B", "Yes, you can.")
+ASK = 'Print only a single choice  from "A" or "B" or "C" or "D" without explanation.\nAnswer:'
+SHOTS = (
+    ("Which tool is best for measuring the mass of a rock?",
+     ("a ruler", "a balance", "a thermometer", "a graduated cylinder"), "B"),
+    ("A student drops a ball from a table. Which force pulls the ball toward the floor?",
+     ("friction", "magnetism", "gravity", "tension"), "C"),
+    ("Which part of a plant takes in water from the soil?", ("roots", "leaves", "flowers", "seeds"), "A"),
+    ("What happens to water when it freezes?", ("it becomes a gas", "it becomes a solid", "it loses mass",
+                                                 "it gains mass"), "B"),
+)
+QUESTIONS = (
+    ("Which process moves heat from the Sun to the Earth through empty space?",
+     ("conduction", "convection", "radiation", "evaporation")),
+    ("Which of these is a chemical change?", ("melting ice", "cutting paper", "burning wood", "dissolving sugar")),
+)
+
+
+def _block(question: str, options: tuple[str, ...], answer: str = "") -> str:
+    text = question + "\n" + "\n".join(f"{k}) {o}" for k, o in zip("ABCD", options, strict=False)) + "\n" + ASK
+    return text + ("\n" + answer if answer else "")
+
+
+def few_shot_prompts() -> list[str]:
+    """Multiple-choice prompts in the ARC format (a few-shot prefix, then the question): our own questions."""
+    prefix = "\n\n".join(_block(q, o, a) for q, o, a in SHOTS)
+    return [prefix + "\n\n" + _block(q, o) for q, o in QUESTIONS]
 
 
 @pytest.fixture(scope="module")
 def band() -> tuple[str, Decision]:
-    """A bundled turn that learned-v1 sends through the cascade (the router loads the same artifact)."""
+    """A turn that learned-v1 sends through the cascade (the router loads the same artifact): a bundled voice turn
+    if one falls in a cascade band, else an ARC-style multiple-choice prompt (the cascade band is fitted where the
+    training rows carry the cheap models' answers, i.e. RouterBench-like traffic)."""
     d = Decider(load_scorers(), default_catalog(), TierMix(0.6, 0.25, 0.15), provider_of=lambda t: ("offline", True))
-    for t in load_turns():
-        decision = d.decide(TurnText(t.text))
+    for text in [t.text for t in load_turns()] + few_shot_prompts():
+        decision = d.decide(TurnText(text))
         if decision.cascade:
-            return t.text, decision
-    pytest.skip("no bundled turn falls in the cascade band of this artifact")
+            return text, decision
+    raise AssertionError("no turn falls in a cascade band of this artifact: the cascade tests would test nothing")
 
 
 def expected_keep(text: str, decision: Decision, answers: tuple[str, str]) -> bool:
