@@ -18,6 +18,7 @@ from frugal.common.pricing import default_catalog
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiRequest
 from frugal.devkit.routing.conversational import load_turns
+from frugal.devkit.routing.probes import few_shot_prompts
 from frugal.router.cascade import AnswerScorer
 from frugal.router.decision import Decider, Decision, TurnText
 from frugal.router.learned import load_learned_payload
@@ -28,32 +29,6 @@ MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 # does not answer the multiple-choice question asked.
 AGREE = ("B", "B")
 DISAGREE = ("B", "Yes, you can.")
-ASK = 'Print only a single choice  from "A" or "B" or "C" or "D" without explanation.\nAnswer:'
-SHOTS = (
-    ("Which tool is best for measuring the mass of a rock?",
-     ("a ruler", "a balance", "a thermometer", "a graduated cylinder"), "B"),
-    ("A student drops a ball from a table. Which force pulls the ball toward the floor?",
-     ("friction", "magnetism", "gravity", "tension"), "C"),
-    ("Which part of a plant takes in water from the soil?", ("roots", "leaves", "flowers", "seeds"), "A"),
-    ("What happens to water when it freezes?", ("it becomes a gas", "it becomes a solid", "it loses mass",
-                                                 "it gains mass"), "B"),
-)
-QUESTIONS = (
-    ("Which process moves heat from the Sun to the Earth through empty space?",
-     ("conduction", "convection", "radiation", "evaporation")),
-    ("Which of these is a chemical change?", ("melting ice", "cutting paper", "burning wood", "dissolving sugar")),
-)
-
-
-def _block(question: str, options: tuple[str, ...], answer: str = "") -> str:
-    text = question + "\n" + "\n".join(f"{k}) {o}" for k, o in zip("ABCD", options, strict=False)) + "\n" + ASK
-    return text + ("\n" + answer if answer else "")
-
-
-def few_shot_prompts() -> list[str]:
-    """Multiple-choice prompts in the ARC format (a few-shot prefix, then the question): our own questions."""
-    prefix = "\n\n".join(_block(q, o, a) for q, o, a in SHOTS)
-    return [prefix + "\n\n" + _block(q, o) for q, o in QUESTIONS]
 
 
 @pytest.fixture(scope="module")

@@ -114,10 +114,13 @@ def test_short_hard_asks_and_follow_ups_do_not_go_to_lite(scorers: Any) -> None:
 def test_pinned_tier_or_budget_downgrade_turns_the_cascade_off(scorers: Any) -> None:
     d = decider(scorers)
     learned = scorers.get("learned-v1")
-    # Find a turn in the cascade band among the conversational turns.
-    band = next((t.text for t in load_turns() if d.decide(TurnText(t.text)).cascade), None)
-    if band is None:
-        pytest.skip("no bundled turn falls in the cascade band of this artifact")
+    # A turn in a cascade band: a bundled voice turn if one is, else an ARC-style probe (the bands are fitted on
+    # RouterBench-like rows, the ones with recorded answers).
+    from frugal.devkit.routing.probes import few_shot_prompts
+
+    band = next((t for t in [x.text for x in load_turns()] + few_shot_prompts() if d.decide(TurnText(t)).cascade),
+                None)
+    assert band is not None, "no turn falls in a cascade band of this artifact: this test would test nothing"
     from frugal.router.features import extract_features
 
     (t1, _), upper = learned.floor_point(learned.assess(band, extract_features(band)), cascade=True)
@@ -278,3 +281,24 @@ def test_lexical_feature_of_a_training_row_does_not_see_the_rows_own_label(routi
     assert not np.array_equal(again[~fold0, col], crossed[~fold0, col])
     # And the shipped (in-sample) value differs from the cross-fitted one: the column really is replaced.
     assert not np.allclose(extra[fold0, col], crossed[fold0, col])
+
+
+def test_a_cascade_band_only_where_the_training_rows_carry_answers() -> None:
+    """The band is fitted on rows with the cheap models' recorded answers (RouterBench); a cluster made mostly of
+    rows without (llmrouter, voice turns) ships no band, so those turns are never cascaded under a band fitted on
+    a handful of rows. Also: every group with >= 10% of its rows in a cluster is a floor cell there."""
+    import numpy as np
+
+    from frugal.devkit.routing.train_learned import _cascade_supported
+
+    assert not _cascade_supported(np.array([np.nan] * 60 + [0.5] * 40))
+    assert not _cascade_supported(np.array([0.5] * 20))
+    assert _cascade_supported(np.array([np.nan] * 40 + [0.5] * 60))
+    payload = load_learned_payload()
+    with_answers = {"arc-challenge", "mbpp", "winogrande"}
+    for cl in payload["operating_points"]["clusters"]:
+        rows = cl["rows_by_group"]
+        answered = sum(n for g, n in rows.items() if g in with_answers)
+        if 2 * answered < sum(rows.values()):
+            assert cl["floor"]["t_cascade"] == cl["floor"]["t1"], cl["name"]
+    assert payload["revision"] == 2
