@@ -240,7 +240,7 @@ async def bench_cascade_ttft(turns: int) -> None:
             print("  no bundled turn or probe falls in the cascade band")
             return
         added = [a - b for a, b in zip(with_c, without, strict=True)]
-        print(f"  {len(band)} cascaded turns (voice turns or ARC-style probes) (emulated providers: first chunk after {latency}s, "
+        print(f"  {len(band)} cascaded turns, voice or ARC-style (emulated providers: first chunk after {latency}s, "
               f"{chunk} chars every {pace}s): TTFT with cascade p50 {pct(with_c, 0.5):.0f} ms p95 "
               f"{pct(with_c, 0.95):.0f} ms; without (hybrid-v2, direct) p50 {pct(without, 0.5):.0f} ms; "
               f"added p50 {pct(added, 0.5):.0f} ms p95 {pct(added, 0.95):.0f} ms; standard answer kept "
