@@ -211,7 +211,12 @@ async def bench_cascade_ttft(turns: int) -> None:
         port = await app.start()
         decider = Decider(scorers_once(), default_catalog(), TierMix(0.6, 0.25, 0.15),
                           provider_of=lambda tier: ("offline", True))
-        band = [t.text for t in load_turns() if decider.decide(TurnText(t.text)).cascade][:turns]
+        # Voice turns in a cascade band, else ARC-style probes (learned-v1's bands are fitted where the training
+        # rows carry answers: RouterBench-like prompts).
+        from frugal.devkit.routing.probes import few_shot_prompts
+
+        band = [t for t in [x.text for x in load_turns()] + few_shot_prompts()
+                if decider.decide(TurnText(t)).cascade][:turns]
         md = (("x-tenant-id", "bench"), ("x-session-id", "ttft"))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
@@ -232,10 +237,10 @@ async def bench_cascade_ttft(turns: int) -> None:
                 kept += tier == 2  # TIER_STANDARD: the held standard answer was kept
                 without.append((await ttft(text, "hybrid-v2"))[0])
         if not band:
-            print("  no bundled turn falls in the cascade band")
+            print("  no bundled turn or probe falls in the cascade band")
             return
         added = [a - b for a, b in zip(with_c, without, strict=True)]
-        print(f"  {len(band)} cascaded voice turns (emulated providers: first chunk after {latency}s, "
+        print(f"  {len(band)} cascaded turns, voice or ARC-style (emulated providers: first chunk after {latency}s, "
               f"{chunk} chars every {pace}s): TTFT with cascade p50 {pct(with_c, 0.5):.0f} ms p95 "
               f"{pct(with_c, 0.95):.0f} ms; without (hybrid-v2, direct) p50 {pct(without, 0.5):.0f} ms; "
               f"added p50 {pct(added, 0.5):.0f} ms p95 {pct(added, 0.95):.0f} ms; standard answer kept "

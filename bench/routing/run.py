@@ -10,8 +10,9 @@ conversational turns (quality: 1 when the tier is at or above the turn's label; 
 
 Routers, each at an operating point fixed on TRAINING data only, with the same rule: thresholds (t1, t2) on a
 score give the lowest mean cost ratio over the training groups (llmrouter, the three RouterBench tasks, the
-conversational calibration half) such that every group's training quality is >= 95% of premium with one-sided
-95% confidence (frugal.devkit.routing.train_learned.fit_policy):
+conversational calibration half) such that every group's training quality is >= 95% of premium by a one-sided
+95% prediction bound (frugal.devkit.routing.train_learned.fit_policy); per cluster, every training group with
+enough rows in the cluster is held to the floor too:
 - learned-v1 prompt router: its shipped `floor_prompt_only` thresholds of the turn's nearest cluster (fitted
   out-of-fold on training, frugal.devkit.routing.train_learned), no cascade;
 - learned-v1 + cascade (the default combination): its shipped per-cluster `floor` thresholds; turns scoring in
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print("shipped operating point (learned-v1 artifact, fitted on training data): "
           f"floor {shipped['quality_floor']:.0%}"
-          f" (met with one-sided 95% confidence on training), t1={policy.t1:g} t2={policy.t2:g} "
+          f" (met by a one-sided 95% prediction bound on training, out of fold), t1={policy.t1:g} t2={policy.t2:g} "
           f"t_cascade={policy.t_cascade:g} answer_keep={policy.answer_keep:g}; prompt router alone: "
           f"t1={no_cascade.t1:g} t2={no_cascade.t2:g}")
     print("training groups: " + ", ".join(f"{g} {len(rs)}" for g, rs in sorted(train_by_set.items())))
@@ -219,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             base_cluster_policies[name] = [
                 fit_policy(["c"] * int((train_cl == k).sum()), s[train_cl == k],
                            np.full(int((train_cl == k).sum()), np.nan), tq[train_cl == k], tc[train_cl == k],
-                           FLOOR)[0]
+                           FLOOR, cells=[g for g, m in zip(train_groups, train_cl == k, strict=True) if m])[0]
                 for k in range(len(clusters))]
     mix = fit_fixed_mix(train_by_set)
     print(f"best fixed mix fitted on training: {'/'.join(f'{x * 100:.0f}' for x in mix)}")

@@ -18,27 +18,30 @@ from frugal.common.pricing import default_catalog
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiRequest
 from frugal.devkit.routing.conversational import load_turns
+from frugal.devkit.routing.probes import few_shot_prompts
 from frugal.router.cascade import AnswerScorer
 from frugal.router.decision import Decider, Decision, TurnText
 from frugal.router.learned import load_learned_payload
 from frugal.router.scoring import TierMix, load_scorers
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
-# (lite answer, standard answer): two cheap models agreeing, and two that disagree with hedges and a refusal.
-AGREE = ("Yes, you can.", "Yes, you can.")
-DISAGREE = ("Maybe, I think it might possibly be the second one, I'm not sure.",
-            "Sorry, I cannot help with that; as an AI I do not have that information.")
+# (lite answer, standard answer): two cheap models giving the same one-letter choice, and a standard answer that
+# does not answer the multiple-choice question asked.
+AGREE = ("B", "B")
+DISAGREE = ("B", "Yes, you can.")
 
 
 @pytest.fixture(scope="module")
 def band() -> tuple[str, Decision]:
-    """A bundled turn that learned-v1 sends through the cascade (the router loads the same artifact)."""
+    """A turn that learned-v1 sends through the cascade (the router loads the same artifact): a bundled voice turn
+    if one falls in a cascade band, else an ARC-style multiple-choice prompt (the cascade band is fitted where the
+    training rows carry the cheap models' answers, i.e. RouterBench-like traffic)."""
     d = Decider(load_scorers(), default_catalog(), TierMix(0.6, 0.25, 0.15), provider_of=lambda t: ("offline", True))
-    for t in load_turns():
-        decision = d.decide(TurnText(t.text))
+    for text in [t.text for t in load_turns()] + few_shot_prompts():
+        decision = d.decide(TurnText(text))
         if decision.cascade:
-            return t.text, decision
-    pytest.skip("no bundled turn falls in the cascade band of this artifact")
+            return text, decision
+    raise AssertionError("no turn falls in a cascade band of this artifact: the cascade tests would test nothing")
 
 
 def expected_keep(text: str, decision: Decision, answers: tuple[str, str]) -> bool:

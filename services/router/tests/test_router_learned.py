@@ -114,10 +114,13 @@ def test_short_hard_asks_and_follow_ups_do_not_go_to_lite(scorers: Any) -> None:
 def test_pinned_tier_or_budget_downgrade_turns_the_cascade_off(scorers: Any) -> None:
     d = decider(scorers)
     learned = scorers.get("learned-v1")
-    # Find a turn in the cascade band among the conversational turns.
-    band = next((t.text for t in load_turns() if d.decide(TurnText(t.text)).cascade), None)
-    if band is None:
-        pytest.skip("no bundled turn falls in the cascade band of this artifact")
+    # A turn in a cascade band: a bundled voice turn if one is, else an ARC-style probe (the bands are fitted on
+    # RouterBench-like rows, the ones with recorded answers).
+    from frugal.devkit.routing.probes import few_shot_prompts
+
+    band = next((t for t in [x.text for x in load_turns()] + few_shot_prompts() if d.decide(TurnText(t)).cascade),
+                None)
+    assert band is not None, "no turn falls in a cascade band of this artifact: this test would test nothing"
     from frugal.router.features import extract_features
 
     (t1, _), upper = learned.floor_point(learned.assess(band, extract_features(band)), cascade=True)
@@ -197,3 +200,105 @@ def test_artifact_rebuilds_bit_for_bit_and_evaluation_rows_change_no_fitted_para
     # The same change on training rows does move the fit (so the comparison above can fail).
     changed_train = train_learned.build_payload([_flip(d, False) for d in routing_data], data_root(), feat)
     assert _fitted(changed_train) != _fitted(base)
+
+
+# --- operating-point rule and cross-fitting (revision 2) -----------------------------------------------------
+
+
+def _synthetic_policy_rows() -> tuple[list[str], Any, Any, Any, Any]:
+    """400 'big' rows where lite is as good as premium whatever the score, and 60 'small' rows where lite
+    fails on every row; both spread over the same scores (so one pooled threshold cannot tell them apart)."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    n_big, n_small = 400, 60
+    s = rng.uniform(0.0, 2.0, n_big + n_small)
+    q = np.ones((n_big + n_small, 3))
+    q[n_big:, 0] = 0.0
+    q[n_big:, 1] = 0.0
+    c = np.tile(np.array([0.1, 0.2, 1.0]), (n_big + n_small, 1))
+    cells = ["big"] * n_big + ["small"] * n_small
+    return cells, s, np.full(len(s), np.nan), q, c
+
+
+def test_cluster_floor_holds_for_every_group_cell_not_only_the_pooled_cluster() -> None:
+    import numpy as np
+
+    from frugal.devkit.routing.train_learned import FLOOR, fit_policy, route_outcomes
+
+    cells, s, a, q, c = _synthetic_policy_rows()
+    one = ["cluster"] * len(s)
+    pooled, _ = fit_policy(one, s, a, q, c, FLOOR)
+    celled, _ = fit_policy(one, s, a, q, c, FLOOR, cells=cells)
+    small = np.array(cells) == "small"
+    qp, _, _ = route_outcomes(pooled, s, a, q, c)
+    qc, _, _ = route_outcomes(celled, s, a, q, c)
+    # Pooled, the small group's failures are averaged away (the cluster as a whole is above the floor)...
+    assert qp.mean() >= FLOOR and qp[small].mean() < FLOOR
+    # ...held per cell, the small group keeps the floor too.
+    assert qc[small].mean() >= FLOOR
+
+
+def test_prediction_bound_is_stricter_than_the_confidence_bound() -> None:
+    import numpy as np
+
+    from frugal.devkit.routing.train_learned import FLOOR, fit_policy, route_outcomes
+
+    rng = np.random.default_rng(3)
+    n = 300
+    s = rng.uniform(0.0, 1.0, n)
+    q = np.ones((n, 3))
+    # Lite fails more often the higher the score: the cheapest safe t1 depends on the bound's width.
+    q[:, 0] = (rng.uniform(0.0, 1.0, n) > s * 0.5).astype(float)
+    q[:, 1] = q[:, 0]
+    c = np.tile(np.array([0.1, 0.2, 1.0]), (n, 1))
+    a = np.full(n, np.nan)
+    g = ["g"] * n
+    plain, _ = fit_policy(g, s, a, q, c, FLOOR, bound_factor=1.0)
+    strict, _ = fit_policy(g, s, a, q, c, FLOOR, bound_factor=2.0)
+    cost = [route_outcomes(p, s, a, q, c)[1].sum() for p in (plain, strict)]
+    assert cost[1] > cost[0]
+
+
+def test_lexical_feature_of_a_training_row_does_not_see_the_rows_own_label(routing_data: list[Dataset]) -> None:
+    """The lexical model is fitted on the public training prompts: a training row's `lexical` feature comes from
+    a model fitted without the row's fold (cross-fitting), so changing the row's scores leaves it unchanged."""
+    import numpy as np
+
+    from frugal.devkit.routing import train_learned
+
+    feat = train_learned.Featurizer()
+    rows = train_learned.training_rows(routing_data)
+    col = train_learned.LEXICAL_COLUMN
+    _, extra = feat.matrix([r.text for r in rows])
+    crossed = feat.cross_fitted(rows, extra)
+    fold0 = np.array([r.group != "conversational" and train_learned.fold_of(r.text) == 0 for r in rows])
+    flipped = [dataclasses.replace(r, scores=tuple(1.0 - v for v in r.scores)) if f else r  # type: ignore[arg-type]
+               for r, f in zip(rows, fold0, strict=True)]
+    again = feat.cross_fitted(flipped, extra)
+    assert np.array_equal(again[fold0, col], crossed[fold0, col])
+    # The other folds' values do move (their lexical models were fitted on the flipped rows), so this can fail.
+    assert not np.array_equal(again[~fold0, col], crossed[~fold0, col])
+    # And the shipped (in-sample) value differs from the cross-fitted one: the column really is replaced.
+    assert not np.allclose(extra[fold0, col], crossed[fold0, col])
+
+
+def test_a_cascade_band_only_where_the_training_rows_carry_answers() -> None:
+    """The band is fitted on rows with the cheap models' recorded answers (RouterBench); a cluster made mostly of
+    rows without (llmrouter, voice turns) ships no band, so those turns are never cascaded under a band fitted on
+    a handful of rows. Also: every group with >= 10% of its rows in a cluster is a floor cell there."""
+    import numpy as np
+
+    from frugal.devkit.routing.train_learned import _cascade_supported
+
+    assert not _cascade_supported(np.array([np.nan] * 60 + [0.5] * 40))
+    assert not _cascade_supported(np.array([0.5] * 20))
+    assert _cascade_supported(np.array([np.nan] * 40 + [0.5] * 60))
+    payload = load_learned_payload()
+    with_answers = {"arc-challenge", "mbpp", "winogrande"}
+    for cl in payload["operating_points"]["clusters"]:
+        rows = cl["rows_by_group"]
+        answered = sum(n for g, n in rows.items() if g in with_answers)
+        if 2 * answered < sum(rows.values()):
+            assert cl["floor"]["t_cascade"] == cl["floor"]["t1"], cl["name"]
+    assert payload["revision"] == 2

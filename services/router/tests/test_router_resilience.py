@@ -21,7 +21,7 @@ from frugal.router.config import Settings
 from frugal.router.deployments import parse_deployments
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
-EASY = "What's the weather like today?"  # lite
+EASY = "Hi there!"  # lite
 # Premium under learned-v1 without the cascade (these tests are about the premium call itself).
 HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string? Explain the root cause and fix it."  # noqa: E501
 MODERATE = "Can you explain how the retry policy interacts with the queue's visibility timeout?"

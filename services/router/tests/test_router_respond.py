@@ -28,7 +28,7 @@ TIER_NAMES: dict[int, TierName] = {
     common_pb2.TIER_LITE: "lite", common_pb2.TIER_STANDARD: "standard", common_pb2.TIER_PREMIUM: "premium"}
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
-EASY = "What's the weather like today?"  # routed to lite with the default mix
+EASY = "Hi there!"  # routed to lite with the default mix
 HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string?"  # premium
 
 

@@ -17,7 +17,9 @@ from frugal.common.tenant_state import NO_CAP, publish_budget, publish_policy
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 CODE_TURN = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string?"
-EASY_TURN = "What's the weather like today?"
+# A greeting: lite at the shipped floor point (a short factual question now goes to standard: voice turns near
+# hard llmrouter questions in the conversational cluster are routed more carefully since artifact revision 2).
+EASY_TURN = "Hi there!"
 
 
 def route_request(text: str, scorer: str = "", **turn: Any) -> router_pb2.RouteRequest:

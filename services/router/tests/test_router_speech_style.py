@@ -99,7 +99,7 @@ async def test_respond_sizes_spoken_answers_and_the_switch_turns_it_off(
     """Through the router's Respond: the speech cap reaches the provider, the spoken text ends on a sentence."""
     gemini_emu.responder = lambda req: LONG
     router = await start_router(gemini_api_key="k", gemini_base_url=gemini_emu.base_url)
-    question = "What's the weather like today?"  # lite
+    question = "Hi there!"  # lite
     sized = await _respond_text(router, question)
     cap = gemini_emu.requests[-1].generation_config["maxOutputTokens"]
     assert cap == SpeechStyleSettings().cap_lite
@@ -119,7 +119,7 @@ async def test_respond_prices_cached_tokens_in_its_cost_event(
     router = await start_router(gemini_api_key="k", gemini_base_url=gemini_emu.base_url)
     gemini_emu.script(GeminiReply(text="Fine.", usage={"promptTokenCount": 10_000, "candidatesTokenCount": 2,
                                                        "cachedContentTokenCount": 8_000, "totalTokenCount": 10_002}))
-    await _respond_text(router, "What's the weather like today?")
+    await _respond_text(router, "Hi there!")
     entries = await redis_client.xrange(COST_EVENTS_STREAM)
     ev = [CostEvent.from_stream_fields(dict(f)) for _, f in entries][-1]
     assert ev.attributes["cache_read_tokens"] == "8000"

@@ -17,7 +17,7 @@ from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
-EASY = "What's the weather like today?"
+EASY = "Hi there!"
 # Premium under learned-v1 without the cascade (these tests are about the premium call itself).
 HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string? Explain the root cause and fix it."  # noqa: E501
 
