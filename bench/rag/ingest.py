@@ -46,7 +46,8 @@ def _postgres(dsn: str) -> list[psutil.Process]:
     """The postmaster listening on the DSN's port (its command line names the port) and its backends."""
     port = str(urlsplit(dsn).port)
     for proc in psutil.process_iter(["name", "cmdline"]):
-        if (proc.info["name"] or "").startswith("postgres") and any(a == port or a.endswith(f" {port}") for a in proc.info["cmdline"] or []):
+        args = proc.info["cmdline"] or []
+        if (proc.info["name"] or "").startswith("postgres") and any(a == port or a.endswith(f" {port}") for a in args):
             return [proc, *proc.children(recursive=True)]
     return []
 

@@ -133,7 +133,8 @@ def ort_has_bf16_matmul() -> str:
     from onnx import TensorProto, helper
 
     g = helper.make_graph(
-        [helper.make_node("Cast", ["a"], ["ab"], to=TensorProto.BFLOAT16), helper.make_node("MatMul", ["ab", "ab"], ["c"])],
+        [helper.make_node("Cast", ["a"], ["ab"], to=TensorProto.BFLOAT16),
+         helper.make_node("MatMul", ["ab", "ab"], ["c"])],
         "bf16", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [4, 4])],
         [helper.make_tensor_value_info("c", TensorProto.BFLOAT16, [4, 4])],
     )
@@ -252,7 +253,8 @@ class Roofline:
         need = target * self.gflop_per_chunk / 2
         out.append(f"  CEILING fp32, 2 cores, quiet machine: 2 x {self.best_cpu_rate:.1f} / {self.gflop_per_chunk:.2f} "
                    f"= {self.quiet_ceiling:.1f} chunks/s (matrix products only, nothing else running)")
-        out.append(f"  ceiling at this run's 2-thread wall GEMM rate (machine as shared now): {self.now_ceiling:.1f} chunks/s")
+        out.append("  ceiling at this run's 2-thread wall GEMM rate (machine as shared now): "
+                   f"{self.now_ceiling:.1f} chunks/s")
         verdict = ("within" if need <= self.best_cpu_rate else "BEYOND")
         out.append(f"  {target:.0f} chunks/s needs {target:.0f} x {self.gflop_per_chunk:.2f} / 2 = {need:.1f} GFLOP/s "
                    f"per core: {verdict} the measured fp32 GEMM rate of {self.best_cpu_rate:.1f}")
