@@ -197,6 +197,13 @@ async def main(argv: list[str] | None = None) -> int:
                   f"; the rest is softmax, GELU, LayerNorm, small attention GEMMs), and the service's own work "
                   f"(chunking, tokenising, gRPC, PostgreSQL) adds {own:.0f} CPU-ms per chunk on the same two cores: "
                   f"50 is out of reach at fp32 at the shipped chunk size")
+            left = 2000 / 50 - own  # CPU-ms per chunk left for the encoder at 50 chunks/s on 2 cores
+            if left > 0:
+                need_rate = ceiling.gflop_per_chunk / (left / 1000)
+                print(f"  arithmetic: 2 cores / 50 chunks/s = 40 CPU-ms per chunk; minus the service's {own:.0f} "
+                      f"leaves {left:.0f} CPU-ms for {ceiling.gflop_per_chunk:.2f} GFLOP = {need_rate:.0f} GFLOP/s "
+                      "per core, vs "
+                      f"the measured fp32 GEMM peak of {ceiling.best_cpu_rate:.0f}")
     return 0
 
 
