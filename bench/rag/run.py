@@ -6,7 +6,8 @@ and longest-query figures apart).
     uv run python bench/rag/run.py --quick    # smoke run of each part (a few minutes)
 
 Each part also runs alone (same --quick flag): bench/rag/quality.py, bench/rag/ingest.py,
-bench/rag/latency.py; bench/rag/speed.py measures HNSW recall and QPS on synthetic vectors.
+bench/rag/latency.py; bench/rag/roofline.py prints the fp32 compute ceiling of ingest (also part of
+ingest.py); bench/rag/speed.py measures HNSW recall and QPS on synthetic vectors.
 """
 
 from __future__ import annotations

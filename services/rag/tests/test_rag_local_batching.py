@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from frugal.encoder.minilm import load_encoder
-from frugal.rag.embedding.local import LocalEmbedder
+from frugal.rag.embedding.local import LocalEmbedder, _Queue, _Request
 
 DOCS = [[f"Document {d} sentence {i} about wing {d * i} lift and drag." for i in range(n)]
         for d, n in enumerate((5, 9, 3))]
@@ -53,3 +53,51 @@ async def test_a_cancelled_caller_does_not_break_the_queue() -> None:
         assert after.vectors.shape == (1, 384)
     finally:
         await emb.aclose()
+
+
+def _queued(lengths: list[int]) -> tuple[_Queue, list[_Request]]:
+    loop = asyncio.get_running_loop()
+    q = _Queue()
+    reqs = []
+    for n in lengths:
+        req = _Request(["x" * n], loop.create_future(), np.zeros((1, 384), np.float32), left=1)
+        reqs.append(req)
+        q.document.append((req, 0))
+    return q, reqs
+
+
+async def test_document_batches_are_matched_by_length_across_requests() -> None:
+    # Chunks of several documents in flight, short and long interleaved: a batch is the oldest text and
+    # the queued texts nearest to it in length, so a batch is padded to little more than its own texts.
+    q, reqs = _queued([10, 200, 12, 190, 11, 205, 13])
+    first = q.take(3, window=6)
+    assert [len(r.texts[0]) for r, _ in first] == [10, 12, 11]
+    second = q.take(3, window=6)
+    assert [len(r.texts[0]) for r, _ in second] == [200, 190, 205]
+    assert [len(r.texts[0]) for r, _ in q.take(3, window=6)] == [13]
+    # Without a window, arrival order (the old behaviour).
+    q, _ = _queued([10, 200, 12, 190])
+    assert [len(r.texts[0]) for r, _ in q.take(3, window=0)] == [10, 200, 12]
+
+
+async def test_length_matching_serves_the_oldest_first_and_skips_cancelled_texts() -> None:
+    q, reqs = _queued([50, 10, 49, 51, 48])
+    reqs[2].future.cancel()
+    batch = q.take(2, window=8)
+    assert [len(r.texts[0]) for r, _ in batch] == [50, 51]  # the oldest, then the nearest live one
+    assert [len(r.texts[0]) for r, _ in q.take(8, window=8)] == [10, 48]  # nothing lost, order kept
+
+
+async def test_local_embedder_with_length_matching_returns_each_callers_vectors() -> None:
+    enc = load_encoder()
+    emb = LocalEmbedder(enc, max_batch=3, workers=2, length_window=16)
+    docs = [["short one", "a much longer text about the boundary layer of a swept wing at transonic speed " * 3,
+             "mid length text on nozzles"], ["tiny", "another long text on shock waves and their reflection " * 4]]
+    try:
+        results = await asyncio.gather(*(emb.embed(t, "document") for t in docs))
+    finally:
+        await emb.aclose()
+    for texts, got in zip(docs, results, strict=True):
+        ref, tokens = enc.encode(texts)
+        assert float(np.min(np.sum(ref * got.vectors, axis=1))) > 0.99999
+        assert got.tokens == tokens

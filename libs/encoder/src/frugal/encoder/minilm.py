@@ -113,7 +113,7 @@ def _cut(text: str, limit: int) -> str:
 
 def default_runtime() -> Runtime:
     """ENCODER_RUNTIME when set, else onnxruntime when it is installed (measured faster here, same
-    vectors: bench/rag/encoder.py), else NumPy."""
+    vectors: bench/rag/ingest.py), else NumPy."""
     value = os.environ.get("ENCODER_RUNTIME", "").strip().lower()
     if value:
         if value not in RUNTIMES:

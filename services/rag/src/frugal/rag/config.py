@@ -24,13 +24,17 @@ class Settings(DatabaseSettings):
     voyage_timeout_s: float = Field(default=10.0, gt=0, le=120)
     voyage_max_retries: int = Field(default=0, ge=0, le=5)
     voyage_batch_size: int = Field(default=128, ge=1, le=1000)
-    local_batch_size: int = Field(default=32, ge=1, le=256)
+    # Texts per encoder batch: 8 is fastest per CPU-second here (bigger batches spill the attention
+    # scores out of cache; bench/rag/ingest.py), and a query waits behind at most one such batch.
+    local_batch_size: int = Field(default=8, ge=1, le=256)
+    # Queued document texts looked at to fill a batch with texts of similar length (less padding); 0: in order.
+    local_length_window: int = Field(default=64, ge=0, le=100_000)
     # BLAS threads for the local encoder (process-wide); 0 leaves the library default.
     local_encoder_threads: int = Field(default=1, ge=0, le=64)
     # Batches the local encoder runs at once (one thread each): one per core.
     local_encoder_workers: int = Field(default=2, ge=1, le=64)
     # "numpy" or "onnx" (onnxruntime on a graph built from the same weights); "" picks onnx when
-    # installed (faster here, same vectors: bench/rag/encoder.py).
+    # installed (faster here, same vectors: bench/rag/ingest.py).
     encoder_runtime: str = Field(default="", pattern=r"^(|numpy|onnx)$")
     # Query-embedding cache in Redis (seconds); 0 disables it.
     embedding_cache_ttl: int = Field(default=7 * 24 * 3600, ge=0, le=365 * 24 * 3600)

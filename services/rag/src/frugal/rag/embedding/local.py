@@ -6,6 +6,12 @@ Texts from concurrent requests (chunks of several documents being ingested, quer
 first, so a large ingest never holds a query behind it for more than one batch, and the chunks of many
 small documents are embedded in full batches. The encoder is thread-safe and releases the GIL in its
 matrix products, so two workers use two cores.
+
+A batch is padded to its longest text, so a batch of mixed lengths pays for padding (chunks here run
+from 12 to 240 word pieces). Document texts are therefore batched by length across requests: the oldest
+queued text, plus the queued texts nearest to it in length among the next `window` (chunks of the
+several documents in flight), so the oldest is always served (no text waits behind newer ones for
+ever) and padding stays small without waiting for more texts to arrive.
 """
 
 from __future__ import annotations
@@ -51,13 +57,35 @@ class _Queue:
     def __len__(self) -> int:
         return len(self.query) + len(self.document)
 
-    def take(self, n: int) -> list[tuple[_Request, int]]:
+    def take(self, n: int, window: int = 0) -> list[tuple[_Request, int]]:
+        """Up to `n` texts: queries first, in order; then the oldest document text and those nearest to it
+        in length among the next `window` document texts (0: in order)."""
         out: list[tuple[_Request, int]] = []
-        for q in (self.query, self.document):
-            while q and len(out) < n:
-                req, i = q.popleft()
-                if not req.future.done():  # a cancelled caller's texts are dropped
-                    out.append((req, i))
+        q = self.query
+        while q and len(out) < n:
+            req, i = q.popleft()
+            if not req.future.done():  # a cancelled caller's texts are dropped
+                out.append((req, i))
+        d = self.document
+        while d and len(out) < n:
+            req, i = d.popleft()
+            if req.future.done():
+                continue
+            out.append((req, i))
+            if window <= 0:
+                continue
+            candidates: list[tuple[_Request, int]] = []
+            while d and len(candidates) < window:
+                item = d.popleft()
+                if not item[0].future.done():
+                    candidates.append(item)
+            target = len(req.texts[i])
+            nearest = sorted(range(len(candidates)), key=lambda j: abs(len(candidates[j][0].texts[candidates[j][1]])
+                                                                         - target))[: n - len(out)]
+            chosen = set(nearest)
+            out.extend(candidates[j] for j in sorted(chosen))
+            # The others go back to the front, in their order.
+            d.extendleft(reversed([c for j, c in enumerate(candidates) if j not in chosen]))
         return out
 
 
@@ -70,14 +98,16 @@ class LocalEmbedder:
     offline = True
 
     def __init__(
-        self, encoder: MiniLMEncoder | None = None, *, max_batch: int = 32, blas_threads: int | None = 1,
-        workers: int = 2,
+        self, encoder: MiniLMEncoder | None = None, *, max_batch: int = 8, blas_threads: int | None = 1,
+        workers: int = 2, length_window: int | None = None,
     ) -> None:
         if blas_threads is not None:
             limit_blas_threads(blas_threads)
         self._encoder = encoder or load_encoder()
         self.max_batch = max_batch
         self.workers = max(1, workers)
+        # Document texts looked at to fill a batch with similar lengths (0: first come, first batched).
+        self.length_window = 8 * max_batch if length_window is None else max(0, length_window)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="minilm")
         self._queue = _Queue()
         self._wake: asyncio.Event | None = None
@@ -106,7 +136,7 @@ class LocalEmbedder:
         loop = asyncio.get_running_loop()
         assert self._wake is not None
         while True:
-            batch = self._queue.take(self.max_batch)
+            batch = self._queue.take(self.max_batch, self.length_window)
             if not batch:
                 self._wake.clear()
                 await self._wake.wait()
