@@ -25,6 +25,7 @@ every matrix-product operand rounded to bf16 (float32 accumulation, as vdpbf16ps
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import sys
@@ -167,7 +168,7 @@ def gemm_rates(mean_length: float, batch: int = 8, seconds: float = 1.0) -> dict
                     for _ in range(threads):
                         a = rng.standard_normal((mm, k), dtype=np.float32)
                         b = rng.standard_normal((k, n), dtype=np.float32)
-                        fns.append(lambda a=a, b=b: a @ b)
+                        fns.append(functools.partial(np.matmul, a, b))
                 else:
                     fns = [_ort_matmul(mm, k, n) for _ in range(threads)]
                 r = _concurrent(fns, work, seconds / 4)
