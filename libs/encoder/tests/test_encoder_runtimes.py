@@ -12,6 +12,7 @@ from frugal.encoder.minilm import (
     TOKENIZE_CHARS_MAX,
     MiniLMEncoder,
     load_encoder,
+    load_token_embeddings,
     token_offsets,
 )
 
@@ -64,3 +65,15 @@ def test_token_offsets_cover_the_text_without_special_tokens() -> None:
 def test_load_encoder_is_cached_per_runtime() -> None:
     assert load_encoder(runtime="numpy") is load_encoder(runtime="numpy")
     assert load_encoder(runtime="onnx").runtime == "onnx"
+
+
+def test_token_embeddings_alone_are_the_encoders_table_and_tokenizer(
+    encoders: tuple[MiniLMEncoder, MiniLMEncoder],
+) -> None:
+    numpy_enc, _ = encoders
+    light = load_token_embeddings()
+    assert light.word.dtype == np.float32
+    assert np.array_equal(light.word, numpy_enc.word)
+    long_text = "Why is the sky blue? " * 200  # beyond MAX_SEQ_LENGTH: truncation must match too
+    for text in ("Hi there!", "Prove there are infinitely many primes.", long_text):
+        assert light.tokenizer.encode(text).ids == numpy_enc.tokenizer.encode(text).ids

@@ -20,14 +20,26 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from safetensors import safe_open
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from frugal.encoder.tokens import default_model_dir, load_tokenizer, token_offsets
 
 Vectors = npt.NDArray[np.float32]
-__all__ = ["DIMENSIONS", "MAX_SEQ_LENGTH", "MODEL_NAME", "MiniLMEncoder", "default_model_dir", "l2_normalise",
-           "limit_blas_threads", "load_encoder", "load_tokenizer", "token_offsets"]
+__all__ = ["DIMENSIONS", "MAX_SEQ_LENGTH", "MODEL_NAME", "MiniLMEncoder", "TokenEmbeddings", "default_model_dir",
+           "l2_normalise", "limit_blas_threads", "load_encoder", "load_token_embeddings", "load_tokenizer",
+           "token_offsets"]
+
+WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
+
+
+def _encoder_tokenizer(root: Path) -> Tokenizer:
+    """The tokenizer as the encoder runs it: no padding, truncated to MAX_SEQ_LENGTH."""
+    tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_length=MAX_SEQ_LENGTH)
+    return tok
 
 
 def l2_normalise(vectors: Vectors) -> Vectors:
@@ -138,11 +150,9 @@ class MiniLMEncoder:
         self.eps = float(config["layer_norm_eps"])
         if config.get("hidden_act") != "gelu" or self.hidden != DIMENSIONS:
             raise ValueError(f"unexpected model config in {root}")
-        self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
+        self.tokenizer = _encoder_tokenizer(root)
         w = load_file(str(root / "model.safetensors"))
-        self.word = w["embeddings.word_embeddings.weight"]
+        self.word = w[WORD_EMBEDDINGS]
         self.position = w["embeddings.position_embeddings.weight"]
         self.token_type0 = w["embeddings.token_type_embeddings.weight"][0]
         self.emb_ln_w = w["embeddings.LayerNorm.weight"]
@@ -271,6 +281,26 @@ def limit_blas_threads(threads: int) -> None:
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     threadpool_limits(limits=threads, user_api="blas")
+
+
+@dataclass(frozen=True, eq=False)
+class TokenEmbeddings:
+    """The encoder's tokenizer and input word-piece embedding table, without the transformer: what a caller
+    that pools input embeddings needs (the router's prompt features), at ~47 MB instead of the encoder's
+    ~90 MB of weights plus an onnxruntime session."""
+
+    tokenizer: Tokenizer
+    word: Vectors
+
+
+@functools.lru_cache(maxsize=2)
+def load_token_embeddings(model_dir: str | None = None) -> TokenEmbeddings:
+    """Reads only the word-embedding tensor from the safetensors file (the same array `MiniLMEncoder.word`
+    holds) and the encoder's tokenizer."""
+    root = Path(model_dir) if model_dir else default_model_dir()
+    with safe_open(str(root / "model.safetensors"), framework="numpy") as f:
+        word: Vectors = f.get_tensor(WORD_EMBEDDINGS)
+    return TokenEmbeddings(tokenizer=_encoder_tokenizer(root), word=word)
 
 
 @functools.lru_cache(maxsize=4)

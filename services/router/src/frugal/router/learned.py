@@ -7,7 +7,7 @@ premium (RouteLLM's "win" classifiers, one logistic regression per tier), from
   a shared few-shot prefix (ARC and Winogrande: ~450 identical tokens) and the question is at the end; the
   input embeddings, not the 6-layer forward pass, because the forward pass costs 9-50 ms per turn on one core
   here (bench/router) and the decision budget is 3 ms p50 / 10 ms p99. The encoder is the shared one
-  (`frugal.encoder.minilm.load_encoder`): its tokenizer and embedding table, not a copy;
+  (`frugal.encoder.minilm.load_token_embeddings`): its tokenizer and embedding table, not a copy;
 - structure: the conversational-structure features (frugal.router.conversational), the lexical model's
   numeric features, and the `lexical-ridge-v1` and `hybrid-v2` scores. Both scores are themselves fitted on
   training rows (the lexical model on the public training prompts, hybrid-v2's structure part on the
@@ -77,9 +77,9 @@ class MiniLMTailEmbedder:
     """Mean of all-MiniLM-L6-v2 input token embeddings over the tail of the text, L2-normalised."""
 
     def __init__(self) -> None:
-        from frugal.encoder.minilm import load_encoder
+        from frugal.encoder.minilm import load_token_embeddings
 
-        enc = load_encoder()
+        enc = load_token_embeddings()
         self.tokenizer = enc.tokenizer
         self.table: F32 = enc.word
         self.dim = int(self.table.shape[1])
