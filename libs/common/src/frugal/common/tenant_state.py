@@ -119,6 +119,17 @@ class TenantStateCache:
         self._budgets[tenant_id] = (now, value)
         return value
 
+    def last_known(
+        self, tenant_id: str
+    ) -> tuple[billing_pb2.TenantPolicy | None, billing_pb2.BudgetState | None] | None:
+        """What this reader last read for the tenant, whatever its age, or None if it never read it. For when
+        Redis does not answer: a capped tenant stays capped on its last known spend (budget_verdict refuses
+        it once that state is older than STATE_MAX_AGE_S) instead of reading as "unpublished" (uncapped)."""
+        policy, budget = self._policies.get(tenant_id), self._budgets.get(tenant_id)
+        if policy is None and budget is None:
+            return None
+        return (policy[1] if policy else None), (budget[1] if budget else None)
+
 
 # ------------------------------------------------------------------------------------------ the verdict
 

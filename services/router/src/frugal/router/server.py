@@ -210,6 +210,12 @@ class RouterCore:
                                                       self.tenant_state.budget(tenant))
         except (TimeoutError, RedisError, OSError) as err:
             why = f"no answer within {timeout:.2f}s" if isinstance(err, TimeoutError) else type(err).__name__
+            known = self.tenant_state.last_known(tenant)
+            if known is not None:
+                # Never "unpublished" (uncapped) because Redis is down: the last known state decides, and the
+                # verdict refuses a capped tenant once that state is too old to trust.
+                clock.fail_open("tenant_state", f"tenant state unavailable ({why}): last known state used")
+                return known
             clock.fail_open("tenant_state", f"tenant state unavailable ({why}): default policy, budget unknown")
             return None, None
         return policy, budget
