@@ -14,7 +14,7 @@ What it does, per (path, tenant count):
   pending, nothing dead-lettered.
 Paths: "old" = one transaction per tenant per batch (LEDGER_PER_TENANT_TRANSACTIONS=true, batch 500, 4 tenant
 transactions in flight), the path before issue 13; "new" = ONE transaction per batch whatever the number of
-tenants (billing_ingest_batch), one MULTI/EXEC for XACK + XDEL + budget states, batch 2000.
+tenants (billing_ingest_batch), one MULTI/EXEC for XACK + XDEL + budget states, batch 5000 (the default).
 
 With no --pg-dsn the bench starts the embedded PostgreSQL of the dev stack, which runs with fsync=off: commits
 are cheaper than on a durable production database, so treat absolute numbers as an upper bound.
@@ -391,7 +391,7 @@ def main() -> int:
     p.add_argument("--events", type=int, default=0, help="distinct events per run (default 20000, quick 6000)")
     p.add_argument("--tenants", default="1,50,500", help="comma-separated active tenant counts")
     p.add_argument("--paths", default="old,new", help="old (per-tenant transactions), new (one per batch)")
-    p.add_argument("--batch", type=int, default=2000, help="LEDGER_BATCH_SIZE of the new path")
+    p.add_argument("--batch", type=int, default=5000, help="LEDGER_BATCH_SIZE of the new path")
     p.add_argument("--pg-dsn", default=None, help="admin DSN of an existing database (else embedded)")
     p.add_argument("--redis-url", default=None)
     args = p.parse_args()
