@@ -96,14 +96,17 @@ async def hung_redis(deadline_s: float) -> None:
     server = await asyncio.start_server(hung.handle, "127.0.0.1", 0)
     url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
     async with GeminiEmulator() as gemini, AnthropicEmulator() as claude:
-        app, channel = await start(url, gemini, claude)
-        for _ in range(2):
-            ms, done, code = await turn(channel, "What's the weather like today?", deadline_s=deadline_s)
-            notes = len(done.degraded) if done is not None else 0
-            print(f"  Redis accepts and never answers, deadline {deadline_s:.0f}s: Respond {code} in {ms:.0f} ms, "
-                  f"{notes} fail-open notes in the result (seed: Route answered after 46.5 s)")
-        await channel.close()
-        await app.stop(0.5)
+        # refuse (default): a tenant this router never read has an unknown cap, so no paid call; allow: fail open.
+        for mode in ("refuse", "allow"):
+            app, channel = await start(url, gemini, claude, tenant_state_unreachable=mode)
+            for _ in range(2):
+                ms, done, code = await turn(channel, "What's the weather like today?", deadline_s=deadline_s)
+                notes = len(done.degraded) if done is not None else 0
+                print(f"  Redis accepts and never answers, deadline {deadline_s:.0f}s, TENANT_STATE_UNREACHABLE="
+                      f"{mode}: Respond {code} in {ms:.0f} ms, {notes} fail-open notes in the result "
+                      f"(seed: Route answered after 46.5 s)")
+            await channel.close()
+            await app.stop(0.5)
     server.close()
 
 

@@ -242,7 +242,7 @@ async def test_a_hung_first_deployment_leaves_time_for_the_next_within_the_calle
 async def test_a_redis_that_never_answers_does_not_hold_the_turn_past_its_deadline(
     start_router: Any, hung_redis: Any, gemini_emu: GeminiEmulator
 ) -> None:
-    router = await start_router(redis_url=hung_redis.url, **gemini_keys(gemini_emu))
+    router = await start_router(redis_url=hung_redis.url, tenant_state_unreachable="allow", **gemini_keys(gemini_emu))
     ans = await respond(router, EASY, deadline_s=3.0)
     c = ans.completed
     assert c is not None and ans.text and hung_redis.connections > 0
@@ -253,6 +253,19 @@ async def test_a_redis_that_never_answers_does_not_hold_the_turn_past_its_deadli
     decision = await router.stub.Route(router_pb2.RouteRequest(turn=router_pb2.TurnInput(text=EASY)),
                                        metadata=MD, timeout=2.0)
     assert decision.decision.model == "gemini-2.5-flash-lite"
+
+
+async def test_a_tenant_never_read_is_refused_paid_calls_when_redis_does_not_answer(
+    start_router: Any, hung_redis: Any, gemini_emu: GeminiEmulator
+) -> None:
+    """Default TENANT_STATE_UNREACHABLE=refuse: the tenant's cap is unknown, so no paid call (UNAVAILABLE,
+    retryable, within the caller's deadline), and the provider is never called."""
+    router = await start_router(redis_url=hung_redis.url, **gemini_keys(gemini_emu))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await respond(router, EASY, deadline_s=3.0)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "cannot be read" in (info.value.details() or "")
+    assert gemini_emu.requests == []
 
 
 # ------------------------------------------------------------------------------------ turn size

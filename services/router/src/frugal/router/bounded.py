@@ -50,6 +50,8 @@ class TurnClock:
         self._redis_op_timeout_s = redis_op_timeout_s
         self._watch = watch or RedisWatch()
         self.degraded: list[str] = []
+        # Set when the tenant's policy and budget could not be read and no earlier copy was known.
+        self.tenant_state_unread = False
 
     def left(self) -> float | None:
         return self._context.time_remaining()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -87,6 +89,10 @@ class Settings(ServiceSettings):
     default_tokens_per_minute: int = Field(default=200_000, ge=1)
     # Seconds the tenant policy and budget state are cached in-process.
     tenant_state_ttl_s: float = Field(default=2.0, ge=0, le=300)
+    # Redis does not answer and this router never read the tenant's state: "refuse" paid calls (UNAVAILABLE,
+    # retryable: the tenant's cap is unknown, spending blind would fail open), "allow" (fail open). A tenant
+    # read before keeps its last known state either way; an offline-only deployment (no paid provider) answers.
+    tenant_state_unreachable: Literal["refuse", "allow"] = "refuse"
 
     # Context dependencies. Their time is also capped by the caller's deadline.
     rag_timeout_s: float = Field(default=0.8, gt=0, le=30)

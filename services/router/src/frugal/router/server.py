@@ -49,7 +49,7 @@ from frugal.router.cascade import (
 )
 from frugal.router.config import Settings
 from frugal.router.context import RAG, VISION, ContextClients, ContextResult, skipped
-from frugal.router.decision import ENUM_TIER, TIER_ENUM, Decider, Decision, TurnText, budget_verdict
+from frugal.router.decision import ENUM_TIER, TIER_ENUM, BudgetVerdict, Decider, Decision, TurnText, budget_verdict
 from frugal.router.deployments import Deployment, DeploymentPool, DeploymentSpec, describe, parse_deployments
 from frugal.router.fallback import fallback_sequence, parse_fallback_chain
 from frugal.router.health import DeploymentHealth, HealthConfig
@@ -216,6 +216,7 @@ class RouterCore:
                 # verdict refuses a capped tenant once that state is too old to trust.
                 clock.fail_open("tenant_state", f"tenant state unavailable ({why}): last known state used")
                 return known
+            clock.tenant_state_unread = True
             clock.fail_open("tenant_state", f"tenant state unavailable ({why}): default policy, budget unknown")
             return None, None
         return policy, budget
@@ -629,6 +630,12 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         core, s = self.core, self.core.settings
         policy, budget = await core.tenant_policy_and_budget(tenant, clock)
         verdict = budget_verdict(policy, budget)
+        if (clock.tenant_state_unread and s.tenant_state_unreachable == "refuse"
+                and not core.providers.pool.route_tier("lite").offline):
+            verdict = BudgetVerdict("unknown", "billing's tenant state cannot be read (Redis does not answer) and "
+                                               "this router holds no earlier copy: the tenant's cap is unknown, paid "
+                                               "calls refused until it can be read (TENANT_STATE_UNREACHABLE=allow "
+                                               "fails open instead)")
         if verdict.refuses:  # exhausted, suspended: RESOURCE_EXHAUSTED; unknown state of a capped tenant: UNAVAILABLE
             m.LIMIT_REJECTIONS.labels(tenant=tenant, limit="budget").inc()
             m.ROUTER_REQUESTS.labels(tenant=tenant, tier="", model="", outcome=f"budget_{verdict.status}").inc()
