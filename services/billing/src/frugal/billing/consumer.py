@@ -156,6 +156,15 @@ class _Prepared:
     extra_ids: dict[str, list[str]]
 
 
+@dataclass
+class _Phase:
+    """Tells the read loop when a batch's transaction has ended (`done`) and whether it committed (`ok`), so
+    the next batch's transaction can start while this one's acknowledgement is still being sent."""
+
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    ok: bool = False
+
+
 # Called after a tenant's transaction committed and before its entries are acknowledged.
 CommitHook = Callable[[TenantWriteResult], Awaitable[None]]
 
@@ -451,32 +460,55 @@ class LedgerConsumer:
         total = BatchOutcome()
         loop = asyncio.get_running_loop()
         inflight: asyncio.Task[BatchOutcome] | None = None
+        phase: _Phase | None = None
+        # Batches whose transaction committed and whose acknowledgement may still be on its way.
+        acking: list[asyncio.Task[BatchOutcome]] = []
+
+        async def settle() -> None:
+            while acking:
+                _merge(total, await acking.pop(0))
+
         try:
             while True:
                 entries = await self._read_batch(block=inflight is None)
                 prepared = self._prepare(entries, "new") if entries else None
-                if inflight is not None:
+                after: asyncio.Task[BatchOutcome] | None = None
+                if inflight is not None and phase is not None:
                     task, inflight = inflight, None
-                    outcome = await task
-                    _merge(total, outcome)
-                    if outcome.left_pending:
-                        if prepared is not None:
-                            total.left_pending += prepared.read
-                            self._scan_pending = True
-                        return total
+                    await phase.done.wait()
+                    if phase.ok and not task.done():
+                        acking.append(task)  # committed: its XACK overlaps the next transaction
+                        after = task
+                    else:
+                        await settle()
+                        outcome = await task
+                        _merge(total, outcome)
+                        if outcome.left_pending:
+                            if prepared is not None:
+                                total.left_pending += prepared.read
+                                self._scan_pending = True
+                            return total
                 if prepared is None:
+                    await settle()
                     return total
                 if self._stopping.is_set() or loop.time() >= self._next_maintenance:
-                    _merge(total, await self._commit(prepared))
+                    outcome = await self._commit(prepared, after=after)
+                    await settle()
+                    _merge(total, outcome)
                     return total
-                inflight = asyncio.create_task(self._commit(prepared), name=f"ledger-commit-{self.config.consumer}")
+                phase = _Phase()
+                inflight = asyncio.create_task(self._commit(prepared, phase, after),
+                                               name=f"ledger-commit-{self.config.consumer}")
+                # A batch that ended before the next read (whatever its outcome) is settled in order there.
         except BaseException:
             # Whatever was read and not acknowledged is pending: the next round re-reads it.
             self._scan_pending = True
             raise
         finally:
-            if inflight is not None:  # only on an error or a cancellation: let the commit end (or cancel it)
-                await asyncio.gather(inflight, return_exceptions=True)
+            # Only on an error or a cancellation do tasks remain: let them end (or cancel them).
+            rest = [*acking, *([inflight] if inflight is not None else [])]
+            if rest:
+                await asyncio.gather(*rest, return_exceptions=True)
 
     async def process_own_pending(self) -> BatchOutcome:
         """Re-reads this consumer's whole pending list (entries delivered but not acknowledged: from a
@@ -545,8 +577,19 @@ class LedgerConsumer:
             first[eid] = entry
         return _Prepared(len(raw_entries), started, poison, first, extra_ids)
 
-    async def _commit(self, p: _Prepared) -> BatchOutcome:
-        """The I/O half of a batch: dead letters, the transaction, the acknowledgement."""
+    async def _commit(self, p: _Prepared, phase: _Phase | None = None,
+                      after: asyncio.Task[BatchOutcome] | None = None) -> BatchOutcome:
+        """The I/O half of a batch: dead letters, the transaction, the acknowledgement. `phase` is told when the
+        transaction ends; the acknowledgement waits for `after` (the previous batch) so acknowledgements and
+        budget states go out in stream order."""
+        try:
+            return await self._commit_batch(p, phase, after)
+        finally:
+            if phase is not None:
+                phase.done.set()
+
+    async def _commit_batch(self, p: _Prepared, phase: _Phase | None,
+                            after: asyncio.Task[BatchOutcome] | None) -> BatchOutcome:
         outcome = BatchOutcome(read=p.read)
         poison, first, extra_ids, started = p.poison, p.first, p.extra_ids, p.started
         if poison:
@@ -555,7 +598,9 @@ class LedgerConsumer:
 
         if not self.config.per_tenant_transactions:
             if first:
-                _merge(outcome, await self._write_all(list(first.values()), extra_ids))
+                _merge(outcome, await self._write_all(list(first.values()), extra_ids, phase=phase, after=after))
+            elif after is not None:
+                await asyncio.wait({after})
             m.BATCH_SECONDS.observe(time.perf_counter() - started)
             _merge(self.totals, outcome)
             return outcome
@@ -587,7 +632,9 @@ class LedgerConsumer:
         )
         return {_s(r["message_id"]): int(r["times_delivered"]) for r in rows}
 
-    async def _write_all(self, entries: list[LedgerEntry], extra_ids: dict[str, list[str]]) -> BatchOutcome:
+    async def _write_all(self, entries: list[LedgerEntry], extra_ids: dict[str, list[str]], *,
+                         phase: _Phase | None = None,
+                         after: asyncio.Task[BatchOutcome] | None = None) -> BatchOutcome:
         """The whole batch in one transaction; then one MULTI/EXEC: dead letters, XACK, XDEL, budget states."""
         outcome = BatchOutcome(tenants={e.event.tenant_id for e in entries})
         results: dict[str, TenantWriteResult] | None = None
@@ -601,14 +648,21 @@ class LedgerConsumer:
                 m.WRITE_SECONDS.observe(seconds)
                 for res in results.values():
                     res.write_seconds = seconds
+                if phase is not None:  # committed: the next batch's transaction may start now
+                    phase.ok = True
+                    phase.done.set()
                 break
             except DATA_ERRORS as err:
+                if after is not None:
+                    await asyncio.wait({after})
                 return await self._isolate(entries, extra_ids, err)
             except RETRYABLE_DB_ERRORS as err:
                 last_err = err
                 m.WRITE_ERRORS.labels(error=type(err).__name__).inc()
                 if attempt + 1 < self.config.write_attempts:
                     await asyncio.sleep(0.05 * (2 ** attempt))
+        if after is not None:  # the previous batch's acknowledgement first (stream order)
+            await asyncio.wait({after})
         if results is None:
             log.warning("ledger write of %d events failed %d times (%s); left pending",
                         len(entries), self.config.write_attempts, last_err)
