@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import grpc
 import pytest
@@ -130,8 +130,8 @@ async def claude_emu() -> AsyncIterator[AnthropicEmulator]:
         yield emu
 
 
-class HungRedis:
-    """A TCP server that accepts connections, reads what it is sent and never answers: a hung Redis."""
+class _LocalServer:
+    """A TCP server on 127.0.0.1:<free port> standing where a Redis should be."""
 
     def __init__(self) -> None:
         self._server: asyncio.base_events.Server | None = None
@@ -140,12 +140,9 @@ class HungRedis:
         self.port = 0
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(writer)
-        while await reader.read(65536):
-            pass
+        raise NotImplementedError
 
-    async def __aenter__(self) -> HungRedis:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
@@ -161,10 +158,62 @@ class HungRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
 
+class HungRedis(_LocalServer):
+    """A TCP server that accepts connections, reads what it is sent and never answers: a hung Redis."""
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        while await reader.read(65536):
+            pass
+
+
+class HangingRedisProxy(_LocalServer):
+    """Forwards to a real Redis until `hang()`; from then on it swallows every request and answers nothing
+    (a Redis that died under the router's open connections)."""
+
+    def __init__(self, target_url: str) -> None:
+        super().__init__()
+        host, port = target_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        self._target = (host, int(port))
+        self.hung = False
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    def hang(self) -> None:
+        self.hung = True
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not self.hung:
+                writer.write(data)
+                await writer.drain()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_r, up_w = await asyncio.open_connection(*self._target)
+        self._writers += [writer, up_w]
+        for src, dst in ((reader, up_w), (up_r, writer)):
+            task = asyncio.create_task(self._pump(src, dst))
+            self._pumps.add(task)
+            task.add_done_callback(self._pumps.discard)
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in list(self._pumps):
+            t.cancel()
+        await super().__aexit__(*exc)
+
+
 @pytest_asyncio.fixture
 async def hung_redis() -> AsyncIterator[HungRedis]:
     async with HungRedis() as hung:
         yield hung
+
+
+@pytest_asyncio.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[HangingRedisProxy]:
+    """The test Redis behind a proxy that `hang()` silences."""
+    async with HangingRedisProxy(redis_url) as proxy:
+        yield proxy
 
 
 @dataclass

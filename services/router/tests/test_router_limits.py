@@ -167,71 +167,21 @@ async def test_respond_settles_the_reservation_to_the_reported_usage(
     assert dict(err.trailing_metadata() or ())["x-ratelimit-exceeded"] == "tokens"
 
 
-class HangingRedisProxy:
-    """Forwards to a real Redis until `hang()`; from then on it swallows every request and answers nothing
-    (a Redis that died under the router's open connections)."""
-
-    def __init__(self, target_url: str) -> None:
-        hostport = target_url.split("://", 1)[1].split("/", 1)[0]
-        self._host, port = hostport.rsplit(":", 1)
-        self._port = int(port)
-        self.hung = False
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._pumps: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            if not self.hung:
-                writer.write(data)
-                await writer.drain()
-
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(self._host, self._port)
-        self._writers += [client_w, up_w]
-        for src, dst in ((client_r, up_w), (up_r, client_w)):
-            task = asyncio.create_task(self._pump(src, dst))
-            self._pumps.add(task)
-            task.add_done_callback(self._pumps.discard)
-
-    def hang(self) -> None:
-        self.hung = True
-
-    async def __aenter__(self) -> HangingRedisProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for t in list(self._pumps):
-            t.cancel()
-        for w in self._writers:
-            w.close()
-        if self._server is not None:
-            self._server.close()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
 async def test_a_capped_tenant_stays_capped_when_redis_stops_answering(
-    start_router: Any, redis_client: aioredis.Redis, redis_url: str
+    start_router: Any, redis_client: aioredis.Redis, redis_proxy: Any
 ) -> None:
     """Before: Redis down -> no policy, no budget -> "unpublished" -> the exhausted tenant was answered."""
     await publish_policy(redis_client, billing_pb2.TenantPolicy(tenant_id="broke", monthly_budget_usd=5.0))
     await publish_budget(redis_client, billing_pb2.BudgetState(
         tenant_id="broke", month=f"{datetime.now(UTC):%Y-%m}", spent_usd=5.2, budget_usd=5.0, fraction_used=1.04,
         status=billing_pb2.BUDGET_STATUS_EXHAUSTED, updated_at=_now_ts()))
-    async with HangingRedisProxy(redis_url) as proxy:
-        router = await start_router(redis_url=proxy.url, tenant_state_ttl_s=0.05)
-        assert (await rejected(router, "broke")).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        proxy.hang()
-        await asyncio.sleep(0.2)  # past the state cache's TTL: the next turn must ask Redis, which is silent
-        err = await rejected(router, "broke")
-        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
-        assert "$5.20 of $5.00" in (err.details() or "")
+    router = await start_router(redis_url=redis_proxy.url, tenant_state_ttl_s=0.05)
+    assert (await rejected(router, "broke")).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    redis_proxy.hang()
+    await asyncio.sleep(0.2)  # past the state cache's TTL: the next turn must ask Redis, which is silent
+    err = await rejected(router, "broke")
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+    assert "$5.20 of $5.00" in (err.details() or "")
 
 
 def _now_ts() -> Any:
