@@ -16,6 +16,7 @@ from livekit.agents import RunResult, UserInputTranscribedEvent, UserStateChange
 from frugal.common.cost_events import CostKind
 from frugal.common.pricing import default_catalog
 from frugal.devkit.demo import synth
+from frugal.devkit.localmesh import scrape_metrics
 from frugal.gateway.agent import SessionParts, build_session, load_vad
 from frugal.gateway.clients import MeshClients
 from frugal.gateway.config import Settings
@@ -176,7 +177,7 @@ async def test_replay_with_provider_keys_uses_the_real_plugins_and_bills_their_f
 
     metrics_server = GatewayMetricsServer(0, str(tmp_path / "job-metrics"), host="127.0.0.1")
     port = metrics_server.start()
-    before = _scrape(port)
+    before = scrape_metrics(port)
     async with DeepgramEmulator() as dg, ElevenLabsEmulator() as xi:
         # Deepgram's endpointing, as the emulator plays it: the final result once the spoken part has arrived.
         dg.script(DeepgramReply(transcript="How much is the Business plan?", after_audio_s=2.5))
@@ -197,7 +198,7 @@ async def test_replay_with_provider_keys_uses_the_real_plugins_and_bills_their_f
     assert sum(e.usage.audio_seconds for e in stt) >= 1.5
     assert tts and all(e.provider == "elevenlabs" and not e.offline for e in tts)
     # The session's end put its whole-session cost in the session metrics, on the gateway's /metrics.
-    after = _scrape(port)
+    after = scrape_metrics(port)
     metrics_server.stop()
     cost = result.session_cost
     assert cost is not None and cost.kinds["stt"].cost_usd > 0 and cost.kinds["tts"].cost_usd > 0
@@ -209,16 +210,3 @@ async def test_replay_with_provider_keys_uses_the_real_plugins_and_bills_their_f
     assert after["session_minutes_total"] - before.get("session_minutes_total", 0.0) == pytest.approx(cost.minutes)
     assert after["session_cost_usd_per_minute_count"] - before.get("session_cost_usd_per_minute_count", 0.0) == 1
     assert cost.minutes > 0 and cost.kinds["stt"].naive_usd >= cost.kinds["stt"].cost_usd
-
-
-def _scrape(port: int) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - localhost
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out

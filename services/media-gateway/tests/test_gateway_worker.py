@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from livekit.protocol import models
 
 from frugal.devkit.demo import synth
 from frugal.devkit.devstack import free_port
+from frugal.devkit.localmesh import scrape_metrics
 from frugal.gateway import lifecycle, worker
 from frugal.gateway.config import Settings
 from frugal.gateway.replay.runner import ReplayAudioInput, SimulatedAudioOutput
@@ -258,17 +258,6 @@ async def test_health_is_not_serving_when_the_worker_dies(
             await asyncio.gather(serving, return_exceptions=True)
 
 
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310 - localhost
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 async def test_metrics_of_a_job_process_are_on_the_gateway_metrics(
     livekit: FakeLiveKit, gateway_env: Callable[..., Settings]
 ) -> None:
@@ -280,13 +269,13 @@ async def test_metrics_of_a_job_process_are_on_the_gateway_metrics(
     serving = asyncio.create_task(lifecycle.serve(settings, server=server, stop=stop))
     try:
         await until(lambda: health_is(settings.grpc_port, SERVING), "SERVING after registration")
-        before = await asyncio.to_thread(scrape, metrics_port)
+        before = await asyncio.to_thread(scrape_metrics, metrics_port)
         assert before.get("gateway_active_sessions", 0.0) == 0.0 and before["gateway_active_jobs"] == 0.0
         # The real entrypoint, in a job process: the session's gauge is set there, not here.
         await server._proc_pool.launch_job(fake_job("AJ_metrics", "desk", room_metadata='{"tenant_id": "org_lumen"}'))
 
         async def job_visible() -> bool:
-            m = await asyncio.to_thread(scrape, metrics_port)
+            m = await asyncio.to_thread(scrape_metrics, metrics_port)
             return m.get("gateway_active_sessions") == 1.0 and m.get("gateway_active_jobs") == 1.0
 
         await until(job_visible, "the job process's session on /metrics")
