@@ -25,13 +25,13 @@ from frugal.api.router.v1 import router_pb2, router_pb2_grpc
 from frugal.devkit.devstack import EmbeddedRedis, free_port
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator
+from frugal.devkit.routing.probes import PREMIUM_TURN
 from frugal.router.config import Settings
 from frugal.router.server import build_app
 
 MD = (("x-tenant-id", "bench"), ("x-session-id", "bench-1"))
 # Premium under learned-v1 without the cascade (the figures are about the premium call itself).
-HARD = ("def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string? "
-        "Explain the root cause and fix it.")
+HARD = PREMIUM_TURN
 
 
 async def start(redis_url: str, gemini: GeminiEmulator, claude: AnthropicEmulator, **extra: Any) -> Any:

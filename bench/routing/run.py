@@ -53,12 +53,15 @@ from frugal.devkit.routing.train_learned import (
     conversational_rows,
     example_rows,
     fit_policy,
+    policy_from_json,
+    policy_tiers,
     route_outcomes,
+    signals,
     training_rows,
 )
 from frugal.router.cascade import AnswerScorer
 from frugal.router.features import extract_features
-from frugal.router.learned import LearnedScorer, load_learned_payload
+from frugal.router.learned import FloorPoint, LearnedScorer, load_learned_payload
 from frugal.router.scoring import SEED_SCORER, load_scorers
 
 F64 = npt.NDArray[np.float64]
@@ -79,8 +82,9 @@ def arrays(rows: Sequence[Row]) -> tuple[F64, F64]:
 
 
 def evaluate(policy: Policy | Sequence[Policy], s: F64, a: F64, rows: Sequence[Row],
-             cluster: npt.NDArray[np.int64] | None = None) -> Result:
-    """One policy for every row, or one per cluster (`cluster[i]` indexes `policy`)."""
+             cluster: npt.NDArray[np.int64] | None = None, probs: tuple[F64, F64] | None = None) -> Result:
+    """One policy for every row, or one per cluster (`cluster[i]` indexes `policy`). `probs`: the learned
+    router's (p_lite, p_standard), read by points with the "probs" rule instead of the score `s`."""
     q, c = arrays(rows)
     pols = [policy] if isinstance(policy, Policy) else list(policy)
     cl = np.zeros(len(rows), dtype=np.int64) if cluster is None else cluster
@@ -91,11 +95,16 @@ def evaluate(policy: Policy | Sequence[Policy], s: F64, a: F64, rows: Sequence[R
         m = cl == k
         if not m.any():
             continue
-        qk, ck, cs = route_outcomes(pol, s[m], a[m], q[m], c[m])
+        if pol.rule == "probs":
+            assert probs is not None, "a probs-rule point needs the router's probabilities"
+            sk, uk = signals(pol, probs[0][m], probs[1][m])
+        else:
+            sk, uk = s[m], None
+        qk, ck, cs = route_outcomes(pol, sk, a[m], q[m], c[m], uk)
         qual[m], cost[m], casc[m] = qk, ck, cs
         kp = cs & (np.nan_to_num(a[m], nan=-1.0) >= pol.answer_keep)
         keep[m] = kp
-        tk = np.where(s[m] <= pol.t1, 0, np.where(s[m] <= pol.t2, 1, 2))
+        tk, _ = policy_tiers(pol, sk, uk)
         tier[m] = np.where(cs, np.where(kp, 1, 2), tk)
     shares = tuple(float((tier == k).mean()) for k in range(3))
     return Result(float(qual.mean() / q[:, 2].mean()), 1 - float(cost.sum() / c[:, 2].sum()),
@@ -166,10 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = load_learned_payload()
     answer_scorer = AnswerScorer(payload)
     shipped = payload["operating_points"]["floor"]
-    policy = Policy(float(shipped["t1"]), float(shipped["t2"]), float(shipped["t_cascade"]),
-                    float(shipped["answer_keep"]))
-    po = payload["operating_points"]["floor_prompt_only"]
-    no_cascade = Policy(float(po["t1"]), float(po["t2"]), float(po["t1"]), 1.0)
+    policy = policy_from_json(shipped)
+    no_cascade = policy_from_json(payload["operating_points"]["floor_prompt_only"], cascade=False)
 
     train = training_rows(datasets)
     calibration, evaluation = split_turns()
@@ -195,13 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"t1={no_cascade.t1:g} t2={no_cascade.t2:g}")
     print("training groups: " + ", ".join(f"{g} {len(rs)}" for g, rs in sorted(train_by_set.items())))
     clusters = payload["operating_points"].get("clusters") or []
-    cl_floor = [Policy(float(x["floor"]["t1"]), float(x["floor"]["t2"]), float(x["floor"]["t_cascade"]),
-                       float(x["floor"]["answer_keep"])) for x in clusters]
-    cl_prompt = [Policy(float(x["floor_prompt_only"]["t1"]), float(x["floor_prompt_only"]["t2"]),
-                        float(x["floor_prompt_only"]["t1"]), 1.0) for x in clusters]
+    cl_floor = [policy_from_json(x["floor"]) for x in clusters]
+    cl_prompt = [policy_from_json(x["floor_prompt_only"], cascade=False) for x in clusters]
     if clusters:
         print("per-cluster operating points (cluster = the group classifier's pick): " + "; ".join(
-            f"{x['name']}: t1={p.t1:.3g} t2={p.t2:.3g} tc={p.t_cascade:.3g} keep>={p.answer_keep:.3g}"
+            f"{x['name']}: {p.rule} t1={p.t1:.3g} t2={p.t2:.3g} tc={p.t_cascade:.3g} keep>={p.answer_keep:.3g}"
             for x, p in zip(clusters, cl_floor, strict=True)))
 
     def cluster_of(texts: Sequence[str]) -> npt.NDArray[np.int64]:
@@ -250,22 +255,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n=== {name}: {len(rows)} held-out {'turns' if name == 'conversational' else 'prompts'}; "
               f"all-premium quality {q[:, 2].mean():.3f}")
         if cl is not None:
-            r_prompt = evaluate(cl_prompt, s, np.full(len(rows), np.nan), rows, cl)
-            r_default = evaluate(cl_floor, s, a, rows, cl) if has else r_prompt
+            r_prompt = evaluate(cl_prompt, s, np.full(len(rows), np.nan), rows, cl, (p_l, p_s))
+            r_default = evaluate(cl_floor, s, a, rows, cl, (p_l, p_s)) if has else r_prompt
             counts = np.bincount(cl, minlength=len(clusters))
             print("  clusters picked: " + ", ".join(f"{x['name']} {n}" for x, n in zip(clusters, counts, strict=True)
                                                     if n))
         else:
-            r_prompt = evaluate(no_cascade, s, np.full(len(rows), np.nan), rows)
-            r_default = evaluate(policy, s, a, rows) if has else r_prompt
+            r_prompt = evaluate(no_cascade, s, np.full(len(rows), np.nan), rows, probs=(p_l, p_s))
+            r_default = evaluate(policy, s, a, rows, probs=(p_l, p_s)) if has else r_prompt
         results = {"learned-v1 prompt router": r_prompt}
         opt = {} if args.quick else {"learned-v1 prompt router": optimistic(s, rows)}
         casc_note = ""
         if has:
-            if cl is not None:
-                casc = np.array([cl_floor[k].t1 < v <= cl_floor[k].t_cascade for v, k in zip(s, cl, strict=True)])
-            else:
-                casc = (s > policy.t1) & (s <= policy.t_cascade)
+            pts = [cl_floor[k] for k in cl] if cl is not None else [policy] * len(rows)
+            casc = np.array([FloorPoint(p.t1, p.t2, p.t_cascade, p.answer_keep, p.rule).route(pl, ps)[1]
+                             for p, pl, ps in zip(pts, p_l, p_s, strict=True)])
             hold = np.array([
                 max(args.lite_ttft + len(r.responses[0]) / 4 / args.lite_tps,
                     args.standard_ttft + len(r.responses[1]) / 4 / args.standard_tps) + score_ms[i] / 1000

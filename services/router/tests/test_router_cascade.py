@@ -39,9 +39,11 @@ def band() -> tuple[str, Decision]:
     d = Decider(load_scorers(), default_catalog(), TierMix(0.6, 0.25, 0.15), provider_of=lambda t: ("offline", True))
     for text in [t.text for t in load_turns()] + few_shot_prompts():
         decision = d.decide(TurnText(text))
-        if decision.cascade:
+        # ...and one where the two scripted answer pairs take different branches (kept / escalated).
+        if decision.cascade and expected_keep(text, decision, AGREE) and not expected_keep(text, decision, DISAGREE):
             return text, decision
-    raise AssertionError("no turn falls in a cascade band of this artifact: the cascade tests would test nothing")
+    raise AssertionError("no turn falls in a cascade band of this artifact with both branches reachable: the "
+                         "cascade tests would test nothing")
 
 
 def expected_keep(text: str, decision: Decision, answers: tuple[str, str]) -> bool:
@@ -194,7 +196,12 @@ async def test_no_cascade_when_the_request_has_tools(
     async for msg in call:
         if msg.WhichOneof("payload") == "completed":
             completed = msg.completed
-    assert completed is not None and completed.decision.tier == common_pb2.TIER_STANDARD
+    # The routed tier (standard or premium by the point's rule), answered once.
+    routed = {"standard": common_pb2.TIER_STANDARD, "premium": common_pb2.TIER_PREMIUM}[decision.tier]
+    assert completed is not None and completed.decision.tier == routed
     evs = await events(redis_client)
     assert [e.attributes["attempt"] for e in evs] == ["0"]  # one ordinary attempt: no cascade with tools
-    assert [r.model for r in gemini.requests] == ["gemini-2.5-flash"] and claude.requests == []
+    if decision.tier == "standard":
+        assert [r.model for r in gemini.requests] == ["gemini-2.5-flash"] and claude.requests == []
+    else:
+        assert gemini.requests == [] and [r.model for r in claude.requests] == ["claude-sonnet-4-6"]

@@ -14,7 +14,7 @@ import pytest
 
 from frugal.api.billing.v1 import billing_pb2
 from frugal.api.common.v1 import common_pb2
-from frugal.common.pricing import default_catalog
+from frugal.common.pricing import TIERS, default_catalog
 from frugal.devkit.routing.conversational import LabelledTurn, load_turns
 from frugal.devkit.routing.evaldata import DataMissing, Dataset, data_root, load_all
 from frugal.router.cascade import ANSWER_FEATURES, AnswerScorer, agreement, answer_features
@@ -81,7 +81,9 @@ def test_floor_operating_point_by_default_and_the_tenant_mix_when_set(scorers: A
     a = learned.assess(HARD, extract_features(HARD))
     # The floor point of the turn's cluster (per-cluster thresholds shipped in the artifact).
     assert 0 <= a.cluster < len(learned.cluster_names)
-    assert plain.operating_point == "floor" and plain.thresholds == learned.floor_point(a, cascade=True)[0]
+    point = learned.floor_point(a, cascade=True)
+    assert plain.operating_point == "floor" and plain.thresholds == (point.t1, point.t2)
+    assert plain.tier == TIERS[point.route(a.p_lite, a.p_standard)[0]]
     assert plain.p_lite is not None and 0 < plain.p_lite < 1
     policy = billing_pb2.TenantPolicy(target_mix=common_pb2.TierMix(lite=0.2, standard=0.3, premium=0.5))
     mixed = d.decide(TurnText(HARD), policy=policy)
@@ -90,7 +92,9 @@ def test_floor_operating_point_by_default_and_the_tenant_mix_when_set(scorers: A
     assert any("tenant mix" in r for r in mixed.override_reasons)
     # Without the cascade the prompt router's own thresholds apply, and nothing is cascaded.
     off = decider(scorers, cascade_enabled=False).decide(TurnText(HARD))
-    assert off.thresholds == learned.floor_point(a, cascade=False)[0] and not off.cascade
+    off_point = learned.floor_point(a, cascade=False)
+    assert off.thresholds == (off_point.t1, off_point.t2) and not off.cascade
+    assert not off_point.route(a.p_lite, a.p_standard)[1]
 
 
 def test_short_hard_asks_and_follow_ups_do_not_go_to_lite(scorers: Any) -> None:
@@ -123,8 +127,8 @@ def test_pinned_tier_or_budget_downgrade_turns_the_cascade_off(scorers: Any) -> 
     assert band is not None, "no turn falls in a cascade band of this artifact: this test would test nothing"
     from frugal.router.features import extract_features
 
-    (t1, _), upper = learned.floor_point(learned.assess(band, extract_features(band)), cascade=True)
-    assert t1 < d.decide(TurnText(band)).score <= upper
+    a = learned.assess(band, extract_features(band))
+    assert learned.floor_point(a, cascade=True).route(a.p_lite, a.p_standard)[1]
     routed = d.decide(TurnText(band))
     assert routed.cascade
     tier_enum = {"lite": common_pb2.TIER_LITE, "standard": common_pb2.TIER_STANDARD,
@@ -260,6 +264,46 @@ def test_prediction_bound_is_stricter_than_the_confidence_bound() -> None:
     assert cost[1] > cost[0]
 
 
+def test_probs_rule_sends_turns_standard_is_sure_of_to_standard_where_one_summed_score_cannot() -> None:
+    """Standard answers as well as premium exactly when p_standard is high, whatever p_lite says; lite only when
+    p_lite is high. One summed score sends the "standard sure, lite unlikely" turns to premium (or lets lite take
+    "lite unsure, standard sure" turns), so at the same floor the probs rule is cheaper; and the run-time
+    FloorPoint routes every row as the training code does."""
+    import numpy as np
+
+    from frugal.devkit.routing.train_learned import FLOOR, fit_policy, policy_tiers, route_outcomes
+    from frugal.router.learned import FloorPoint
+
+    rng = np.random.default_rng(11)
+    n = 600
+    p_l = rng.uniform(0.0, 1.0, n)
+    p_s = rng.uniform(0.0, 1.0, n)
+    q = np.ones((n, 3))
+    q[:, 0] = (rng.uniform(0.0, 1.0, n) < p_l).astype(float)
+    q[:, 1] = (rng.uniform(0.0, 1.0, n) < p_s).astype(float)
+    c = np.tile(np.array([0.05, 0.2, 1.0]), (n, 1))
+    a = np.full(n, np.nan)
+    g = ["g"] * n
+    s_sum = 2.0 - p_l - p_s
+    summed, _ = fit_policy(g, s_sum, a, q, c, FLOOR)
+    probs, _ = fit_policy(g, 1.0 - p_l, a, q, c, FLOOR, u=1.0 - p_s)
+    assert probs.rule == "probs" and summed.rule == "score"
+    q_sum, c_sum, _ = route_outcomes(summed, s_sum, a, q, c)
+    q_pr, c_pr, _ = route_outcomes(probs, 1.0 - p_l, a, q, c, 1.0 - p_s)
+    assert q_pr.mean() >= FLOOR * q[:, 2].mean() and q_sum.mean() >= FLOOR * q[:, 2].mean()
+    assert c_pr.sum() < 0.9 * c_sum.sum()
+    tiers, band = policy_tiers(probs, 1.0 - p_l, 1.0 - p_s)
+    point = FloorPoint(probs.t1, probs.t2, probs.t_cascade, probs.answer_keep, probs.rule)
+    assert [point.route(float(x), float(y)) for x, y in zip(p_l, p_s, strict=True)] == [
+        (int(t_), bool(b_)) for t_, b_ in zip(tiers, band, strict=True)]
+    # A point with a band: premium-routed turns with 1 - p_standard <= t_cascade are cascaded, nothing else.
+    banded = FloorPoint(0.1, 0.2, 0.4, 0.8, "probs")
+    assert banded.route(0.95, 0.1) == (0, False)
+    assert banded.route(0.5, 0.85) == (1, False)
+    assert banded.route(0.5, 0.7) == (2, True)
+    assert banded.route(0.5, 0.5) == (2, False)
+
+
 def test_lexical_feature_of_a_training_row_does_not_see_the_rows_own_label(routing_data: list[Dataset]) -> None:
     """The lexical model is fitted on the public training prompts: a training row's `lexical` feature comes from
     a model fitted without the row's fold (cross-fitting), so changing the row's scores leaves it unchanged."""
@@ -300,5 +344,6 @@ def test_a_cascade_band_only_where_the_training_rows_carry_answers() -> None:
         rows = cl["rows_by_group"]
         answered = sum(n for g, n in rows.items() if g in with_answers)
         if 2 * answered < sum(rows.values()):
-            assert cl["floor"]["t_cascade"] == cl["floor"]["t1"], cl["name"]
-    assert payload["revision"] == 2
+            empty = cl["floor"]["t2"] if cl["floor"].get("rule_kind") == "probs" else cl["floor"]["t1"]
+            assert cl["floor"]["t_cascade"] == empty, cl["name"]
+    assert payload["revision"] == 3

@@ -17,13 +17,14 @@ from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
+from frugal.devkit.routing.probes import PREMIUM_TURN
 from frugal.router.config import Settings
 from frugal.router.deployments import parse_deployments
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 EASY = "Hi there!"  # lite
 # Premium under learned-v1 without the cascade (these tests are about the premium call itself).
-HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string? Explain the root cause and fix it."  # noqa: E501
+HARD = PREMIUM_TURN
 MODERATE = "Can you explain how the retry policy interacts with the queue's visibility timeout?"
 
 

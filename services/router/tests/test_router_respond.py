@@ -21,6 +21,7 @@ from frugal.common.pricing import PriceCatalog, TierName
 from frugal.common.usage import UsageAmounts
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
+from frugal.devkit.routing.probes import PREMIUM_TURN
 from frugal.router.prompt import UNTRUSTED_RULE
 from frugal.router.speech_style import SpeechStyleSettings
 
@@ -29,7 +30,7 @@ TIER_NAMES: dict[int, TierName] = {
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 EASY = "Hi there!"  # routed to lite with the default mix
-HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string?"  # premium
+HARD = PREMIUM_TURN  # premium
 
 
 @dataclass

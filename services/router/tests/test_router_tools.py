@@ -18,10 +18,11 @@ from google.genai import types
 from frugal.api.router.v1 import router_pb2
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
+from frugal.devkit.routing.probes import PREMIUM_TURN
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 EASY = "Where is my order A-17?"
-HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string?"
+HARD = PREMIUM_TURN
 SCHEMA: dict[str, object] = {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}
 TOOL = router_pb2.ToolDefinition(name="lookup_order", description="Look an order up by id.",
                                  parameters_json=json.dumps(SCHEMA))

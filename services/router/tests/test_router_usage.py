@@ -15,11 +15,12 @@ from frugal.api.router.v1 import router_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
+from frugal.devkit.routing.probes import PREMIUM_TURN
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
 EASY = "Hi there!"
 # Premium under learned-v1 without the cascade (these tests are about the premium call itself).
-HARD = "def foo(x):\n    return x*2\nwhy does this return the wrong value when x is a string? Explain the root cause and fix it."  # noqa: E501
+HARD = PREMIUM_TURN
 
 
 def both(gemini: GeminiEmulator, claude: AnthropicEmulator, **extra: Any) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 (concurrently), their answers are held (voice answers are short) and scored, then the standard answer is
 kept or the turn escalates to premium.
 
-- Which turns: `learned-v1` scores in (t1, t_cascade] (frugal.router.learned), with no tenant override.
+- Which turns: those in the cascade band of their `learned-v1` operating point (frugal.router.learned.FloorPoint),
+  with no tenant override.
 - The answer scorer: a logistic regression over question and answer features (`ANSWER_FEATURES`: the router's
   own probabilities, the agreement of the lite and standard answers (self-consistency across two models:
   when two cheap models give the same answer it is usually right), answer length, hedging and refusal

@@ -63,6 +63,8 @@ class Decision:
     decision_seconds: float = 0.0
     # learned-v1 only: its probabilities that lite / standard answer as well as premium, which operating point
     # set the thresholds ("floor" or "mix"), and whether the turn goes through the cascade (frugal.router.cascade).
+    # At a "floor" point with the "probs" rule, `thresholds` are (t1, t2) on 1 - p_lite and 1 - p_standard
+    # (frugal.router.learned.FloorPoint), not on `score`.
     p_lite: float | None = None
     p_standard: float | None = None
     operating_point: str = "mix"
@@ -165,12 +167,14 @@ class Decider:
             score = scorer.score(turn.text, features)
         # learned-v1 uses its quality-floor operating point unless the tenant sets a mix.
         floor_point = isinstance(scorer, LearnedScorer) and tenant_mix is None
-        cascade_upper = 0.0
+        in_band = False
         if isinstance(scorer, LearnedScorer) and floor_point and assessment is not None:
-            thresholds, cascade_upper = scorer.floor_point(assessment, cascade=self.cascade_enabled)
+            point = scorer.floor_point(assessment, cascade=self.cascade_enabled)
+            thresholds = (point.t1, point.t2)
+            idx, in_band = point.route(assessment.p_lite, assessment.p_standard)
         else:
             thresholds = self.thresholds(scorer.name, mix)
-        idx = tier_index(score, thresholds)
+            idx = tier_index(score, thresholds)
         routed = idx
         if mix != self.default_mix:
             reasons.append(f"tenant mix {mix}")
@@ -195,7 +199,7 @@ class Decider:
         tenant_tier_rule = policy is not None and (policy.pinned_tier in ENUM_TIER or policy.max_tier in ENUM_TIER)
         cascade = (isinstance(scorer, LearnedScorer) and floor_point and self.cascade_enabled and idx == routed
                    and idx > 0 and not tenant_tier_rule and verdict.status in ("ok", "unlimited", "unpublished")
-                   and thresholds[0] < score <= cascade_upper)
+                   and in_band)
         model = self.catalog.tier_model(tier)
         provider, offline = self._provider_of(tier)
         input_chars = (self._system_chars + len(turn.text) + sum(len(t) for _, t in turn.history)

@@ -31,8 +31,12 @@ Operating points fitted on training data and shipped in the artifact:
   cluster. One pooled threshold has to satisfy the hardest group and over-pays everywhere else;
 - `mix`: a quantile table on the reference sample (the conversational calibration split), so a target mix
   (60/25/15, or a tenant's) maps to thresholds like the other scorers.
-Turns scoring in (t1, t_cascade] are the ones it is unsure about: the cascade (frugal.router.cascade) tries
-lite first and keeps the answer only when the answer scorer accepts it.
+A point's tier rule (`FloorPoint`, fitted per point in training): "score" (the score against t1 <= t2) or
+"probs" (each cheaper tier on its own probability: lite if p_lite is high enough, else standard if p_standard
+is, else premium; one summed score sends a turn standard is sure to handle to premium whenever lite is
+unlikely to). Turns in the point's cascade band are the ones it is unsure about: the cascade
+(frugal.router.cascade) has lite and standard answer first and keeps standard's answer only when the answer
+scorer accepts it.
 
 The artifact (`learned-v1.json`) is small JSON (rounded floats, sorted keys), rebuilt bit for bit by
 `python -m frugal.devkit.routing.train_learned`, and verified against its `.sha256` sidecar at load.
@@ -148,6 +152,48 @@ def _sigmoid(z: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class FloorPoint:
+    """One shipped operating point. Rule "score": lite if score <= t1, standard if <= t2, else premium, cascade
+    band (t1, t_cascade]. Rule "probs" (each tier on its own probability): lite if 1 - p_lite <= t1, else
+    standard if 1 - p_standard <= t2, else premium; cascade band: premium-routed turns with
+    1 - p_standard <= t_cascade."""
+
+    t1: float
+    t2: float
+    t_cascade: float
+    answer_keep: float = 1.0
+    rule: str = "score"
+
+    @classmethod
+    def parse(cls, point: dict[str, Any], *, cascade: bool) -> FloorPoint:
+        rule = str(point.get("rule_kind", "score"))
+        if rule not in ("score", "probs"):
+            raise LearnedArtifactError(f"unknown operating point rule {rule!r}")
+        t1, t2 = float(point["t1"]), float(point["t2"])
+        no_band = t2 if rule == "probs" else t1
+        fp = cls(t1, t2, float(point["t_cascade"]) if cascade else no_band,
+                 float(point["answer_keep"]) if cascade else 1.0, rule)
+        if rule == "score" and not (fp.t1 <= fp.t2 and fp.t_cascade >= fp.t1):
+            raise LearnedArtifactError("learned artifact thresholds are out of order")
+        if rule == "probs" and fp.t_cascade < fp.t2:
+            raise LearnedArtifactError("learned artifact cascade band is out of order")
+        return fp
+
+    def route(self, p_lite: float, p_standard: float) -> tuple[int, bool]:
+        """(tier index, in the cascade band)."""
+        if self.rule == "probs":
+            if 1.0 - p_lite <= self.t1:
+                return 0, False
+            u = 1.0 - p_standard
+            if u <= self.t2:
+                return 1, False
+            return 2, u <= self.t_cascade
+        s = 2.0 - p_lite - p_standard
+        tier = 0 if s <= self.t1 else 1 if s <= self.t2 else 2
+        return tier, self.t1 < s <= self.t_cascade
+
+
+@dataclass(frozen=True, slots=True)
 class Assessment:
     p_lite: float
     p_standard: float
@@ -178,18 +224,15 @@ class LearnedScorer:
             self.dim = int(model["embedding_dim"])
             op = payload["operating_points"]
             self.floor = float(op["floor"]["quality_floor"])
-            self.floor_thresholds = (float(op["floor"]["t1"]), float(op["floor"]["t2"]))
-            self.cascade_upper = float(op["floor"]["t_cascade"])
-            self.prompt_only_thresholds = (float(op["floor_prompt_only"]["t1"]), float(op["floor_prompt_only"]["t2"]))
+            self.pooled_floor = FloorPoint.parse(op["floor"], cascade=True)
+            self.pooled_prompt_only = FloorPoint.parse(op["floor_prompt_only"], cascade=False)
             clusters = op.get("clusters") or []
             self.cluster_names = [str(cl["name"]) for cl in clusters]
             self.cluster_w = (np.asarray([cl["classifier"]["weights"] for cl in clusters], dtype=np.float64)
                               if clusters else np.zeros((0, 1)))
             self.cluster_b = np.asarray([float(cl["classifier"]["bias"]) for cl in clusters], dtype=np.float64)
-            self.cluster_floor = [(float(cl["floor"]["t1"]), float(cl["floor"]["t2"]), float(cl["floor"]["t_cascade"]),
-                                   float(cl["floor"]["answer_keep"])) for cl in clusters]
-            self.cluster_prompt_only = [(float(cl["floor_prompt_only"]["t1"]), float(cl["floor_prompt_only"]["t2"]))
-                                        for cl in clusters]
+            self.cluster_floor = [FloorPoint.parse(cl["floor"], cascade=True) for cl in clusters]
+            self.cluster_prompt_only = [FloorPoint.parse(cl["floor_prompt_only"], cascade=False) for cl in clusters]
             ref = op["mix"]
             self.reference = QuantileTable(ref["quantiles"], sample=str(ref["sample"]), n=int(ref["n"]))
         except (KeyError, TypeError, ValueError) as err:
@@ -205,8 +248,6 @@ class LearnedScorer:
             raise LearnedArtifactError("learned artifact cluster classifiers have the wrong shape")
         if np.any(self.std <= 0):
             raise LearnedArtifactError("learned artifact has a non-positive standard deviation")
-        if not self.floor_thresholds[0] <= self.floor_thresholds[1] or self.cascade_upper < self.floor_thresholds[0]:
-            raise LearnedArtifactError("learned artifact thresholds are out of order")
         self._embedder = embedder
         self._base = base
         self.metadata = {k: v for k, v in payload.items() if k not in ("model",)}
@@ -237,21 +278,16 @@ class LearnedScorer:
                                   cluster=before.cluster)
         return own
 
-    def floor_point(self, a: Assessment, *, cascade: bool) -> tuple[tuple[float, float], float]:
-        """((t1, t2), t_cascade) of the turn's cluster (or the pooled point); t_cascade = t1 without the cascade."""
+    def floor_point(self, a: Assessment, *, cascade: bool) -> FloorPoint:
+        """The operating point of the turn's cluster (or the pooled one); without the cascade, the prompt
+        router's own point, whose band is empty."""
         if a.cluster >= 0:
-            if cascade:
-                t1, t2, tc, _ = self.cluster_floor[a.cluster]
-                return (t1, t2), tc
-            pt1, pt2 = self.cluster_prompt_only[a.cluster]
-            return (pt1, pt2), pt1
-        if cascade:
-            return self.floor_thresholds, self.cascade_upper
-        return self.prompt_only_thresholds, self.prompt_only_thresholds[0]
+            return self.cluster_floor[a.cluster] if cascade else self.cluster_prompt_only[a.cluster]
+        return self.pooled_floor if cascade else self.pooled_prompt_only
 
     def answer_keep(self, a: Assessment) -> float | None:
         """The cluster's answer-scorer threshold (None: the pooled one)."""
-        return self.cluster_floor[a.cluster][3] if a.cluster >= 0 else None
+        return self.cluster_floor[a.cluster].answer_keep if a.cluster >= 0 else None
 
     def score(self, text: str, features: TurnFeatures) -> float:
         return self.assess(text, features).score
