@@ -197,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print("shipped operating point (learned-v1 artifact, fitted on training data): "
           f"floor {shipped['quality_floor']:.0%}"
-          f" (met by a one-sided 95% prediction bound on training, out of fold), t1={policy.t1:g} t2={policy.t2:g} "
+          f" (met by a one-sided 95% prediction bound on training, out of fold), rule {policy.rule} t1={policy.t1:g} "
+          f"t2={policy.t2:g} "
           f"t_cascade={policy.t_cascade:g} answer_keep={policy.answer_keep:g}; prompt router alone: "
           f"t1={no_cascade.t1:g} t2={no_cascade.t2:g}")
     print("training groups: " + ", ".join(f"{g} {len(rs)}" for g, rs in sorted(train_by_set.items())))
