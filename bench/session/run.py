@@ -11,8 +11,8 @@ Real parts: the microphone track is synthesised deterministically (frugal.devkit
 plugin's ONNX model) drives the STT gate; audio goes through livekit-plugins-deepgram to the Deepgram
 emulator, which counts the audio seconds it received (what Deepgram bills); speech goes through
 livekit-plugins-elevenlabs (behind the TTS cache when on) to the ElevenLabs emulator, which counts the
-characters it synthesised; LLM turns are decided by the router's own Decider (its default scorer, learned-v1
-since the router-learn merge; the README's figures were taken with hybrid-v2), moved by cache-aware routing
+characters it synthesised; LLM turns are decided by the router's own Decider (its default scorer, learned-v1;
+the README's figures were taken with its revision 3), moved by cache-aware routing
 when on, and answered through the router's Gemini/Claude providers (official SDKs)
 against the emulators, which emulate prompt caching (Anthropic breakpoints, Gemini implicit) and honour
 max_tokens; screen frames go through vision-dedup's DedupTracker. Each kind is priced by
