@@ -97,6 +97,26 @@ def test_floor_operating_point_by_default_and_the_tenant_mix_when_set(scorers: A
     assert not off_point.route(a.p_lite, a.p_standard)[1]
 
 
+def test_the_decider_routes_every_turn_by_its_points_rule(scorers: Any) -> None:
+    """The shipped points' rules decide the tier (not the summed score against the same two numbers): over the
+    bundled voice turns and the probes, every decision equals its point's FloorPoint.route, and some turns are
+    routed differently from what the summed score would give, so reverting the decider to one score fails."""
+    from frugal.devkit.routing.probes import few_shot_prompts
+    from frugal.router.features import extract_features
+    from frugal.router.scoring import tier_index
+
+    learned = scorers.get("learned-v1")
+    d = decider(scorers)
+    differs = 0
+    for text in [x.text for x in load_turns()] + few_shot_prompts():
+        a = learned.assess(text, extract_features(text))
+        point = learned.floor_point(a, cascade=True)
+        got = d.decide(TurnText(text))
+        assert got.tier == TIERS[point.route(a.p_lite, a.p_standard)[0]], text
+        differs += point.rule == "probs" and tier_index(a.score, (point.t1, point.t2)) != TIERS.index(got.tier)
+    assert differs >= 5
+
+
 def test_short_hard_asks_and_follow_ups_do_not_go_to_lite(scorers: Any) -> None:
     d = decider(scorers)
     assert d.decide(TurnText("Hi there!")).tier == "lite"

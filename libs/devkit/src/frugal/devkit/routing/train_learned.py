@@ -35,6 +35,9 @@ conversational turns. Groups: llmrouter, arc-challenge, mbpp, winogrande, conver
    fewer than MIN_CLUSTER_ROWS training rows ships the pooled point (too little support to fit its own).
    A point gets a cascade band only when most of its training rows carry the cheap models' answers (RouterBench
    rows); elsewhere the band could not be fitted, and it is the prompt-only point.
+   Each point is fitted under two tier rules and keeps the cheaper (Settings.rule "best", Policy.rule): "score"
+   (one score 2 - p_lite - p_standard against t1 <= t2) and "probs" (lite on p_lite, then standard on
+   p_standard, each with its own threshold).
    The bound is a PREDICTION bound (BOUND_FACTOR): the floor must hold on a fresh sample as large as the cell,
    not only in expectation, since a held-out set is one such sample. The choice between the plain confidence
    bound and the prediction bound was made with `--validate` (training data only; see bench/routing/README.md).
@@ -139,13 +142,16 @@ class Settings:
     # by --validate (training rows only): mean cut 27.7% vs 23.9% ("score") and 24.7% ("probs"), every group
     # >= 96.2% of premium out of sample.
     rule: str = "best"
+    # The router's L2 penalty (fit_router).
+    l2: float = L2
 
     def describe(self) -> str:
         return (f"rule {self.rule}, lexical {'cross-fitted' if self.cross_fit_lexical else 'in-sample'}, "
                 "cluster classifier "
                 f"{'group-balanced' if self.balanced_clusters else 'unweighted'}, cluster floor on "
                 f"{'every group cell' if self.cells else 'the pooled cluster'} (cells >= "
-                f"{self.min_cell_share:.0%} of their group), bound factor {self.bound_factor:.3g}")
+                f"{self.min_cell_share:.0%} of their group), bound factor {self.bound_factor:.3g}, "
+                f"router L2 {self.l2:g}")
 
 
 SHIPPED = Settings()
@@ -330,13 +336,13 @@ class Fitted:
         return sigmoid(x @ self.w_lite + self.b_lite), sigmoid(x @ self.w_std + self.b_std)
 
 
-def fit_router(rows: Sequence[Row], emb: F64, extra: F64) -> Fitted:
+def fit_router(rows: Sequence[Row], emb: F64, extra: F64, l2: float = L2) -> Fitted:
     mean, std = standardize(extra)
     x = design(emb, extra, mean, std)
     y_l, y_s = targets(rows)
     w = group_weights([r.group for r in rows])
-    wl, bl = fit_logistic(x, y_l, w, L2)
-    ws, bs = fit_logistic(x, y_s, w, L2)
+    wl, bl = fit_logistic(x, y_l, w, l2)
+    ws, bs = fit_logistic(x, y_s, w, l2)
     rnd = np.vectorize(r6)
     return Fitted(mean, std, rnd(wl), r6(bl), rnd(ws), r6(bs))
 
@@ -481,14 +487,14 @@ def _skip_empty(folds: I64) -> list[int]:
     return [k for k in range(FOLDS) if (folds == k).any() and (folds != k).any()]
 
 
-def out_of_fold(rows: Sequence[Row], emb: F64, extra: F64) -> tuple[F64, F64]:
+def out_of_fold(rows: Sequence[Row], emb: F64, extra: F64, l2: float = L2) -> tuple[F64, F64]:
     folds = np.array([fold_of(r.text) for r in rows])
     p_l = np.zeros(len(rows))
     p_s = np.zeros(len(rows))
     for k in _skip_empty(folds):
         tr, va = folds != k, folds == k
         sub = [r for r, m in zip(rows, tr, strict=True) if m]
-        model = fit_router(sub, emb[tr], extra[tr])
+        model = fit_router(sub, emb[tr], extra[tr], l2)
         p_l[va], p_s[va] = model.probs(emb[va], extra[va])
     return p_l, p_s
 
@@ -580,8 +586,8 @@ class _Shared:
 
 
 def _fit_shared(rows: Sequence[Row], emb: F64, extra: F64, settings: Settings) -> _Shared:
-    model = fit_router(rows, emb, extra)
-    oof_l, oof_s = out_of_fold(rows, emb, extra)
+    model = fit_router(rows, emb, extra, settings.l2)
+    oof_l, oof_s = out_of_fold(rows, emb, extra, settings.l2)
 
     # Answer scorer: RouterBench rows (they carry the cheap models' answers).
     has_answer = np.array([bool(r.responses[0]) for r in rows])
@@ -756,7 +762,7 @@ def build_payload(datasets: Sequence[Dataset], root: Path, featurizer: Featurize
             "extra_std": [float(v) for v in model.std],
             "lite": {"weights": [float(v) for v in model.w_lite], "bias": model.b_lite},
             "standard": {"weights": [float(v) for v in model.w_std], "bias": model.b_std},
-            "l2": L2,
+            "l2": SHIPPED.l2,
             "target": "1 - max(0, s_premium - s_tier); conversational: s_tier = 1[tier >= label]",
             "weighting": "each group the same total weight: " + ", ".join(groups),
             "base_features": f"{LEXICAL_SCORER} and {HYBRID_NAME} scores, cross-fitted on training rows ({FOLDS} "
@@ -898,6 +904,9 @@ VALIDATION_SETTINGS = (
     replace(SHIPPED, rule="probs"),
     replace(SHIPPED, bound_factor=1.0),
     replace(SHIPPED, bound_factor=0.0),
+    replace(SHIPPED, l2=1.0),
+    replace(SHIPPED, l2=10.0),
+    replace(SHIPPED, l2=30.0),
 )
 
 
