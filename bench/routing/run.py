@@ -23,7 +23,9 @@ enough rows in the cluster is held to the floor too:
   the rule above, pooled, and "per cluster" (the same clusters as learned-v1, thresholds per cluster by the
   same rule, so the comparison isolates the score from the clustering);
 - best fixed mix: the cheapest lite/standard/premium shares (5% grid), each turn routed at random with them,
-  keeping every training group >= 95% (exact expectation); and, labelled optimistic, the same picked on the test set.
+  keeping every training group >= 95% (exact expectation); per cluster (one mix per learned-v1 cluster, each
+  keeping the floor in expectation on the training groups that are a cell there); and, labelled optimistic,
+  the same picked on the test set.
 The optimistic sweep (thresholds picked on the test set itself, as the data README's protocol allows) is
 printed beside, clearly labelled: the issue shows a pure-noise scorer already reaching a 34% cut that way.
 
@@ -48,6 +50,7 @@ from frugal.devkit.routing.conversational import split_turns
 from frugal.devkit.routing.evaldata import DataMissing, data_root, load_all
 from frugal.devkit.routing.train_learned import (
     FLOOR,
+    MIN_CELL_ROWS,
     Policy,
     Row,
     conversational_rows,
@@ -115,6 +118,16 @@ def fixed_mix(shares: tuple[float, float, float], rows: Sequence[Row]) -> Result
     q, c = arrays(rows)
     w = np.array(shares)
     return Result(float((q @ w).mean() / q[:, 2].mean()), 1 - float((c @ w).sum() / c[:, 2].sum()), shares)
+
+
+def fixed_mix_by_cluster(mixes: Sequence[tuple[float, float, float]], rows: Sequence[Row],
+                         cluster: npt.NDArray[np.int64]) -> Result:
+    """Each row routed at random with its cluster's mix (expected quality and cost)."""
+    q, c = arrays(rows)
+    w = np.array([mixes[k] for k in cluster])
+    shares = tuple(float(v) for v in w.mean(axis=0))
+    return Result(float((q * w).sum(axis=1).mean() / q[:, 2].mean()),
+                  1 - float((c * w).sum() / c[:, 2].sum()), shares)  # type: ignore[arg-type]
 
 
 def mix_grid(step: int = 5) -> list[tuple[float, float, float]]:
@@ -230,6 +243,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for k in range(len(clusters))]
     mix = fit_fixed_mix(train_by_set)
     print(f"best fixed mix fitted on training: {'/'.join(f'{x * 100:.0f}' for x in mix)}")
+    # The same baseline per learned-v1 cluster: in each cluster, the cheapest mix keeping the floor (in
+    # expectation) on every training group with >= MIN_CELL_ROWS rows there that are >= 10% of the group.
+    cluster_mixes: list[tuple[float, float, float]] = []
+    if train_cl is not None:
+        sizes = {g: len(rs) for g, rs in train_by_set.items()}
+        for k in range(len(clusters)):
+            in_k: dict[str, list[Row]] = {}
+            for r, kk in zip(train, train_cl, strict=True):
+                if kk == k:
+                    in_k.setdefault(r.group, []).append(r)
+            held = {g: rs for g, rs in in_k.items() if len(rs) >= MIN_CELL_ROWS and len(rs) >= 0.1 * sizes[g]}
+            cluster_mixes.append(fit_fixed_mix(held) if held else mix)
+        print("best fixed mix per cluster fitted on training: " + ", ".join(
+            f"{x['name']} {'/'.join(f'{v * 100:.0f}' for v in m)}" for x, m in zip(clusters, cluster_mixes,
+                                                                                   strict=True)))
     print(f"cascade TTFT model: lite {args.lite_ttft}s + tokens/{args.lite_tps:g} tok/s, standard "
           f"{args.standard_ttft}s + tokens/{args.standard_tps:g} tok/s (assumed), tokens = answer chars / 4")
 
@@ -291,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.quick:
                 opt[bname] = optimistic(bs, rows)
         results["best fixed mix (fitted on training)"] = fixed_mix(mix, rows)
+        if cl is not None:
+            results["best fixed mix per cluster"] = fixed_mix_by_cluster(cluster_mixes, rows, cl)
         for rname, res in results.items():
             extra = ""
             if rname in opt:
