@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -235,6 +236,32 @@ class GeminiVisionProvider:
         await self._client.aio.aclose()
 
 
+class TenantSlots:
+    """At most `slots` concurrent holders per tenant. A tenant's semaphore lives only while someone holds or
+    waits for it: a long-running service sees an unbounded number of tenants over its life."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._sems: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sems)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, tenant_id: str) -> AsyncIterator[None]:
+        sem, users = self._sems.get(tenant_id) or (asyncio.Semaphore(self.slots), 0)
+        self._sems[tenant_id] = (sem, users + 1)
+        try:
+            async with sem:
+                yield
+        finally:
+            sem_now, users_now = self._sems[tenant_id]
+            if users_now <= 1:
+                del self._sems[tenant_id]
+            else:
+                self._sems[tenant_id] = (sem_now, users_now - 1)
+
+
 class Analyzer:
     """Runs analyses for every stream: bounded concurrency, pricing, cost events, context store."""
 
@@ -256,7 +283,7 @@ class Analyzer:
         # No tenant may hold more than its share of the model slots: one tenant's burst (or a hung model
         # answering one tenant slowly) leaves slots for the others.
         self.tenant_slots = max(1, math.ceil(max_concurrency * tenant_share))
-        self._tenant_sems: dict[str, asyncio.Semaphore] = {}
+        self._tenant_slots = TenantSlots(self.tenant_slots)
         self.breaker = breaker or CircuitBreaker()
 
     def _tier(self, model: str) -> TierName | None:
@@ -268,8 +295,7 @@ class Analyzer:
         p = self.provider
         started = time.perf_counter()
         fallback_error: str | None = None
-        tenant_sem = self._tenant_sems.setdefault(tenant_id, asyncio.Semaphore(self.tenant_slots))
-        async with tenant_sem, self._sem:
+        async with self._tenant_slots.hold(tenant_id), self._sem:
             if not p.offline and not self.breaker.allow():
                 outcome = "circuit_open"
                 fallback_error = f"circuit open after {self.breaker.failures} failed calls"
