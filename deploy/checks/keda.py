@@ -17,8 +17,10 @@ def _signal_problems(name: str, triggers: list[Obj], consumer_group: str) -> lis
     queries = " ".join(str((t.get("metadata") or {}).get("query", ""))
                        for t in triggers if t.get("type") == "prometheus")
     if name == "router":
-        if "grpc_server_in_flight" not in queries or "frugal.api.router.v1.RouterService" not in queries:
-            return [f"{where}: must scale on in-flight Respond streams (grpc_server_in_flight of RouterService)"]
+        if ("grpc_server_in_flight" not in queries or "frugal.api.router.v1.RouterService" not in queries
+                or 'grpc_method="Respond"' not in queries):
+            return [f"{where}: must scale on in-flight Respond streams (grpc_server_in_flight of RouterService, "
+                    'grpc_method="Respond")']
         if "cpu" in kinds:
             return [f"{where}: CPU is not the router's load (it waits on providers): no cpu trigger"]
     elif name == "billing":

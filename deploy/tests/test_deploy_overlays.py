@@ -77,6 +77,7 @@ def test_scaled_objects_use_each_services_signal(rendered: dict[str, list[dict[s
     assert [t["type"] for t in triggers["billing"]] == ["redis-streams"]
     assert triggers["billing"][0]["metadata"]["consumerGroup"] == "billing-ledger"
     assert "grpc_server_in_flight" in triggers["router"][0]["metadata"]["query"]
+    assert 'grpc_method="Respond"' in triggers["router"][0]["metadata"]["query"]
     assert "gateway_active_jobs" in triggers["media-gateway"][0]["metadata"]["query"]
     assert {t["type"] for t in triggers["vision-dedup"]} == {"cpu"}
     assert {t["type"] for t in triggers["rag"]} == {"prometheus", "cpu"}
@@ -140,6 +141,11 @@ def test_scaling_signals_are_enforced(rendered: dict[str, list[dict[str, Any]]])
     problems = "\n".join(keda.check_scaling(objs))
     assert "ScaledObject billing: must scale on the cost-events consumer-group lag alone" in problems
     assert "ScaledObject router: must scale on in-flight Respond streams" in problems
+    # Every RouterService RPC in flight (the short unary Route calls too) is not the signal either.
+    router["spec"]["triggers"] = [{"type": "prometheus", "metadata": {
+        "query": 'sum(grpc_server_in_flight{grpc_service="frugal.api.router.v1.RouterService"})',
+        "threshold": "8", "serverAddress": "http://p:9090"}}]
+    assert "ScaledObject router: must scale on in-flight Respond streams" in "\n".join(keda.check_scaling(objs))
     assert "ScaledObject/frugal/media-gateway: minReplicaCount must be >= 1" in problems
     assert "Deployment/frugal/rag: needs exactly one autoscaler (ScaledObject or HPA), has 1 ScaledObject(s) " \
            "and 1 HPA(s)" in problems

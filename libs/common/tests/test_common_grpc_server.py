@@ -111,7 +111,9 @@ async def test_health_reflection_and_tenancy() -> None:
             assert _handled("Route", "OK") == before["OK"] + 2
             assert _handled("Route", "UNIMPLEMENTED") == before["UNIMPLEMENTED"] + 1
             assert _handled("Route", "UNAUTHENTICATED") == before["UNAUTHENTICATED"]
-            assert REGISTRY.get_sample_value("grpc_server_in_flight", {"grpc_service": ROUTER}) == 0
+            for method in ("Route", "Respond"):
+                assert REGISTRY.get_sample_value("grpc_server_in_flight",
+                                                 {"grpc_service": ROUTER, "grpc_method": method}) == 0
     finally:
         await app.stop(1)
 

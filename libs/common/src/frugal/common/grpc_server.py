@@ -105,7 +105,7 @@ class _MethodMetrics:
     def __init__(self, service: str, name: str, rpc_type: str) -> None:
         self._labels = {"grpc_service": service, "grpc_method": name, "grpc_type": rpc_type}
         self.started = GRPC_SERVER_STARTED.labels(**self._labels)
-        self.in_flight = GRPC_SERVER_IN_FLIGHT.labels(grpc_service=service)
+        self.in_flight = GRPC_SERVER_IN_FLIGHT.labels(grpc_service=service, grpc_method=name)
         self.seconds = GRPC_SERVER_HANDLING_SECONDS.labels(**self._labels)
         self._handled: dict[grpc.StatusCode, Any] = {}
 

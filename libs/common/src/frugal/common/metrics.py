@@ -26,7 +26,7 @@ GRPC_SERVER_HANDLING_SECONDS = Histogram(
     ["grpc_service", "grpc_method", "grpc_type"],
     buckets=LATENCY_BUCKETS,
 )
-GRPC_SERVER_IN_FLIGHT = Gauge("grpc_server_in_flight", "RPCs being served.", ["grpc_service"])
+GRPC_SERVER_IN_FLIGHT = Gauge("grpc_server_in_flight", "RPCs being served.", ["grpc_service", "grpc_method"])
 AI_COST_TOTAL = Counter(
     "ai_cost_usd_total", "Spend on paid AI calls, USD, as priced from reported usage.",
     ["service", "kind", "provider", "model", "tier", "offline"],
