@@ -164,8 +164,8 @@ def _datasets_or_skip() -> list[Dataset]:
 
 
 def test_artifact_rebuilds_bit_for_bit_from_the_public_data() -> None:
-    """Both committed artifacts are exactly what frugal.router.train builds from ../shared/data/routing and the
-    bundled conversational turns."""
+    """Both committed artifacts are exactly what frugal.devkit.routing.train_hybrid builds from
+    ../shared/data/routing and the bundled conversational turns."""
     from frugal.devkit.routing import train_hybrid as train
 
     datasets = _datasets_or_skip()

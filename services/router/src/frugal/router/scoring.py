@@ -4,7 +4,7 @@ Three scorers:
 - `heuristic-seed`: the seed product's 0-18 point keyword scorer, reproduced faithfully (our baseline);
 - `lexical-ridge-v1`: a linear model over word unigrams/bigrams of the turn and the seed's features, fitted
   by ridge regression on public routing data (benchmark prompts) to predict how much quality a turn gains
-  from a stronger model (see frugal.router.train and bench/routing). It ranks benchmark prompts well and
+  from a stronger model (see frugal.devkit.routing.train_hybrid and bench/routing). It ranks benchmark prompts well and
   ordinary voice turns badly (a greeting above a multi-part design question);
 - `hybrid-v2` (the default): a linear model over conversational-structure features
   (frugal.router.conversational), fitted on the calibration split of our labelled conversational turns,
@@ -191,7 +191,7 @@ NUMERIC_FEATURES = (
 # Function words and common punctuation are not features on their own (bigrams keep them when paired with a
 # content word): in the benchmark data they mostly encode each data set's prompt template, not difficulty,
 # and they made chit-chat ("thanks, that's all") look hard. Cross-validated cost cut: 0.545 with this filter,
-# 0.555 without (frugal.router.train --select), i.e. the same within noise.
+# 0.555 without (frugal.devkit.routing.train_hybrid --select), i.e. the same within noise.
 STOPWORDS = frozenset(
     """a an the and or but if of to in on at for from by with about as is are was were be been being do does did
     what which who whom whose when where why how can could should would will shall may might must i you he she it
