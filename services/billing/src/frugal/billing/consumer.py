@@ -93,7 +93,8 @@ class ConsumerConfig:
     dlq_stream: str = "cost-events-dlq"
     group: str = "billing-ledger"
     consumer: str = "billing-1"
-    batch_size: int = 2000
+    # One default for the batch size: the setting's (LEDGER_BATCH_SIZE).
+    batch_size: int = Settings.model_fields["ledger_batch_size"].default
     block_ms: int = 1000
     claim_idle_ms: int = 30_000
     maintenance_s: float = 5.0
