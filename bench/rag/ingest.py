@@ -1,8 +1,9 @@
 """Ingest throughput: the compute ceiling (bench/rag/roofline.py), the encoder runtimes compared on the
 same weights, then IngestDocument through the service, before (NumPy forward pass, one batch of up to 32
-mixed-length texts at a time, documents one after another: the old path) and after (onnxruntime on the
-fused graph, one worker per core, batches of 8 texts matched by length across the documents in flight,
-16 documents in flight), in one run on the same Cranfield abstracts.
+mixed-length texts at a time, documents one after another: the old path), the previous shipped path
+(onnxruntime on the fused graph, one worker per core, batches of 8 texts matched by length across the
+documents in flight, 16 documents in flight) and after (the same, each forward pass holding at most 256
+padded positions: long chunks one by one, no padding), in one run on the same Cranfield abstracts.
 
     uv run python bench/rag/ingest.py            # 400 documents per configuration
     uv run python bench/rag/ingest.py --quick    # 60 documents
@@ -168,15 +169,23 @@ async def main(argv: list[str] | None = None) -> int:
     print(f"\n## IngestDocument through the service, {n} Cranfield abstracts ({len(texts)} chunks)")
     async with bench_stack() as stack:
         before = await ingest_rate(stack, docs, 1, encoder_runtime="numpy", local_encoder_workers=1,
-                                   local_batch_size=32, local_length_window=0)
+                                   local_batch_size=32, local_length_window=0, local_batch_tokens=0)
         print(_line("BEFORE (NumPy, 1 worker, batches of <= 32 in arrival order, 1 document at a time)", *before,
                     ceiling))
         mid = await ingest_rate(stack, [(f"{d}-m", t) for d, t in docs], 8, encoder_runtime=best,
-                                local_encoder_workers=2, local_batch_size=16, local_length_window=0)
+                                local_encoder_workers=2, local_batch_size=16, local_length_window=0,
+                                local_batch_tokens=0)
         print(_line(f"MIDDLE ({best}, 2 workers, batches of <= 16 in arrival order, 8 in flight)", *mid, ceiling))
+        prev = await ingest_rate(stack, [(f"{d}-p", t) for d, t in docs], 16, encoder_runtime=best,
+                                 local_encoder_workers=2, local_batch_size=8, local_length_window=64,
+                                 local_batch_tokens=0)
+        print(_line(f"PREVIOUS ({best}, 2 workers, batches of <= 8 matched by length, 16 in flight)", *prev,
+                    ceiling))
         after = await ingest_rate(stack, [(f"{d}-b", t) for d, t in docs], 16, encoder_runtime=best,
-                                  local_encoder_workers=2, local_batch_size=8, local_length_window=64)
-        print(_line(f"AFTER  ({best}, 2 workers, batches of <= 8 matched by length, 16 in flight)", *after, ceiling))
+                                  local_encoder_workers=2, local_batch_size=8, local_length_window=64,
+                                  local_batch_tokens=256)
+        print(_line(f"AFTER  ({best}, as PREVIOUS, at most 256 padded positions per forward pass)", *after,
+                    ceiling))
         print(f"  speed-up x{after[0] / before[0]:.2f} wall, x{sum(before[2:]) / sum(after[2:]):.2f} per CPU-second")
         quiet = 2 / sum(after[2:])
         enc_quiet = 2 * encoder_per_cpu

@@ -39,6 +39,33 @@ def test_onnxruntime_matches_the_numpy_pass(encoders: tuple[MiniLMEncoder, MiniL
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_a_token_budget_runs_long_texts_alone_and_changes_no_vector(
+    encoders: tuple[MiniLMEncoder, MiniLMEncoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enc = encoders[1]
+    texts = TEXTS * 3
+    lengths = [len(ids) for ids in enc.tokenize(texts)]
+    ref, counts_ref = enc.encode_counted(texts, batch_size=8)
+    shapes: list[tuple[int, int]] = []
+    forward = enc._forward
+
+    def counting(batch: list[list[int]]) -> np.ndarray:  # type: ignore[type-arg]
+        shapes.append((len(batch), max(len(x) for x in batch)))
+        return forward(batch)
+
+    monkeypatch.setattr(enc, "_forward", counting)
+    got, counts = enc.encode_counted(texts, batch_size=8, batch_tokens=64)
+    assert counts == counts_ref == lengths
+    assert float(np.sum(ref * got, axis=1).min()) >= 0.9999
+    # Every forward pass within the budget, unless one text alone is longer; those run one by one.
+    assert all(n * longest <= 64 or n == 1 for n, longest in shapes)
+    assert sum(n for n, _ in shapes) == len(texts)
+    long_texts = sum(1 for n in lengths if n > 64)
+    assert sum(1 for n, longest in shapes if n == 1 and longest > 64) == long_texts > 0
+    # Short texts still share a pass.
+    assert any(n > 1 for n, _ in shapes)
+
+
 def test_per_text_token_counts_add_up(encoders: tuple[MiniLMEncoder, MiniLMEncoder]) -> None:
     vectors, counts = encoders[1].encode_counted(TEXTS)
     assert vectors.shape == (len(TEXTS), 384)

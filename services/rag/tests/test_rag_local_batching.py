@@ -101,3 +101,21 @@ async def test_local_embedder_with_length_matching_returns_each_callers_vectors(
         ref, tokens = enc.encode(texts)
         assert float(np.min(np.sum(ref * got.vectors, axis=1))) > 0.99999
         assert got.tokens == tokens
+
+
+async def test_the_services_embedder_takes_the_token_budget_setting() -> None:
+    from frugal.rag.config import Settings
+    from frugal.rag.server import _local
+
+    default = _local(Settings())
+    tight = _local(Settings(local_batch_tokens=32))
+    try:
+        assert isinstance(default, LocalEmbedder) and default.batch_tokens == 256
+        assert isinstance(tight, LocalEmbedder) and tight.batch_tokens == 32
+        # Same vectors whatever the budget (it only changes how texts share a forward pass).
+        texts = ["tiny", "a much longer text about the boundary layer of a swept wing " * 3, "mid length text"]
+        a, b = await asyncio.gather(default.embed(texts, "document"), tight.embed(texts, "document"))
+        assert float(np.min(np.sum(a.vectors * b.vectors, axis=1))) > 0.99999 and a.tokens == b.tokens
+    finally:
+        await default.aclose()
+        await tight.aclose()

@@ -226,14 +226,26 @@ class MiniLMEncoder:
         vectors, counts = self.encode_counted(texts, batch_size=batch_size)
         return vectors, sum(counts)
 
-    def encode_counted(self, texts: list[str], *, batch_size: int = 32) -> tuple[Vectors, list[int]]:
-        """As `encode`, with each text's own token count (for callers batching several requests)."""
+    def encode_counted(self, texts: list[str], *, batch_size: int = 32,
+                       batch_tokens: int = 0) -> tuple[Vectors, list[int]]:
+        """As `encode`, with each text's own token count (for callers batching several requests).
+
+        `batch_tokens` > 0 also closes a batch once it would hold more than that many (padded) positions:
+        every position of a batch costs the full forward pass, padding included, and past ~100 word pieces
+        a text alone keeps the matrix products as busy as a batch does (bench/rag/ingest.py), so long texts
+        run one by one with no padding and short ones still share a call."""
         ids = self.tokenize(texts)
         out = np.zeros((len(texts), self.hidden), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self._forward([ids[i] for i in idx])
+        batch: list[int] = []
+        for i in order:
+            # Sorted by length: the newest text is the longest, so the padded size is len x count.
+            if batch and (len(batch) >= batch_size or (batch_tokens and len(ids[i]) * (len(batch) + 1) > batch_tokens)):
+                out[batch] = self._forward([ids[j] for j in batch])
+                batch = []
+            batch.append(i)
+        if batch:
+            out[batch] = self._forward([ids[j] for j in batch])
         return out, [len(x) for x in ids]
 
     def _forward(self, batch: list[list[int]]) -> F32:

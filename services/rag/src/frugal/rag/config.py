@@ -27,6 +27,9 @@ class Settings(DatabaseSettings):
     # Texts per encoder batch: 8 is fastest per CPU-second here (bigger batches spill the attention
     # scores out of cache; bench/rag/ingest.py), and a query waits behind at most one such batch.
     local_batch_size: int = Field(default=8, ge=1, le=256)
+    # ...and at most this many padded positions per forward pass (0: no limit): a batch pays for its padding,
+    # and texts past ~100 word pieces encode as fast one by one (bench/rag/ingest.py).
+    local_batch_tokens: int = Field(default=256, ge=0, le=65_536)
     # Queued document texts looked at to fill a batch with texts of similar length (less padding); 0: in order.
     local_length_window: int = Field(default=64, ge=0, le=100_000)
     # BLAS threads for the local encoder (process-wide); 0 leaves the library default.

@@ -462,7 +462,7 @@ class RagEngine:
         fingerprint = self._fingerprint(content_hash, ctype, title, metadata)
         tenant = caller.tenant_id
         with timer.stage("lookup"):
-            existing = await store.get_document(self.pool, tenant, document_id)
+            existing, first_index = await store.get_document_and_index(self.pool, tenant, document_id)
         if existing is not None and existing.fingerprint == fingerprint:
             INGESTS.labels(outcome="unchanged").inc()
             return IngestResult(document_id, content_hash, existing.chunk_count, "unchanged", UsageAmounts(), 0.0,
@@ -485,7 +485,9 @@ class RagEngine:
         estimated = False
         cost = 0.0
         for attempt in range(3):
-            index = await self.index_state(tenant)
+            # The state read with the lookup first; again after a model change raced this ingest.
+            index = (first_index or store.IndexState(self.embedder.model, None)) if attempt == 0 else (
+                await self.index_state(tenant))
             models = [index.model] + ([index.target_model] if index.target_model else [])
             vectors: list[dict[str, str]] = []
             for n, model in enumerate(models):

@@ -206,7 +206,7 @@ def _local(settings: Settings) -> Embedder:
     encoder = load_encoder(runtime=settings.encoder_runtime or None)
     return LocalEmbedder(encoder, max_batch=settings.local_batch_size,
                          blas_threads=settings.local_encoder_threads or None, workers=settings.local_encoder_workers,
-                         length_window=settings.local_length_window)
+                         length_window=settings.local_length_window, batch_tokens=settings.local_batch_tokens)
 
 
 def _has_voyage(settings: Settings) -> bool:

@@ -198,10 +198,15 @@ class TenantStats:
         return self.total_length / self.total_chunks if self.total_chunks else 0.0
 
 
-async def get_document(pool: asyncpg.Pool, tenant_id: str, document_id: str) -> DocumentRow | None:
+async def get_document_and_index(
+    pool: asyncpg.Pool, tenant_id: str, document_id: str
+) -> tuple[DocumentRow | None, IndexState | None]:
+    """The document (None: not stored) and the tenant's index state (None: no index yet), in one
+    transaction: ingest reads both before embedding, and each transaction is ~5 round trips."""
     async with tenant_transaction(pool, tenant_id) as conn:
         r = await conn.fetchrow(f"SELECT {_DOC_COLUMNS} FROM rag_documents WHERE document_id = $1", document_id)
-    return DocumentRow.from_record(r) if r else None
+        index = await get_index(conn)
+    return (DocumentRow.from_record(r) if r else None), index
 
 
 async def reusable_embeddings(

@@ -99,12 +99,13 @@ class LocalEmbedder:
 
     def __init__(
         self, encoder: MiniLMEncoder | None = None, *, max_batch: int = 8, blas_threads: int | None = 1,
-        workers: int = 2, length_window: int | None = None,
+        workers: int = 2, length_window: int | None = None, batch_tokens: int = 0,
     ) -> None:
         if blas_threads is not None:
             limit_blas_threads(blas_threads)
         self._encoder = encoder or load_encoder()
         self.max_batch = max_batch
+        self.batch_tokens = max(0, batch_tokens)
         self.workers = max(1, workers)
         # Document texts looked at to fill a batch with similar lengths (0: first come, first batched).
         self.length_window = 8 * max_batch if length_window is None else max(0, length_window)
@@ -146,7 +147,9 @@ class LocalEmbedder:
             texts = [req.texts[i] for req, i in batch]
             try:
                 vectors, counts = await loop.run_in_executor(
-                    self._pool, lambda t=texts: self._encoder.encode_counted(t, batch_size=self.max_batch)  # type: ignore[misc]
+                    self._pool,
+                    lambda t=texts: self._encoder.encode_counted(  # type: ignore[misc]
+                        t, batch_size=self.max_batch, batch_tokens=self.batch_tokens),
                 )
             except Exception as err:  # noqa: BLE001 - the callers get it as an embedding failure
                 for req, _ in batch:
