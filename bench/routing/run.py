@@ -51,6 +51,7 @@ from frugal.devkit.routing.evaldata import DataMissing, data_root, load_all
 from frugal.devkit.routing.train_learned import (
     FLOOR,
     MIN_CELL_ROWS,
+    MIN_CELL_SHARE,
     Policy,
     Row,
     conversational_rows,
@@ -100,7 +101,7 @@ def evaluate(policy: Policy | Sequence[Policy], s: F64, a: F64, rows: Sequence[R
             continue
         if pol.rule == "probs":
             assert probs is not None, "a probs-rule point needs the router's probabilities"
-            sk, uk = signals(pol, probs[0][m], probs[1][m])
+            sk, uk = signals(pol.rule, probs[0][m], probs[1][m])
         else:
             sk, uk = s[m], None
         qk, ck, cs = route_outcomes(pol, sk, a[m], q[m], c[m], uk)
@@ -244,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mix = fit_fixed_mix(train_by_set)
     print(f"best fixed mix fitted on training: {'/'.join(f'{x * 100:.0f}' for x in mix)}")
     # The same baseline per learned-v1 cluster: in each cluster, the cheapest mix keeping the floor (in
-    # expectation) on every training group with >= MIN_CELL_ROWS rows there that are >= 10% of the group.
+    # expectation) on every training group with >= MIN_CELL_ROWS rows there that are >= MIN_CELL_SHARE of it.
     cluster_mixes: list[tuple[float, float, float]] = []
     if train_cl is not None:
         sizes = {g: len(rs) for g, rs in train_by_set.items()}
@@ -253,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r, kk in zip(train, train_cl, strict=True):
                 if kk == k:
                     in_k.setdefault(r.group, []).append(r)
-            held = {g: rs for g, rs in in_k.items() if len(rs) >= MIN_CELL_ROWS and len(rs) >= 0.1 * sizes[g]}
+            held = {g: rs for g, rs in in_k.items()
+                    if len(rs) >= MIN_CELL_ROWS and len(rs) >= MIN_CELL_SHARE * sizes[g]}
             cluster_mixes.append(fit_fixed_mix(held) if held else mix)
         print("best fixed mix per cluster fitted on training: " + ", ".join(
             f"{x['name']} {'/'.join(f'{v * 100:.0f}' for v in m)}" for x, m in zip(clusters, cluster_mixes,

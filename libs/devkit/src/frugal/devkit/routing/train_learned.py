@@ -89,6 +89,7 @@ from frugal.router.learned import (
     LEARNED_SCORER,
     TAIL_CHARS,
     TAIL_TOKENS,
+    FloorPoint,
     MiniLMTailEmbedder,
     extra_features,
 )
@@ -378,9 +379,9 @@ def policy_tiers(policy: Policy, s: F64, u: F64 | None = None) -> tuple[I64, npt
     return tier, (s > policy.t1) & (s <= policy.t_cascade)
 
 
-def signals(policy: Policy, p_lite: F64, p_standard: F64) -> tuple[F64, F64 | None]:
-    """(s, u) for policy_tiers from the router's probabilities, as the policy's rule reads them."""
-    if policy.rule == "probs":
+def signals(rule: str, p_lite: F64, p_standard: F64) -> tuple[F64, F64 | None]:
+    """(s, u) for policy_tiers from the router's probabilities, as a point of this rule reads them."""
+    if rule == "probs":
         return 1.0 - p_lite, 1.0 - p_standard
     return 2.0 - p_lite - p_standard, None
 
@@ -561,7 +562,7 @@ class Pipeline:
             if not m.any():
                 continue
             pol = point.floor if cascade else no_band(point.prompt_only)
-            s, u = signals(pol, p_l[m], p_s[m])
+            s, u = signals(pol.rule, p_l[m], p_s[m])
             qk, ck, cs = route_outcomes(pol, s, a[m], q[m], c[m], u)
             kp = cs & (np.nan_to_num(a[m], nan=-1.0) >= pol.answer_keep)
             tk, _ = policy_tiers(pol, s, u)
@@ -576,9 +577,8 @@ class _Shared:
 
     model: Fitted
     answer: AnswerModel
-    s: F64
-    u: F64  # 1 - p_standard (out of fold)
-    v: F64  # 1 - p_lite (out of fold)
+    p_lite: F64  # out of fold
+    p_standard: F64  # out of fold
     a: F64
     q: F64
     c: F64
@@ -623,7 +623,7 @@ def _fit_shared(rows: Sequence[Row], emb: F64, extra: F64, settings: Settings) -
         tr, va = folds_all != k, folds_all == k
         fold_cls = [fit_logistic(x_all[tr], (gvec[tr] == n).astype(np.float64), cw[tr], GROUP_L2) for n in names]
         assigned[va] = np.argmax(np.stack([x_all[va] @ w + b for w, b in fold_cls], axis=1), axis=1)
-    return _Shared(model, answer, 2.0 - oof_l - oof_s, 1.0 - oof_s, 1.0 - oof_l, a_all,
+    return _Shared(model, answer, oof_l, oof_s, a_all,
                    np.array([r.scores for r in rows]), np.array([r.costs for r in rows]), groups, names, cls,
                    assigned)
 
@@ -641,8 +641,10 @@ def _fit_point(sh: _Shared, m: npt.NDArray[np.bool_], groups: Sequence[str], a: 
                cells: Sequence[str] | None, bound_factor: float, rule: str) -> tuple[Policy, dict[str, Any]]:
     """fit_policy on the rows `m` under `rule`; "best": whichever of the two rules fits the cheaper point."""
     rules = ("score", "probs") if rule == "best" else (rule,)
-    fits = [fit_policy(groups, (sh.v if r == "probs" else sh.s)[m], a[m], sh.q[m], sh.c[m], floor, cells,
-                       bound_factor, sh.u[m] if r == "probs" else None) for r in rules]
+    fits = []
+    for r in rules:
+        s, u = signals(r, sh.p_lite[m], sh.p_standard[m])
+        fits.append(fit_policy(groups, s, a[m], sh.q[m], sh.c[m], floor, cells, bound_factor, u))
     # Ties keep the first (the score rule).
     return max(fits, key=lambda f: (float(f[1]["mean_cost_cut"]), -rules.index(f[0].rule)))
 
@@ -705,18 +707,19 @@ def prepare(rows: Sequence[Row], feat: Featurizer, settings: Settings = SHIPPED,
 
 
 def policy_from_json(d: dict[str, Any], *, cascade: bool = True) -> Policy:
-    """A shipped point as a Policy (without the cascade: its band emptied, keep threshold 1)."""
-    rule = str(d.get("rule_kind", "score"))
-    pol = Policy(float(d["t1"]), float(d["t2"]), float(d.get("t_cascade", d["t1"])),
-                 float(d.get("answer_keep", 1.0)), rule)
-    return pol if cascade else replace(no_band(pol), answer_keep=1.0)
+    """A shipped point as a Policy, read as the router reads it (FloorPoint.parse: without the cascade its band
+    is emptied and its keep threshold 1)."""
+    fp = FloorPoint.parse(d, cascade=cascade)
+    return Policy(fp.t1, fp.t2, fp.t_cascade, fp.answer_keep, fp.rule)
+
+
+def _rule_json(p: Policy) -> dict[str, str]:
+    """The point's rule as the artifact states it (absent: "score", so revision-2 points read unchanged)."""
+    return {} if p.rule == "score" else {"rule_kind": p.rule}
 
 
 def _policy_json(p: Policy) -> dict[str, Any]:
-    out: dict[str, Any] = {"t1": p.t1, "t2": p.t2, "t_cascade": p.t_cascade, "answer_keep": p.answer_keep}
-    if p.rule != "score":
-        out["rule_kind"] = p.rule
-    return out
+    return {"t1": p.t1, "t2": p.t2, "t_cascade": p.t_cascade, "answer_keep": p.answer_keep, **_rule_json(p)}
 
 
 def build_payload(datasets: Sequence[Dataset], root: Path, featurizer: Featurizer | None = None,
@@ -738,7 +741,7 @@ def build_payload(datasets: Sequence[Dataset], root: Path, featurizer: Featurize
         "pooled_fallback": cl.pooled_fallback,
         "floor": {**_policy_json(cl.floor), "training_out_of_fold": cl.floor_report},
         "floor_prompt_only": {"t1": cl.prompt_only.t1, "t2": cl.prompt_only.t2,
-                              **({"rule_kind": cl.prompt_only.rule} if cl.prompt_only.rule != "score" else {}),
+                              **_rule_json(cl.prompt_only),
                               "training_out_of_fold": cl.prompt_report},
     } for cl in pipe.clusters]
 
@@ -797,7 +800,7 @@ def build_payload(datasets: Sequence[Dataset], root: Path, featurizer: Featurize
                 "quality_floor": floor,
                 "bound": bound,
                 "t1": pipe.prompt_only.t1, "t2": pipe.prompt_only.t2,
-                **({"rule_kind": pipe.prompt_only.rule} if pipe.prompt_only.rule != "score" else {}),
+                **_rule_json(pipe.prompt_only),
                 "rule": "as `floor` without the cascade (lite if score <= t1; standard if <= t2; else premium)",
                 "training_out_of_fold": pipe.prompt_report,
             },
