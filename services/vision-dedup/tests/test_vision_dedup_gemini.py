@@ -237,10 +237,10 @@ async def test_no_tenant_holds_more_than_its_share_of_model_slots(redis_client: 
             break
         await asyncio.sleep(0.01)
     assert peak == {"org_busy": 2, "org_calm": 1}  # the calm tenant got a slot while the busy one waits
-    assert len(analyzer._tenant_slots) == 2
+    assert len(analyzer._per_tenant) == 2
     gate.set()
     await asyncio.gather(*tasks)
     assert peak["org_busy"] == 2
     # The per-tenant table holds only tenants with work in flight (a long-lived service meets many tenants).
-    assert len(analyzer._tenant_slots) == 0
+    assert len(analyzer._per_tenant) == 0
     await producer.aclose()

@@ -132,6 +132,18 @@ class LocalMesh:
         self._logs.clear()
         return codes
 
+def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """A local process's Prometheus /metrics as {"name{labels}": value} (comments and blank lines skipped)."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:  # noqa: S310 - local only
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 
 def main() -> int:
     stack = DevStack.from_env()
@@ -178,15 +190,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
-    """A local process's Prometheus /metrics as {"name{labels}": value} (comments and blank lines skipped)."""
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:  # noqa: S310 - local only
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out

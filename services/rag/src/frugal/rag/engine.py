@@ -380,6 +380,10 @@ class RagEngine:
     async def index_state(self, tenant_id: str) -> store.IndexState:
         async with tenant_transaction(self.pool, tenant_id) as conn:
             state = await store.get_index(conn)
+        return self._index_or_default(state)
+
+    def _index_or_default(self, state: store.IndexState | None) -> store.IndexState:
+        """A tenant with no index row yet: the service's default model, no change running."""
         return state or store.IndexState(self.embedder.model, None)
 
     async def aclose(self) -> None:
@@ -486,8 +490,7 @@ class RagEngine:
         cost = 0.0
         for attempt in range(3):
             # The state read with the lookup first; again after a model change raced this ingest.
-            index = (first_index or store.IndexState(self.embedder.model, None)) if attempt == 0 else (
-                await self.index_state(tenant))
+            index = self._index_or_default(first_index) if attempt == 0 else await self.index_state(tenant)
             models = [index.model] + ([index.target_model] if index.target_model else [])
             vectors: list[dict[str, str]] = []
             for n, model in enumerate(models):

@@ -236,30 +236,36 @@ class GeminiVisionProvider:
         await self._client.aio.aclose()
 
 
+@dataclass(slots=True)
+class _Slot:
+    sem: asyncio.Semaphore
+    users: int = 0  # holding or waiting
+
+
 class TenantSlots:
     """At most `slots` concurrent holders per tenant. A tenant's semaphore lives only while someone holds or
     waits for it: a long-running service sees an unbounded number of tenants over its life."""
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._sems: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        self._slots: dict[str, _Slot] = {}
 
     def __len__(self) -> int:
-        return len(self._sems)
+        return len(self._slots)
 
     @contextlib.asynccontextmanager
     async def hold(self, tenant_id: str) -> AsyncIterator[None]:
-        sem, users = self._sems.get(tenant_id) or (asyncio.Semaphore(self.slots), 0)
-        self._sems[tenant_id] = (sem, users + 1)
+        slot = self._slots.get(tenant_id)
+        if slot is None:
+            slot = self._slots[tenant_id] = _Slot(asyncio.Semaphore(self.slots))
+        slot.users += 1
         try:
-            async with sem:
+            async with slot.sem:
                 yield
         finally:
-            sem_now, users_now = self._sems[tenant_id]
-            if users_now <= 1:
-                del self._sems[tenant_id]
-            else:
-                self._sems[tenant_id] = (sem_now, users_now - 1)
+            slot.users -= 1
+            if not slot.users:
+                del self._slots[tenant_id]
 
 
 class Analyzer:
@@ -283,7 +289,7 @@ class Analyzer:
         # No tenant may hold more than its share of the model slots: one tenant's burst (or a hung model
         # answering one tenant slowly) leaves slots for the others.
         self.tenant_slots = max(1, math.ceil(max_concurrency * tenant_share))
-        self._tenant_slots = TenantSlots(self.tenant_slots)
+        self._per_tenant = TenantSlots(self.tenant_slots)
         self.breaker = breaker or CircuitBreaker()
 
     def _tier(self, model: str) -> TierName | None:
@@ -295,7 +301,7 @@ class Analyzer:
         p = self.provider
         started = time.perf_counter()
         fallback_error: str | None = None
-        async with self._tenant_slots.hold(tenant_id), self._sem:
+        async with self._per_tenant.hold(tenant_id), self._sem:
             if not p.offline and not self.breaker.allow():
                 outcome = "circuit_open"
                 fallback_error = f"circuit open after {self.breaker.failures} failed calls"
