@@ -16,7 +16,10 @@ the README's figures were taken with its revision 3), moved by cache-aware routi
 when on, and answered through the router's Gemini/Claude providers (official SDKs)
 against the emulators, which emulate prompt caching (Anthropic breakpoints, Gemini implicit) and honour
 max_tokens; screen frames go through vision-dedup's DedupTracker. Each kind is priced by
-frugal.common.session_cost, the same rule billing's GetUsage uses.
+frugal.common.session_cost, the same rule billing's GetUsage uses. Long answers (`long_to_chat`) are cut by the
+gateway's own SpokenCut with its default settings; the chat post itself happens in the gateway (tested in
+services/media-gateway/tests/test_gateway_long_answers.py), here the whole answer goes to the next turn's
+history as the gateway puts it there.
 
 Not real: the emulated LLM answers with the session's scripted (long, unsized) reply whatever the
 instructions say, so the speech-sizing figures measure the output cap and the sentence guard only, not a
@@ -50,6 +53,8 @@ from frugal.devkit.emulators.prompt_cache import PromptCacheSim
 from frugal.devkit.sessions.catalog import SESSIONS, SessionDef
 from frugal.devkit.sessions.gate_tuning import FRESH_SEEDS, evaluate, track, variant, words_lost
 from frugal.devkit.sessions.media import SpokenTurn, load_or_generate
+from frugal.gateway.config import Settings as GatewaySettings
+from frugal.gateway.long_answers import LongAnswerPolicy, SpokenCut
 from frugal.gateway.stt_gate import SAMPLE_RATE, GateConfig, gate_pcm
 from frugal.gateway.tts_cache import CachedTTS, LocalStore, TtsAudioCache
 from frugal.router import cache_aware, speech_style
@@ -63,10 +68,12 @@ from frugal.router.scoring import TierMix, load_scorers
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = ROOT / "bench" / "session" / ".media"
 KB = ROOT / "demo" / "kb"
-LEVERS = ("stt_gate", "speech_style", "tts_cache", "prompt_cache")
+LEVERS = ("stt_gate", "speech_style", "tts_cache", "prompt_cache", "long_to_chat")
 DEFAULT_MAX_OUTPUT = 512  # the router's default_max_output_tokens
 HISTORY_MAX = 12  # the gateway's history_max_messages
 VISION_MODEL = "gemini-2.5-flash-lite"
+_GATEWAY = GatewaySettings()
+LONG_ANSWERS = LongAnswerPolicy(_GATEWAY.long_answer_spoken_chars, _GATEWAY.long_answer_notice)
 VISION_USAGE = UsageAmounts(input_tokens=258 + 80, output_tokens=60, images=1, requests=1)
 
 
@@ -76,18 +83,23 @@ class Levers:
     speech_style: bool = False
     tts_cache: bool = False
     prompt_cache: bool = False
+    long_to_chat: bool = False  # long answers spoken in short, posted whole to the room chat (the gateway's)
     full_brief: bool = False  # not a lever: the variant with a longer tenant brief (see _tenant_brief)
     # Not a lever: the tenant's audio cache as an earlier session of the tenant left it, holding the phrases
     # the agent speaks verbatim every session (the greeting, confirmations, the goodbye; never model answers).
     # Without it the session is the tenant's first: a greeting can only be a hit from the second session on.
     warm_cache: bool = False
 
+    @classmethod
+    def all_on(cls, **but: bool) -> Levers:
+        return cls(**({n: True for n in LEVERS} | but))
+
     @property
     def label(self) -> str:
         on = [n for n in LEVERS if getattr(self, n)]
         base = "all on" if len(on) == len(LEVERS) else ("all off" if not on else "+" + ",".join(on))
-        if len(on) == len(LEVERS) - 1 and "prompt_cache" not in on:
-            base = "all on but prompt_cache"
+        if len(on) == len(LEVERS) - 1:
+            base = "all on but " + next(n for n in LEVERS if n not in on)
         return base + (" [long brief]" if self.full_brief else "") + (" [warm tenant cache]" if self.warm_cache
                                                                           else "")
 
@@ -125,6 +137,7 @@ class TurnLog:
     llm_usd: float = 0.0
     tts_billed: int = 0
     tts_served: int = 0
+    chat_only_chars: int = 0  # posted to the room chat, not spoken (long_to_chat)
     detail: bool = False  # the user asked for detail (the detail cap applies, on any tier)
 
 
@@ -229,7 +242,8 @@ class Llm:
         return _reply_for(self.session, req.last_user_text)
 
     async def turn(self, question: str, history: list[tuple[str, str]], screen_notes: list[str], levers: Levers,
-                   warm: cache_aware.WarmCaches, result: RunResult) -> tuple[str, CostRow]:
+                   warm: cache_aware.WarmCaches, result: RunResult) -> tuple[str, str, CostRow]:
+        """(what is spoken, the whole answer the user is given, its cost row)."""
         passages = _kb_passages(question)
         context = ["Knowledge base passages (use them when relevant):\n" + "\n".join(passages)]
         if screen_notes:
@@ -278,7 +292,13 @@ class Llm:
         row = CostRow(kind="llm", model=model, tier=tier, usage=done.usage,
                       attributes={"cache_read_tokens": str(done.cache_read_tokens),
                                   "cache_write_tokens": str(done.cache_write_tokens)})
-        return spoken.strip(), row
+        full = spoken.strip()
+        if levers.long_to_chat:  # the gateway's cut, with its defaults (frugal.gateway.long_answers)
+            cut = SpokenCut(LONG_ANSWERS.spoken_chars, LONG_ANSWERS.min_chat_chars)
+            cut.push(full)
+            if cut.cut:
+                return f"{cut.spoken} {LONG_ANSWERS.notice}", full, row
+        return full, full, row
 
 
 class _PromptCache:
@@ -414,16 +434,18 @@ async def run_session(session: SessionDef, configs: list[Levers], catalog: Price
                     reply = t.reply
                 else:
                     notes = [n for at, n in reversed(screen_notes) if at <= t.at][:5]
-                    reply, row = await llm.turn(t.text, history, notes, levers, warm, res)
+                    reply, given, row = await llm.turn(t.text, history, notes, levers, warm, res)
                     rows.append(row)
                     res.answer_chars.append(len(reply))
                     log = TurnLog(t.text, row.tier or "?", row.usage.output_tokens, len(reply),
-                                  list_price(row, catalog), detail=speech_style.wants_detail(t.text))
+                                  list_price(row, catalog), detail=speech_style.wants_detail(t.text),
+                                  chat_only_chars=len(given) - len(reply) + len(LONG_ANSWERS.notice) + 1
+                                  if given != reply else 0)
                     # Retrieval for the turn: one query embedding (the router asks rag for no rerank).
                     rows.append(CostRow(kind="embedding", model="voyage-3.5-lite",
                                         usage=UsageAmounts(input_tokens=max(len(t.text) // 4, 1), requests=1)))
                 res.turn_log.append(log)
-                history += [("user", t.text), ("assistant", reply)]
+                history += [("user", t.text), ("assistant", reply if t.fixed else given)]
                 utterances.append((reply, not t.fixed))
             store = LocalStore(64 << 20)
             if levers.tts_cache and levers.warm_cache:  # what an earlier session synthesised (billed to it)
@@ -456,11 +478,11 @@ def _print_session(session: SessionDef, results: list[RunResult], show_turns: bo
     print(f"\n=== {session.name}: {session.title} ({session.seconds / 60:.1f} min, "
           f"{len(session.turns)} user turns, screen {'yes' if session.screen else 'no'})")
     kinds = ("stt", "tts", "llm", "vision", "embedding")
-    head = f"{'config':<36}" + "".join(f"{k:>10}" for k in kinds) + f"{'total $':>10}{'$/min':>9}{'savings':>9}" \
+    head = f"{'config':<44}" + "".join(f"{k:>10}" for k in kinds) + f"{'total $':>10}{'$/min':>9}{'savings':>9}" \
         f"{'ratio':>7}{'lost':>6}{'chars/ans':>10}"
     print(head)
     naive_chars = sum(results[0].answer_chars) / max(len(results[0].answer_chars), 1)
-    print(f"{'naive baseline':<36}" + "".join(f"{naive.kinds[k].naive_usd:>10.4f}" for k in kinds)
+    print(f"{'naive baseline':<44}" + "".join(f"{naive.kinds[k].naive_usd:>10.4f}" for k in kinds)
           + f"{naive.naive_usd:>10.4f}{naive.naive_per_minute:>9.4f}{'':>9}{'1.00':>7}{'0':>6}{naive_chars:>10.0f}")
     ok = True
     for r in results:
@@ -468,7 +490,7 @@ def _print_session(session: SessionDef, results: list[RunResult], show_turns: bo
         assert r.stt is not None
         mean_chars = sum(r.answer_chars) / len(r.answer_chars) if r.answer_chars else 0.0
         ratio = c.cost_usd / naive.naive_usd
-        print(f"{r.levers.label:<36}" + "".join(f"{c.kinds[k].cost_usd:>10.4f}" for k in kinds)
+        print(f"{r.levers.label:<44}" + "".join(f"{c.kinds[k].cost_usd:>10.4f}" for k in kinds)
               + f"{c.cost_usd:>10.4f}{c.cost_per_minute:>9.4f}{1 - ratio:>9.1%}{ratio:>7.2f}"
               f"{r.stt.words_lost if r.levers.stt_gate else 0:>6}{mean_chars:>10.0f}")
     on_ = next(r for r in results if r.levers.label == "all on")
@@ -499,6 +521,14 @@ def _print_session(session: SessionDef, results: list[RunResult], show_turns: bo
         wratio = warm.cost.cost_usd / naive.naive_usd
         print(f"  target, a later session of the tenant (greeting and fixed phrases cached, answers cold): "
               f"{'MET' if wratio <= 0.25 and not on.stt.words_lost else 'MISSED'} ({wratio:.1%} of naive)")
+    spoken_whole = [r for r in results if r.levers.label.startswith("all on but long_to_chat")
+                    and not r.levers.full_brief]
+    if spoken_whole:
+        chat = sum(t.chat_only_chars for t in on.turn_log)
+        print("  long answers spoken whole instead (all on but long_to_chat): " + ", ".join(
+            f"{r.cost.cost_usd / naive.naive_usd:.1%}{' later session' if r.levers.warm_cache else ''}"
+            for r in spoken_whole) + f"; with it, {chat} characters went to the room chat only, "
+            f"{sum(1 for t in on.turn_log if t.chat_only_chars)} answer(s)")
     return ok
 
 
@@ -552,10 +582,12 @@ def main(argv: list[str] | None = None) -> int:
     configs = [Levers()]
     if not args.quick:
         configs += [Levers(**{n: True}) for n in LEVERS]
-    configs.append(Levers(True, True, True, True))
-    configs.append(Levers(True, True, True, True, warm_cache=True))
+    configs.append(Levers.all_on())
+    configs.append(Levers.all_on(warm_cache=True))
+    # The bill without the newest lever, so its share is visible (long answers spoken whole).
+    configs += [Levers.all_on(long_to_chat=False), Levers.all_on(long_to_chat=False, warm_cache=True)]
     # Prompt caching only pays once the stable prefix passes 1,024 tokens: the same session with a longer brief.
-    configs += [Levers(True, True, True, False, full_brief=True), Levers(True, True, True, True, full_brief=True)]
+    configs += [Levers.all_on(prompt_cache=False, full_brief=True), Levers.all_on(full_brief=True)]
     catalog = default_catalog()
     gate_cfg = GateConfig()
     print(f"price catalog {catalog.version}; naive answer {session_cost([], catalog).rule.answer_characters} chars; "

@@ -19,6 +19,7 @@ from frugal.common.session_cost import SessionCost
 from frugal.gateway import session_end, stt_gate, tts_cache
 from frugal.gateway.clients import MeshClients, ResolvedTenant
 from frugal.gateway.config import Settings
+from frugal.gateway.long_answers import LongAnswerPolicy, LongAnswers
 from frugal.gateway.router_llm import RouterLLM, TurnReport, apology_for, status_of
 from frugal.gateway.speech import ProviderLabel, SpeechCostMeter, TranscriptFeed, build_stt, build_tts
 from frugal.gateway.tools import knowledge_base_tool
@@ -79,6 +80,8 @@ class SessionParts:
     tts_label: ProviderLabel
     tenant: ResolvedTenant
     session_id: str
+    # Where long answers go in full: set `long_answers.post` once there is a room chat (worker.join_room).
+    long_answers: LongAnswers
     notes: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.monotonic)
     # The whole-session cost, set when the session closes (frugal.gateway.session_end).
@@ -121,16 +124,17 @@ def build_session(
     stt_engine, stt_label = build_stt(settings, feed=feed, http_session=http_session)
     tts_engine, tts_label = build_tts(settings, http_session=http_session)
     reports: list[TurnReport] = []
+    long_answers = LongAnswers(LongAnswerPolicy(settings.long_answer_spoken_chars, settings.long_answer_notice))
     router = RouterLLM(clients.router, tenant_id=tenant.tenant_id, session_id=session_id,
                        timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages,
-                       reports=reports)
+                       reports=reports, long_answers=long_answers)
     session_llm: llm.LLM[Any] = router
     if clients.router_fallback is not None:
         # A second router deployment (e.g. another zone): livekit's FallbackAdapter moves to it when the
         # first one fails with a retryable error, and back once it recovers.
         backup = RouterLLM(clients.router_fallback, tenant_id=tenant.tenant_id, session_id=session_id,
                            timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages,
-                           reports=reports)
+                           reports=reports, long_answers=long_answers)
         session_llm = llm.FallbackAdapter([router, backup], attempt_timeout=settings.router_timeout_s)
     meter = SpeechCostMeter(producer, catalog, tenant_id=tenant.tenant_id, session_id=session_id)
     stt_engine = stt_gate.maybe_gate(stt_engine, offline=stt_label.offline, meter=meter)  # STT only on speech
@@ -156,4 +160,5 @@ def build_session(
     if clients.router_fallback is not None:
         notes.append(f"router fallback {settings.router_fallback_addr}")
     return SessionParts(session=session, agent=agent, llm=router, meter=meter, feed=feed, stt_label=stt_label,
-                        tts_label=tts_label, tenant=tenant, session_id=session_id, notes=notes)
+                        tts_label=tts_label, tenant=tenant, session_id=session_id, long_answers=long_answers,
+                        notes=notes)

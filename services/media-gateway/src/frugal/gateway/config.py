@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from frugal.common.limits import MAX_HISTORY_MESSAGES
 from frugal.common.settings import PORTS, ServiceSettings
+from frugal.gateway.long_answers import DEFAULT_NOTICE
 
 # Earlier messages a turn carries to the router by default; the shared MAX_HISTORY_MESSAGES (which the router
 # enforces) is the most a deployment may configure.
@@ -96,6 +97,11 @@ class Settings(ServiceSettings):
     # Raw PCM from ElevenLabs: nothing to decode in the gateway (mp3 decoding costs CPU per session); ElevenLabs
     # bills characters, whatever the format. An mp3_<rate>_<kbps> value is passed through.
     elevenlabs_encoding: str = Field(default="pcm_24000", pattern=r"^(pcm_\d+|mp3_\d+_\d+|opus_\d+_\d+)$")
+
+    # Long answers: speech stops at the first sentence end after this many characters, the whole answer goes to
+    # the room chat and a notice says so (frugal.gateway.long_answers); 0 speaks every answer whole.
+    long_answer_spoken_chars: int = Field(default=280, ge=0, le=20000)
+    long_answer_notice: str = Field(default=DEFAULT_NOTICE, min_length=1, max_length=200)
 
     # What the agent says when it joins ({display_name} is the tenant's); empty disables it.
     welcome_message: str = DEFAULT_WELCOME

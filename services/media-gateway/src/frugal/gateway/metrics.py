@@ -30,3 +30,5 @@ VERDICTS = Counter("gateway_vision_verdicts_total", "Verdicts from vision-dedup.
 VISION_RECONNECTS = Counter("gateway_vision_reconnects_total", "StreamFrames streams (re)opened after a failure.")
 TOOL_CALLS = Counter("gateway_tool_calls_total", "Built-in tool calls, by tool and outcome.", ["tool", "outcome"])
 SPEECH_EVENTS = Counter("gateway_speech_cost_events_total", "STT/TTS cost events emitted.", ["kind", "offline"])
+LONG_ANSWERS = Counter("gateway_long_answers_total",
+                       "Long answers spoken in short and posted whole to the room chat.")

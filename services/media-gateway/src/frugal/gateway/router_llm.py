@@ -38,6 +38,7 @@ from frugal.common.tenancy import REQUEST_ID_METADATA_KEY, SESSION_METADATA_KEY,
 from frugal.common.usage import UsageAmounts
 from frugal.gateway import metrics
 from frugal.gateway.config import DEFAULT_HISTORY_MESSAGES
+from frugal.gateway.long_answers import LongAnswers, SpokenCut
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.CANCELLED: 503,
 }
 # RESOURCE_EXHAUSTED is the tenant's budget or rate limit: retrying within the same second changes nothing.
+# Posting to the room chat is a data-channel message: seconds mean the room is gone.
+CHAT_POST_TIMEOUT_S = 5.0
 NOT_RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED})
 
 
@@ -139,6 +142,8 @@ class TurnReport:
     total_ms: float = 0.0
     error_code: str | None = None
     error_detail: str = ""
+    # Characters that went to the room chat only (a long answer spoken in short: frugal.gateway.long_answers).
+    chat_only_chars: int = 0
 
     @property
     def ok(self) -> bool:
@@ -161,11 +166,13 @@ def _trim(convo: list[router_pb2.ChatMessage], cap: int) -> list[router_pb2.Chat
     return out
 
 
-def turn_request(chat_ctx: llm.ChatContext, history_max: int) -> tuple[router_pb2.TurnInput, str]:
+def turn_request(chat_ctx: llm.ChatContext, history_max: int,
+                 expand: Callable[[str], str] | None = None) -> tuple[router_pb2.TurnInput, str]:
     """(turn, per-reply instructions) from the chat context.
 
     The newest user message is the turn; the first system message (the agent's instructions) heads the history;
-    a system message after the newest user message or answer is `generate_reply(instructions=...)`."""
+    a system message after the newest user message or answer is `generate_reply(instructions=...)`. `expand`
+    gives an assistant message's full text where only part of it was spoken (long answers posted to chat)."""
     system: router_pb2.ChatMessage | None = None
     convo: list[router_pb2.ChatMessage] = []
     trailing_instructions: list[str] = []
@@ -182,6 +189,8 @@ def turn_request(chat_ctx: llm.ChatContext, history_max: int) -> tuple[router_pb
                     trailing_instructions.append(text)
                 continue
             trailing_instructions.clear()  # instructions before a later message were for an earlier reply
+            if expand is not None and role == router_pb2.ROLE_ASSISTANT:
+                text = expand(text)
             convo.append(router_pb2.ChatMessage(role=role, content=text))
         elif item.type == "function_call":
             call = router_pb2.ToolCall(id=item.call_id, name=item.name, arguments_json=item.arguments or "{}")
@@ -242,6 +251,7 @@ class RouterLLM(llm.LLM[Any]):
         skip_vision: bool = False,
         on_turn: TurnListener | None = None,
         reports: list[TurnReport] | None = None,
+        long_answers: LongAnswers | None = None,
     ) -> None:
         super().__init__()
         self.stub = stub
@@ -254,6 +264,7 @@ class RouterLLM(llm.LLM[Any]):
         self._listeners: list[TurnListener] = [on_turn] if on_turn else []
         # Shared by the routers of one session (FallbackAdapter): every attempt, in order.
         self.reports: list[TurnReport] = reports if reports is not None else []
+        self.long_answers = long_answers
 
     @property
     def model(self) -> str:
@@ -303,7 +314,9 @@ class RouterLLMStream(llm.LLMStream):
 
     async def _run(self) -> None:
         r = self._router
-        turn, instructions = turn_request(self._chat_ctx, r.history_max)
+        long = r.long_answers
+        turn, instructions = turn_request(self._chat_ctx, r.history_max,
+                                          long.full_answers.expand if long is not None else None)
         # Each attempt is its own paid call: a fresh turn id, so its cost event has its own id.
         turn_id = uuid.uuid4().hex
         report = TurnReport(turn_id=turn_id, text=turn.text)
@@ -316,6 +329,7 @@ class RouterLLMStream(llm.LLMStream):
         md = turn_metadata(r.tenant_id, r.session_id, turn_id)
         started = time.perf_counter()
         answer: list[str] = []
+        cut = long.cutter() if long is not None else None
         call = r.stub.Respond(request, timeout=r.timeout_s, metadata=md)
         try:
             async for msg in call:
@@ -328,12 +342,17 @@ class RouterLLMStream(llm.LLMStream):
                         report.first_token_ms = (time.perf_counter() - started) * 1000
                     if msg.delta.text:
                         answer.append(msg.delta.text)
-                        self._send_text(turn_id, msg.delta.text)
+                        say = cut.push(msg.delta.text) if cut is not None else msg.delta.text
+                        if say:
+                            self._send_text(turn_id, say)
                 elif kind == "tool_call":
                     self._send_tool_call(report, msg.tool_call)
                 elif kind == "completed":
+                    await self._release(cut, report)
+                    cut = None
                     self._complete(report, msg.completed, turn_id)
                 # Any other payload is from a newer router: ignored, the turn goes on.
+            await self._release(cut, report)  # a stream that ended without its completion keeps its words
         except grpc.aio.AioRpcError as err:
             code = err.code()
             report.error_code, report.error_detail = code.name, err.details() or ""
@@ -350,6 +369,32 @@ class RouterLLMStream(llm.LLMStream):
             report.total_ms = (time.perf_counter() - started) * 1000
             metrics.TURN_SECONDS.observe(report.total_ms / 1000)
             r._report(report)
+
+    async def _release(self, cut: SpokenCut | None, report: TurnReport) -> None:
+        """At the end of the answer, what was held back: to the chat when long enough, else spoken."""
+        if cut is None:
+            return
+        if cut.cut:
+            await self._post_long_answer(cut, report)
+        elif cut.held:
+            self._send_text(report.turn_id, cut.held)
+
+    async def _post_long_answer(self, cut: SpokenCut, report: TurnReport) -> None:
+        """The whole answer to the room chat, then the notice spoken; if the chat fails, the rest is spoken."""
+        long = self._router.long_answers
+        assert long is not None and long.post is not None
+        try:
+            await asyncio.wait_for(long.post(cut.full.strip()), timeout=CHAT_POST_TIMEOUT_S)
+        except Exception as err:  # a timeout included
+            log.warning("posting a long answer to the room chat failed (%r): speaking all of it", err,
+                        extra={"session_id": self._router.session_id, "turn_id": report.turn_id})
+            self._send_text(report.turn_id, cut.held)
+            return
+        notice = " " + long.policy.notice
+        self._send_text(report.turn_id, notice)
+        long.full_answers.remember(cut.spoken + notice, cut.full)
+        report.chat_only_chars = len(cut.held.strip())
+        metrics.LONG_ANSWERS.inc()
 
     def _send_tool_call(self, report: TurnReport, call: router_pb2.ToolCall) -> None:
         call_id = call.id or f"call_{uuid.uuid4().hex[:12]}"

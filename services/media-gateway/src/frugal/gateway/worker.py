@@ -37,6 +37,7 @@ from frugal.gateway import metrics, tts_cache
 from frugal.gateway.agent import SessionParts, build_session, load_vad
 from frugal.gateway.clients import JobTenancy, MeshClients, ResolvedTenant, TenantRejected
 from frugal.gateway.config import Settings
+from frugal.gateway.long_answers import CHAT_TOPIC
 from frugal.gateway.screen import ScreenShareManager
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,8 @@ async def join_room(job: OpenJob) -> None:
     """Connects to the room, samples its screen share and starts the session on the room's audio and chat."""
     ctx, settings, tenant = job.ctx, job.settings, job.tenant
     await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
+    room = ctx.room
+    job.parts.long_answers.post = lambda text: room.local_participant.send_text(text, topic=CHAT_TOPIC)
     screen = ScreenShareManager(
         ctx.room, job.clients.vision, tenant_id=tenant.tenant_id, session_id=job.session_id,
         active_fps=settings.active_fps, idle_fps=settings.idle_fps, camera_enabled=settings.camera_enabled,

@@ -152,6 +152,7 @@ class ReplayResult:
     welcome: str | None = None
     wall_seconds: float = 0.0
     session_cost: SessionCost | None = None  # the whole-session cost recorded at the session's end
+    chat: list[str] = field(default_factory=list)  # what the agent posted to the (simulated) room chat
 
     @property
     def reports(self) -> list[TurnReport]:
@@ -191,6 +192,9 @@ class ReplayObserver:
             return
         offline = " offline" if r.offline else ""
         self.write(f"    {r.tier} {r.model}{offline}: ${r.cost_usd:.6f}  \u2192 {r.answer[:100]}")
+        if r.chat_only_chars:
+            self.write(f"    (long answer: spoken in short, {r.chat_only_chars} more characters posted to the "
+                       "room chat)")
 
     def vision_event(self, track_id: str, resp: vision_pb2.StreamFramesResponse) -> None:
         pass
@@ -235,6 +239,11 @@ async def run_replay(
                               http_session=http)
         result = ReplayResult(title=spec.title, session_id=session_id, tenant=tenant, stt=parts.stt_label,
                               tts=parts.tts_label, welcome=parts.agent.welcome)
+
+        async def post_to_chat(text: str) -> None:  # the replay's room chat: kept, as its audio output is
+            result.chat.append(text)
+
+        parts.long_answers.post = post_to_chat
         try:
             await _run(spec, settings, clients, parts, result, observer, speed, playout_speed, turn_timeout_s)
         finally:
