@@ -55,6 +55,19 @@ async def chunk_count(admin_dsn: str, tenant: str, doc_id: str) -> int:
         await conn.close()
 
 
+async def text_index_mismatches(admin_dsn: str, tenant: str) -> int:
+    """Chunks whose stored tsvector or length is not what BM25 assumes (the insert computes both once)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM rag_chunks WHERE tenant_id = $1 AND (tsv IS DISTINCT FROM"
+            " to_tsvector('english'::regconfig, context || E'\\n' || content) OR lex_len <> rag_tsv_length(tsv)"
+            " OR lex_len <> (SELECT coalesce(sum(tf), 0) FROM rag_postings p WHERE p.tenant_id = $1"
+            "                AND p.chunk_id = rag_chunks.chunk_id))", tenant))
+    finally:
+        await conn.close()
+
+
 async def test_create_unchanged_replaced(rag: Any, rag_db: Any) -> None:
     tenant = new_tenant()
     content = doc_text(12)
@@ -78,6 +91,7 @@ async def test_create_unchanged_replaced(rag: Any, rag_db: Any) -> None:
     r4 = await rag.stub.IngestDocument(ingest_req("rep-1", bigger, metadata={"team": "cfd"}), metadata=md(tenant))
     assert r4.outcome == rag_pb2.INGEST_OUTCOME_REPLACED and r4.chunk_count > r1.chunk_count
     assert await chunk_count(rag_db.admin_dsn, tenant, "rep-1") == r4.chunk_count
+    assert await text_index_mismatches(rag_db.admin_dsn, tenant) == 0
 
     listed = await rag.stub.ListDocuments(rag_pb2.ListDocumentsRequest(), metadata=md(tenant))
     assert [d.document_id for d in listed.documents] == ["rep-1"]

@@ -42,7 +42,6 @@ async def load_big_tenant(admin_dsn: str, tenant: str, vocab: list[str]) -> None
     try:
         # Exact vector search over the tenant (set below): no graph to build for 100k rows.
         await conn.execute("DROP INDEX IF EXISTS rag_chunks_hnsw_minilm")
-        await conn.execute("DROP INDEX IF EXISTS rag_chunks_tsv")  # only the bench's ts_rank_cd baseline uses it
         # A bulk load as the owner: no per-row foreign-key checks and no df trigger (df is filled below
         # with one GROUP BY, the same figures the trigger keeps).
         await conn.execute("SET session_replication_role = replica")
@@ -60,12 +59,13 @@ async def load_big_tenant(admin_dsn: str, tenant: str, vocab: list[str]) -> None
         # Zipf-like words: index = VOCAB * u^3 (a few very common words, a long tail of rare ones).
         await conn.execute(
             "INSERT INTO rag_chunks (tenant_id, chunk_id, document_id, chunk_index, content, text_hash,"
-            " embedding_model, embedding)"
+            " embedding_model, embedding, tsv, lex_len)"
             " SELECT $1, gen_random_uuid(), 'doc-' || (g / 100), g % 100, t.txt, md5(t.txt), 'all-minilm-l6-v2',"
-            "  l2_normalize(v.e)"
+            "  l2_normalize(v.e), ts.v, rag_tsv_length(ts.v)"
             " FROM generate_series(0, $2 - 1) AS g"
             " CROSS JOIN LATERAL (SELECT string_agg(($5::text[])[1 + floor($4 * power(random(), 3))::int], ' ') AS txt"
             "   FROM generate_series(1, $3) WHERE g >= 0) AS t"
+            " CROSS JOIN LATERAL (SELECT to_tsvector('english'::regconfig, E'\\n' || t.txt) AS v) AS ts"
             " JOIN vecs v ON v.id = g % 1000",
             tenant, N_CHUNKS, WORDS, VOCAB, vocab,
         )

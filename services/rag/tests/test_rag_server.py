@@ -71,7 +71,7 @@ async def test_build_app_applies_migrations_and_serves(new_database: object, red
     conn = await asyncpg.connect(admin)
     try:
         applied = await conn.fetch("SELECT name FROM frugal_migrations WHERE component = 'rag'")
-        assert [r["name"] for r in applied] == ["init", "bounded_bm25_and_index_models"]
+        assert [r["name"] for r in applied] == ["init", "bounded_bm25_and_index_models", "lean_chunk_writes"]
         role = await conn.fetchrow("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'frugal_rag'")
         assert tuple(role) == (False, False)
     finally:

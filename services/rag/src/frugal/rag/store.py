@@ -256,14 +256,16 @@ async def _delete_chunks(conn: asyncpg.Connection, document_id: str) -> tuple[in
 
 _INSERT_CHUNKS = """
 WITH input AS (
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $11::text[])
+    SELECT t.*, to_tsvector('english'::regconfig, t.context || E'\n' || t.content) AS tsv
+    FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $11::text[])
         AS t(chunk_id, chunk_index, heading, context, content, text_hash, embedding, next_embedding)
 ), ins AS (
+    -- The tsvector computed once per chunk: stored, counted for the length and turned into postings.
     INSERT INTO rag_chunks (chunk_id, document_id, chunk_index, heading, context, content, text_hash,
-                            embedding_model, embedding, next_model, next_embedding)
+                            embedding_model, embedding, next_model, next_embedding, tsv, lex_len)
     SELECT chunk_id, $8, chunk_index, heading, context, content, text_hash, $9, embedding::vector,
-           CASE WHEN next_embedding IS NULL THEN NULL ELSE $10 END, next_embedding::vector FROM input
+           CASE WHEN next_embedding IS NULL THEN NULL ELSE $10 END, next_embedding::vector,
+           tsv, rag_tsv_length(tsv) FROM input
     RETURNING chunk_id, tsv, lex_len
 ), post AS (
     INSERT INTO rag_postings (term, chunk_id, tf, dl)
