@@ -65,6 +65,7 @@ import numpy.typing as npt
 
 from frugal.common.pricing import TIERS, default_catalog
 from frugal.common.usage import UsageAmounts
+from frugal.devkit.routing.blas_pin import reexec_pinned
 from frugal.devkit.routing.conversational import LabelledTurn, split_turns, turns_bytes
 from frugal.devkit.routing.evaldata import DataMissing, Dataset, Example, data_root, load_all
 from frugal.devkit.routing.train_hybrid import (
@@ -931,6 +932,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--settings", type=int, nargs="*", help="--validate: indexes into VALIDATION_SETTINGS")
     ap.add_argument("--out", type=Path, default=artifact_path())
     args = ap.parse_args(argv)
+    if not args.validate:  # a build or a check: on the BLAS kernel the committed artifact was built with
+        reexec_pinned("frugal.devkit.routing.train_learned", sys.argv[1:] if argv is None else list(argv))
     root = data_root()
     try:
         datasets = load_all(root)
