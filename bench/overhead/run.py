@@ -6,6 +6,8 @@
 One zero-latency Anthropic emulator (frugal.devkit.emulators, its own process) is called four ways:
   direct       the anthropic SDK (its aiohttp transport, as the router), straight to the emulator (the floor
                every other figure is measured from)
+  relay        the same client -> a bare grpc.aio `Respond` that only relays the SDK stream (bench/overhead/relay.py:
+               no interceptor, admission, decision, context or cost record): the floor of any grpc.aio mesh here
   mesh         the gateway's router client -> router `Respond` -> anthropic SDK -> emulator, context off
   mesh+ctx     the same with RAG (pgvector + BM25, warm) and vision context (Redis) on
   litellm      LiteLLM proxy (installed by this bench into its own venv from PyPI, never a project
@@ -13,7 +15,7 @@ One zero-latency Anthropic emulator (frugal.devkit.emulators, its own process) i
   mesh@base    (with --baseline-src DIR) the mesh through a second router run from an older source tree (DIR's
                libs/common/src and services/router/src first on PYTHONPATH, e.g. `git archive <commit>` of
                them), same Redis, billing and emulator: before/after figures in one machine state
-The tenant is pinned to premium (claude-sonnet-4-6) so all four reach the same emulator route. Systems are
+The tenant is pinned to premium (claude-sonnet-4-6) so all of them reach the same emulator route. Systems are
 interleaved in rounds (shuffled per round) so machine drift hits all equally. Overheads are per-round paired
 differences against `direct` (turn i of a system minus turn i of direct in the same round). CPU is the
 user+system time of each proxy's processes (router, plus rag and vision-dedup when context is on; LiteLLM's
@@ -128,6 +130,17 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
         raise RuntimeError(f"emulator did not start: {line!r}")
     urls = dict(part.split("=", 1) for part in line.split()[1:])
     return proc, urls["anthropic"]
+
+
+def start_relay(anthropic_url: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay.py")), "--anthropic-url",
+                             anthropic_url], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("ready "):
+        proc.kill()
+        raise RuntimeError(f"relay did not start: {line!r}")
+    return proc, line.split()[1]
 
 
 def start_litellm(exe: Path, anthropic_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -377,6 +390,7 @@ async def bench(args: argparse.Namespace) -> int:
         redis.start()
         emu_proc, anthropic_url = start_emulator()
         litellm_proc: subprocess.Popen[bytes] | None = None
+        relay_proc: subprocess.Popen[str] | None = None
         base_proc: subprocess.Popen[bytes] | None = None
         mesh = LocalMesh.on_free_ports(
             pg.admin_dsn, redis.url, log_dir=tmp / "logs", services=("billing", "rag", "vision-dedup", "router"),
@@ -394,6 +408,10 @@ async def bench(args: argparse.Namespace) -> int:
             systems["direct"], close = direct_client(anthropic_url)
             closers.append(close)
             pids["direct"] = []
+            relay_proc, relay_addr = start_relay(anthropic_url)
+            systems["relay"], close = mesh_client(relay_addr, context=False)
+            closers.append(close)
+            pids["relay"] = [relay_proc.pid]
             systems["mesh"], close = mesh_client(addr["router"], context=False)
             closers.append(close)
             pids["mesh"] = [mesh.procs["router"].pid]
@@ -456,6 +474,9 @@ async def bench(args: argparse.Namespace) -> int:
                     litellm_proc.wait(10)
                 except subprocess.TimeoutExpired:
                     litellm_proc.kill()
+            if relay_proc is not None:
+                relay_proc.terminate()
+                relay_proc.wait(10)
             if base_proc is not None:
                 base_proc.terminate()
                 try:
@@ -468,6 +489,16 @@ async def bench(args: argparse.Namespace) -> int:
             redis.stop()
             pg.stop()
     return 0
+
+
+def paired_ttft_differences(rounds: list[list[Sample]], base_rounds: list[list[Sample]]) -> list[float]:
+    """Per round, the k-th fastest TTFT of one system minus the k-th fastest of the other."""
+    diffs: list[float] = []
+    for mine, base in zip(rounds, base_rounds, strict=False):
+        mine_sorted = sorted(x.ttft_ms for x in mine)
+        base_sorted = sorted(x.ttft_ms for x in base)
+        diffs.extend(a - b for a, b in zip(mine_sorted, base_sorted, strict=False))
+    return diffs
 
 
 def report(series: dict[str, Series], concurrencies: list[int]) -> None:
@@ -483,11 +514,7 @@ def report(series: dict[str, Series], concurrencies: list[int]) -> None:
             rounds = s.samples.get(conc, [])
             ttft = [x.ttft_ms for r in rounds for x in r]
             total = [x.total_ms for r in rounds for x in r]
-            diffs: list[float] = []
-            for mine, base in zip(rounds, direct_rounds, strict=False):
-                mine_sorted = sorted(x.ttft_ms for x in mine)
-                base_sorted = sorted(x.ttft_ms for x in base)
-                diffs.extend(a - b for a, b in zip(mine_sorted, base_sorted, strict=False))
+            diffs = paired_ttft_differences(rounds, direct_rounds)
             turns = s.turns.get(conc, 0)
             cpu = f"{s.cpu_s.get(conc, 0.0) / turns * 1000:14.2f}" if turns and name != "direct" else f"{'-':>14}"
             over = fmt3(diffs) if name != "direct" else f"{'-':>23}"
@@ -497,16 +524,20 @@ def report(series: dict[str, Series], concurrencies: list[int]) -> None:
         # The arithmetic of a CPU-bound proxy: N simultaneous turns need N x (CPU per turn) of CPU; with C cores
         # (shared here with the emulator and this client) the last first token waits at least about that / C.
         cores = os.cpu_count() or 1
-        for name in ("mesh", "mesh@base"):
+        for name in ("relay", "mesh", "mesh@base"):
             ms = series.get(name)
             if ms is not None and conc > 1 and ms.turns.get(conc):
                 per_turn_ms = ms.cpu_s.get(conc, 0.0) / ms.turns[conc] * 1000
                 print(f"{name}: CPU {per_turn_ms:.2f} ms/turn x {conc} turns / {cores} cores = "
                       f"{per_turn_ms * conc / cores:.0f} ms of queueing for the last turn of a round, at best "
                       f"(target p95 overhead at 50: 15 ms needs <= {15 * cores / 50:.2f} ms CPU per turn)")
+        if "relay" in series and "mesh" in series:
+            own = paired_ttft_differences(series["mesh"].samples.get(conc, []), series["relay"].samples.get(conc, []))
+            if own:
+                print(f"mesh over the bare relay (the router's own work; paired per round): p50 p95 p99 {fmt3(own)} ms")
         if "litellm" in overhead_p95:
             lite = overhead_p95["litellm"]
-            for name in ("mesh", "mesh+ctx", "mesh@base"):
+            for name in ("relay", "mesh", "mesh+ctx", "mesh@base"):
                 if name in overhead_p95 and lite > 0:
                     print(f"{name} p95 overhead / litellm p95 overhead = {overhead_p95[name] / lite:.2f} "
                           f"(target <= 0.33)")
