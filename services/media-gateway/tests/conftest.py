@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from frugal.api.billing.v1 import billing_pb2, billing_pb2_grpc
 from frugal.api.common.v1 import common_pb2
@@ -19,6 +20,7 @@ from frugal.api.router.v1 import router_pb2, router_pb2_grpc
 from frugal.common.grpc_server import GrpcApp
 from frugal.devkit.pytest_plugin import with_user
 from frugal.gateway.config import Settings
+from frugal.gateway.router_fallback import ROUTER_SERVICE
 
 TENANT = "org_lumen"
 ROOM = "tenant_org_lumen_onboarding-call"
@@ -153,6 +155,7 @@ class ScriptedRouter(router_pb2_grpc.RouterServiceServicer):
         self.started = asyncio.Event()
         # When set, a Respond with no script left is refused with this status.
         self.refuse: grpc.StatusCode | None = None
+        self.health = health.aio.HealthServicer()
 
     async def Route(self, request: router_pb2.RouteRequest,  # noqa: N802 - gRPC method name
                     context: grpc.aio.ServicerContext[Any, Any]) -> router_pb2.RouteResponse:
@@ -198,14 +201,32 @@ def completed(**kwargs: Any) -> router_pb2.RespondResponse:
 
 
 @pytest_asyncio.fixture
-async def scripted_router() -> AsyncIterator[tuple[ScriptedRouter, str]]:
-    servicer = ScriptedRouter()
-    server = grpc.aio.server()
-    router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    await server.stop(0.2)
+async def scripted_routers() -> AsyncIterator[Callable[[], Awaitable[tuple[ScriptedRouter, str]]]]:
+    """Starts ScriptedRouters, each with gRPC health (its RouterService SERVING; tests may change it through
+    `servicer.health`)."""
+    servers: list[grpc.aio.Server] = []
+
+    async def start() -> tuple[ScriptedRouter, str]:
+        servicer = ScriptedRouter()
+        server = grpc.aio.server()
+        router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer.health, server)
+        await servicer.health.set(ROUTER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        return servicer, f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        await server.stop(0.2)
+
+
+@pytest_asyncio.fixture
+async def scripted_router(
+    scripted_routers: Callable[[], Awaitable[tuple[ScriptedRouter, str]]],
+) -> tuple[ScriptedRouter, str]:
+    return await scripted_routers()
 
 
 @pytest.fixture

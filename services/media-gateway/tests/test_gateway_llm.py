@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from livekit.agents import APIConnectionError, APIStatusError, APITimeoutError, RunResult, llm, vad
+from prometheus_client import REGISTRY
 
 from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
 from frugal.api.router.v1 import router_pb2
@@ -96,7 +97,7 @@ async def test_router_outage_is_handled_by_the_fallback_adapter(
             assert isinstance(session.llm, llm.FallbackAdapter)
             result: RunResult[None] = await session.run(user_input="What is Lumen Desk, in one sentence?")
             msg = result.expect.next_event().is_message(role="assistant")
-            # The primary failed (and FallbackAdapter's background recovery probe failed too); the backup answered.
+            # The primary failed (its recovery check, a health check, failed too); the backup answered.
             reports = parts.llm.reports
             (answered,) = [r for r in reports if r.ok]
             assert reports[0].error_code == "UNAVAILABLE" and {r.error_code for r in reports if not r.ok} == {
@@ -104,6 +105,130 @@ async def test_router_outage_is_handled_by_the_fallback_adapter(
             assert answered.offline and msg.event().item.text_content == answered.answer
             assert len({r.turn_id for r in reports}) == len(reports)  # each attempt is its own call and cost ids
             assert not any(a in history_texts(parts) for a in APOLOGIES.values())
+    finally:
+        await parts.aclose()
+        await clients.aclose()
+
+
+async def _turn(parts: SessionParts, question: str) -> None:
+    """One user turn, however it ends (answered, or failed with the session's apology)."""
+    n = len(parts.llm.reports)
+    parts.session.generate_reply(user_input=question)
+    await until(lambda: len(parts.llm.reports) > n and parts.session.agent_state != "thinking", f"turn {question!r}")
+    await parts.session.wait_for_idle()
+
+
+def _availability(session_llm: object) -> list[tuple[int, bool]]:
+    """(index of the router, available) as the FallbackAdapter reports changes."""
+    assert isinstance(session_llm, llm.FallbackAdapter)
+    changes: list[tuple[int, bool]] = []
+    routers = list(session_llm._llm_instances)  # the order the adapter was built with
+
+    def on(event: Any) -> None:
+        changes.append((routers.index(event.llm), event.available))
+
+    session_llm.on("llm_availability_changed", on)
+    return changes
+
+
+def _checks(outcome: str) -> float:
+    return REGISTRY.get_sample_value("gateway_router_recovery_checks_total", {"outcome": outcome}) or 0.0
+
+
+async def test_the_fallback_adapters_recovery_check_is_a_health_check_not_a_paid_turn(
+    mesh: dict[str, str], scripted_routers: Callable[..., Any], make_settings: Callable[..., Settings],
+    vad_model: vad.VAD, dead_addr: str,
+) -> None:
+    """livekit's own recovery check replays the turn to the failed LLM and throws the answer away: against a
+    router, a paid answer. Here it is a health check; the recovered router answers the next turn."""
+    primary, primary_addr = await scripted_routers()
+    primary.script(grpc.StatusCode.UNAVAILABLE)  # one failed turn, then it answers ("ok")
+    settings = make_settings(billing_addr=mesh["billing"], router_addr=primary_addr,
+                             router_fallback_addr=mesh["router"], vision_addr=dead_addr, rag_addr=dead_addr,
+                             welcome_message="")
+    clients, parts = await session_parts(settings, vad_model, "s-recover-1")
+    serving_before = _checks("serving")
+    try:
+        async with parts.session as session:
+            changes = _availability(session.llm)
+            await session.start(parts.agent)
+            await _turn(parts, "What is Lumen Desk, in one sentence?")
+            await until(lambda: (0, True) in changes, "the primary's recovery")
+            assert changes == [(0, False), (0, True)]
+            assert len(primary.requests) == 1, "the recovery check must not replay the turn to the router"
+            assert _checks("serving") == serving_before + 1
+            first, second = parts.llm.reports[:2]
+            assert first.error_code == "UNAVAILABLE" and second.ok and second.offline  # the backup answered
+            await _turn(parts, "And how much does it cost?")
+            assert len(primary.requests) == 2 and parts.llm.reports[-1].answer == "ok"  # back on the primary
+            assert [r.ok for r in parts.llm.reports] == [False, True, True]  # every Respond was a turn
+    finally:
+        await parts.aclose()
+        await clients.aclose()
+
+
+async def test_a_router_not_serving_stays_out_without_a_paid_turn_until_it_serves(
+    mesh: dict[str, str], scripted_routers: Callable[..., Any], make_settings: Callable[..., Settings],
+    vad_model: vad.VAD, dead_addr: str,
+) -> None:
+    from grpc_health.v1 import health_pb2
+
+    from frugal.gateway.router_fallback import ROUTER_SERVICE
+
+    primary, primary_addr = await scripted_routers()
+    primary.script(grpc.StatusCode.UNAVAILABLE)
+    await primary.health.set(ROUTER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+    settings = make_settings(billing_addr=mesh["billing"], router_addr=primary_addr,
+                             router_fallback_addr=mesh["router"], vision_addr=dead_addr, rag_addr=dead_addr,
+                             welcome_message="")
+    clients, parts = await session_parts(settings, vad_model, "s-recover-2")
+    refused_before = _checks("not_serving")
+    try:
+        async with parts.session as session:
+            changes = _availability(session.llm)
+            await session.start(parts.agent)
+            for question in ("What is Lumen Desk?", "Who uses it?", "Is there a free plan?"):
+                await _turn(parts, question)
+            await until(lambda: _checks("not_serving") >= refused_before + 3, "a check per turn")
+            assert changes == [(0, False)] and len(primary.requests) == 1
+            assert all(r.ok and r.offline for r in parts.llm.reports[1:])  # the backup answered them all
+            await primary.health.set(ROUTER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+            await _turn(parts, "Does it have an API?")  # still the backup; this turn's check finds it serving
+            await until(lambda: (0, True) in changes, "the primary's recovery")
+            await _turn(parts, "Thanks, and the pricing?")
+            assert len(primary.requests) == 2 and parts.llm.reports[-1].answer == "ok"
+    finally:
+        await parts.aclose()
+        await clients.aclose()
+
+
+async def test_with_every_router_unavailable_the_adapters_calls_are_real_turns(
+    mesh: dict[str, str], scripted_routers: Callable[..., Any], make_settings: Callable[..., Settings],
+    vad_model: vad.VAD,
+) -> None:
+    """With all routers out, the adapter tries each for the user's turn itself: those calls are turns, not
+    recovery checks (else the turn would end with no answer)."""
+    from grpc_health.v1 import health_pb2
+
+    from frugal.gateway.router_fallback import ROUTER_SERVICE
+
+    (primary, primary_addr), (backup, backup_addr) = await scripted_routers(), await scripted_routers()
+    for r in (primary, backup):
+        r.refuse = grpc.StatusCode.UNAVAILABLE
+        await r.health.set(ROUTER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+    settings = make_settings(billing_addr=mesh["billing"], router_addr=primary_addr, router_fallback_addr=backup_addr,
+                             welcome_message="")
+    clients, parts = await session_parts(settings, vad_model, "s-recover-3")
+    try:
+        async with parts.session as session:
+            changes = _availability(session.llm)
+            await session.start(parts.agent)
+            await _turn(parts, "Hello?")
+            assert sorted(changes) == [(0, False), (1, False)] and not any(r.ok for r in parts.llm.reports)
+            primary.refuse = None  # it answers again, though its health check still says NOT_SERVING
+            await _turn(parts, "Hello again?")
+            assert parts.llm.reports[-1].ok and parts.llm.reports[-1].answer == "ok"
+            assert history_texts(parts)[-1] == "ok"
     finally:
         await parts.aclose()
         await clients.aclose()

@@ -20,6 +20,7 @@ from frugal.gateway import session_end, stt_gate, tts_cache
 from frugal.gateway.clients import MeshClients, ResolvedTenant
 from frugal.gateway.config import Settings
 from frugal.gateway.long_answers import LongAnswerPolicy, LongAnswers
+from frugal.gateway.router_fallback import fallback_llm
 from frugal.gateway.router_llm import RouterLLM, TurnReport, apology_for, status_of
 from frugal.gateway.speech import ProviderLabel, SpeechCostMeter, TranscriptFeed, build_stt, build_tts
 from frugal.gateway.tools import knowledge_base_tool
@@ -135,7 +136,8 @@ def build_session(
         backup = RouterLLM(clients.router_fallback, tenant_id=tenant.tenant_id, session_id=session_id,
                            timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages,
                            reports=reports, long_answers=long_answers)
-        session_llm = llm.FallbackAdapter([router, backup], attempt_timeout=settings.router_timeout_s)
+        session_llm = fallback_llm([(router, clients.router_channel), (backup, clients.router_fallback_channel)],
+                                   attempt_timeout=settings.router_timeout_s)
     meter = SpeechCostMeter(producer, catalog, tenant_id=tenant.tenant_id, session_id=session_id)
     stt_engine = stt_gate.maybe_gate(stt_engine, offline=stt_label.offline, meter=meter)  # STT only on speech
     meter.watch_stt(stt_engine, stt_label)

@@ -32,3 +32,6 @@ TOOL_CALLS = Counter("gateway_tool_calls_total", "Built-in tool calls, by tool a
 SPEECH_EVENTS = Counter("gateway_speech_cost_events_total", "STT/TTS cost events emitted.", ["kind", "offline"])
 LONG_ANSWERS = Counter("gateway_long_answers_total",
                        "Long answers spoken in short and posted whole to the room chat.")
+ROUTER_RECOVERY_CHECKS = Counter("gateway_router_recovery_checks_total",
+                                 "Health checks of a router the fallback adapter holds unavailable, by outcome.",
+                                 ["outcome"])

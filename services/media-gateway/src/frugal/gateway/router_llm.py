@@ -236,6 +236,9 @@ def tool_definitions(tools: list[llm.Tool]) -> list[router_pb2.ToolDefinition]:
     return out
 
 
+RecoveryCheck = Callable[[llm.ChatContext, APIConnectOptions], "llm.LLMStream | None"]
+
+
 class RouterLLM(llm.LLM[Any]):
     """One instance per session: it knows the tenant and the session it speaks for."""
 
@@ -265,6 +268,9 @@ class RouterLLM(llm.LLM[Any]):
         # Shared by the routers of one session (FallbackAdapter): every attempt, in order.
         self.reports: list[TurnReport] = reports if reports is not None else []
         self.long_answers = long_answers
+        # Set by frugal.gateway.router_fallback behind a FallbackAdapter: a stream that checks this router's
+        # recovery without a paid turn, or None when the call is a real turn.
+        self.recovery_check: RecoveryCheck | None = None
 
     @property
     def model(self) -> str:
@@ -296,7 +302,11 @@ class RouterLLM(llm.LLM[Any]):
         parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
         tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
         extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> RouterLLMStream:
+    ) -> llm.LLMStream:
+        if self.recovery_check is not None:
+            check = self.recovery_check(chat_ctx, conn_options)
+            if check is not None:
+                return check
         return RouterLLMStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
 
 
