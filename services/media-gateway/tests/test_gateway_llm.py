@@ -9,12 +9,14 @@ router on this branch cannot produce yet."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from livekit.agents import APIConnectionError, APIStatusError, APITimeoutError, RunResult, llm, vad
 from prometheus_client import REGISTRY
 
@@ -27,6 +29,7 @@ from frugal.gateway.agent import SessionParts, build_session, load_vad
 from frugal.gateway.clients import MeshClients
 from frugal.gateway.config import Settings
 from frugal.gateway.replay.runner import SimulatedAudioOutput
+from frugal.gateway.router_fallback import ROUTER_SERVICE
 from frugal.gateway.router_llm import APOLOGIES, api_error, enum_label, status_of
 from frugal.gateway.tools import KB_TOOL_NAME
 
@@ -118,17 +121,31 @@ async def _turn(parts: SessionParts, question: str) -> None:
     await parts.session.wait_for_idle()
 
 
-def _availability(session_llm: object) -> list[tuple[int, bool]]:
-    """(index of the router, available) as the FallbackAdapter reports changes."""
-    assert isinstance(session_llm, llm.FallbackAdapter)
-    changes: list[tuple[int, bool]] = []
-    routers = list(session_llm._llm_instances)  # the order the adapter was built with
+@contextlib.asynccontextmanager
+async def fallback_session(
+    settings: Settings, vad_model: vad.VAD, session_id: str
+) -> AsyncIterator[tuple[SessionParts, list[tuple[int, bool]]]]:
+    """A started session behind a FallbackAdapter, and the availability changes it reports as
+    (index of the router, available)."""
+    clients, parts = await session_parts(settings, vad_model, session_id)
+    try:
+        async with parts.session as session:
+            adapter = session.llm
+            assert isinstance(adapter, llm.FallbackAdapter)
+            routers = list(adapter._llm_instances)  # the order the adapter was built with
+            changes: list[tuple[int, bool]] = []
+            adapter.on("llm_availability_changed", lambda ev: changes.append((routers.index(ev.llm), ev.available)))
+            await session.start(parts.agent)
+            yield parts, changes
+    finally:
+        await parts.aclose()
+        await clients.aclose()
 
-    def on(event: Any) -> None:
-        changes.append((routers.index(event.llm), event.available))
 
-    session_llm.on("llm_availability_changed", on)
-    return changes
+def _behind(make_settings: Callable[..., Settings], mesh: dict[str, str], primary: str, dead_addr: str) -> Settings:
+    """A gateway whose router is `primary`, with the mesh's real router as its fallback deployment."""
+    return make_settings(billing_addr=mesh["billing"], router_addr=primary, router_fallback_addr=mesh["router"],
+                         vision_addr=dead_addr, rag_addr=dead_addr, welcome_message="")
 
 
 def _checks(outcome: str) -> float:
@@ -143,63 +160,41 @@ async def test_the_fallback_adapters_recovery_check_is_a_health_check_not_a_paid
     router, a paid answer. Here it is a health check; the recovered router answers the next turn."""
     primary, primary_addr = await scripted_routers()
     primary.script(grpc.StatusCode.UNAVAILABLE)  # one failed turn, then it answers ("ok")
-    settings = make_settings(billing_addr=mesh["billing"], router_addr=primary_addr,
-                             router_fallback_addr=mesh["router"], vision_addr=dead_addr, rag_addr=dead_addr,
-                             welcome_message="")
-    clients, parts = await session_parts(settings, vad_model, "s-recover-1")
     serving_before = _checks("serving")
-    try:
-        async with parts.session as session:
-            changes = _availability(session.llm)
-            await session.start(parts.agent)
-            await _turn(parts, "What is Lumen Desk, in one sentence?")
-            await until(lambda: (0, True) in changes, "the primary's recovery")
-            assert changes == [(0, False), (0, True)]
-            assert len(primary.requests) == 1, "the recovery check must not replay the turn to the router"
-            assert _checks("serving") == serving_before + 1
-            first, second = parts.llm.reports[:2]
-            assert first.error_code == "UNAVAILABLE" and second.ok and second.offline  # the backup answered
-            await _turn(parts, "And how much does it cost?")
-            assert len(primary.requests) == 2 and parts.llm.reports[-1].answer == "ok"  # back on the primary
-            assert [r.ok for r in parts.llm.reports] == [False, True, True]  # every Respond was a turn
-    finally:
-        await parts.aclose()
-        await clients.aclose()
+    async with fallback_session(_behind(make_settings, mesh, primary_addr, dead_addr), vad_model,
+                                "s-recover-1") as (parts, changes):
+        await _turn(parts, "What is Lumen Desk, in one sentence?")
+        await until(lambda: (0, True) in changes, "the primary's recovery")
+        assert changes == [(0, False), (0, True)]
+        assert len(primary.requests) == 1, "the recovery check must not replay the turn to the router"
+        assert _checks("serving") == serving_before + 1
+        first, second = parts.llm.reports[:2]
+        assert first.error_code == "UNAVAILABLE" and second.ok and second.offline  # the backup answered
+        await _turn(parts, "And how much does it cost?")
+        assert len(primary.requests) == 2 and parts.llm.reports[-1].answer == "ok"  # back on the primary
+        assert [r.ok for r in parts.llm.reports] == [False, True, True]  # every Respond was a turn
 
 
 async def test_a_router_not_serving_stays_out_without_a_paid_turn_until_it_serves(
     mesh: dict[str, str], scripted_routers: Callable[..., Any], make_settings: Callable[..., Settings],
     vad_model: vad.VAD, dead_addr: str,
 ) -> None:
-    from grpc_health.v1 import health_pb2
-
-    from frugal.gateway.router_fallback import ROUTER_SERVICE
-
     primary, primary_addr = await scripted_routers()
     primary.script(grpc.StatusCode.UNAVAILABLE)
     await primary.health.set(ROUTER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-    settings = make_settings(billing_addr=mesh["billing"], router_addr=primary_addr,
-                             router_fallback_addr=mesh["router"], vision_addr=dead_addr, rag_addr=dead_addr,
-                             welcome_message="")
-    clients, parts = await session_parts(settings, vad_model, "s-recover-2")
     refused_before = _checks("not_serving")
-    try:
-        async with parts.session as session:
-            changes = _availability(session.llm)
-            await session.start(parts.agent)
-            for question in ("What is Lumen Desk?", "Who uses it?", "Is there a free plan?"):
-                await _turn(parts, question)
-            await until(lambda: _checks("not_serving") >= refused_before + 3, "a check per turn")
-            assert changes == [(0, False)] and len(primary.requests) == 1
-            assert all(r.ok and r.offline for r in parts.llm.reports[1:])  # the backup answered them all
-            await primary.health.set(ROUTER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-            await _turn(parts, "Does it have an API?")  # still the backup; this turn's check finds it serving
-            await until(lambda: (0, True) in changes, "the primary's recovery")
-            await _turn(parts, "Thanks, and the pricing?")
-            assert len(primary.requests) == 2 and parts.llm.reports[-1].answer == "ok"
-    finally:
-        await parts.aclose()
-        await clients.aclose()
+    async with fallback_session(_behind(make_settings, mesh, primary_addr, dead_addr), vad_model,
+                                "s-recover-2") as (parts, changes):
+        for question in ("What is Lumen Desk?", "Who uses it?", "Is there a free plan?"):
+            await _turn(parts, question)
+        await until(lambda: _checks("not_serving") >= refused_before + 3, "a check per turn")
+        assert changes == [(0, False)] and len(primary.requests) == 1
+        assert all(r.ok and r.offline for r in parts.llm.reports[1:])  # the backup answered them all
+        await primary.health.set(ROUTER_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await _turn(parts, "Does it have an API?")  # still the backup; this turn's check finds it serving
+        await until(lambda: (0, True) in changes, "the primary's recovery")
+        await _turn(parts, "Thanks, and the pricing?")
+        assert len(primary.requests) == 2 and parts.llm.reports[-1].answer == "ok"
 
 
 async def test_with_every_router_unavailable_the_adapters_calls_are_real_turns(
@@ -208,30 +203,19 @@ async def test_with_every_router_unavailable_the_adapters_calls_are_real_turns(
 ) -> None:
     """With all routers out, the adapter tries each for the user's turn itself: those calls are turns, not
     recovery checks (else the turn would end with no answer)."""
-    from grpc_health.v1 import health_pb2
-
-    from frugal.gateway.router_fallback import ROUTER_SERVICE
-
     (primary, primary_addr), (backup, backup_addr) = await scripted_routers(), await scripted_routers()
     for r in (primary, backup):
         r.refuse = grpc.StatusCode.UNAVAILABLE
         await r.health.set(ROUTER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     settings = make_settings(billing_addr=mesh["billing"], router_addr=primary_addr, router_fallback_addr=backup_addr,
                              welcome_message="")
-    clients, parts = await session_parts(settings, vad_model, "s-recover-3")
-    try:
-        async with parts.session as session:
-            changes = _availability(session.llm)
-            await session.start(parts.agent)
-            await _turn(parts, "Hello?")
-            assert sorted(changes) == [(0, False), (1, False)] and not any(r.ok for r in parts.llm.reports)
-            primary.refuse = None  # it answers again, though its health check still says NOT_SERVING
-            await _turn(parts, "Hello again?")
-            assert parts.llm.reports[-1].ok and parts.llm.reports[-1].answer == "ok"
-            assert history_texts(parts)[-1] == "ok"
-    finally:
-        await parts.aclose()
-        await clients.aclose()
+    async with fallback_session(settings, vad_model, "s-recover-3") as (parts, changes):
+        await _turn(parts, "Hello?")
+        assert sorted(changes) == [(0, False), (1, False)] and not any(r.ok for r in parts.llm.reports)
+        primary.refuse = None  # it answers again, though its health check still says NOT_SERVING
+        await _turn(parts, "Hello again?")
+        assert parts.llm.reports[-1].ok and parts.llm.reports[-1].answer == "ok"
+        assert history_texts(parts)[-1] == "ok"
 
 
 async def test_router_down_no_apology_in_history_and_the_session_lives_on(
