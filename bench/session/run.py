@@ -35,6 +35,7 @@ import asyncio
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -321,11 +322,12 @@ class _PromptCache:
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
 
-async def run_tts(utterances: list[tuple[str, bool]], cached: bool,
-                  store: LocalStore) -> tuple[list[CostRow], list[tuple[int, int]]]:
+async def run_tts(utterances: list[tuple[str, bool]], cached: bool, store: LocalStore,
+                  chat_only: Sequence[int] = ()) -> tuple[list[CostRow], list[tuple[int, int]]]:
     """Speaks each utterance sentence by sentence (how the session feeds a non-streaming TTS); returns cost
     rows (billed characters from the emulator's own count, per sentence) and, per utterance, the characters
-    billed and those served from the cache."""
+    billed and those served from the cache. `chat_only`: per utterance, the characters of a long answer that
+    went to the room chat unspoken (on the answer's row, as the gateway records them)."""
     from livekit.plugins import elevenlabs
 
     rows: list[CostRow] = []
@@ -355,13 +357,15 @@ async def run_tts(utterances: list[tuple[str, bool]], cached: bool,
             per_utterance.append((sum(r.usage.characters for r in mine),
                                   sum(int(r.attributes.get("served_characters", "0")) for r in mine)))
         # The naive rule sizes answers per utterance, not per sentence: fold each answer's sentences.
-        return _fold_answers(rows, utterances), per_utterance
+        return _fold_answers(rows, utterances, chat_only), per_utterance
 
 
-def _fold_answers(rows: list[CostRow], utterances: list[tuple[str, bool]]) -> list[CostRow]:
+def _fold_answers(rows: list[CostRow], utterances: list[tuple[str, bool]], chat_only: Sequence[int]) -> list[CostRow]:
     out: list[CostRow] = []
     it = iter(rows)
+    unspoken = iter(chat_only)
     for text, is_answer in utterances:
+        rest = next(unspoken, 0)
         n = len([s for s in _SENT.split(text) if s.strip()])
         mine = [next(it) for _ in range(n)]
         if not is_answer:
@@ -370,6 +374,8 @@ def _fold_answers(rows: list[CostRow], utterances: list[tuple[str, bool]]) -> li
         billed = sum(r.usage.characters for r in mine)
         served = sum(int(r.attributes.get("served_characters", "0")) for r in mine)
         attrs = {"utterance": "answer"}
+        if rest:
+            attrs["chat_only_characters"] = str(rest)
         if served:
             attrs |= {"tts_cache": "hit", "served_characters": str(served + billed)}
         out.append(CostRow(kind="tts", model="eleven_flash_v2_5",
@@ -450,7 +456,8 @@ async def run_session(session: SessionDef, configs: list[Levers], catalog: Price
             store = LocalStore(64 << 20)
             if levers.tts_cache and levers.warm_cache:  # what an earlier session synthesised (billed to it)
                 await run_tts([(u, False) for u, fixed in _fixed_phrases(session)], True, store)
-            tts_rows, per_utterance = await run_tts(utterances, levers.tts_cache, store)
+            tts_rows, per_utterance = await run_tts(utterances, levers.tts_cache, store,
+                                                    [0] + [log.chat_only_chars for log in res.turn_log])
             rows += tts_rows
             for log, (billed, served) in zip(res.turn_log, per_utterance[1:], strict=True):
                 log.tts_billed, log.tts_served = billed, served

@@ -77,6 +77,29 @@ def test_naive_baseline_streams_the_whole_session_and_synthesises_every_answer(c
     assert cost2.kinds["vision"].naive_usd == pytest.approx(120 * vision_call)
 
 
+def test_an_answers_sentences_are_one_answer_for_the_naive_rule(catalog: PriceCatalog) -> None:
+    """The gateway synthesises an answer sentence by sentence: its rows share an `answer_id`, and the naive
+    answer length applies to the answer, not to each sentence. A long answer's rest that went to the room chat
+    (`chat_only_characters`) is spoken by the naive agent."""
+
+    def tts(chars: int, answer: str | None, session: str = "s1", **extra: str) -> CostRow:
+        attrs = {"utterance": "answer", "answer_id": answer} if answer else {"utterance": "fixed"}
+        return CostRow(kind="tts", model="eleven_flash_v2_5", usage=UsageAmounts(characters=chars),
+                       attributes=attrs | extra, session_id=session)
+
+    rows = [
+        tts(60, None),  # the greeting: as it was
+        tts(100, "a1"), tts(100, "a1"), tts(0, "a1", tts_cache="hit", served_characters="50"),  # 250 -> 400
+        tts(300, "a2"), tts(280, "a2"),  # 580: longer than the naive answer
+        tts(120, "a3"), tts(0, "a3", chat_only_characters="500"),  # spoken short, the rest in the chat: 620
+        tts(100, "a1", session="s2"),  # another session's answer with the same id is another answer: 400
+    ]
+    cost = session_cost(rows, catalog)
+    assert cost.kinds["tts"].naive_usd == pytest.approx((60 + 400 + 580 + 620 + 400) * 0.00005)
+    assert cost.kinds["tts"].cost_usd == pytest.approx((60 + 200 + 580 + 120 + 100) * 0.00005)
+    assert cost.kinds["tts"].units["cache_hit_characters"] == 50
+
+
 def test_naive_rule_is_validated() -> None:
     with pytest.raises(ValueError):
         NaiveRule(answer_characters=-1)

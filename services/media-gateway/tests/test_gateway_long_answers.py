@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from livekit.agents import RunResult, vad
 
-from frugal.common.cost_events import CostKind
+from frugal.common.cost_events import CostEvent, CostKind
 from frugal.common.pricing import default_catalog
+from frugal.common.session_cost import CostRow, session_cost
 from frugal.gateway.agent import SessionParts, build_session, load_vad
 from frugal.gateway.clients import MeshClients
 from frugal.gateway.config import Settings
@@ -111,9 +112,13 @@ async def open_session(settings: Settings, vad_model: vad.VAD, session_id: str) 
     return clients, parts
 
 
+def said(event: CostEvent) -> int:
+    """Characters a TTS event spoke: synthesised, or served from the audio cache (earlier tests fill it)."""
+    return event.usage.characters + int(event.attributes.get("served_characters", 0))
+
+
 def tts_characters(parts: SessionParts) -> int:
-    return sum(e.usage.characters + int(e.attributes.get("served_characters", 0))
-               for e in parts.meter.events if e.kind is CostKind.TTS)
+    return sum(said(e) for e in parts.meter.events if e.kind is CostKind.TTS)
 
 
 def assistant_texts(parts: SessionParts) -> list[str]:
@@ -166,6 +171,48 @@ async def test_a_long_answer_is_spoken_short_posted_whole_and_kept_whole_in_the_
     # The next turn's history carries every word the user was given, not the spoken part.
     history = [m.content for m in router.requests[1].turn.history]
     assert LONG in history and not any(DEFAULT_NOTICE in h for h in history)
+
+
+async def test_tts_rows_say_which_answer_they_speak_so_the_naive_baseline_sizes_answers_not_sentences(
+    mesh: dict[str, str], scripted_router: tuple[Any, str], make_settings: Callable[..., Settings],
+    vad_model: vad.VAD, chunks: Any,
+) -> None:
+    """GetUsage and the demo report price the naive agent from these rows (frugal.common.session_cost): the
+    greeting is a fixed phrase, each answer's sentences carry the answer's id, and a long answer's unspoken rest
+    is on a zero-cost row of the same answer."""
+    router, addr = scripted_router
+    router.script(*[chunks.text(p) for p in pieces(LONG, 23)], chunks.completed())
+    router.script(chunks.text("Sure. It is on every plan."), chunks.completed())
+    settings = make_settings(billing_addr=mesh["billing"], router_addr=addr, long_answer_spoken_chars=120,
+                             welcome_message="Hello! How can I help?")
+    clients, parts = await open_session(settings, vad_model, "s-long-naive")
+
+    async def post(text: str) -> None:
+        pass
+
+    parts.long_answers.post = post
+    try:
+        await ask_twice(parts, "Compare Team and Business step by step, in detail.", "Is SSO on every plan?")
+    finally:
+        await clients.aclose()
+    rows = [e for e in parts.meter.events if e.kind is CostKind.TTS]
+    fixed = [e for e in rows if e.attributes.get("utterance") == "fixed"]
+    assert sum(map(said, fixed)) == len("Hello! How can I help?")
+    answers: dict[str, list[Any]] = {}
+    for e in rows:
+        if e.attributes.get("utterance") == "answer":
+            answers.setdefault(e.attributes["answer_id"], []).append(e)
+    assert len(fixed) + sum(len(v) for v in answers.values()) == len(rows)  # every row says what it spoke
+    first, second = answers.values()  # in the order spoken
+    assert len([e for e in first if said(e)]) >= 2  # sentence by sentence, one answer
+    chat_only = [e for e in first if e.attributes.get("saved_by") == "long_to_chat"]
+    assert [int(e.attributes["chat_only_characters"]) for e in chat_only] == [parts.llm.reports[0].chat_only_chars]
+    assert sum(map(said, second)) == len("Sure. It is on every plan.")
+    cost = session_cost([CostRow.from_event(e) for e in rows], default_catalog())
+    per_char = default_catalog().price("eleven_flash_v2_5").per_character
+    spoken_first = sum(map(said, first))
+    naive_chars = len("Hello! How can I help?") + max(spoken_first + parts.llm.reports[0].chat_only_chars, 400) + 400
+    assert cost.kinds["tts"].naive_usd == pytest.approx(naive_chars * per_char)
 
 
 async def test_when_the_chat_fails_the_whole_answer_is_spoken(

@@ -11,7 +11,10 @@ Conventions the rows carry (attributes are strings, as on `CostEvent.attributes`
 - stt: `usage.audio_seconds` is what the provider billed (audio received); `stream_seconds` is the audio the
   gateway had for the session, gated or not (what a naive always-streaming client would have sent).
 - tts: `usage.characters` is what the provider synthesised; `tts_cache=hit` with `served_characters` marks
-  an utterance served from the audio cache (nothing synthesised); `utterance=answer` marks a model answer.
+  an utterance served from the audio cache (nothing synthesised); `utterance=answer` marks a model answer, and
+  `answer_id` the answer a row belongs to (the gateway sends an answer to TTS sentence by sentence: its rows are
+  one answer for the naive rule); `chat_only_characters` is a long answer's rest that went to the room chat
+  unspoken (a naive agent speaks it).
 - vision: `covered_seconds` on the row (seconds of screen share the call stands for).
 - offline rows name the model they stand in for: `priced_as` (router) or `list_price_model` (gateway).
 
@@ -23,6 +26,7 @@ of screen share; embedding and rerank as they were (nothing optimises them here)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -122,6 +126,15 @@ def _stt_model(rows: Iterable[CostRow], catalog: PriceCatalog) -> str | None:
     return stt[0] if stt else None
 
 
+def naive_tts_characters(row: CostRow) -> int:
+    """What the naive agent synthesises for this TTS row: what was synthesised, what the audio cache served in
+    its place, and what went to the room chat only (`chat_only_characters`, a long answer's unspoken rest)."""
+    chars = row.usage.characters
+    if row.attributes.get("tts_cache") == "hit":
+        chars = max(chars, row.int_attr("served_characters"))
+    return chars + row.int_attr("chat_only_characters")
+
+
 def naive_price(row: CostRow, catalog: PriceCatalog, rule: NaiveRule) -> float:
     """What this row's work costs done the naive way (STT is handled per session, see session_cost)."""
     try:
@@ -135,9 +148,7 @@ def naive_price(row: CostRow, catalog: PriceCatalog, rule: NaiveRule) -> float:
     if price is None:
         return 0.0
     if row.kind == "tts":
-        chars = row.usage.characters
-        if row.attributes.get("tts_cache") == "hit":
-            chars = max(chars, row.int_attr("served_characters"))
+        chars = naive_tts_characters(row)
         if row.attributes.get("utterance") == "answer":
             chars = max(chars, rule.answer_characters)
         return price.cost(row.usage.model_copy(update={"characters": chars}))
@@ -239,6 +250,7 @@ def session_cost(
     streamed: dict[str, float] = {}
     billed: dict[str, float] = {}
     vision_calls: list[float] = []
+    answers: dict[tuple[str, str], tuple[CostRow, int]] = {}
     for r in rows:
         acc = kinds.setdefault(r.kind, KindCost(r.kind))
         acc.events += 1
@@ -264,7 +276,18 @@ def session_cost(
             vision_calls.append(list_price(r, catalog))
             if screen_share_seconds is not None:
                 continue
+        answer_id = r.attributes.get("answer_id") if r.attributes.get("utterance") == "answer" else None
+        if r.kind == "tts" and answer_id:
+            # One answer is several TTS requests (one per sentence): the naive answer length applies to the answer.
+            answer_key = (r.session_id or "", answer_id)
+            first, chars = answers.get(answer_key, (r, 0))
+            answers[answer_key] = (first, chars + naive_tts_characters(r))
+            continue
         acc.naive_usd += naive_price(r, catalog, rule)
+    for first, chars in answers.values():
+        folded = dataclasses.replace(first, usage=UsageAmounts(characters=chars),
+                                     attributes={**first.attributes, "tts_cache": "", "chat_only_characters": "0"})
+        kinds["tts"].naive_usd += naive_price(folded, catalog, rule)
     stream_seconds = sum(streamed.get(k, billed.get(k, 0.0)) for k in set(streamed) | set(billed))
     seconds = session_seconds if session_seconds is not None else stream_seconds
     stt_model = _stt_model(rows, catalog)

@@ -13,7 +13,7 @@ from livekit.agents import Agent, AgentSession, ErrorEvent, TurnHandlingOptions,
 # livekit plugins register themselves on import, which must happen on the main thread.
 from livekit.plugins import silero
 
-from frugal.common.cost_events import CostEventProducer
+from frugal.common.cost_events import CostEventProducer, CostKind
 from frugal.common.pricing import PriceCatalog
 from frugal.common.session_cost import SessionCost
 from frugal.gateway import session_end, stt_gate, tts_cache
@@ -130,12 +130,14 @@ def build_session(
                        timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages,
                        reports=reports, long_answers=long_answers)
     session_llm: llm.LLM[Any] = router
+    routers = [router]
     if clients.router_fallback is not None:
         # A second router deployment (e.g. another zone): livekit's FallbackAdapter moves to it when the
         # first one fails with a retryable error, and back once it recovers.
         backup = RouterLLM(clients.router_fallback, tenant_id=tenant.tenant_id, session_id=session_id,
                            timeout_s=settings.router_timeout_s, history_max=settings.history_max_messages,
                            reports=reports, long_answers=long_answers)
+        routers.append(backup)
         session_llm = fallback_llm([(router, clients.router_channel), (backup, clients.router_fallback_channel)],
                                    attempt_timeout=settings.router_timeout_s)
     meter = SpeechCostMeter(producer, catalog, tenant_id=tenant.tenant_id, session_id=session_id)
@@ -150,6 +152,18 @@ def build_session(
         vad=vad_model, stt=stt_engine, tts=tts_engine, llm=session_llm, turn_handling=TURN_HANDLING,
         user_away_timeout=user_away_timeout,
     )
+    meter.watch_session(session)  # which TTS requests speak answers (the naive baseline sizes answers)
+
+    def chat_only(report: TurnReport) -> None:
+        # A long answer's rest went to the room chat unspoken: a zero-cost row, so the naive agent speaks it.
+        if report.chat_only_chars:
+            meter.record_free(kind=CostKind.TTS, provider=tts_label.provider, model=tts_label.model,
+                              offline=tts_label.offline, saved_by="long_to_chat",
+                              attributes={"chat_only_characters": str(report.chat_only_chars),
+                                          **meter.utterance()})
+
+    for answering in routers:
+        answering.add_listener(chat_only)
     speak_apology_on_failure(session)
     tools: list[llm.Tool | llm.Toolset] = []
     if settings.kb_tool_enabled and tenant.policy.knowledge_base_enabled:

@@ -17,10 +17,11 @@ from typing import Any
 
 import aiohttp
 from livekit import rtc
-from livekit.agents import stt, tts, utils
+from livekit.agents import AgentSession, stt, tts, utils
 from livekit.agents.language import LanguageCode
 from livekit.agents.metrics import STTMetrics, TTSMetrics
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
+from livekit.agents.voice.events import SpeechCreatedEvent
 
 # livekit plugins register themselves on import, which must happen on the main thread.
 from livekit.plugins import deepgram, elevenlabs
@@ -33,6 +34,15 @@ from frugal.gateway import metrics
 from frugal.gateway.config import Settings
 
 log = logging.getLogger(__name__)
+
+try:
+    # The speech a TTS request is made for: livekit-agents keeps it in this context variable in the tasks that
+    # generate a speech, and its own metrics handler reads it there to set TTSMetrics.speech_id (on the engine
+    # it watches, not the one the meter watches). Private: without it rows say nothing, and
+    # test_gateway_long_answers fails.
+    from livekit.agents.voice.agent_activity import _SpeechHandleContextVar as _SPEECH
+except ImportError:  # pragma: no cover - a livekit-agents that moved it
+    _SPEECH = None  # type: ignore[assignment]
 
 SERVICE = "media-gateway"
 OFFLINE_STT_MODEL = "offline-stt"
@@ -189,8 +199,37 @@ class SpeechCostMeter:
         self._worker: asyncio.Task[None] | None = None
         self._seq = 0
         self._watched: list[tuple[stt.STT[Any] | tts.TTS[Any], Any]] = []
+        # What each TTS request spoke, for the naive baseline (frugal.common.session_cost folds an answer's
+        # sentences into one answer): the session's speech at the time, and which speeches are model answers.
+        self._session: AgentSession[Any] | None = None
+        self._labels: dict[CostKind, ProviderLabel] = {}
+        self._answers: set[str] = set()
+
+    def watch_session(self, session: AgentSession[Any]) -> None:
+        """Learns which speeches are model answers (`speech_created` with source generate_reply) and which are
+        fixed phrases (`say`: the greeting, apologies)."""
+        self._session = session
+
+        def on_speech(ev: SpeechCreatedEvent) -> None:
+            if ev.source == "generate_reply":
+                self._answers.add(ev.speech_handle.id)
+
+        session.on("speech_created", on_speech)
+
+    def utterance(self) -> dict[str, str]:
+        """`utterance=answer` with `answer_id` (the speech id), or `utterance=fixed`, for what is being spoken now;
+        nothing when no session is watched or nothing is being spoken."""
+        # Not `session.current_speech`: that is the speech being played, and the next one is synthesised while
+        # the last plays (measured: an answer's sentences synthesised under the greeting's handle).
+        speech = _SPEECH.get(None) if _SPEECH is not None and self._session is not None else None
+        if speech is None:
+            return {}
+        if speech.id in self._answers:
+            return {"utterance": "answer", "answer_id": speech.id}
+        return {"utterance": "fixed"}
 
     def watch_stt(self, engine: stt.STT[Any], label: ProviderLabel) -> None:
+        self._labels[label.kind] = label
         def on_metrics(m: Any) -> None:
             if isinstance(m, STTMetrics) and m.audio_duration > 0:
                 self.record(label, UsageAmounts(audio_seconds=round(m.audio_duration, 3), requests=1,
@@ -200,15 +239,17 @@ class SpeechCostMeter:
         self._watched.append((engine, on_metrics))
 
     def watch_tts(self, engine: tts.TTS[Any], label: ProviderLabel) -> None:
+        self._labels[label.kind] = label
         def on_metrics(m: Any) -> None:
             if isinstance(m, TTSMetrics) and m.characters_count > 0:
                 self.record(label, UsageAmounts(characters=m.characters_count, requests=1, estimated=label.offline),
-                            m.request_id)
+                            m.request_id, attributes=self.utterance())
 
         engine.on("metrics_collected", on_metrics)
         self._watched.append((engine, on_metrics))
 
-    def record(self, label: ProviderLabel, usage: UsageAmounts, request_id: str = "") -> CostEvent:
+    def record(self, label: ProviderLabel, usage: UsageAmounts, request_id: str = "",
+               attributes: dict[str, str] | None = None) -> CostEvent:
         """One cost event per STT/TTS request (frugal.common.cost_recorder: own id per attempt; the one
         offline rule: an offline stand-in is priced at the list price of the model it stands in for)."""
         self._seq += 1
@@ -216,7 +257,7 @@ class SpeechCostMeter:
             usage=usage, tenant_id=self.tenant_id, kind=label.kind, provider=label.provider, model=label.model,
             key=(self.session_id, str(self._seq), request_id), session_id=self.session_id,
             request_id=request_id or None, offline=label.offline, priced_as=label.list_price_model,
-            attributes={"list_price_model": label.list_price_model},
+            attributes={"list_price_model": label.list_price_model, **(attributes or {})},
         )
         self.events.append(event)
         metrics.SPEECH_EVENTS.labels(kind=label.kind.value, offline=str(label.offline).lower()).inc()
@@ -230,10 +271,15 @@ class SpeechCostMeter:
         """A zero-cost record of work a lever saved (frugal.common.cost_recorder.CostRecorder.build_free),
         kept and sent like the meter's other events."""
         self._seq += 1
+        label = self._labels.get(kind)
+        # Offline, priced like the engine's own rows: at the list price of the model stood in for.
+        priced_as = label.list_price_model if offline and label is not None else None
+        if priced_as is not None:
+            attributes = {"list_price_model": priced_as, **attributes}
         event = self.recorder.build_free(
             saved_by=saved_by, tenant_id=self.tenant_id, kind=kind, provider=provider, model=model,
             key=(self.session_id, str(self._seq), saved_by), session_id=self.session_id, offline=offline,
-            attributes=attributes)
+            priced_as=priced_as, attributes=attributes)
         self.events.append(event)
         if self.producer is not None:
             self._ensure_worker()

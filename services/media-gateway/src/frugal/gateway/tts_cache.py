@@ -251,6 +251,8 @@ class _Meter(Protocol):
     def record_free(self, *, kind: CostKind, provider: str, model: str, offline: bool, saved_by: str,
                     attributes: dict[str, str]) -> CostEvent: ...
 
+    def utterance(self) -> dict[str, str]: ...
+
 
 def maybe_cache(engine: tts.TTS[Any], *, tenant_id: str, voice: str, session_id: str, meter: _Meter,
                 provider: str, model: str, offline: bool, settings: TtsCacheSettings | None = None,
@@ -266,7 +268,7 @@ def maybe_cache(engine: tts.TTS[Any], *, tenant_id: str, voice: str, session_id:
     def on_hit(text: str, _chars: int) -> None:
         try:
             meter.record_free(kind=CostKind.TTS, provider=provider, model=model, offline=offline,
-                              saved_by="tts_cache", attributes=hit_attributes(text))
+                              saved_by="tts_cache", attributes=hit_attributes(text) | meter.utterance())
         except Exception:  # a record of money NOT spent: never fail the utterance for it
             log.exception("could not record a TTS cache hit")
 

@@ -98,6 +98,9 @@ class DemoObserver(ReplayObserver):
         self.write(f"        tier={r.tier:<8} model={r.model}{label}  cost=${r.cost_usd:.6f} "
                    f"(all-premium ${r.baseline_cost_usd:.6f})  context[{ctx}]")
         self.write(f"        agent: {r.answer[:160]}{'...' if len(r.answer) > 160 else ''}")
+        if r.chat_only_chars:
+            self.write(f"        long answer: spoken up to the first sentence end past the speech budget, posted whole "
+                       f"to the room chat ({r.chat_only_chars} characters not spoken)")
 
     def vision_event(self, track_id: str, resp: vision_pb2.StreamFramesResponse) -> None:
         kind = resp.WhichOneof("event")
