@@ -120,27 +120,27 @@ def ensure_litellm(install: bool) -> Path | None:
     return exe if exe.exists() else None
 
 
-def start_emulator() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "frugal.devkit.emulators.serve"], stdout=subprocess.PIPE,
-                            text=True)
+def start_announcing(cmd: list[str], what: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Starts a helper process that prints `ready <fields...>` once serving; returns it and the fields."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if not line.startswith("ready "):
         proc.kill()
-        raise RuntimeError(f"emulator did not start: {line!r}")
-    urls = dict(part.split("=", 1) for part in line.split()[1:])
+        raise RuntimeError(f"{what} did not start: {line!r}")
+    return proc, line.split()[1:]
+
+
+def start_emulator() -> tuple[subprocess.Popen[str], str]:
+    proc, fields = start_announcing([sys.executable, "-m", "frugal.devkit.emulators.serve"], "emulator")
+    urls = dict(part.split("=", 1) for part in fields)
     return proc, urls["anthropic"]
 
 
 def start_relay(anthropic_url: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("relay.py")), "--anthropic-url",
-                             anthropic_url], stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("ready "):
-        proc.kill()
-        raise RuntimeError(f"relay did not start: {line!r}")
-    return proc, line.split()[1]
+    proc, fields = start_announcing([sys.executable, str(Path(__file__).with_name("relay.py")), "--anthropic-url",
+                                     anthropic_url], "relay")
+    return proc, fields[0]
 
 
 def start_litellm(exe: Path, anthropic_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str, str]:

@@ -26,7 +26,6 @@ of screen share; embedding and rerank as they were (nothing optimises them here)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -135,8 +134,9 @@ def naive_tts_characters(row: CostRow) -> int:
     return chars + row.int_attr("chat_only_characters")
 
 
-def naive_price(row: CostRow, catalog: PriceCatalog, rule: NaiveRule) -> float:
-    """What this row's work costs done the naive way (STT is handled per session, see session_cost)."""
+def naive_price(row: CostRow, catalog: PriceCatalog, rule: NaiveRule, *, tts_characters: int | None = None) -> float:
+    """What this row's work costs done the naive way (STT is handled per session, see session_cost).
+    `tts_characters`: for a TTS row that stands for a whole answer, the answer's naive characters."""
     try:
         price = catalog.price(row.priced_model)
     except PriceCatalogError:
@@ -148,7 +148,7 @@ def naive_price(row: CostRow, catalog: PriceCatalog, rule: NaiveRule) -> float:
     if price is None:
         return 0.0
     if row.kind == "tts":
-        chars = naive_tts_characters(row)
+        chars = naive_tts_characters(row) if tts_characters is None else tts_characters
         if row.attributes.get("utterance") == "answer":
             chars = max(chars, rule.answer_characters)
         return price.cost(row.usage.model_copy(update={"characters": chars}))
@@ -285,9 +285,7 @@ def session_cost(
             continue
         acc.naive_usd += naive_price(r, catalog, rule)
     for first, chars in answers.values():
-        folded = dataclasses.replace(first, usage=UsageAmounts(characters=chars),
-                                     attributes={**first.attributes, "tts_cache": "", "chat_only_characters": "0"})
-        kinds["tts"].naive_usd += naive_price(folded, catalog, rule)
+        kinds["tts"].naive_usd += naive_price(first, catalog, rule, tts_characters=chars)
     stream_seconds = sum(streamed.get(k, billed.get(k, 0.0)) for k in set(streamed) | set(billed))
     seconds = session_seconds if session_seconds is not None else stream_seconds
     stt_model = _stt_model(rows, catalog)

@@ -26,12 +26,13 @@ from livekit.agents.llm.fallback_adapter import AvailabilityChangedEvent
 from livekit.agents.types import APIConnectOptions
 
 from frugal.api.router.v1 import router_pb2
+from frugal.common.grpc_server import service_full_name
 from frugal.gateway import metrics
 from frugal.gateway.router_llm import RouterLLM
 
 log = logging.getLogger(__name__)
 
-ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+ROUTER_SERVICE = service_full_name(router_pb2.DESCRIPTOR, "RouterService")
 HEALTH_CHECK_TIMEOUT_S = 2.0
 
 
@@ -63,6 +64,7 @@ class HealthCheckStream(llm.LLMStream):
     def __init__(self, router: RouterLLM, health: health_pb2_grpc.HealthStub, *, chat_ctx: llm.ChatContext,
                  conn_options: APIConnectOptions) -> None:
         super().__init__(router, chat_ctx=chat_ctx, tools=[], conn_options=conn_options)
+        self._router = router
         self._health = health
 
     async def _run(self) -> None:
@@ -78,7 +80,7 @@ class HealthCheckStream(llm.LLMStream):
             raise APIConnectionError(f"router health check: {status}")
         metrics.ROUTER_RECOVERY_CHECKS.labels(outcome="serving").inc()
         log.info("router recovered (health SERVING); the next turn goes to it",
-                 extra={"session_id": getattr(self._llm, "session_id", "")})
+                 extra={"session_id": self._router.session_id})
 
 
 def fallback_llm(
