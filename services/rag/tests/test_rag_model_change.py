@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from frugal.api.rag.v1 import rag_pb2
 from frugal.devkit.emulators.voyage import VoyageEmulator, VoyageReply
+from frugal.rag import store
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +136,61 @@ async def test_model_change_requests_are_validated(start_rag: Any) -> None:
     same = await rag.stub.ChangeEmbeddingModel(rag_pb2.ChangeEmbeddingModelRequest(model="all-minilm-l6-v2"),
                                                metadata=md(tenant))
     assert same.index.model == "all-minilm-l6-v2" and same.index.target_model == ""
+
+
+@pytest.mark.parametrize("when", ["inside_the_snapshot", "before_the_snapshot"])
+async def test_a_swap_that_commits_during_a_retrieval_does_not_empty_its_results(
+    start_rag: Any, app_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, when: str,
+) -> None:
+    """The race the background test above can hit: the swap commits after Retrieve checked the index's model
+    and before its vector search ran. Here the swap is made to commit at exactly that point: inside the
+    retrieval's transaction (its snapshot still holds the old vectors: they answer), or between the first check
+    and the transaction (the snapshot holds the new ones, in a model this service cannot embed: it says so)."""
+    tenant = f"org_{uuid.uuid4().hex[:10]}"
+    rag = await start_rag()  # the local encoder only: it cannot embed a query with Voyage
+    for doc_id, text in DOCS.items():
+        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
+            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    # Every chunk already has its target vector (as the worker leaves them just before the swap).
+    target = "voyage-3.5-lite@2048"
+    await store.request_model_change(app_pool, tenant, "all-minilm-l6-v2", target)
+    pending = await store.pending_reembed(app_pool, tenant, target, 100)
+    unit = "[" + ",".join(["0.0221"] * 2048) + "]"
+    assert await store.store_reembedded(app_pool, tenant, target, [(p, unit) for p in pending]) == len(DOCS)
+
+    real_get_index, real_configure_scan = store.get_index, store.configure_scan
+    armed: list[bool] = [True] if when == "before_the_snapshot" else []
+    swapped: list[bool] = []
+
+    async def configure_scan_and_arm(conn: asyncpg.Connection, **kw: Any) -> None:
+        await real_configure_scan(conn, **kw)
+        armed.append(True)  # inside the retrieval's transaction, before its check of the index
+
+    async def get_index_then_swap(conn: asyncpg.Connection) -> store.IndexState | None:
+        state = await real_get_index(conn)
+        if armed and not swapped and state is not None and state.target_model == target:
+            swapped.append(True)  # before the call below, which reads the index through this function too
+            assert await store.complete_model_change(app_pool, tenant, target)
+        return state
+
+    monkeypatch.setattr(store, "configure_scan", configure_scan_and_arm)
+    monkeypatch.setattr(store, "get_index", get_index_then_swap)
+    if when == "inside_the_snapshot":
+        res = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(
+            query=QUERY[0], top_k=3, mode=rag_pb2.RETRIEVAL_MODE_VECTOR), metadata=md(tenant))
+        assert swapped, "the swap ran inside the retrieval"
+        assert [c.document_id for c in res.chunks][:1] == [QUERY[1]], "answered from the snapshot it started on"
+        assert res.embedder.model == "all-minilm-l6-v2"
+    else:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await rag.stub.Retrieve(rag_pb2.RetrieveRequest(
+                query=QUERY[0], top_k=3, mode=rag_pb2.RETRIEVAL_MODE_VECTOR), metadata=md(tenant))
+        assert swapped
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+        assert "cannot run" in str(err.value.details())
+        res = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=QUERY[0], top_k=3), metadata=md(tenant))
+        assert res.notes and "not available" in res.notes[0]
+        assert [c.document_id for c in res.chunks][:1] == [QUERY[1]], "lexical still answers"
+    monkeypatch.undo()
+    listed = await rag.stub.ListDocuments(rag_pb2.ListDocumentsRequest(), metadata=md(tenant))
+    assert listed.index.model == target and not listed.index.target_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import asyncpg
 
@@ -27,13 +28,20 @@ async def create_pool(
 
 
 @asynccontextmanager
-async def tenant_transaction(pool: asyncpg.Pool, tenant_id: str) -> AsyncIterator[asyncpg.Connection]:
+async def tenant_transaction(
+    pool: asyncpg.Pool, tenant_id: str, *, snapshot: bool = False
+) -> AsyncIterator[asyncpg.Connection]:
     """A connection inside a transaction whose row-level-security tenant is `tenant_id`.
 
     `set_config(..., true)` is transaction-local, so the setting cannot leak to the next user of
     the pooled connection (unlike `SET`, which also takes no bind parameters).
+
+    `snapshot=True`: a read-only REPEATABLE READ transaction, so every statement reads the same committed
+    state. Under the default READ COMMITTED each statement has its own snapshot: a reader that checks one
+    table and then queries another can see a writer's commit land between the two.
     """
     validate_tenant_id(tenant_id)
-    async with pool.acquire() as conn, conn.transaction():
+    isolation: Literal["repeatable_read"] | None = "repeatable_read" if snapshot else None  # None: the server's
+    async with pool.acquire() as conn, conn.transaction(isolation=isolation, readonly=snapshot):
         await conn.execute("SELECT set_config($1, $2, true)", TENANT_SETTING, tenant_id)
         yield conn

@@ -687,27 +687,11 @@ class RagEngine:
 
         qvec: Vector | None = None
         index_model: str | None = None
-        space = self.space
         if use_vector:
             with timer.stage("embed"):
-                try:
-                    # The tenant's index model (the old one until a model change completes).
-                    index = await self.index_state(caller.tenant_id)
-                    index_model = index.model
-                    e = self.embedder_for(index.model)
-                    if e is None:
-                        raise EmbeddingError(f"the index's model {index.model!r} is not available here",
-                                             retryable=False)
-                    space = store.VectorSpace(e.model, e.dimensions)
-                    result.embedder = e
-                    qvec, result.cache_hit = await self._query_vector(caller, e, q, deadline)
-                    result.embedder_used = True
-                except EmbeddingError as err:
-                    if mode == "vector":
-                        raise _embedding_failure(err, "query embedding failed") from None
-                    use_vector = False
-                    result.notes.append(f"vector search skipped, lexical results only: {err}")
-                    log.warning("query embedding failed; lexical only: %s", err)
+                # The tenant's index model (the old one until a model change completes).
+                index_model = (await self.index_state(caller.tenant_id)).model
+                qvec = await self._embed_query(caller, index_model, q, deadline, mode, result)
 
         rerank_with = self.reranker if rerank else None
         take = min(max(s.rerank_candidates, k), n) if rerank_with is not None else k
@@ -718,23 +702,22 @@ class RagEngine:
             timeout_ms = max(1, min(timeout_ms, int(left * 1000)))
         vec_rows: list[tuple[str, float]] = []
         lex_rows: list[tuple[str, float]] = []
-        async with tenant_transaction(self.pool, caller.tenant_id) as conn:
+        # One snapshot for the index check, the stats and both searches: a model change that commits while
+        # this runs must not leave the vector search filtering on the old model over the new rows (no results).
+        async with tenant_transaction(self.pool, caller.tenant_id, snapshot=True) as conn:
             await store.configure_scan(
                 conn, ef_search=min(1000, max(s.hnsw_ef_search, n)), max_scan_tuples=s.hnsw_max_scan_tuples,
                 scan_mem_multiplier=s.hnsw_scan_mem_multiplier, statement_timeout_ms=timeout_ms,
             )
             stats = await store.tenant_stats(conn)
-            if use_vector and qvec is not None and index_model is not None:
+            if qvec is not None and index_model is not None:
                 # A model change may have swapped the index since the query was embedded (its old vectors
                 # are gone): embed again with the index's model as it is now.
-                now = await store.get_index(conn)
-                now_model = now.model if now is not None else self.embedder.model
-                e_now = self.embedder_for(now_model) if now_model != index_model else None
-                if e_now is not None:
-                    space = store.VectorSpace(e_now.model, e_now.dimensions)
-                    result.embedder = e_now
-                    qvec, result.cache_hit = await self._query_vector(caller, e_now, q, deadline)
-            if use_vector and qvec is not None:
+                now_model = self._index_or_default(await store.get_index(conn)).model
+                if now_model != index_model:
+                    qvec = await self._embed_query(caller, now_model, q, deadline, mode, result)
+            if qvec is not None and result.embedder is not None:
+                space = store.VectorSpace(result.embedder.model, result.embedder.dimensions)
                 with timer.stage("vector"):
                     vec_rows, result.vector_path = await self._vector_candidates(conn, space, stats, qvec, n)
             if use_lexical:
@@ -774,6 +757,27 @@ class RagEngine:
         RETRIEVED.observe(len(result.items))
         result.timings = timer.stages
         return result
+
+    async def _embed_query(
+        self, caller: Caller, model: str, query: str, deadline: float | None, mode: Mode, result: RetrieveResult
+    ) -> Vector | None:
+        """The query's vector in `model`'s space (sets the result's embedder); None when it cannot be made
+        and the mode has a lexical half (noted in the result); a vector-only retrieval fails instead."""
+        try:
+            # Vector-only: a model this deployment cannot run is its configuration's problem, as on ingest.
+            e = self._require_embedder(model) if mode == "vector" else self.embedder_for(model)
+            if e is None:
+                raise EmbeddingError(f"the index's model {model!r} is not available here", retryable=False)
+            qvec, result.cache_hit = await self._query_vector(caller, e, query, deadline)
+        except EmbeddingError as err:
+            if mode == "vector":
+                raise _embedding_failure(err, "query embedding failed") from None
+            result.embedder, result.embedder_used = None, False
+            result.notes.append(f"vector search skipped, lexical results only: {err}")
+            log.warning("query embedding failed; lexical only: %s", err)
+            return None
+        result.embedder, result.embedder_used = e, True
+        return qvec
 
     @staticmethod
     def _item(f: Fused, row: store.ChunkRow) -> RetrievedItem:
