@@ -101,7 +101,10 @@ def test_degenerate_inputs_still_give_unit_vectors(text: str) -> None:
 
 async def test_local_embedder_reports_offline_estimated_usage() -> None:
     emb = LocalEmbedder()
-    batch = await emb.embed(["hello world", "second text"], "document")
+    try:
+        batch = await emb.embed(["hello world", "second text"], "document")
+    finally:
+        await emb.aclose()  # its worker tasks would outlive this test's event loop
     assert batch.vectors.shape == (2, DIMENSIONS)
     assert batch.estimated is True and batch.calls == 0
     assert batch.tokens == load_encoder().count_tokens(["hello world", "second text"])
