@@ -525,3 +525,69 @@ async def test_values_holding_the_column_separator_are_refused_not_misaligned(le
         r = rows[e.event_id]
         assert (r["session_id"], r["request_id"], r["model"]) == (e.session_id, e.request_id, e.model)
         assert r["cost_usd"] == Decimal(repr(e.cost_usd)) and r["occurred_at"] == e.occurred_at
+
+
+# The previous release's call (migrations/0002's signature, one array per column), as that release's
+# ledger.write_batch made it: what a not-yet-replaced replica sends during a rolling update.
+_PREVIOUS_INGEST = "SELECT * FROM billing_ingest_batch($1, $2, " + ", ".join(f"${i}" for i in range(3, 29)) + ")"
+
+
+def _previous_columns(events: list[Any], shas: dict[str, str]) -> list[list[object]]:
+    cols: list[list[object]] = [[] for _ in range(26)]
+    for n, ev in enumerate(sorted(events, key=lambda e: e.event_id)):
+        u = ev.usage
+        values = (ev.tenant_id, ev.event_id, ev.session_id, ev.request_id, ev.service, ev.kind.value, ev.provider,
+                  ev.model, ev.tier, u.input_tokens, u.cached_input_tokens, u.output_tokens, u.audio_seconds,
+                  u.characters, u.images, u.requests, u.estimated, ev.offline, Decimal(repr(ev.cost_usd)),
+                  Decimal(repr(ev.cost_usd * 2)), ev.covered_seconds, ev.frames_considered, ev.occurred_at,
+                  f"1-{n}", json.dumps(ev.attributes), shas.get(ev.event_id))
+        for col, value in zip(cols, values, strict=True):
+            col.append(value)
+    return cols
+
+
+async def test_the_previous_releases_ingest_call_still_works_after_the_migration(ledger_env: Any, kit: Any) -> None:
+    """Rolling update: a billing of the previous release (0002's one-array-per-column call) keeps ingesting
+    on a database migrated to this release (0004's adapter over 0003), with 0002's result contract: inserted
+    ids listed, replays 'seen' with their stored hash, unknown tenants named, another tenant's id not listed
+    (the caller's collision), budget inputs per tenant; values stored exactly."""
+    pool = ledger_env.pool
+    at = datetime(2026, 12, 2, 10, 30, 15, 123456, tzinfo=UTC)
+    a0, b0 = kit.event("acme", occurred_at=at), kit.event("beta", occurred_at=at)
+    other = kit.event("org_abc", occurred_at=at)
+    shas = {e.event_id: f"sha-{e.event_id[-6:]}" for e in (a0, b0, other)}
+
+    async def call(events: list[Any]) -> list[asyncpg.Record]:
+        async with pool.acquire() as conn, conn.transaction():
+            return list(await conn.fetch(_PREVIOUS_INGEST, "v-test", at, *_previous_columns(events, shas)))
+
+    first = await call([a0, b0, other])
+    assert {(r["r_tenant"], r["r_event_id"]) for r in first if r["r_status"] == "inserted"} == {
+        ("acme", a0.event_id), ("beta", b0.event_id), ("org_abc", other.event_id)}
+
+    a1 = kit.event("acme", occurred_at=at, tier=None, cost_usd=0.000123456789,
+                   usage=UsageAmounts(input_tokens=7, audio_seconds=1.1, estimated=True), attributes={"k": "v"})
+    a2 = kit.event("acme", occurred_at=at, offline=True, cost_usd=0.0)
+    ghost = kit.event("ghost_tenant", occurred_at=at)
+    stolen = kit.event("acme", occurred_at=at, event_id=other.event_id)  # org_abc's id, org_abc not in the batch
+    rows = await call([a0, a1, a2, b0, ghost, stolen])
+    by_status: dict[str, set[tuple[str, str | None, str | None]]] = {}
+    for r in rows:
+        by_status.setdefault(r["r_status"], set()).add((r["r_tenant"], r["r_event_id"], r["r_detail"]))
+    assert by_status["inserted"] == {("acme", a1.event_id, None), ("acme", a2.event_id, None)}
+    assert by_status["seen"] == {("acme", a0.event_id, shas[a0.event_id]), ("beta", b0.event_id, shas[b0.event_id])}
+    assert by_status["unknown_tenant"] == {("ghost_tenant", None, None)}
+    assert {t for t, _, _ in by_status["budget"]} == {"acme", "beta"}
+    assert not any(r["r_event_id"] == other.event_id for r in rows), "another tenant's id is not listed"
+    assert set(by_status) == {"inserted", "seen", "unknown_tenant", "budget"}
+
+    stored = {r["event_id"]: r for r in await _ledger(pool, "acme")}
+    assert set(stored) == {a0.event_id, a1.event_id, a2.event_id}
+    r1 = stored[a1.event_id]
+    assert r1["tier"] is None and r1["cost_usd"] == Decimal("0.000123456789") and r1["occurred_at"] == at
+    assert (r1["input_tokens"], r1["audio_seconds"], r1["estimated"], r1["offline"]) == (7, 1.1, True, False)
+    assert json.loads(r1["attributes"]) == {"k": "v"} and r1["catalog_version"] == "v-test"
+    assert stored[a2.event_id]["offline"] is True
+    assert (await _spend(pool, "acme"))[1] == 3  # a0, a1, a2: the replay counted once
+    async with tenant_transaction(pool, "org_abc") as conn:
+        assert await conn.fetchval("SELECT tenant_id FROM cost_ledger WHERE event_id = $1", other.event_id) == "org_abc"
