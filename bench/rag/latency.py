@@ -117,9 +117,12 @@ async def load(stack: Stack, corpus: Corpus, total: int, dims: int) -> tuple[dic
                 rows.append((tenant, i // 20, i % 20, text, literal(vec)))
             await conn.copy_records_to_table("stage", records=rows)
         await conn.execute(
+            # tsv and lex_len as the service's insert computes them (rag migration 0003: plain columns now).
             "INSERT INTO rag_chunks (tenant_id, chunk_id, document_id, chunk_index, content, text_hash,"
-            " embedding_model, embedding) SELECT tenant_id, gen_random_uuid(), 'doc-' || doc, idx, content,"
-            " md5(content), $1, v::vector FROM stage", model)
+            " embedding_model, embedding, tsv, lex_len) SELECT tenant_id, gen_random_uuid(), 'doc-' || doc, idx,"
+            " content, md5(content), $1, v::vector, tsv, rag_tsv_length(tsv)"
+            " FROM (SELECT s.*, to_tsvector('english'::regconfig, E'\\n' || s.content) AS tsv FROM stage s) AS x",
+            model)
         await conn.execute(
             "INSERT INTO rag_postings (tenant_id, term, chunk_id, tf, dl) SELECT c.tenant_id, u.lexeme, c.chunk_id,"
             " least(coalesce(array_length(u.positions, 1), 1), 32767), c.lex_len FROM rag_chunks c, unnest(c.tsv) u")
