@@ -120,9 +120,11 @@ def ensure_litellm(install: bool) -> Path | None:
     return exe if exe.exists() else None
 
 
-def start_announcing(cmd: list[str], what: str) -> tuple[subprocess.Popen[str], list[str]]:
+def start_announcing(
+    cmd: list[str], what: str, *, new_session: bool = False
+) -> tuple[subprocess.Popen[str], list[str]]:
     """Starts a helper process that prints `ready <fields...>` once serving; returns it and the fields."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=new_session)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if not line.startswith("ready "):
@@ -139,7 +141,7 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
 
 def start_relay(anthropic_url: str) -> tuple[subprocess.Popen[str], str]:
     proc, fields = start_announcing([sys.executable, str(Path(__file__).with_name("relay.py")), "--anthropic-url",
-                                     anthropic_url], "relay")
+                                     anthropic_url], "relay", new_session=True)
     return proc, fields[0]
 
 
