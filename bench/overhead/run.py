@@ -14,7 +14,8 @@ One zero-latency Anthropic emulator (frugal.devkit.emulators, its own process) i
                dependency) -> emulator, streamed through its OpenAI-compatible endpoint
   mesh@base    (with --baseline-src DIR) the mesh through a second router run from an older source tree (DIR's
                libs/common/src and services/router/src first on PYTHONPATH, e.g. `git archive <commit>` of
-               them), same Redis, billing and emulator: before/after figures in one machine state
+               them), same Redis, billing, rag, vision-dedup and emulator: before/after figures in one machine
+               state; mesh+ctx@base the same with context on
 The tenant is pinned to premium (claude-sonnet-4-6) so all of them reach the same emulator route. Systems are
 interleaved in rounds (shuffled per round) so machine drift hits all equally. Overheads are per-round paired
 differences against `direct` (turn i of a system minus turn i of direct in the same round). CPU is the
@@ -425,6 +426,9 @@ async def bench(args: argparse.Namespace) -> int:
                 systems["mesh@base"], close = mesh_client(base_addr, context=False)
                 closers.append(close)
                 pids["mesh@base"] = [base_proc.pid]
+                systems["mesh+ctx@base"], close = mesh_client(base_addr, context=True)
+                closers.append(close)
+                pids["mesh+ctx@base"] = [base_proc.pid, *(mesh.procs[n].pid for n in ("rag", "vision-dedup"))]
             if litellm_exe is not None:
                 litellm_proc, base, key = start_litellm(litellm_exe, anthropic_url, tmp)
                 if await wait_http(f"{base}/health/liveliness", litellm_proc):
@@ -509,7 +513,7 @@ def report(series: dict[str, Series], concurrencies: list[int]) -> None:
     for conc in concurrencies:
         direct_rounds = series["direct"].samples.get(conc, [])
         print(f"\n--- concurrency {conc} ({sum(len(r) for r in direct_rounds)} direct turns)")
-        print(f"{'system':10} {'TTFT p50     p95     p99':>24} | {'total p50   p95     p99':>24} | "
+        print(f"{'system':13} {'TTFT p50     p95     p99':>24} | {'total p50   p95     p99':>24} | "
               f"{'TTFT overhead p50 p95 p99':>26} | {'CPU s/1k turns':>14} | errors")
         overhead_p95: dict[str, float] = {}
         for name, s in series.items():
@@ -522,7 +526,7 @@ def report(series: dict[str, Series], concurrencies: list[int]) -> None:
             over = fmt3(diffs) if name != "direct" else f"{'-':>23}"
             if name != "direct":
                 overhead_p95[name] = pct(diffs, 0.95)
-            print(f"{name:10} {fmt3(ttft):>24} | {fmt3(total):>24} | {over:>26} | {cpu} | {s.errors}")
+            print(f"{name:13} {fmt3(ttft):>24} | {fmt3(total):>24} | {over:>26} | {cpu} | {s.errors}")
         # The arithmetic of a CPU-bound proxy: N simultaneous turns need N x (CPU per turn) of CPU; with C cores
         # (shared here with the emulator and this client) the last first token waits at least about that / C.
         cores = os.cpu_count() or 1
@@ -537,9 +541,15 @@ def report(series: dict[str, Series], concurrencies: list[int]) -> None:
             own = paired_ttft_differences(series["mesh"].samples.get(conc, []), series["relay"].samples.get(conc, []))
             if own:
                 print(f"mesh over the bare relay (the router's own work; paired per round): p50 p95 p99 {fmt3(own)} ms")
+        for now, then in (("mesh", "mesh@base"), ("mesh+ctx", "mesh+ctx@base")):
+            if now in series and then in series:
+                delta = paired_ttft_differences(series[now].samples.get(conc, []), series[then].samples.get(conc, []))
+                if delta:
+                    print(f"{now} minus {then} (paired per round; negative: this tree is faster): p50 p95 p99 "
+                          f"{fmt3(delta)} ms")
         if "litellm" in overhead_p95:
             lite = overhead_p95["litellm"]
-            for name in ("relay", "mesh", "mesh+ctx", "mesh@base"):
+            for name in ("relay", "mesh", "mesh+ctx", "mesh@base", "mesh+ctx@base"):
                 if name in overhead_p95 and lite > 0:
                     print(f"{name} p95 overhead / litellm p95 overhead = {overhead_p95[name] / lite:.2f} "
                           f"(target <= 0.33)")

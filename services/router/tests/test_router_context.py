@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
+from concurrent import futures
 from typing import Any
 
 import grpc
 import pytest
 
-from frugal.api.rag.v1 import rag_pb2
+from frugal.api.rag.v1 import rag_pb2, rag_pb2_grpc
 from frugal.api.router.v1 import router_pb2
 from frugal.api.vision.v1 import vision_pb2
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiRequest, default_responder
+from frugal.router.decision import Decider, TurnScore
 from frugal.router.prompt import UNTRUSTED_RULE
 
 MD = (("x-tenant-id", "acme"), ("x-session-id", "s1"))
@@ -67,6 +70,46 @@ async def test_rag_and_vision_are_fetched_concurrently(start_router: Any, deps: 
     c = await respond(router, QUESTION)
     assert state(c, router_pb2.CONTEXT_SOURCE_RAG) == router_pb2.CONTEXT_STATE_USED
     assert state(c, router_pb2.CONTEXT_SOURCE_VISION) == router_pb2.CONTEXT_STATE_USED
+
+
+class ThreadedRag(rag_pb2_grpc.RagServiceServicer):
+    """A rag double served from its own threads, so it takes a request while the router's event loop is busy
+    (the in-process doubles above share that loop and would only see a request once it is free again)."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+
+    def Retrieve(self, request: rag_pb2.RetrieveRequest, context: grpc.ServicerContext) -> Any:
+        self.arrived.set()
+        return rag_pb2.RetrieveResponse(chunks=[rag_pb2.RetrievedChunk(title="Policy", content="Refundable.")])
+
+
+async def test_the_turn_is_scored_while_its_context_is_being_fetched(
+    start_router: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scorer holds the event loop until rag has the request: with the fetch started first it returns at
+    once; scored before the request goes out (or after the context is back), rag has nothing yet and the scorer
+    reports it after its 5 s wait."""
+    rag = ThreadedRag()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    rag_pb2_grpc.add_RagServiceServicer_to_server(rag, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    seen: list[bool] = []
+    original = Decider.score
+
+    def score(self: Decider, *args: Any, **kwargs: Any) -> TurnScore:
+        seen.append(rag.arrived.wait(5.0))  # blocks the loop, as CPU-bound scoring does
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Decider, "score", score)
+    try:
+        router = await start_router(rag_addr=f"127.0.0.1:{port}", rag_timeout_s=10.0)
+        c = await respond(router, QUESTION, skip_vision=True, deadline_s=30.0)
+    finally:
+        server.stop(0)
+    assert seen == [True], "the turn was scored before its rag request went out"
+    assert state(c, router_pb2.CONTEXT_SOURCE_RAG) == router_pb2.CONTEXT_STATE_USED
 
 
 async def test_context_waits_are_capped_by_the_callers_deadline(start_router: Any, deps: Any) -> None:

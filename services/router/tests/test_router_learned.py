@@ -161,6 +161,36 @@ def test_pinned_tier_or_budget_downgrade_turns_the_cascade_off(scorers: Any) -> 
         assert not d.decide(TurnText(band), policy=policy).cascade, policy
 
 
+def test_a_turn_scored_before_its_context_arrives_gets_the_decision_it_would_get_after(scorers: Any) -> None:
+    """Respond scores the turn while rag and vision are fetched, then decides with their sizes: no scorer may
+    read the context sizes, and the decision from the early score is the one computed all at once."""
+    d = decider(scorers)
+    turns = [TurnText("Hi there!"), TurnText(HARD), TurnText("Why?", history=[("user", HARD), ("assistant", "...")])]
+    policy = billing_pb2.TenantPolicy(target_mix=common_pb2.TierMix(lite=0.2, standard=0.3, premium=0.5))
+    for name in scorers.names:
+        for turn in turns:
+            for rag_chars, vision_chars in ((0, 0), (6000, 900), (40_000, 0)):
+                full = TurnText(turn.text, turn.history, rag_chars, vision_chars)
+                for pol in (None, policy):
+                    early = d.score(turn.text, turn.history, scorer_name=name)
+                    at_once = d.decide(full, scorer_name=name, policy=pol)
+                    later = d.decide(full, scorer_name=name, policy=pol, scored=early)
+                    assert dataclasses.replace(later, decision_seconds=0) == dataclasses.replace(
+                        at_once, decision_seconds=0), (name, turn.text, rag_chars, pol)
+                    assert later.features.rag_context_chars == rag_chars
+                    assert later.estimated_input_tokens >= (rag_chars + vision_chars) / 4
+                # What a scorer reads: the same score with the context sizes in its features as without.
+                scorer = scorers.get(name)
+                bare = d.score(turn.text, turn.history, scorer_name=name).features
+                sized = dataclasses.replace(bare, rag_context_chars=rag_chars, vision_context_chars=vision_chars)
+                assert scorer.score(turn.text, sized) == scorer.score(turn.text, bare), name
+    early = d.score("Hi there!")
+    with pytest.raises(ValueError, match="another turn"):
+        d.decide(TurnText(HARD), scored=early)
+    with pytest.raises(ValueError, match="another turn"):
+        d.decide(TurnText("Hi there!"), scorer_name="heuristic-seed", scored=early)
+
+
 def test_answer_scorer_features_and_agreement() -> None:
     feats = answer_features("Pick one. A) x B) y\nPrint only a single choice.\nAnswer:", "B", "B", 0.0, 0.0)
     assert len(feats) == len(ANSWER_FEATURES)

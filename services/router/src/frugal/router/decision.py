@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from frugal.api.billing.v1 import billing_pb2
 from frugal.api.common.v1 import common_pb2
@@ -28,7 +28,7 @@ ENUM_TIER: dict[int, TierName] = {v: k for k, v in TIER_ENUM.items()}
 
 # The budget verdict is billing's rule, computed in one place (frugal.common.tenant_state) from the state
 # billing publishes; the router only applies it. Re-exported here for the router's callers.
-__all__ = ["BudgetVerdict", "Decider", "Decision", "TurnText", "budget_verdict"]
+__all__ = ["BudgetVerdict", "Decider", "Decision", "TurnScore", "TurnText", "budget_verdict"]
 
 
 def policy_mix(policy: billing_pb2.TenantPolicy | None) -> TierMix | None:
@@ -102,6 +102,20 @@ class TurnText:
     vision_context_chars: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class TurnScore:
+    """The part of a decision that reads only the turn's text and history (features, score, assessment): the
+    costly part, computed while the turn's context is still being fetched (Decider.score)."""
+
+    scorer_name: str
+    text: str
+    history: tuple[tuple[str, str], ...]
+    features: TurnFeatures
+    score: float
+    assessment: Assessment | None
+    seconds: float
+
+
 class Decider:
     """Deterministic: the same turn, scorer, policy and budget give the same decision."""
 
@@ -136,6 +150,21 @@ class Decider:
                 self._thresholds[key] = hit
         return hit
 
+    def score(self, text: str, history: Sequence[tuple[str, str]] = (), *, scorer_name: str = "") -> TurnScore:
+        """Features and score of a turn. No scorer reads the context sizes (they only size the estimate), so
+        this runs before the context arrives. Raises ScorerError for an unknown scorer name."""
+        started = time.perf_counter()
+        scorer = self.scorers.get(scorer_name)
+        history = tuple(history)
+        features = extract_features(text, conversation_depth=len(history))
+        assessment: Assessment | None = None
+        if isinstance(scorer, LearnedScorer):
+            assessment = scorer.assess(text, features, history)
+            score = assessment.score
+        else:
+            score = scorer.score(text, features)
+        return TurnScore(scorer.name, text, history, features, score, assessment, time.perf_counter() - started)
+
     def decide(
         self,
         turn: TurnText,
@@ -144,27 +173,26 @@ class Decider:
         policy: billing_pb2.TenantPolicy | None = None,
         budget: billing_pb2.BudgetState | None = None,
         max_output_tokens: int | None = None,
+        scored: TurnScore | None = None,
     ) -> Decision:
-        """Raises ScorerError for an unknown scorer name."""
-        started = time.perf_counter()
+        """`scored`: this turn's Decider.score, computed earlier (the same decision as without it). Raises
+        ScorerError for an unknown scorer name."""
         scorer = self.scorers.get(scorer_name)
-        features = extract_features(
-            turn.text,
-            conversation_depth=len(turn.history),
-            rag_context_chars=turn.rag_context_chars,
-            vision_context_chars=turn.vision_context_chars,
-        )
+        if scored is None:
+            scored = self.score(turn.text, turn.history, scorer_name=scorer_name)
+        elif (scored.scorer_name != scorer.name or scored.text != turn.text
+              or scored.history != tuple(turn.history)):
+            raise ValueError("the turn score was computed for another turn or scorer")
+        started = time.perf_counter()  # decision_seconds: this part plus the score's own time
+        features = replace(scored.features, rag_context_chars=turn.rag_context_chars,
+                           vision_context_chars=turn.vision_context_chars)
         tenant_mix = policy_mix(policy)
         mix = tenant_mix or self.default_mix
         reasons: list[str] = []
-        assessment: Assessment | None = None
-        if isinstance(scorer, LearnedScorer):
-            assessment = scorer.assess(turn.text, features, turn.history)
-            score = assessment.score
-            if assessment.follow_up_of is not None:
-                reasons.append(f"follow-up scored as the turn it follows ({assessment.follow_up_of!r})")
-        else:
-            score = scorer.score(turn.text, features)
+        assessment = scored.assessment
+        score = scored.score
+        if assessment is not None and assessment.follow_up_of is not None:
+            reasons.append(f"follow-up scored as the turn it follows ({assessment.follow_up_of!r})")
         # learned-v1 uses its quality-floor operating point unless the tenant sets a mix.
         floor_point = isinstance(scorer, LearnedScorer) and tenant_mix is None
         in_band = False
@@ -207,7 +235,7 @@ class Decider:
         est_in = math.ceil(input_chars / 4)
         est_out = min(max_output_tokens or self._expected_output, self._expected_output)
         est_cost = self.catalog.cost(model, UsageAmounts(input_tokens=est_in, output_tokens=est_out))
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started + scored.seconds
         DECISION_SECONDS.observe(elapsed)
         ROUTER_DECISIONS.labels(scorer=scorer.name, tier=tier).inc()
         return Decision(

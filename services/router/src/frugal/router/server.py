@@ -49,7 +49,16 @@ from frugal.router.cascade import (
 )
 from frugal.router.config import Settings
 from frugal.router.context import RAG, VISION, ContextClients, ContextResult, skipped
-from frugal.router.decision import ENUM_TIER, TIER_ENUM, BudgetVerdict, Decider, Decision, TurnText, budget_verdict
+from frugal.router.decision import (
+    ENUM_TIER,
+    TIER_ENUM,
+    BudgetVerdict,
+    Decider,
+    Decision,
+    TurnScore,
+    TurnText,
+    budget_verdict,
+)
 from frugal.router.deployments import Deployment, DeploymentPool, DeploymentSpec, describe, parse_deployments
 from frugal.router.fallback import fallback_sequence, parse_fallback_chain
 from frugal.router.health import DeploymentHealth, HealthConfig
@@ -325,6 +334,14 @@ def _tools(request: router_pb2.RespondRequest) -> tuple[list[ToolSpec], str]:
     return tools, ""
 
 
+async def _let_calls_start() -> None:
+    """Two turns of the event loop: in the first the context tasks reach their stub calls, in the second
+    grpc.aio's own call tasks send the requests (measured: after one turn nothing has been sent). CPU work after
+    this overlaps the fetches instead of delaying them."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("unreachable")
@@ -360,10 +377,10 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
 
     def _decide(self, turn: router_pb2.TurnInput, messages: Sequence[Message], rag_chars: int, vision_chars: int,
                 scorer: str, policy: billing_pb2.TenantPolicy | None, budget: billing_pb2.BudgetState | None,
-                max_output_tokens: int | None = None) -> Decision:
+                max_output_tokens: int | None = None, scored: TurnScore | None = None) -> Decision:
         text = TurnText(_decision_text(turn), _history_pairs(messages), rag_chars, vision_chars)
         decision = self.core.decider.decide(text, scorer_name=scorer, policy=policy, budget=budget,
-                                            max_output_tokens=max_output_tokens)
+                                            max_output_tokens=max_output_tokens, scored=scored)
         return self.core.with_availability(decision)
 
     # ------------------------------------------------------------------------------------------- Route
@@ -407,13 +424,18 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         admitted = await self._admit(request, context, clock, tenant, messages, history_system, tools, max_out)
         policy, budget, messages, reserved, tpm = admitted
 
-        # Context, concurrently, each bounded by its own timeout and by the caller's deadline.
-        rag_task, vision_task = self._context_tasks(request, policy, context)
+        # Context, concurrently, each bounded by its own timeout and by the caller's deadline; the turn is scored
+        # (the decision's CPU) while the fetches are out.
+        rag_task, vision_task, fetching = self._context_tasks(request, policy, context)
+        if fetching:
+            await _let_calls_start()
+        scored = core.decider.score(_decision_text(request.turn), _history_pairs(messages),
+                                    scorer_name=request.scorer)
         rag_ctx, vision_ctx = await asyncio.gather(rag_task, vision_task)
         contexts = [rag_ctx, vision_ctx]
 
         decision = self._decide(request.turn, messages, rag_ctx.chars, vision_ctx.chars, request.scorer, policy,
-                                budget, max_output_tokens=max_out)
+                                budget, max_output_tokens=max_out, scored=scored)
         # frugal.router.cache_aware first: a session with a warm prompt cache may stay on its tier; then the
         # cascade (below) only if the turn is still the learned router's unsure one and not pinned.
         pinned = policy is not None and policy.pinned_tier in ENUM_TIER
@@ -830,7 +852,8 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     def _context_tasks(
         self, request: router_pb2.RespondRequest, policy: billing_pb2.TenantPolicy | None,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> tuple[asyncio.Future[ContextResult], asyncio.Future[ContextResult]]:
+    ) -> tuple[asyncio.Future[ContextResult], asyncio.Future[ContextResult], bool]:
+        """The rag and vision fetches as tasks, and whether either calls out (False: both skipped)."""
         core, s = self.core, self.core.settings
         left = context.time_remaining()
         # Context may use at most half of what is left of the caller's deadline.
@@ -843,6 +866,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
             return r
 
         query = _decision_text(request.turn)
+        fetching = False
         if request.skip_rag:
             rag = done(skipped(RAG, "skip_rag requested by the caller"))
         elif policy is not None and not policy.knowledge_base_enabled:
@@ -850,11 +874,13 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         else:
             rag = core.contexts.rag(query, top_k=s.rag_top_k, timeout_s=bounded(s.rag_timeout_s),
                                     max_chars=s.rag_max_chars)
+            fetching = True
         if request.skip_vision:
             vision = done(skipped(VISION, "skip_vision requested by the caller"))
         else:
             vision = core.contexts.vision(limit=s.vision_max_analyses, timeout_s=bounded(s.vision_timeout_s))
-        return asyncio.ensure_future(rag), asyncio.ensure_future(vision)
+            fetching = True
+        return asyncio.ensure_future(rag), asyncio.ensure_future(vision), fetching
 
     async def _stream_call(self, call: _Call, preq: ProviderRequest, budget_s: float,
                            first_token_s: float) -> AsyncIterator[str | ToolCallOut]:
