@@ -427,10 +427,11 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         # Context, concurrently, each bounded by its own timeout and by the caller's deadline; the turn is scored
         # (the decision's CPU) while the fetches are out.
         rag_task, vision_task, fetching = self._context_tasks(request, policy, context)
+        scored: TurnScore | None = None
         if fetching:
             await _let_calls_start()
-        scored = core.decider.score(_decision_text(request.turn), _history_pairs(messages),
-                                    scorer_name=request.scorer)
+            scored = core.decider.score(_decision_text(request.turn), _history_pairs(messages),
+                                        scorer_name=request.scorer)
         rag_ctx, vision_ctx = await asyncio.gather(rag_task, vision_task)
         contexts = [rag_ctx, vision_ctx]
 
