@@ -30,7 +30,7 @@ lint: .venv/.synced ## ruff, mypy (strict), buf lint
 	$(UV) run ruff check .
 	$(UV) run mypy libs/common/src libs/devkit/src libs/encoder/src services/*/src
 	@# one mypy run per test/bench dir: several hold a conftest.py, which a single run sees as one module twice
-	@for d in libs/common/tests services/*/tests bench/* deploy scripts tests/e2e; do $(UV) run mypy $$d || exit 1; done
+	@for d in libs/common/tests services/*/tests bench/* deploy scripts tests/e2e tests/bench; do $(UV) run mypy $$d || exit 1; done
 	$(BUF) lint
 
 test: .venv/.synced ## Run the whole test suite (real Postgres+pgvector and Redis, no Docker needed)

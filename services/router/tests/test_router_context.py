@@ -83,6 +83,11 @@ class ThreadedRag(rag_pb2_grpc.RagServiceServicer):
         self.arrived.set()
         return rag_pb2.RetrieveResponse(chunks=[rag_pb2.RetrievedChunk(title="Policy", content="Refundable.")])
 
+    def _unimplemented(self, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "test double")
+
+    IngestDocument = ChangeEmbeddingModel = DeleteDocument = ListDocuments = _unimplemented
+
 
 async def test_the_turn_is_scored_while_its_context_is_being_fetched(
     start_router: Any, monkeypatch: pytest.MonkeyPatch
