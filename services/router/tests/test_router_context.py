@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from concurrent import futures
 from typing import Any
 
@@ -76,11 +77,16 @@ class ThreadedRag(rag_pb2_grpc.RagServiceServicer):
     """A rag double served from its own threads, so it takes a request while the router's event loop is busy
     (the in-process doubles above share that loop and would only see a request once it is free again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hold: bool = False) -> None:
         self.arrived = threading.Event()
+        self.ended = threading.Event()  # the call ended: answered, cancelled or past its deadline
+        self.hold = hold  # answer only when the caller gives up
 
     def Retrieve(self, request: rag_pb2.RetrieveRequest, context: grpc.ServicerContext) -> Any:
+        context.add_callback(self.ended.set)
         self.arrived.set()
+        while self.hold and context.is_active():
+            time.sleep(0.01)
         return rag_pb2.RetrieveResponse(chunks=[rag_pb2.RetrievedChunk(title="Policy", content="Refundable.")])
 
     def _unimplemented(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -115,6 +121,32 @@ async def test_the_turn_is_scored_while_its_context_is_being_fetched(
         server.stop(0)
     assert seen == [True], "the turn was scored before its rag request went out"
     assert state(c, router_pb2.CONTEXT_SOURCE_RAG) == router_pb2.CONTEXT_STATE_USED
+
+
+async def test_a_turn_that_fails_while_its_context_is_out_cancels_the_fetch(
+    start_router: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring runs before the gather that would cancel the fetches with the turn: a turn that fails there must
+    not leave its rag call running until rag's own timeout (30 s here; the check waits 10)."""
+    rag = ThreadedRag(hold=True)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    rag_pb2_grpc.add_RagServiceServicer_to_server(rag, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+
+    def score(self: Decider, *args: Any, **kwargs: Any) -> TurnScore:
+        assert rag.arrived.wait(5.0)
+        raise RuntimeError("scorer broke")
+
+    monkeypatch.setattr(Decider, "score", score)
+    try:
+        router = await start_router(rag_addr=f"127.0.0.1:{port}", rag_timeout_s=30.0)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await respond(router, QUESTION, skip_vision=True, deadline_s=120.0)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert await asyncio.to_thread(rag.ended.wait, 10.0), "the rag call outlived its turn"
+    finally:
+        server.stop(0)
 
 
 async def test_context_waits_are_capped_by_the_callers_deadline(start_router: Any, deps: Any) -> None:

@@ -429,9 +429,15 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         rag_task, vision_task, fetching = self._context_tasks(request, policy, context)
         scored: TurnScore | None = None
         if fetching:
-            await _let_calls_start()
-            scored = core.decider.score(_decision_text(request.turn), _history_pairs(messages),
-                                        scorer_name=request.scorer)
+            try:
+                await _let_calls_start()
+                scored = core.decider.score(_decision_text(request.turn), _history_pairs(messages),
+                                            scorer_name=request.scorer)
+            except BaseException:
+                # The caller went away (or scoring failed) before the gather below owns the fetches.
+                rag_task.cancel()
+                vision_task.cancel()
+                raise
         rag_ctx, vision_ctx = await asyncio.gather(rag_task, vision_task)
         contexts = [rag_ctx, vision_ctx]
 
