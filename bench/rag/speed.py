@@ -149,13 +149,16 @@ async def load(stack: Stack, sizes: dict[str, int], dist: str = "clustered", see
                 words = zipf_words(rng, vocab, n * WORDS_PER_CHUNK)
                 texts = [" ".join(words[i * WORDS_PER_CHUNK:(i + 1) * WORDS_PER_CHUNK]) + "." for i in range(n)]
                 await conn.execute(
+                    # tsv and lex_len as the service's insert computes them (rag migration 0003: plain columns).
                     "INSERT INTO rag_chunks (tenant_id, chunk_id, document_id, chunk_index, content, text_hash,"
-                    " embedding_model, embedding)"
+                    " embedding_model, embedding, tsv, lex_len)"
                     " SELECT $1, gen_random_uuid(), 'doc-' || ((s + g.i) / $4), (s + g.i) % $4, g.t, md5(g.t), $5,"
                     f"  l2_normalize((SELECT array_agg({component} ORDER BY x)"
-                    "                FROM generate_series(1, 384) x WHERE g.i >= 0)::vector)"
+                    "                FROM generate_series(1, 384) x WHERE g.i >= 0)::vector),"
+                    "  tv.tsv, rag_tsv_length(tv.tsv)"
                     " FROM unnest($2::text[]) WITH ORDINALITY AS g(t, i), (SELECT $3::int - 1 AS s) AS o,"
-                    "  bench_centroids c"
+                    "  bench_centroids c,"
+                    "  LATERAL (SELECT to_tsvector('english'::regconfig, E'\\n' || g.t) AS tsv) AS tv"
                     f" WHERE c.id = ((s + g.i) * 7919 + {t_index * 131}) % {N_TOPICS}",
                     tenant, texts, start, CHUNKS_PER_DOC, MODEL,
                 )
