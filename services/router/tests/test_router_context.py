@@ -4,9 +4,11 @@ delimited, labelled, untrusted data that an injected instruction cannot break ou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
@@ -95,30 +97,37 @@ class ThreadedRag(rag_pb2_grpc.RagServiceServicer):
     IngestDocument = ChangeEmbeddingModel = DeleteDocument = ListDocuments = _unimplemented
 
 
+@contextlib.contextmanager
+def threaded_rag(*, hold: bool = False) -> Iterator[tuple[ThreadedRag, str]]:
+    """A ThreadedRag on its own grpc server (thread pool) -> (the double, its address); stopped on exit."""
+    rag = ThreadedRag(hold=hold)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    rag_pb2_grpc.add_RagServiceServicer_to_server(rag, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield rag, f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
 async def test_the_turn_is_scored_while_its_context_is_being_fetched(
     start_router: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The scorer holds the event loop until rag has the request: with the fetch started first it returns at
     once; scored before the request goes out (or after the context is back), rag has nothing yet and the scorer
     reports it after its 5 s wait."""
-    rag = ThreadedRag()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    rag_pb2_grpc.add_RagServiceServicer_to_server(rag, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
     seen: list[bool] = []
     original = Decider.score
+    with threaded_rag() as (rag, addr):
 
-    def score(self: Decider, *args: Any, **kwargs: Any) -> TurnScore:
-        seen.append(rag.arrived.wait(5.0))  # blocks the loop, as CPU-bound scoring does
-        return original(self, *args, **kwargs)
+        def score(self: Decider, *args: Any, **kwargs: Any) -> TurnScore:
+            seen.append(rag.arrived.wait(5.0))  # blocks the loop, as CPU-bound scoring does
+            return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Decider, "score", score)
-    try:
-        router = await start_router(rag_addr=f"127.0.0.1:{port}", rag_timeout_s=10.0)
+        monkeypatch.setattr(Decider, "score", score)
+        router = await start_router(rag_addr=addr, rag_timeout_s=10.0)
         c = await respond(router, QUESTION, skip_vision=True, deadline_s=30.0)
-    finally:
-        server.stop(0)
     assert seen == [True], "the turn was scored before its rag request went out"
     assert state(c, router_pb2.CONTEXT_SOURCE_RAG) == router_pb2.CONTEXT_STATE_USED
 
@@ -128,25 +137,18 @@ async def test_a_turn_that_fails_while_its_context_is_out_cancels_the_fetch(
 ) -> None:
     """Scoring runs before the gather that would cancel the fetches with the turn: a turn that fails there must
     not leave its rag call running until rag's own timeout (30 s here; the check waits 10)."""
-    rag = ThreadedRag(hold=True)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    rag_pb2_grpc.add_RagServiceServicer_to_server(rag, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    with threaded_rag(hold=True) as (rag, addr):
 
-    def score(self: Decider, *args: Any, **kwargs: Any) -> TurnScore:
-        assert rag.arrived.wait(5.0)
-        raise RuntimeError("scorer broke")
+        def score(self: Decider, *args: Any, **kwargs: Any) -> TurnScore:
+            assert rag.arrived.wait(5.0)
+            raise RuntimeError("scorer broke")
 
-    monkeypatch.setattr(Decider, "score", score)
-    try:
-        router = await start_router(rag_addr=f"127.0.0.1:{port}", rag_timeout_s=30.0)
+        monkeypatch.setattr(Decider, "score", score)
+        router = await start_router(rag_addr=addr, rag_timeout_s=30.0)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await respond(router, QUESTION, skip_vision=True, deadline_s=120.0)
         assert info.value.code() == grpc.StatusCode.INTERNAL
         assert await asyncio.to_thread(rag.ended.wait, 10.0), "the rag call outlived its turn"
-    finally:
-        server.stop(0)
 
 
 async def test_context_waits_are_capped_by_the_callers_deadline(start_router: Any, deps: Any) -> None:

@@ -378,7 +378,9 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
     def _decide(self, turn: router_pb2.TurnInput, messages: Sequence[Message], rag_chars: int, vision_chars: int,
                 scorer: str, policy: billing_pb2.TenantPolicy | None, budget: billing_pb2.BudgetState | None,
                 max_output_tokens: int | None = None, scored: TurnScore | None = None) -> Decision:
-        text = TurnText(_decision_text(turn), _history_pairs(messages), rag_chars, vision_chars)
+        # With an early score, the text and history it was computed from (not rebuilt and compared again).
+        text = (TurnText(_decision_text(turn), _history_pairs(messages), rag_chars, vision_chars) if scored is None
+                else TurnText(scored.text, scored.history, rag_chars, vision_chars))
         decision = self.core.decider.decide(text, scorer_name=scorer, policy=policy, budget=budget,
                                             max_output_tokens=max_output_tokens, scored=scored)
         return self.core.with_availability(decision)
