@@ -199,3 +199,16 @@ def test_a_hybrid_artifact_with_the_wrong_features_is_refused_even_with_a_valid_
     (tmp_path / (ARTIFACT_FILE + ".sha256")).write_text(hashlib.sha256(data).hexdigest() + "\n")
     with pytest.raises(ScorerError, match="no embedded lexical model"):
         load_scorers(path)
+
+
+def test_the_remembered_structure_features_are_only_ever_the_same_heads() -> None:
+    from frugal.router import conversational
+
+    texts = ["Why?", "Compare Kafka and a Postgres queue for our webhook retries, step by step.", "Why?",
+             "thanks", "thanks, and can you also check the deploy?", "why? " * 300, "x" * 1300,
+             "x" * 1200 + "? why" * 20, ""]
+    fresh = [conversational._structure_features_of_head(t[: conversational.STRUCTURE_MAX_CHARS]) for t in texts]
+    assert len(set(fresh)) >= 6, fresh  # the texts really differ in their features
+    for order in (texts, texts[::-1], [t for t in texts for _ in range(2)]):
+        for t in order:
+            assert conversational.structure_features(t) == fresh[texts.index(t)], t[:40]

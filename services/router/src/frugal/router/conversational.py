@@ -144,9 +144,25 @@ STRUCTURE_FEATURES: tuple[str, ...] = (
 )
 
 
-def structure_features(text: str) -> list[float]:
+# A decision reads the same head twice: hybrid-v2's structure score of the turn, then learned-v1's features of
+# its tail (the same string for any turn under TAIL_CHARS). One remembered result serves the second read; it
+# is deliberately not a cache across turns, so a decision costs what it costs on a turn never seen before.
+_last: tuple[str, tuple[float, ...]] = ("", ())
+
+
+def structure_features(text: str) -> tuple[float, ...]:
     """Values in the order of STRUCTURE_FEATURES; counts are capped so that one long prompt cannot dominate."""
+    global _last
     head = text[:STRUCTURE_MAX_CHARS]
+    last = _last  # one read: another thread may replace it meanwhile
+    if last[1] and last[0] == head:
+        return last[1]
+    out = _structure_features_of_head(head)
+    _last = (head, out)
+    return out
+
+
+def _structure_features_of_head(head: str) -> tuple[float, ...]:
     lowered = head.lower()
     words = _TOKEN.findall(lowered)
     n_words = len(head.split())
@@ -158,7 +174,7 @@ def structure_features(text: str) -> list[float]:
     clauses = head.count(",") + head.count(";") + sum(1 for w in words if w in CLAUSE_WORDS)
     small = 1.0 if n_words <= 8 and words and words[0] in SMALL_TALK_START else 0.0
     hard, medium, constraints, code, errors, tech, arithmetic, screen_kb = group_counts(words, lowered)
-    return [
+    return (
         math.log1p(n_words),
         float(min(hard, 4)),
         float(min(medium, 3)),
@@ -173,4 +189,4 @@ def structure_features(text: str) -> list[float]:
         1.0 if screen_kb else 0.0,
         small,
         1.0 if n_words <= 4 else 0.0,
-    ]
+    )
