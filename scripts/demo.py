@@ -26,6 +26,10 @@ def main() -> int:
     p.add_argument("--speed", type=float, default=2.0, help="timeline speed-up of the replay (default 2)")
     p.add_argument("--keep-stack", action="store_true", help="leave the embedded Postgres and Redis running")
     args = p.parse_args()
+    # gRPC core's own INFO lines ("skipping fork() handlers" each time the clean-up runs pg_ctl while the
+    # replay's gRPC threads are still parked) are noise here; ERROR is gRPC's documented default level. It is
+    # set before anything loads gRPC, is inherited by the services, and an explicit GRPC_VERBOSITY wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
     from frugal.devkit.devstack import DevStack, DevStackError
     from frugal.devkit.localmesh import LocalMesh
