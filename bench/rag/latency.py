@@ -41,6 +41,7 @@ from quality import load_cranfield  # type: ignore[import-not-found]
 from frugal.api.rag.v1 import rag_pb2
 from frugal.devkit.emulators.voyage import VoyageEmulator
 from frugal.encoder.minilm import load_encoder
+from frugal.rag import store
 from frugal.rag.embedding.cache import cache_key
 
 CRANFIELD = SHARED_DATA / "ir" / "cranfield"
@@ -121,11 +122,11 @@ async def load(stack: Stack, corpus: Corpus, total: int, dims: int) -> tuple[dic
             "INSERT INTO rag_chunks (tenant_id, chunk_id, document_id, chunk_index, content, text_hash,"
             " embedding_model, embedding, tsv, lex_len) SELECT tenant_id, gen_random_uuid(), 'doc-' || doc, idx,"
             " content, md5(content), $1, v::vector, tsv, rag_tsv_length(tsv)"
-            " FROM (SELECT s.*, to_tsvector('english'::regconfig, E'\\n' || s.content) AS tsv FROM stage s) AS x",
+            f" FROM (SELECT s.*, {store.chunk_tsvector_sql('s.content')} AS tsv FROM stage s) AS x",
             model)
         await conn.execute(
             "INSERT INTO rag_postings (tenant_id, term, chunk_id, tf, dl) SELECT c.tenant_id, u.lexeme, c.chunk_id,"
-            " least(coalesce(array_length(u.positions, 1), 1), 32767), c.lex_len FROM rag_chunks c, unnest(c.tsv) u")
+            f" {store.posting_tf_sql('u')}, c.lex_len FROM rag_chunks c, unnest(c.tsv) u")
         await conn.execute("INSERT INTO rag_term_df (tenant_id, term, df) SELECT tenant_id, term, count(*)"
                            " FROM rag_postings GROUP BY 1, 2")
         await conn.execute("INSERT INTO rag_tenant_stats (tenant_id, embedding_model, chunk_count, lex_len_total)"

@@ -158,13 +158,13 @@ async def load(stack: Stack, sizes: dict[str, int], dist: str = "clustered", see
                     "  tv.tsv, rag_tsv_length(tv.tsv)"
                     " FROM unnest($2::text[]) WITH ORDINALITY AS g(t, i), (SELECT $3::int - 1 AS s) AS o,"
                     "  bench_centroids c,"
-                    "  LATERAL (SELECT to_tsvector('english'::regconfig, E'\\n' || g.t) AS tsv) AS tv"
+                    f"  LATERAL (SELECT {store.chunk_tsvector_sql('g.t')} AS tsv) AS tv"
                     f" WHERE c.id = ((s + g.i) * 7919 + {t_index * 131}) % {N_TOPICS}",
                     tenant, texts, start, CHUNKS_PER_DOC, MODEL,
                 )
         await conn.execute(
             "INSERT INTO rag_postings (tenant_id, term, chunk_id, tf, dl)"
-            " SELECT c.tenant_id, u.lexeme, c.chunk_id, least(coalesce(array_length(u.positions, 1), 1), 32767),"
+            f" SELECT c.tenant_id, u.lexeme, c.chunk_id, {store.posting_tf_sql('u')},"
             "        c.lex_len FROM rag_chunks c, unnest(c.tsv) AS u"
         )
         await conn.execute(

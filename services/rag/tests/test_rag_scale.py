@@ -65,7 +65,7 @@ async def load_big_tenant(admin_dsn: str, tenant: str, vocab: list[str]) -> None
             " FROM generate_series(0, $2 - 1) AS g"
             " CROSS JOIN LATERAL (SELECT string_agg(($5::text[])[1 + floor($4 * power(random(), 3))::int], ' ') AS txt"
             "   FROM generate_series(1, $3) WHERE g >= 0) AS t"
-            " CROSS JOIN LATERAL (SELECT to_tsvector('english'::regconfig, E'\\n' || t.txt) AS v) AS ts"
+            f" CROSS JOIN LATERAL (SELECT {store.chunk_tsvector_sql('t.txt')} AS v) AS ts"
             " JOIN vecs v ON v.id = g % 1000",
             tenant, N_CHUNKS, WORDS, VOCAB, vocab,
         )
@@ -75,7 +75,7 @@ async def load_big_tenant(admin_dsn: str, tenant: str, vocab: list[str]) -> None
                            " ALTER TABLE rag_postings DROP CONSTRAINT rag_postings_pkey")
         await conn.execute(
             "INSERT INTO rag_postings (tenant_id, term, chunk_id, tf, dl)"
-            " SELECT c.tenant_id, u.lexeme, c.chunk_id, least(coalesce(array_length(u.positions, 1), 1), 32767),"
+            f" SELECT c.tenant_id, u.lexeme, c.chunk_id, {store.posting_tf_sql('u')},"
             "        c.lex_len FROM rag_chunks c, unnest(c.tsv) AS u WHERE c.tenant_id = $1",
             tenant,
         )

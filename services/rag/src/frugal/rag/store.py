@@ -254,9 +254,22 @@ async def _delete_chunks(conn: asyncpg.Connection, document_id: str) -> tuple[in
     return len(rows), deltas
 
 
-_INSERT_CHUNKS = """
+def chunk_tsvector_sql(content: str, context: str = "''") -> str:
+    """SQL for a chunk's indexed text: its context line (default: none) and its content, each a column or an
+    expression. The
+    service's insert and the benches' bulk loads (bench/rag) are built from this and posting_tf_sql, so what
+    is indexed cannot drift between them."""
+    return f"to_tsvector('english'::regconfig, {context} || E'\\n' || {content})"
+
+
+def posting_tf_sql(lexeme: str) -> str:
+    """SQL for a posting's term frequency from one `unnest(tsvector)` row (its positions; capped for smallint)."""
+    return f"least(coalesce(array_length({lexeme}.positions, 1), 1), 32767)"
+
+
+_INSERT_CHUNKS = f"""
 WITH input AS (
-    SELECT t.*, to_tsvector('english'::regconfig, t.context || E'\n' || t.content) AS tsv
+    SELECT t.*, {chunk_tsvector_sql("t.content", "t.context")} AS tsv
     FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $11::text[])
         AS t(chunk_id, chunk_index, heading, context, content, text_hash, embedding, next_embedding)
 ), ins AS (
@@ -269,7 +282,7 @@ WITH input AS (
     RETURNING chunk_id, tsv, lex_len
 ), post AS (
     INSERT INTO rag_postings (term, chunk_id, tf, dl)
-    SELECT u.lexeme, ins.chunk_id, least(coalesce(array_length(u.positions, 1), 1), 32767), ins.lex_len
+    SELECT u.lexeme, ins.chunk_id, {posting_tf_sql("u")}, ins.lex_len
     FROM ins, unnest(ins.tsv) AS u
     RETURNING 1
 )
