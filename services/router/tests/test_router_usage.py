@@ -5,6 +5,7 @@ falls back and is billed."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 
 from frugal.api.router.v1 import router_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
+from frugal.devkit.devstack import free_port
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
 from frugal.devkit.routing.probes import PREMIUM_TURN
@@ -138,3 +140,41 @@ async def test_an_unparseable_gemini_chunk_falls_back_and_is_billed(
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     last = (await events(redis_client))[-1]
     assert last.attributes["outcome"] == "interrupted" and last.usage.input_tokens > 0
+
+
+async def test_a_router_that_cannot_record_costs_durably_refuses_paid_turns_before_any_provider_call(
+    start_router: Any, gemini_emu: GeminiEmulator, claude_emu: AnthropicEmulator, tmp_path: Path
+) -> None:
+    # The cost-event Redis is down, so every event goes to the spool; at 4 KiB the spool is full and a new paid
+    # turn must be refused before it reaches a provider. (Billing's tenant state lives on that Redis too:
+    # TENANT_STATE_UNREACHABLE=allow keeps that refusal, tested elsewhere, out of the way.)
+    spool = tmp_path / "spool"
+    router = await start_router(**both(gemini_emu, claude_emu, cost_events_redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                                       cost_spool_dir=str(spool), cost_spool_max_bytes=4096,
+                                       tenant_state_unreachable="allow"))
+    answered = 0
+    for _ in range(60):  # one event is ~1 KB: 60 answered turns would mean the limit is not enforced
+        sent = len(gemini_emu.requests) + len(claude_emu.requests)
+        try:
+            await completed(router, EASY)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            assert "spool full" in (err.details() or "")
+            assert len(gemini_emu.requests) + len(claude_emu.requests) == sent  # nothing was sent to a provider
+            break
+        answered += 1
+    else:
+        pytest.fail("a router with a full cost-event spool kept making paid calls")
+    assert answered >= 1
+    # Every call that was made reaches the disk, one event per provider request, none lost. The router bounds
+    # how long a turn waits for its event's fsync (frugal.router.bounded), so the last ones may land just after.
+    calls = len(gemini_emu.requests) + len(claude_emu.requests)
+    assert calls == answered
+    spooled: list[bytes] = []
+    for _ in range(100):
+        spooled = [ln for f in spool.iterdir() if f.is_file() for ln in f.read_bytes().splitlines() if ln.strip()]
+        if len(spooled) >= calls:
+            break
+        await asyncio.sleep(0.05)
+    assert len(spooled) == calls
+    assert {CostEvent.model_validate_json(line).tenant_id for line in spooled} == {"acme"}
