@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -15,6 +16,7 @@ from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
 from frugal.common.pricing import default_catalog
 from frugal.common.usage import UsageAmounts
+from frugal.devkit.devstack import free_port
 from frugal.devkit.emulators.gemini import IMAGE_TOKENS, GeminiEmulator, GeminiReply, count_text_tokens
 from frugal.devkit.vision import corpus
 from frugal.devkit.vision.evaluation import i420_frame
@@ -244,3 +246,32 @@ async def test_no_tenant_holds_more_than_its_share_of_model_slots(redis_client: 
     # The per-tenant table holds only tenants with work in flight (a long-lived service meets many tenants).
     assert len(analyzer._per_tenant) == 0
     await producer.aclose()
+
+
+async def test_no_gemini_call_starts_while_its_cost_could_not_be_recorded(
+    start_server: Any, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The cost-event Redis is down and the spool is full at 4 KiB: kept frames get the labelled offline
+    description instead of a paid call, and every call that was made is on disk."""
+    spool = tmp_path / "spool"
+    async with GeminiEmulator() as emu:
+        _, stub = await start_server(gemini_api_key="test-key", gemini_base_url=emu.base_url,
+                                     cost_events_redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                                     cost_spool_dir=str(spool), cost_spool_max_bytes=4096)
+        _, analyses = await collect(stub.StreamFrames(requests_from(screens(14, 320, 180), pause_s=0.1),
+                                                      metadata=md()))
+    assert len(analyses) == 14
+    paid = [a for a in analyses if not a.provider.offline]
+    refused = [a for a in analyses if "not called" in a.description and "spool full" in a.description]
+    assert 1 <= len(paid) == len(emu.requests) < 14  # the first calls are made, then none
+    assert len(refused) == 14 - len(paid) and all(a.provider.offline for a in refused)
+    assert analyses.index(refused[0]) == len(paid)  # once refused, the rest stay refused (nothing drained it)
+    spooled: list[CostEvent] = []
+    for _ in range(100):
+        spooled = [CostEvent.model_validate_json(ln) for f in spool.iterdir() if f.is_file()
+                   for ln in f.read_bytes().splitlines() if ln.strip()]
+        if len(spooled) >= 14:
+            break
+        await asyncio.sleep(0.05)
+    assert len([e for e in spooled if not e.offline]) == len(emu.requests)  # every paid call is billed
+    assert len(spooled) == 14  # and every analysis, paid or not, has its event
