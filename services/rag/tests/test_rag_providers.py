@@ -3,8 +3,10 @@ speak the providers' wire formats; cost events on the Redis stream; the offline 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +17,7 @@ import redis.asyncio as aioredis
 from frugal.api.rag.v1 import rag_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, baseline_cost
 from frugal.common.pricing import PriceCatalogError, default_catalog
+from frugal.devkit.devstack import free_port
 from frugal.devkit.emulators.cohere import CohereEmulator, CohereReply
 from frugal.devkit.emulators.voyage import VoyageEmulator, VoyageReply
 
@@ -253,3 +256,51 @@ async def test_local_embedding_events_are_offline_zero_cost_and_never_savings(ra
 async def test_a_model_without_a_price_stops_the_service_at_start(start_rag: Any, voyage: VoyageEmulator) -> None:
     with pytest.raises(PriceCatalogError, match="voyage-code-3"):
         await voyage_rag(start_rag, voyage, voyage_model="voyage-code-3")
+
+
+async def test_no_paid_embedding_or_rerank_starts_while_its_cost_could_not_be_recorded(
+    start_rag: Any, voyage: VoyageEmulator, cohere: CohereEmulator, tmp_path: Path
+) -> None:
+    """The cost-event Redis is down and the spool is full at 4 KiB: ingest is refused with UNAVAILABLE before
+    Voyage is called, and writes nothing; a hybrid query goes lexical-only, a vector-only one is refused, rerank
+    keeps the fused order; every call made before is on disk."""
+    spool = tmp_path / "spool"
+    rag = await voyage_rag(start_rag, voyage, cohere_api_key=COHERE_KEY, cohere_base_url=cohere.base_url,
+                           cost_events_redis_url=f"redis://127.0.0.1:{free_port()}/0", cost_spool_dir=str(spool),
+                           cost_spool_max_bytes=4096)
+    tenant = new_tenant()
+    stored: list[str] = []
+    for n in range(40):  # one event is ~1 KB: 40 accepted documents would mean the limit is not enforced
+        sent = len(voyage.requests)
+        try:
+            await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
+                document_id=f"d{n}", content_type="text/plain", content=report(3, f"wing{n}")), metadata=md(tenant))
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            assert "not called" in (err.details() or "") and "spool full" in (err.details() or "")
+            assert len(voyage.requests) == sent
+            break
+        stored.append(f"d{n}")
+    else:
+        pytest.fail("rag kept calling Voyage with a full cost-event spool")
+    assert stored
+    listed = await rag.stub.ListDocuments(rag_pb2.ListDocumentsRequest(), metadata=md(tenant))
+    assert [d.document_id for d in listed.documents] == stored  # the refused document left nothing behind
+    calls = len(voyage.requests)
+    query = "wing0 lift and drag"  # not embedded before: no cached vector
+    res = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=query, top_k=3, rerank=True), metadata=md(tenant))
+    assert res.chunks and len(voyage.requests) == calls and not cohere.requests
+    assert any("lexical results only" in n and "not called" in n for n in res.notes)
+    assert res.rerank_note.startswith("rerank failed") and "not called" in res.rerank_note
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=query, mode=rag_pb2.RETRIEVAL_MODE_VECTOR),
+                                metadata=md(tenant))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and len(voyage.requests) == calls
+    spooled: list[CostEvent] = []
+    for _ in range(100):
+        spooled = [CostEvent.model_validate_json(ln) for f in spool.iterdir() if f.is_file()
+                   for ln in f.read_bytes().splitlines() if ln.strip()]
+        if len(spooled) >= calls:
+            break
+        await asyncio.sleep(0.05)
+    assert sum(e.usage.requests for e in spooled if e.provider == "voyage") == calls  # every call billed
