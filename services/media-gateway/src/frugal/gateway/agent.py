@@ -16,7 +16,7 @@ from livekit.plugins import silero
 from frugal.common.cost_events import CostEventProducer, CostKind
 from frugal.common.pricing import PriceCatalog
 from frugal.common.session_cost import SessionCost
-from frugal.gateway import session_end, stt_gate, tts_cache
+from frugal.gateway import session_end, spend_guard, stt_gate, tts_cache
 from frugal.gateway.clients import MeshClients, ResolvedTenant
 from frugal.gateway.config import Settings
 from frugal.gateway.long_answers import LongAnswerPolicy, LongAnswers
@@ -148,6 +148,8 @@ def build_session(
         tts_engine, tenant_id=tenant.tenant_id, voice=settings.elevenlabs_voice_id or "default",
         session_id=session_id, meter=meter, provider=tts_label.provider, model=tts_label.model,
         offline=tts_label.offline, store=tts_store)
+    # Outermost: no paid synthesis while its cost could not be recorded (and no silence in the cache).
+    tts_engine = spend_guard.guard_tts(tts_engine, offline=tts_label.offline, why_not=meter.why_not_spend)
     session: AgentSession[None] = AgentSession(
         vad=vad_model, stt=stt_engine, tts=tts_engine, llm=session_llm, turn_handling=TURN_HANDLING,
         user_away_timeout=user_away_timeout,

@@ -30,6 +30,10 @@ VERDICTS = Counter("gateway_vision_verdicts_total", "Verdicts from vision-dedup.
 VISION_RECONNECTS = Counter("gateway_vision_reconnects_total", "StreamFrames streams (re)opened after a failure.")
 TOOL_CALLS = Counter("gateway_tool_calls_total", "Built-in tool calls, by tool and outcome.", ["tool", "outcome"])
 SPEECH_EVENTS = Counter("gateway_speech_cost_events_total", "STT/TTS cost events emitted.", ["kind", "offline"])
+SPEECH_NOT_CALLED = Counter(
+    "gateway_speech_not_called_total",
+    "STT audio chunks and TTS utterances not sent to a paid provider: their cost could not be recorded durably.",
+    ["kind"])
 LONG_ANSWERS = Counter("gateway_long_answers_total",
                        "Long answers spoken in short and posted whole to the room chat.")
 ROUTER_RECOVERY_CHECKS = Counter("gateway_router_recovery_checks_total",

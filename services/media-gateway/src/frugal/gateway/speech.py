@@ -27,7 +27,7 @@ from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.plugins import deepgram, elevenlabs
 
 from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind
-from frugal.common.cost_recorder import CostRecorder
+from frugal.common.cost_recorder import CostRecorder, CostRecordingUnavailable
 from frugal.common.pricing import PriceCatalog
 from frugal.common.usage import UsageAmounts
 from frugal.gateway import metrics
@@ -204,6 +204,14 @@ class SpeechCostMeter:
         self._session: AgentSession[Any] | None = None
         self._labels: dict[CostKind, ProviderLabel] = {}
         self._answers: set[str] = set()
+
+    def why_not_spend(self) -> str | None:
+        """Why no paid STT/TTS request may start now (its cost event could not be spooled), or None."""
+        try:
+            self.recorder.check_can_spend()
+        except CostRecordingUnavailable as err:
+            return str(err)
+        return None
 
     def watch_session(self, session: AgentSession[Any]) -> None:
         """Learns which speeches are model answers (`speech_created` with source generate_reply) and which are

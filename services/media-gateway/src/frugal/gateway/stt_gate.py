@@ -35,6 +35,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from frugal.common.cost_events import CostEvent, CostKind
+from frugal.gateway.spend_guard import RefusalLog
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # Silero's window at 16 kHz: 32 ms
@@ -92,6 +93,8 @@ class GateStats:
     seen_s: float = 0.0
     forwarded_s: float = 0.0
     keepalives: int = 0
+    # Of forwarded_s, the audio held back because no paid request could start (frugal.gateway.spend_guard).
+    withheld_s: float = 0.0
     # Forwarded spans on the media clock, seconds.
     spans: list[tuple[float, float]] = field(default_factory=list)
 
@@ -279,12 +282,16 @@ class GatedSTT(stt.STT[Any]):
     engine's (its usage events are the audio it was actually sent: what the provider bills)."""
 
     def __init__(self, inner: stt.STT[Any], config: GateConfig | None = None,
-                 on_stream_end: Callable[[SttGate], Awaitable[None]] | None = None) -> None:
+                 on_stream_end: Callable[[SttGate], Awaitable[None]] | None = None,
+                 why_not_spend: Callable[[], str | None] | None = None) -> None:
         super().__init__(capabilities=inner.capabilities)
         self.inner = inner
         self.config = config or GateConfig()
         self.gates: list[SttGate] = []  # one per stream, for the session report
         self.on_stream_end = on_stream_end
+        # frugal.gateway.spend_guard: while it gives a reason, audio the gate would send is held back.
+        self.why_not_spend = why_not_spend
+        self.refusals = RefusalLog("stt")
 
     @property
     def model(self) -> str:
@@ -320,6 +327,8 @@ class _GatedStream(stt.RecognizeStream):
     async def _run(self) -> None:
         vad = SpeechProbability()
         inner = self._inner
+        owner = self._stt
+        assert isinstance(owner, GatedSTT)
 
         async def forward() -> None:
             async for ev in inner:
@@ -333,6 +342,10 @@ class _GatedStream(stt.RecognizeStream):
                     continue
                 for window, prob in vad.windows(np.frombuffer(data.data, dtype=np.int16)):
                     step = self._gate.push(window.tobytes(), WINDOW / SAMPLE_RATE, prob)
+                    if step.forward and (why := owner.why_not_spend and owner.why_not_spend()):
+                        owner.refusals.refused_because(why)
+                        self._gate.stats.withheld_s += len(step.forward) * WINDOW / SAMPLE_RATE
+                        continue
                     for chunk in step.forward:
                         inner.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
                     if step.closed:  # speech ended: ask for the final transcript now
@@ -344,8 +357,7 @@ class _GatedStream(stt.RecognizeStream):
                 forwarder.cancel()
             await asyncio.gather(forwarder, return_exceptions=True)
             await inner.aclose()
-            owner = self._stt
-            if isinstance(owner, GatedSTT) and owner.on_stream_end is not None:
+            if owner.on_stream_end is not None:
                 try:
                     await owner.on_stream_end(self._gate)
                 except Exception:  # a record of audio NOT sent: never fail the stream for it
@@ -358,13 +370,16 @@ class _Meter(Protocol):
     def record_free(self, *, kind: CostKind, provider: str, model: str, offline: bool, saved_by: str,
                     attributes: dict[str, str]) -> CostEvent: ...
 
+    def why_not_spend(self) -> str | None: ...
+
 
 def stream_attributes(gate: SttGate) -> dict[str, str]:
     """What a zero-cost record of a gated stream carries: the audio the gateway had (`stream_seconds`), so the
     session report's naive baseline can price "STT streamed for the whole session" (what was billed is in the
     meter's own events)."""
     return {"stt_gate": "on", "stream_seconds": f"{gate.stats.seen_s:.3f}",
-            "forwarded_seconds": f"{gate.stats.forwarded_s:.3f}", "keepalives_due": str(gate.stats.keepalives)}
+            "forwarded_seconds": f"{gate.stats.forwarded_s - gate.stats.withheld_s:.3f}",
+            "keepalives_due": str(gate.stats.keepalives)}
 
 
 def maybe_gate(engine: stt.STT[Any], *, offline: bool, settings: GateSettings | None = None,
@@ -381,4 +396,4 @@ def maybe_gate(engine: stt.STT[Any], *, offline: bool, settings: GateSettings | 
         meter.record_free(kind=CostKind.STT, provider=engine.provider, model=engine.model, offline=False,
                           saved_by="stt_gate", attributes=stream_attributes(gate))
 
-    return GatedSTT(engine, cfg, on_stream_end=on_end)
+    return GatedSTT(engine, cfg, on_stream_end=on_end, why_not_spend=meter.why_not_spend)

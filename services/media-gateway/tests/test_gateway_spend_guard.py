@@ -1,0 +1,171 @@
+"""No paid speech request while its cost could not be recorded durably (frugal.gateway.spend_guard): the real
+ElevenLabs and Deepgram plugins against their emulators, a real CostEventProducer whose spool fills up."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from livekit import rtc
+from livekit.plugins import deepgram, elevenlabs
+
+from frugal.common.cost_events import CostEventProducer, CostKind
+from frugal.common.pricing import default_catalog
+from frugal.common.redis_client import create_redis
+from frugal.common.usage import UsageAmounts
+from frugal.devkit.devstack import free_port
+from frugal.devkit.emulators.deepgram import DeepgramEmulator
+from frugal.devkit.emulators.elevenlabs import ElevenLabsEmulator
+from frugal.devkit.sessions.catalog import SessionDef, Turn
+from frugal.devkit.sessions.media import mic_track
+from frugal.gateway.speech import OFFLINE_SECONDS_PER_CHAR, ProviderLabel, SpeechCostMeter
+from frugal.gateway.spend_guard import SpendGuardedTTS, guard_tts
+from frugal.gateway.stt_gate import SAMPLE_RATE, GateSettings, maybe_gate
+from frugal.gateway.tts_cache import CachedTTS, LocalStore, TtsAudioCache
+
+# One question in twelve seconds of room audio.
+ASK = SessionDef(name="ask", title="one question", room="tenant_org_x_ask", seconds=12.0, seed=11,
+                 turns=(Turn(3.0, "Can you check the invoice total for March?", "x"),))
+
+
+class Switch:
+    """A why-not-spend source the test turns on and off; also the meter side the STT hook reads
+    (maybe_gate takes the session meter's `why_not_spend` and `record_free`)."""
+
+    def __init__(self) -> None:
+        self.why: str | None = None
+        self.records: list[dict[str, str]] = []
+
+    def __call__(self) -> str | None:
+        return self.why
+
+    def why_not_spend(self) -> str | None:
+        return self.why
+
+    def record_free(self, *, kind: CostKind, provider: str, model: str, offline: bool, saved_by: str,
+                    attributes: dict[str, str]) -> Any:
+        self.records.append(attributes)
+
+
+async def _speak(engine: SpendGuardedTTS, text: str) -> bytes:
+    out = b""
+    async with engine.synthesize(text) as stream:
+        async for ev in stream:
+            out += ev.frame.data.tobytes()
+    return out
+
+
+async def test_tts_sends_nothing_while_costs_cannot_be_recorded_and_caches_no_silence() -> None:
+    switch = Switch()
+    line = "Sure, one moment."
+    async with ElevenLabsEmulator() as emu, aiohttp.ClientSession() as http:
+        inner = elevenlabs.TTS(api_key="k", base_url=emu.base_url, http_session=http, encoding="pcm_24000")
+        cached = CachedTTS(inner, TtsAudioCache(LocalStore(1 << 20)), tenant_id="org_a", voice="v1")
+        engine = guard_tts(cached, offline=False, why_not=switch)
+        assert isinstance(engine, SpendGuardedTTS)
+        assert guard_tts(cached, offline=True, why_not=switch) is cached  # the offline stand-in costs nothing
+        switch.why = "cost-event spool full"
+        silent = await _speak(engine, line)
+        assert emu.billed_characters == 0 and not emu.requests
+        # the offline stand-in's silence, as long as the line would take to say (to the emitter's frame)
+        assert silent == bytes(len(silent))
+        assert abs(len(silent) // 2 - 24000 * OFFLINE_SECONDS_PER_CHAR * len(line)) <= 480
+        assert engine.refusals.refused == 1
+        switch.why = None
+        spoken = await _speak(engine, line)
+        assert emu.billed_characters == len(line)  # the refused line was not cached as silence
+        assert spoken != bytes(len(spoken))
+        assert await _speak(engine, line) == spoken and emu.billed_characters == len(line)  # now from the cache
+
+
+async def test_meter_refuses_paid_speech_once_its_spool_is_full(tmp_path: Path) -> None:
+    """The meter's reason comes from its producer: Redis for cost events down, a 4 KiB spool."""
+    producer = CostEventProducer(create_redis(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5),
+                                 name="gw-guard", spool_dir=tmp_path / "spool", spool_max_bytes=4096)
+    meter = SpeechCostMeter(producer, default_catalog(), tenant_id="org_a", session_id="s-guard")
+    label = ProviderLabel(CostKind.TTS, "elevenlabs", "eleven_flash_v2_5", False, "eleven_flash_v2_5")
+    try:
+        assert meter.why_not_spend() is None
+        why = None
+        for n in range(1, 200):  # 4 KiB hold a few events; 200 means the limit is not enforced
+            meter.record(label, UsageAmounts(characters=40, requests=1), f"req-{n}")
+            for _ in range(200):
+                if producer.pending >= n:
+                    break
+                await asyncio.sleep(0.01)
+            assert producer.pending == n  # spooled, none lost
+            if (why := meter.why_not_spend()) is not None:
+                break
+        assert why is not None and "spool full" in why
+    finally:
+        await meter.aclose()
+        await producer.aclose()
+
+
+async def test_gated_stt_holds_back_audio_while_costs_cannot_be_recorded() -> None:
+    switch = Switch()
+    pcm, _ = mic_track(ASK)
+
+    async def billed(why: str | None) -> tuple[float, float, float]:
+        switch.why = why
+        async with DeepgramEmulator() as emu, aiohttp.ClientSession() as http:
+            inner = deepgram.STT(api_key="k", base_url=emu.base_url, http_session=http, model="nova-3",
+                                 sample_rate=SAMPLE_RATE)
+            engine = maybe_gate(inner, offline=False, settings=GateSettings(), meter=switch)
+            stream = engine.stream()
+            for i in range(0, len(pcm), 320):
+                chunk = pcm[i:i + 320]
+                stream.push_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, len(chunk)))
+            stream.end_input()
+            async for _ in stream:
+                pass
+            await stream.aclose()
+            gate = engine.gates[0]  # type: ignore[attr-defined]
+            # the stream's zero-cost record says what was really sent
+            assert float(switch.records[-1]["forwarded_seconds"]) == pytest.approx(
+                gate.stats.forwarded_s - gate.stats.withheld_s, abs=0.01)
+            return emu.billed_audio_seconds, gate.stats.forwarded_s, gate.stats.withheld_s
+
+    sent, forwarded, withheld = await billed(None)
+    assert sent == pytest.approx(forwarded, abs=0.1) and sent > 1.0 and withheld == 0
+    sent, forwarded, withheld = await billed("cost-event spool full")
+    assert sent == 0 and withheld == pytest.approx(forwarded) and withheld > 1.0
+
+
+async def test_a_session_built_by_the_gateway_speaks_no_paid_tts_once_its_spool_is_full(tmp_path: Path) -> None:
+    """The wiring in build_session: the session's TTS asks the session meter, whose producer's spool is full."""
+    from frugal.api.billing.v1 import billing_pb2
+    from frugal.gateway.agent import build_session, load_vad
+    from frugal.gateway.clients import MeshClients, ResolvedTenant
+    from frugal.gateway.config import Settings
+
+    producer = CostEventProducer(create_redis(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5),
+                                 name="gw-session", spool_dir=tmp_path / "spool", spool_max_bytes=4096)
+    async with ElevenLabsEmulator() as emu, aiohttp.ClientSession() as http:
+        settings = Settings(grpc_port=0, metrics_port=0, log_format="text", elevenlabs_api_key="k",
+                            elevenlabs_base_url=emu.base_url, elevenlabs_encoding="pcm_24000")
+        clients = MeshClients(settings)
+        tenant = ResolvedTenant("org_a", "tenant_org_a_room", billing_pb2.TenantPolicy(tenant_id="org_a"))
+        parts = build_session(settings, clients, tenant, "s-wired", vad_model=load_vad(), producer=producer,
+                              catalog=default_catalog(), http_session=http, user_away_timeout=None)
+        engine = parts.session.tts
+        assert engine is not None
+        try:
+            frames = await engine.synthesize("Hello there.").collect()
+            assert len(emu.requests) == 1 and frames.duration > 0  # paid while the spool has room
+            for n in range(200):
+                parts.meter.record(parts.tts_label, UsageAmounts(characters=40, requests=1), f"r{n}")
+                await asyncio.sleep(0.02)
+                if parts.meter.why_not_spend() is not None:
+                    break
+            else:
+                pytest.fail("the session meter never saw the spool full")
+            await engine.synthesize("A different sentence, not cached.").collect()
+            assert len(emu.requests) == 1  # nothing more was sent to ElevenLabs
+        finally:
+            await parts.meter.aclose()
+            await clients.aclose()
+            await producer.aclose()
