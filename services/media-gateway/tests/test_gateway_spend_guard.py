@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from livekit import rtc
 from livekit.plugins import deepgram, elevenlabs
 
 from frugal.common.cost_events import CostEventProducer, CostKind
@@ -21,6 +20,7 @@ from frugal.devkit.emulators.deepgram import DeepgramEmulator
 from frugal.devkit.emulators.elevenlabs import ElevenLabsEmulator
 from frugal.devkit.sessions.catalog import SessionDef, Turn
 from frugal.devkit.sessions.media import mic_track
+from frugal.devkit.speech import run_stt_stream, synthesized_pcm
 from frugal.gateway.speech import OFFLINE_SECONDS_PER_CHAR, ProviderLabel, SpeechCostMeter
 from frugal.gateway.spend_guard import SpendGuardedTTS, guard_tts
 from frugal.gateway.stt_gate import SAMPLE_RATE, GateSettings, maybe_gate
@@ -50,14 +50,6 @@ class Switch:
         self.records.append(attributes)
 
 
-async def _speak(engine: SpendGuardedTTS, text: str) -> bytes:
-    out = b""
-    async with engine.synthesize(text) as stream:
-        async for ev in stream:
-            out += ev.frame.data.tobytes()
-    return out
-
-
 async def test_tts_sends_nothing_while_costs_cannot_be_recorded_and_caches_no_silence() -> None:
     switch = Switch()
     line = "Sure, one moment."
@@ -68,17 +60,18 @@ async def test_tts_sends_nothing_while_costs_cannot_be_recorded_and_caches_no_si
         assert isinstance(engine, SpendGuardedTTS)
         assert guard_tts(cached, offline=True, why_not=switch) is cached  # the offline stand-in costs nothing
         switch.why = "cost-event spool full"
-        silent = await _speak(engine, line)
+        silent = await synthesized_pcm(engine, line)
         assert emu.billed_characters == 0 and not emu.requests
         # the offline stand-in's silence, as long as the line would take to say (to the emitter's frame)
         assert silent == bytes(len(silent))
         assert abs(len(silent) // 2 - 24000 * OFFLINE_SECONDS_PER_CHAR * len(line)) <= 480
         assert engine.refusals.refused == 1
         switch.why = None
-        spoken = await _speak(engine, line)
+        spoken = await synthesized_pcm(engine, line)
         assert emu.billed_characters == len(line)  # the refused line was not cached as silence
         assert spoken != bytes(len(spoken))
-        assert await _speak(engine, line) == spoken and emu.billed_characters == len(line)  # now from the cache
+        assert await synthesized_pcm(engine, line) == spoken  # now from the cache
+        assert emu.billed_characters == len(line)
 
 
 async def test_meter_refuses_paid_speech_once_its_spool_is_full(tmp_path: Path) -> None:
@@ -115,14 +108,7 @@ async def test_gated_stt_holds_back_audio_while_costs_cannot_be_recorded() -> No
             inner = deepgram.STT(api_key="k", base_url=emu.base_url, http_session=http, model="nova-3",
                                  sample_rate=SAMPLE_RATE)
             engine = maybe_gate(inner, offline=False, settings=GateSettings(), meter=switch)
-            stream = engine.stream()
-            for i in range(0, len(pcm), 320):
-                chunk = pcm[i:i + 320]
-                stream.push_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, len(chunk)))
-            stream.end_input()
-            async for _ in stream:
-                pass
-            await stream.aclose()
+            await run_stt_stream(engine, pcm, SAMPLE_RATE)
             gate = engine.gates[0]  # type: ignore[attr-defined]
             # the stream's zero-cost record says what was really sent
             assert float(switch.records[-1]["forwarded_seconds"]) == pytest.approx(

@@ -15,6 +15,7 @@ from frugal.common.usage import UsageAmounts
 from frugal.devkit.emulators.deepgram import DeepgramEmulator
 from frugal.devkit.sessions.catalog import SessionDef, Turn
 from frugal.devkit.sessions.media import mic_track
+from frugal.devkit.speech import run_stt_stream
 from frugal.gateway.stt_gate import SAMPLE_RATE, WINDOW, GateConfig, SttGate, gate_pcm
 
 FRAME = b"\x00\x00" * WINDOW
@@ -166,14 +167,7 @@ async def test_gated_stream_leaves_a_record_of_the_audio_it_had() -> None:
         inner = deepgram.STT(api_key="k", base_url=emu.base_url, http_session=http, model="nova-3",
                              sample_rate=SAMPLE_RATE)
         engine = maybe_gate(inner, offline=False, settings=GateSettings(), meter=meter)
-        stream = engine.stream()
-        for i in range(0, len(pcm), 320):
-            chunk = pcm[i:i + 320]
-            stream.push_frame(rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, len(chunk)))
-        stream.end_input()
-        async for _ in stream:
-            pass
-        await stream.aclose()
+        await run_stt_stream(engine, pcm, SAMPLE_RATE)
     [record] = meter.events
     assert record.cost_usd == 0 and float(record.attributes["stream_seconds"]) == pytest.approx(SHORT.seconds, abs=0.05)
     # built by the one recorder: its own attempt id and nonce, what saved it

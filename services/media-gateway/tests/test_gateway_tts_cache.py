@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from livekit.plugins import elevenlabs
 
 from frugal.devkit.emulators.elevenlabs import ElevenLabsEmulator
+from frugal.devkit.speech import synthesized_pcm
 from frugal.gateway.tts_cache import AudioStore, CacheConfig, CachedTTS, LocalStore, RedisStore, TtsAudioCache
 
 
@@ -20,14 +21,6 @@ async def emu() -> AsyncIterator[ElevenLabsEmulator]:
         yield e
 
 
-async def _speak(engine: CachedTTS, text: str) -> bytes:
-    out = b""
-    async with engine.synthesize(text) as stream:
-        async for ev in stream:
-            out += ev.frame.data.tobytes()
-    return out
-
-
 async def _run(emu: ElevenLabsEmulator, store: AudioStore) -> None:
     async with aiohttp.ClientSession() as http:
         inner = elevenlabs.TTS(api_key="k", base_url=emu.base_url, http_session=http, encoding="pcm_24000")
@@ -35,19 +28,19 @@ async def _run(emu: ElevenLabsEmulator, store: AudioStore) -> None:
         cache = TtsAudioCache(store)
         a = CachedTTS(inner, cache, tenant_id="org_a", voice="v1", on_hit=lambda t, n: hits.append((t, n)))
         line = "Sure, one moment."
-        first = await _speak(a, line)
+        first = await synthesized_pcm(a, line)
         assert emu.billed_characters == len(line)
-        second = await _speak(a, "Sure,  one moment. ")  # the same line, other whitespace
+        second = await synthesized_pcm(a, "Sure,  one moment. ")  # the same line, other whitespace
         assert emu.billed_characters == len(line)  # not synthesised (nor billed) again
         assert second == first and len(first) > 0
         assert hits == [("Sure,  one moment. ", len("Sure,  one moment. "))]
         assert cache.stats.hits == 1 and cache.stats.misses == 1
         # another tenant, or another voice, never gets this audio
         b = CachedTTS(inner, cache, tenant_id="org_b", voice="v1")
-        await _speak(b, line)
+        await synthesized_pcm(b, line)
         assert emu.billed_characters == 2 * len(line)
         c = CachedTTS(inner, cache, tenant_id="org_a", voice="v2")
-        await _speak(c, line)
+        await synthesized_pcm(c, line)
         assert emu.billed_characters == 3 * len(line)
 
 
@@ -64,14 +57,14 @@ async def test_long_answers_and_disabled_cache_are_synthesised_every_time(emu: E
         inner = elevenlabs.TTS(api_key="k", base_url=emu.base_url, http_session=http, encoding="pcm_24000")
         off = CachedTTS(inner, TtsAudioCache(LocalStore(1 << 20), CacheConfig(enabled=False)), tenant_id="org_a",
                         voice="v1")
-        await _speak(off, "Hello.")
-        await _speak(off, "Hello.")
+        await synthesized_pcm(off, "Hello.")
+        await synthesized_pcm(off, "Hello.")
         assert emu.billed_characters == 12
         small = CachedTTS(inner, TtsAudioCache(LocalStore(1 << 20), CacheConfig(max_chars=10)), tenant_id="org_a",
                           voice="v1")
         long = "This sentence is longer than ten characters."
-        await _speak(small, long)
-        await _speak(small, long)
+        await synthesized_pcm(small, long)
+        await synthesized_pcm(small, long)
         assert emu.billed_characters == 12 + 2 * len(long)
 
 
@@ -106,7 +99,7 @@ async def test_a_hit_is_recorded_through_the_one_recorder_on_the_cost_stream(
                              settings=TtsCacheSettings(), store=LocalStore(1 << 20))
         assert isinstance(engine, CachedTTS)
         for _ in range(2):
-            await _speak(engine, "Sure, one moment.")
+            await synthesized_pcm(engine, "Sure, one moment.")
         await meter.aclose()
     hits = [e for e in meter.events if e.attributes.get("tts_cache") == "hit"]
     assert len(hits) == 1 and emu.billed_characters == len("Sure, one moment.")

@@ -163,6 +163,15 @@ class CostRecorder:
         if self.producer is not None:
             self.producer.check_can_spend()
 
+    def why_not_spend(self) -> str | None:
+        """check_can_spend as a value: why a paid call must not start now, or None. For callers that fall back
+        (an offline description, lexical-only search, silence) rather than fail."""
+        try:
+            self.check_can_spend()
+        except CostRecordingUnavailable as err:
+            return str(err)
+        return None
+
     def attempt(
         self,
         *,

@@ -27,7 +27,7 @@ from livekit.agents.voice.events import SpeechCreatedEvent
 from livekit.plugins import deepgram, elevenlabs
 
 from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind
-from frugal.common.cost_recorder import CostRecorder, CostRecordingUnavailable
+from frugal.common.cost_recorder import CostRecorder
 from frugal.common.pricing import PriceCatalog
 from frugal.common.usage import UsageAmounts
 from frugal.gateway import metrics
@@ -207,11 +207,7 @@ class SpeechCostMeter:
 
     def why_not_spend(self) -> str | None:
         """Why no paid STT/TTS request may start now (its cost event could not be spooled), or None."""
-        try:
-            self.recorder.check_can_spend()
-        except CostRecordingUnavailable as err:
-            return str(err)
-        return None
+        return self.recorder.why_not_spend()
 
     def watch_session(self, session: AgentSession[Any]) -> None:
         """Learns which speeches are model answers (`speech_created` with source generate_reply) and which are

@@ -21,6 +21,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from frugal.gateway import metrics
 from frugal.gateway.speech import OfflineTTS
+from frugal.gateway.wrapped_engine import ReportsInnerEngine
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class RefusalLog:
             log.warning("%s not sent to the provider (%d so far): %s", self.kind.upper(), self.refused, why)
 
 
-class SpendGuardedTTS(tts.TTS[Any]):
+class SpendGuardedTTS(ReportsInnerEngine, tts.TTS[Any]):
     """`inner` while paid requests may start, the offline stand-in's silence while they may not."""
+
+    inner: tts.TTS[Any]
 
     def __init__(self, inner: tts.TTS[Any], why_not: WhyNot) -> None:
         super().__init__(capabilities=inner.capabilities, sample_rate=inner.sample_rate,
@@ -55,14 +58,6 @@ class SpendGuardedTTS(tts.TTS[Any]):
         self._why_not = why_not
         self._silence = OfflineTTS(sample_rate=inner.sample_rate)
         self.refusals = RefusalLog("tts")
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def provider(self) -> str:
-        return self.inner.provider
 
     def _refused(self) -> bool:
         why = self._why_not()

@@ -36,6 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from frugal.common.cost_events import CostEvent, CostKind
 from frugal.gateway.spend_guard import RefusalLog
+from frugal.gateway.wrapped_engine import ReportsInnerEngine
 
 SAMPLE_RATE = 16000
 WINDOW = 512  # Silero's window at 16 kHz: 32 ms
@@ -277,9 +278,11 @@ class GateSettings(BaseSettings):
                           energy_hold_db=min(_DEFAULT.energy_hold_db, onset or _DEFAULT.energy_hold_db))
 
 
-class GatedSTT(stt.STT[Any]):
+class GatedSTT(ReportsInnerEngine, stt.STT[Any]):
     """A streaming STT that only receives audio around speech. Transcripts, usage and errors are the wrapped
     engine's (its usage events are the audio it was actually sent: what the provider bills)."""
+
+    inner: stt.STT[Any]
 
     def __init__(self, inner: stt.STT[Any], config: GateConfig | None = None,
                  on_stream_end: Callable[[SttGate], Awaitable[None]] | None = None,
@@ -292,14 +295,6 @@ class GatedSTT(stt.STT[Any]):
         # frugal.gateway.spend_guard: while it gives a reason, audio the gate would send is held back.
         self.why_not_spend = why_not_spend
         self.refusals = RefusalLog("stt")
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def provider(self) -> str:
-        return self.inner.provider
 
     async def _recognize_impl(self, buffer: Any, *, language: Any = NOT_GIVEN,
                               conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS) -> stt.SpeechEvent:

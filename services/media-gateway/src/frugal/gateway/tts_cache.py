@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 
 from frugal.common.cost_events import CostEvent, CostKind
+from frugal.gateway.wrapped_engine import ReportsInnerEngine
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,11 @@ class TtsAudioCache:
 HitCallback = Callable[[str, int], Awaitable[None] | None]  # (text, characters served)
 
 
-class CachedTTS(tts.TTS[Any]):
+class CachedTTS(ReportsInnerEngine, tts.TTS[Any]):
     """A per-tenant, per-voice audio cache in front of a TTS engine (non-streaming: one utterance per call,
     so the session's sentence splitting makes every repeated sentence a candidate)."""
+
+    inner: tts.TTS[Any]
 
     def __init__(self, inner: tts.TTS[Any], cache: TtsAudioCache, *, tenant_id: str, voice: str,
                  on_hit: HitCallback | None = None) -> None:
@@ -157,14 +160,6 @@ class CachedTTS(tts.TTS[Any]):
         self.tenant_id = tenant_id
         self.voice = voice
         self.on_hit = on_hit
-
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def provider(self) -> str:
-        return self.inner.provider
 
     def key(self, text: str) -> str:
         return cache_key(self.tenant_id, self.voice, self.inner.model, self.sample_rate, text)

@@ -24,7 +24,7 @@ import asyncpg
 
 from frugal.common import errors
 from frugal.common.cost_events import CostEventProducer, CostKind
-from frugal.common.cost_recorder import CostRecorder, CostRecordingUnavailable
+from frugal.common.cost_recorder import CostRecorder
 from frugal.common.db import tenant_transaction
 from frugal.common.metrics import AI_REQUESTS_TOTAL
 from frugal.common.pricing import PriceCatalog
@@ -243,16 +243,6 @@ class RagEngine:
 
     # --- cost events --------------------------------------------------------------------------------
 
-    def _unbillable(self) -> str | None:
-        """Why a paid call must not start now (its cost event could not be spooled), or None. Embedding
-        then fails as a retryable provider error (UNAVAILABLE; a hybrid query goes lexical-only), rerank
-        keeps the fused order."""
-        try:
-            self._recorder.check_can_spend()
-        except CostRecordingUnavailable as err:
-            return str(err)
-        return None
-
     async def _emit(
         self,
         caller: Caller,
@@ -281,7 +271,8 @@ class RagEngine:
         batch_no: int, embedder: Embedder | None = None,
     ) -> tuple[EmbeddingBatch, float]:
         e = embedder or self.embedder
-        if not e.offline and (unbillable := self._unbillable()) is not None:
+        # Its cost could not be recorded durably: a retryable provider error (UNAVAILABLE; hybrid goes lexical).
+        if not e.offline and (unbillable := self._recorder.why_not_spend()) is not None:
             AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
                                      outcome="cost_recording_unavailable").inc()
             raise EmbeddingError(f"{e.provider}/{e.model} not called: {unbillable}")
@@ -802,7 +793,7 @@ class RagEngine:
         deadline: float | None,
     ) -> tuple[list[RetrievedItem], str]:
         docs = [f"{it.chunk.title}\n{it.chunk.content}" if it.chunk.title else it.chunk.content for it in items]
-        if (unbillable := self._unbillable()) is not None:
+        if (unbillable := self._recorder.why_not_spend()) is not None:
             AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="rerank", provider=reranker.provider,
                                      model=reranker.model, outcome="cost_recording_unavailable").inc()
             return items, f"rerank failed, results are in fused order: {reranker.model} not called: {unbillable}"

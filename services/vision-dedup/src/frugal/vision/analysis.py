@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from frugal.api.common.v1 import common_pb2
 from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import CostEvent, CostEventProducer, CostKind
-from frugal.common.cost_recorder import CostRecorder, CostRecordingUnavailable
+from frugal.common.cost_recorder import CostRecorder
 from frugal.common.metrics import AI_REQUESTS_TOTAL
 from frugal.common.pricing import PriceCatalog, TierName
 from frugal.common.usage import UsageAmounts
@@ -292,14 +292,6 @@ class Analyzer:
         self._per_tenant = TenantSlots(self.tenant_slots)
         self.breaker = breaker or CircuitBreaker()
 
-    def _unbillable(self) -> str | None:
-        """Why a paid call must not start now (its cost event could not be spooled), or None."""
-        try:
-            self.recorder.check_can_spend()
-        except CostRecordingUnavailable as err:
-            return str(err)
-        return None
-
     def _tier(self, model: str) -> TierName | None:
         return next((t for t, m in self.catalog.tiers.items() if m == model), None)
 
@@ -310,7 +302,7 @@ class Analyzer:
         started = time.perf_counter()
         fallback_error: str | None = None
         async with self._per_tenant.hold(tenant_id), self._sem:
-            unbillable = None if p.offline else self._unbillable()
+            unbillable = None if p.offline else self.recorder.why_not_spend()
             if unbillable is not None:
                 # No paid call whose cost could not be recorded durably: the frame gets the labelled offline
                 # description instead, as when the circuit is open.
