@@ -256,9 +256,8 @@ async def _delete_chunks(conn: asyncpg.Connection, document_id: str) -> tuple[in
 
 def chunk_tsvector_sql(content: str, context: str = "''") -> str:
     """SQL for a chunk's indexed text: its context line (default: none) and its content, each a column or an
-    expression. The
-    service's insert and the benches' bulk loads (bench/rag) are built from this and posting_tf_sql, so what
-    is indexed cannot drift between them."""
+    expression. The service's insert and the benches' bulk loads (bench/rag) are built from this and
+    posting_tf_sql, so what is indexed cannot drift between them."""
     return f"to_tsvector('english'::regconfig, {context} || E'\\n' || {content})"
 
 
