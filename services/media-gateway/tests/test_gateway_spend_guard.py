@@ -102,23 +102,31 @@ async def test_gated_stt_holds_back_audio_while_costs_cannot_be_recorded() -> No
     switch = Switch()
     pcm, _ = mic_track(ASK)
 
-    async def billed(why: str | None) -> tuple[float, float, float]:
+    async def billed(why: str | None, gate_on: bool = True) -> tuple[float, float, float]:
         switch.why = why
+        switch.records.clear()
         async with DeepgramEmulator() as emu, aiohttp.ClientSession() as http:
             inner = deepgram.STT(api_key="k", base_url=emu.base_url, http_session=http, model="nova-3",
                                  sample_rate=SAMPLE_RATE)
-            engine = maybe_gate(inner, offline=False, settings=GateSettings(), meter=switch)
+            engine = maybe_gate(inner, offline=False, settings=GateSettings(enabled=gate_on), meter=switch)
             await run_stt_stream(engine, pcm, SAMPLE_RATE)
             gate = engine.gates[0]  # type: ignore[attr-defined]
-            # the stream's zero-cost record says what was really sent
-            assert float(switch.records[-1]["forwarded_seconds"]) == pytest.approx(
-                gate.stats.forwarded_s - gate.stats.withheld_s, abs=0.01)
+            if gate_on:  # the stream's zero-cost record says what was really sent
+                assert float(switch.records[-1]["forwarded_seconds"]) == pytest.approx(
+                    gate.stats.forwarded_s - gate.stats.withheld_s, abs=0.01)
+            else:  # the lever is off: it saved nothing, so it records nothing
+                assert switch.records == []
             return emu.billed_audio_seconds, gate.stats.forwarded_s, gate.stats.withheld_s
 
     sent, forwarded, withheld = await billed(None)
     assert sent == pytest.approx(forwarded, abs=0.1) and sent > 1.0 and withheld == 0
     sent, forwarded, withheld = await billed("cost-event spool full")
     assert sent == 0 and withheld == pytest.approx(forwarded) and withheld > 1.0
+    # With the gate lever off the stream carries all the audio, and still none while costs cannot be recorded.
+    sent, forwarded, withheld = await billed(None, gate_on=False)
+    assert sent == pytest.approx(ASK.seconds, abs=0.1) and withheld == 0
+    sent, forwarded, withheld = await billed("cost-event spool full", gate_on=False)
+    assert sent == 0 and withheld == pytest.approx(ASK.seconds, abs=0.1)
 
 
 async def test_a_session_built_by_the_gateway_speaks_no_paid_tts_once_its_spool_is_full(tmp_path: Path) -> None:

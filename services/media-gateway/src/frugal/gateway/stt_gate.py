@@ -219,11 +219,14 @@ class SttGate:
 class SpeechProbability:
     """Silero VAD probabilities for consecutive 32 ms windows of 16 kHz mono int16 audio, in-line."""
 
-    def __init__(self) -> None:
-        from livekit.plugins.silero import onnx_model  # the session's VAD model, from the plugin wheel
+    def __init__(self, *, scored: bool = True) -> None:
+        """`scored=False`: windows only, every probability 1.0 (a disabled gate needs no model)."""
+        self._model: Any = None
+        if scored:
+            from livekit.plugins.silero import onnx_model  # the session's VAD model, from the plugin wheel
 
-        self._model = onnx_model.OnnxModel(onnx_session=onnx_model.new_inference_session(True),
-                                           sample_rate=SAMPLE_RATE)
+            self._model = onnx_model.OnnxModel(onnx_session=onnx_model.new_inference_session(True),
+                                               sample_rate=SAMPLE_RATE)
         self._rest = np.zeros(0, np.float32)
 
     def windows(self, samples: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
@@ -232,7 +235,7 @@ class SpeechProbability:
         n = len(x) // WINDOW
         for i in range(n):
             w = x[i * WINDOW:(i + 1) * WINDOW]
-            yield (w * 32768.0).astype(np.int16), float(self._model(w))
+            yield (w * 32768.0).astype(np.int16), float(self._model(w)) if self._model is not None else 1.0
         self._rest = x[n * WINDOW:]
 
 
@@ -320,10 +323,10 @@ class _GatedStream(stt.RecognizeStream):
         self._gate = gate
 
     async def _run(self) -> None:
-        vad = SpeechProbability()
-        inner = self._inner
         owner = self._stt
         assert isinstance(owner, GatedSTT)
+        vad = SpeechProbability(scored=owner.config.enabled)
+        inner = self._inner
 
         async def forward() -> None:
             async for ev in inner:
@@ -383,8 +386,12 @@ def maybe_gate(engine: stt.STT[Any], *, offline: bool, settings: GateSettings | 
     not streaming (the session's VAD already cuts its segments), so it is left as it is. With `meter`, each
     gated stream leaves a zero-cost record of the audio it had (through the meter's recorder)."""
     cfg = (settings or GateSettings()).config()
-    if offline or not cfg.enabled or not engine.capabilities.streaming:
+    if offline or not engine.capabilities.streaming:
         return engine
+    if not cfg.enabled:
+        # The lever is off: every frame goes through (no VAD, no record of saved audio), but still none while
+        # its cost could not be recorded (frugal.gateway.spend_guard).
+        return engine if meter is None else GatedSTT(engine, cfg, why_not_spend=meter.why_not_spend)
     if meter is None:
         return GatedSTT(engine, cfg)
     async def on_end(gate: SttGate) -> None:
