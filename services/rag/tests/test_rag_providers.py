@@ -3,7 +3,6 @@ speak the providers' wire formats; cost events on the Redis stream; the offline 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import redis.asyncio as aioredis
 from frugal.api.rag.v1 import rag_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent, baseline_cost
 from frugal.common.pricing import PriceCatalogError, default_catalog
+from frugal.devkit.cost_spool import spooled_events
 from frugal.devkit.devstack import free_port
 from frugal.devkit.emulators.cohere import CohereEmulator, CohereReply
 from frugal.devkit.emulators.voyage import VoyageEmulator, VoyageReply
@@ -296,11 +296,5 @@ async def test_no_paid_embedding_or_rerank_starts_while_its_cost_could_not_be_re
         await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=query, mode=rag_pb2.RETRIEVAL_MODE_VECTOR),
                                 metadata=md(tenant))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE and len(voyage.requests) == calls
-    spooled: list[CostEvent] = []
-    for _ in range(100):
-        spooled = [CostEvent.model_validate_json(ln) for f in spool.iterdir() if f.is_file()
-                   for ln in f.read_bytes().splitlines() if ln.strip()]
-        if len(spooled) >= calls:
-            break
-        await asyncio.sleep(0.05)
+    spooled = await spooled_events(spool, at_least=calls)
     assert sum(e.usage.requests for e in spooled if e.provider == "voyage") == calls  # every call billed

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from frugal.api.router.v1 import router_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
+from frugal.devkit.cost_spool import spooled_events
 from frugal.devkit.devstack import free_port
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
 from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply
@@ -170,11 +171,6 @@ async def test_a_router_that_cannot_record_costs_durably_refuses_paid_turns_befo
     # how long a turn waits for its event's fsync (frugal.router.bounded), so the last ones may land just after.
     calls = len(gemini_emu.requests) + len(claude_emu.requests)
     assert calls == answered
-    spooled: list[bytes] = []
-    for _ in range(100):
-        spooled = [ln for f in spool.iterdir() if f.is_file() for ln in f.read_bytes().splitlines() if ln.strip()]
-        if len(spooled) >= calls:
-            break
-        await asyncio.sleep(0.05)
+    spooled = await spooled_events(spool, at_least=calls)
     assert len(spooled) == calls
-    assert {CostEvent.model_validate_json(line).tenant_id for line in spooled} == {"acme"}
+    assert {e.tenant_id for e in spooled} == {"acme"}

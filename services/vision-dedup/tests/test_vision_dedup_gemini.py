@@ -16,6 +16,7 @@ from frugal.api.vision.v1 import vision_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
 from frugal.common.pricing import default_catalog
 from frugal.common.usage import UsageAmounts
+from frugal.devkit.cost_spool import spooled_events
 from frugal.devkit.devstack import free_port
 from frugal.devkit.emulators.gemini import IMAGE_TOKENS, GeminiEmulator, GeminiReply, count_text_tokens
 from frugal.devkit.vision import corpus
@@ -266,12 +267,6 @@ async def test_no_gemini_call_starts_while_its_cost_could_not_be_recorded(
     assert 1 <= len(paid) == len(emu.requests) < 14  # the first calls are made, then none
     assert len(refused) == 14 - len(paid) and all(a.provider.offline for a in refused)
     assert analyses.index(refused[0]) == len(paid)  # once refused, the rest stay refused (nothing drained it)
-    spooled: list[CostEvent] = []
-    for _ in range(100):
-        spooled = [CostEvent.model_validate_json(ln) for f in spool.iterdir() if f.is_file()
-                   for ln in f.read_bytes().splitlines() if ln.strip()]
-        if len(spooled) >= 14:
-            break
-        await asyncio.sleep(0.05)
+    spooled = await spooled_events(spool, at_least=14)
     assert len([e for e in spooled if not e.offline]) == len(emu.requests)  # every paid call is billed
     assert len(spooled) == 14  # and every analysis, paid or not, has its event
