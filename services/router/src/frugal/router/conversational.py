@@ -12,6 +12,7 @@ The labelled conversational turns these weights are fitted on, and their split, 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -144,24 +145,15 @@ STRUCTURE_FEATURES: tuple[str, ...] = (
 )
 
 
+def structure_features(text: str) -> tuple[float, ...]:
+    """Values in the order of STRUCTURE_FEATURES; counts are capped so that one long prompt cannot dominate."""
+    return _structure_features_of_head(text[:STRUCTURE_MAX_CHARS])
+
+
 # A decision reads the same head twice: hybrid-v2's structure score of the turn, then learned-v1's features of
 # its tail (the same string for any turn under TAIL_CHARS). One remembered result serves the second read; it
 # is deliberately not a cache across turns, so a decision costs what it costs on a turn never seen before.
-_last: tuple[str, tuple[float, ...]] = ("", ())
-
-
-def structure_features(text: str) -> tuple[float, ...]:
-    """Values in the order of STRUCTURE_FEATURES; counts are capped so that one long prompt cannot dominate."""
-    global _last
-    head = text[:STRUCTURE_MAX_CHARS]
-    last = _last  # one read: another thread may replace it meanwhile
-    if last[1] and last[0] == head:
-        return last[1]
-    out = _structure_features_of_head(head)
-    _last = (head, out)
-    return out
-
-
+@functools.lru_cache(maxsize=1)
 def _structure_features_of_head(head: str) -> tuple[float, ...]:
     lowered = head.lower()
     words = _TOKEN.findall(lowered)
