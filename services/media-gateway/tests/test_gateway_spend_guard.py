@@ -163,3 +163,32 @@ async def test_a_session_built_by_the_gateway_speaks_no_paid_tts_once_its_spool_
             await parts.meter.aclose()
             await clients.aclose()
             await producer.aclose()
+
+
+async def test_streaming_tts_opens_no_provider_stream_while_costs_cannot_be_recorded() -> None:
+    """With the audio cache off the session streams text to ElevenLabs (websocket): the guard decides when the
+    utterance's stream opens."""
+    switch = Switch()
+    sentence = "The business plan costs forty dollars per seat."
+
+    async def streamed(engine: SpendGuardedTTS) -> bytes:
+        stream = engine.stream()
+        try:
+            stream.push_text(sentence)
+            stream.end_input()
+            return b"".join([ev.frame.data.tobytes() async for ev in stream])
+        finally:
+            await stream.aclose()
+
+    async with ElevenLabsEmulator() as emu, aiohttp.ClientSession() as http:
+        inner = elevenlabs.TTS(api_key="k", base_url=emu.base_url, http_session=http, encoding="pcm_24000")
+        engine = SpendGuardedTTS(inner, switch)
+        assert engine.capabilities.streaming  # the guard keeps the engine's own streaming
+        switch.why = "cost-event spool full"
+        silent = await asyncio.wait_for(streamed(engine), 30)
+        assert not emu.requests and silent and silent == bytes(len(silent))
+        switch.why = None
+        spoken = await asyncio.wait_for(streamed(engine), 30)
+        [req] = emu.requests
+        assert req.mode == "websocket" and spoken != bytes(len(spoken))
+        assert engine.refusals.refused == 1
