@@ -52,26 +52,31 @@ class Switch:
 
 async def test_tts_sends_nothing_while_costs_cannot_be_recorded_and_caches_no_silence() -> None:
     switch = Switch()
-    line = "Sure, one moment."
+    line, greeting = "Sure, one moment.", "Hello, I am the assistant."
     async with ElevenLabsEmulator() as emu, aiohttp.ClientSession() as http:
         inner = elevenlabs.TTS(api_key="k", base_url=emu.base_url, http_session=http, encoding="pcm_24000")
-        cached = CachedTTS(inner, TtsAudioCache(LocalStore(1 << 20)), tenant_id="org_a", voice="v1")
-        engine = guard_tts(cached, offline=False, why_not=switch)
-        assert isinstance(engine, SpendGuardedTTS)
-        assert guard_tts(cached, offline=True, why_not=switch) is cached  # the offline stand-in costs nothing
+        guarded = guard_tts(inner, offline=False, why_not=switch)
+        assert isinstance(guarded, SpendGuardedTTS)
+        assert guard_tts(inner, offline=True, why_not=switch) is inner  # the offline stand-in costs nothing
+        engine = CachedTTS(guarded, TtsAudioCache(LocalStore(1 << 20)), tenant_id="org_a", voice="v1")
+        heard = await synthesized_pcm(engine, greeting)  # cached before the outage
+        assert emu.billed_characters == len(greeting) and heard != bytes(len(heard))
         switch.why = "cost-event spool full"
         silent = await synthesized_pcm(engine, line)
-        assert emu.billed_characters == 0 and not emu.requests
+        assert emu.billed_characters == len(greeting) and len(emu.requests) == 1
         # the offline stand-in's silence, as long as the line would take to say (to the emitter's frame)
         assert silent == bytes(len(silent))
         assert abs(len(silent) // 2 - 24000 * OFFLINE_SECONDS_PER_CHAR * len(line)) <= 480
-        assert engine.refusals.refused == 1
+        assert guarded.refusals.refused == 1
+        # a cached phrase costs nothing: it still plays, and nothing is asked of the guard or the provider
+        assert await synthesized_pcm(engine, greeting) == heard
+        assert len(emu.requests) == 1 and guarded.refusals.refused == 1
         switch.why = None
         spoken = await synthesized_pcm(engine, line)
-        assert emu.billed_characters == len(line)  # the refused line was not cached as silence
+        assert emu.billed_characters == len(greeting) + len(line)  # the refused line was not cached as silence
         assert spoken != bytes(len(spoken))
         assert await synthesized_pcm(engine, line) == spoken  # now from the cache
-        assert emu.billed_characters == len(line)
+        assert emu.billed_characters == len(greeting) + len(line)
 
 
 async def test_meter_refuses_paid_speech_once_its_spool_is_full(tmp_path: Path) -> None:
@@ -144,12 +149,13 @@ async def test_a_session_built_by_the_gateway_speaks_no_paid_tts_once_its_spool_
         clients = MeshClients(settings)
         tenant = ResolvedTenant("org_a", "tenant_org_a_room", billing_pb2.TenantPolicy(tenant_id="org_a"))
         parts = build_session(settings, clients, tenant, "s-wired", vad_model=load_vad(), producer=producer,
-                              catalog=default_catalog(), http_session=http, user_away_timeout=None)
+                              catalog=default_catalog(), http_session=http, user_away_timeout=None,
+                              tts_store=LocalStore(1 << 20))
         engine = parts.session.tts
         assert engine is not None
         try:
-            frames = await engine.synthesize("Hello there.").collect()
-            assert len(emu.requests) == 1 and frames.duration > 0  # paid while the spool has room
+            greeting = await synthesized_pcm(engine, "Hello there.")
+            assert len(emu.requests) == 1 and greeting != bytes(len(greeting))  # paid while the spool has room
             for n in range(200):
                 parts.meter.record(parts.tts_label, UsageAmounts(characters=40, requests=1), f"r{n}")
                 await asyncio.sleep(0.02)
@@ -157,8 +163,10 @@ async def test_a_session_built_by_the_gateway_speaks_no_paid_tts_once_its_spool_
                     break
             else:
                 pytest.fail("the session meter never saw the spool full")
-            await engine.synthesize("A different sentence, not cached.").collect()
-            assert len(emu.requests) == 1  # nothing more was sent to ElevenLabs
+            silent = await synthesized_pcm(engine, "A different sentence, not cached.")
+            assert len(emu.requests) == 1 and silent == bytes(len(silent))  # nothing more sent to ElevenLabs
+            assert await synthesized_pcm(engine, "Hello there.") == greeting  # a cached phrase still plays
+            assert len(emu.requests) == 1
         finally:
             await parts.meter.aclose()
             await clients.aclose()

@@ -144,12 +144,13 @@ def build_session(
     stt_engine = stt_gate.maybe_gate(stt_engine, offline=stt_label.offline, meter=meter)  # STT only on speech
     meter.watch_stt(stt_engine, stt_label)
     meter.watch_tts(tts_engine, tts_label)
+    # No paid synthesis while its cost could not be recorded. Inside the cache: its hits cost nothing and
+    # still play, and it keeps none of the guard's silence.
+    tts_engine = spend_guard.guard_tts(tts_engine, offline=tts_label.offline, why_not=meter.why_not_spend)
     tts_engine = tts_cache.maybe_cache(  # repeated utterances from the audio cache (after the meter's watch)
         tts_engine, tenant_id=tenant.tenant_id, voice=settings.elevenlabs_voice_id or "default",
         session_id=session_id, meter=meter, provider=tts_label.provider, model=tts_label.model,
         offline=tts_label.offline, store=tts_store)
-    # Outermost: no paid synthesis while its cost could not be recorded (and no silence in the cache).
-    tts_engine = spend_guard.guard_tts(tts_engine, offline=tts_label.offline, why_not=meter.why_not_spend)
     session: AgentSession[None] = AgentSession(
         vad=vad_model, stt=stt_engine, tts=tts_engine, llm=session_llm, turn_handling=TURN_HANDLING,
         user_away_timeout=user_away_timeout,

@@ -138,10 +138,10 @@ class OfflineTTS(tts.TTS[Any]):
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
     ) -> tts.ChunkedStream:
-        return _SilentStream(tts=self, input_text=text, conn_options=conn_options)
+        return SilentStream(tts=self, input_text=text, conn_options=conn_options)
 
 
-class _SilentStream(tts.ChunkedStream):
+class SilentStream(tts.ChunkedStream):
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         rate = self._tts.sample_rate
         output_emitter.initialize(request_id=uuid.uuid4().hex, sample_rate=rate, num_channels=1, mime_type="audio/pcm")

@@ -2,9 +2,10 @@
 
 When the cost-event spool is full or cannot be written (the cost Redis away for long), the router refuses
 turns and rag and vision-dedup start no paid call. The gateway's speech does the same:
-- TTS (`SpendGuardedTTS`, the outermost TTS wrapper): an utterance gets the offline stand-in's silence of the
-  same length and no request goes to the provider. It sits outside the audio cache so that the silence is
-  never cached as the phrase's audio (cache hits are silent too while it lasts; they would have been free).
+- TTS (`SpendGuardedTTS`, right around the paid engine, inside the audio cache): an utterance that is not in
+  the cache gets the offline stand-in's silence of the same length (a `NotCalledStream`) and no request goes
+  to the provider. The cache keeps no such silence as a phrase's audio, and its hits still play: they cost
+  nothing, so a greeting or an apology heard before is still heard during the outage.
 - STT: the gate (frugal.gateway.stt_gate) holds back audio chunks it would have sent.
 Each refusal is logged (at most every 10 s) and counted in `gateway_speech_not_called_total{kind}`.
 """
@@ -20,7 +21,7 @@ from livekit.agents import tokenize, tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 
 from frugal.gateway import metrics
-from frugal.gateway.speech import OfflineTTS
+from frugal.gateway.speech import OfflineTTS, SilentStream
 from frugal.gateway.wrapped_engine import ReportsInnerEngine
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ class RefusalLog:
         if now - self._last >= self.every_s:
             self._last = now
             log.warning("%s not sent to the provider (%d so far): %s", self.kind.upper(), self.refused, why)
+
+
+class NotCalledStream(SilentStream):
+    """A refused utterance's silence: a stand-in, not the phrase's audio (frugal.gateway.tts_cache keeps none)."""
 
 
 class SpendGuardedTTS(ReportsInnerEngine, tts.TTS[Any]):
@@ -70,7 +75,7 @@ class SpendGuardedTTS(ReportsInnerEngine, tts.TTS[Any]):
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
     ) -> tts.ChunkedStream:
         if self._refused():
-            return self._silence.synthesize(text, conn_options=conn_options)
+            return NotCalledStream(tts=self._silence, input_text=text, conn_options=conn_options)
         return self.inner.synthesize(text, conn_options=conn_options)
 
     def stream(self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS) -> tts.SynthesizeStream:

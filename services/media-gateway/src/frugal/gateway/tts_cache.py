@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisError
 
 from frugal.common.cost_events import CostEvent, CostKind
+from frugal.gateway.spend_guard import NotCalledStream
 from frugal.gateway.wrapped_engine import ReportsInnerEngine
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,8 @@ class _CachedStream(tts.ChunkedStream):
                 chunks.append(data)
                 output_emitter.push(data)
         output_emitter.flush()
-        if key is not None and chunks:
+        # A refused synthesis (frugal.gateway.spend_guard) played silence: not the phrase's audio.
+        if key is not None and chunks and not isinstance(stream, NotCalledStream):
             await cache.put(key, b"".join(chunks))
 
 
