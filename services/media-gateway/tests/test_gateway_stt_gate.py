@@ -210,3 +210,27 @@ def test_level_criterion_ignores_digital_silence_dither() -> None:
     gate = SttGate(GateConfig(pre_roll_s=0.0, post_roll_s=0.0))
     frames = [b"\x00\x00" * WINDOW] * 50 + [_tone_frame(0.0001, i) for i in range(50)]  # -80 dBFS: below -70
     assert not any(gate.push(f, DUR, 0.0).forward for f in frames)
+
+
+async def test_with_the_lever_off_the_provider_gets_the_room_audio_as_it_was_pushed() -> None:
+    """STT_GATE_ENABLED=false still goes through the wrapper (the spend guard), which must then be transparent:
+    every 10 ms frame at the room's 48 kHz sent as it came, not regrouped into 32 ms windows nor squeezed
+    through 16 kHz on the way (Deepgram is asked for 48 kHz: the bytes it gets are the bytes pushed)."""
+    from frugal.common.pricing import default_catalog
+    from frugal.gateway.speech import SpeechCostMeter
+    from frugal.gateway.stt_gate import GatedSTT, GateSettings, maybe_gate
+
+    pcm, _ = mic_track(SHORT)
+    rng = np.random.default_rng(3)
+    room = (np.repeat(pcm, 3) + rng.integers(-200, 200, 3 * len(pcm))).clip(-32768, 32767).astype(np.int16)
+    meter = SpeechCostMeter(None, default_catalog(), tenant_id="org_x", session_id="s-lever-off")
+    async with DeepgramEmulator() as emu, aiohttp.ClientSession() as http:
+        inner = deepgram.STT(api_key="k", base_url=emu.base_url, http_session=http, model="nova-3",
+                             sample_rate=48000)
+        engine = maybe_gate(inner, offline=False, settings=GateSettings(enabled=False), meter=meter)
+        assert isinstance(engine, GatedSTT)
+        await run_stt_stream(engine, room, 48000, step=480)
+    [req] = emu.requests
+    assert req.sample_rate == 48000 and req.audio == room.tobytes()
+    assert engine.gates[0].stats.forwarded_s == pytest.approx(SHORT.seconds, abs=0.01)
+    assert meter.events == []  # the lever saved nothing: no zero-cost record

@@ -219,14 +219,11 @@ class SttGate:
 class SpeechProbability:
     """Silero VAD probabilities for consecutive 32 ms windows of 16 kHz mono int16 audio, in-line."""
 
-    def __init__(self, *, scored: bool = True) -> None:
-        """`scored=False`: windows only, every probability 1.0 (a disabled gate needs no model)."""
-        self._model: Any = None
-        if scored:
-            from livekit.plugins.silero import onnx_model  # the session's VAD model, from the plugin wheel
+    def __init__(self) -> None:
+        from livekit.plugins.silero import onnx_model  # the session's VAD model, from the plugin wheel
 
-            self._model = onnx_model.OnnxModel(onnx_session=onnx_model.new_inference_session(True),
-                                               sample_rate=SAMPLE_RATE)
+        self._model = onnx_model.OnnxModel(onnx_session=onnx_model.new_inference_session(True),
+                                           sample_rate=SAMPLE_RATE)
         self._rest = np.zeros(0, np.float32)
 
     def windows(self, samples: np.ndarray) -> Iterator[tuple[np.ndarray, float]]:
@@ -235,7 +232,7 @@ class SpeechProbability:
         n = len(x) // WINDOW
         for i in range(n):
             w = x[i * WINDOW:(i + 1) * WINDOW]
-            yield (w * 32768.0).astype(np.int16), float(self._model(w)) if self._model is not None else 1.0
+            yield (w * 32768.0).astype(np.int16), float(self._model(w))
         self._rest = x[n * WINDOW:]
 
 
@@ -317,15 +314,29 @@ class GatedSTT(ReportsInnerEngine, stt.STT[Any]):
 class _GatedStream(stt.RecognizeStream):
     def __init__(self, *, stt: GatedSTT, inner: stt.RecognizeStream, gate: SttGate,
                  conn_options: APIConnectOptions) -> None:
-        # The base class resamples pushed frames to 16 kHz, the rate Silero and the gate work at.
-        super().__init__(stt=stt, conn_options=conn_options, sample_rate=SAMPLE_RATE)
+        # The base class resamples pushed frames to 16 kHz, the rate Silero and the gate work at. A disabled
+        # gate passes frames on as pushed (the provider's plugin resamples them, as without the wrapper).
+        super().__init__(stt=stt, conn_options=conn_options,
+                         sample_rate=SAMPLE_RATE if stt.config.enabled else NOT_GIVEN)
         self._inner = inner
         self._gate = gate
+
+    def _refused(self, seconds: float) -> bool:
+        """True (and the audio counted as withheld) while no paid request may start."""
+        owner = self._stt
+        assert isinstance(owner, GatedSTT)
+        why = owner.why_not_spend() if owner.why_not_spend is not None else None
+        if why is None:
+            return False
+        owner.refusals.refused_because(why)
+        self._gate.stats.withheld_s += seconds
+        return True
 
     async def _run(self) -> None:
         owner = self._stt
         assert isinstance(owner, GatedSTT)
-        vad = SpeechProbability(scored=owner.config.enabled)
+        # The lever off: no VAD and no 32 ms windows in front of the provider, each frame sent as it came.
+        vad = SpeechProbability() if owner.config.enabled else None
         inner = self._inner
 
         async def forward() -> None:
@@ -338,11 +349,14 @@ class _GatedStream(stt.RecognizeStream):
                 if not isinstance(data, rtc.AudioFrame):  # a flush from the session: pass it on
                     inner.flush()
                     continue
+                if vad is None:
+                    self._gate.push(b"", data.duration, 1.0)  # counted as seen and forwarded
+                    if not self._refused(data.duration):
+                        inner.push_frame(data)
+                    continue
                 for window, prob in vad.windows(np.frombuffer(data.data, dtype=np.int16)):
                     step = self._gate.push(window.tobytes(), WINDOW / SAMPLE_RATE, prob)
-                    if step.forward and (why := owner.why_not_spend and owner.why_not_spend()):
-                        owner.refusals.refused_because(why)
-                        self._gate.stats.withheld_s += len(step.forward) * WINDOW / SAMPLE_RATE
+                    if step.forward and self._refused(len(step.forward) * WINDOW / SAMPLE_RATE):
                         continue
                     for chunk in step.forward:
                         inner.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
@@ -389,8 +403,8 @@ def maybe_gate(engine: stt.STT[Any], *, offline: bool, settings: GateSettings | 
     if offline or not engine.capabilities.streaming:
         return engine
     if not cfg.enabled:
-        # The lever is off: every frame goes through (no VAD, no record of saved audio), but still none while
-        # its cost could not be recorded (frugal.gateway.spend_guard).
+        # The lever is off: every frame goes through as pushed (no VAD, no windows, no resampling, no record
+        # of saved audio), but none while its cost could not be recorded (frugal.gateway.spend_guard).
         return engine if meter is None else GatedSTT(engine, cfg, why_not_spend=meter.why_not_spend)
     if meter is None:
         return GatedSTT(engine, cfg)
