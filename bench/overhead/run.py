@@ -571,6 +571,9 @@ def main() -> int:
     p.add_argument("--profile-native", action="store_true",
                    help="with --profile-router: native frames too (pauses the router per sample: slower figures)")
     args = p.parse_args()
+    # As in scripts/demo.py: gRPC core's "skipping fork() handlers" INFO lines (pg_ctl run while gRPC threads
+    # are parked) are noise; ERROR is gRPC's documented default, set before gRPC loads; an explicit one wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args.concurrency = [int(c) for c in str(args.concurrency).split(",")]
     if args.quick:
         args.rounds, args.concurrency, args.warmup = 20, [1, 10], 5
