@@ -228,6 +228,60 @@ async def test_every_deployment_cooling_down_is_unavailable_at_once_with_retry_a
     assert len(gemini_emu.requests) == seen
 
 
+async def test_the_router_service_is_not_serving_while_every_deployment_cools_down(
+    start_router: Any, gemini_emu: GeminiEmulator
+) -> None:
+    """What the gateway's recovery check asks (frugal.router.serving): the service's own status says whether a
+    turn could be tried; the server's overall status (the probes') stays SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from frugal.router.server import SERVICE_NAME
+
+    router = await start_router(**gemini_keys(gemini_emu))
+    health = health_pb2_grpc.HealthStub(router.channel)
+
+    async def status(service: str) -> int:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
+        return int(reply.status)
+
+    async def until_status(want: int, within_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within_s
+        while await status(SERVICE_NAME) != want:
+            assert loop.time() < end, f"{SERVICE_NAME} never became status {want}"
+            await asyncio.sleep(0.05)
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    assert await status(SERVICE_NAME) == serving
+    c = (await respond(router, EASY)).completed
+    assert c is not None
+    gemini_emu.script(GeminiReply(status=429, retry_after_s=3), GeminiReply(status=429, retry_after_s=3))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await respond(router, MODERATE)
+    await until_status(not_serving, 2.0)
+    assert await status("") == serving
+    with pytest.raises(grpc.aio.AioRpcError) as info:  # what NOT_SERVING stands for
+        await respond(router, EASY)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    await until_status(serving, 5.0)  # the retry-after ran out: a deployment may be tried again
+    c = (await respond(router, EASY)).completed
+    assert c is not None and c.provider.provider == "google"
+
+
+async def test_an_offline_router_stays_serving(start_router: Any) -> None:
+    """No keys, no deployments: every turn gets the labelled offline answer, so nothing is cooling down."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from frugal.router.server import SERVICE_NAME
+
+    router = await start_router()
+    await asyncio.sleep(1.2)  # a few status updates (one per 0.5 s)
+    reply = await health_pb2_grpc.HealthStub(router.channel).Check(
+        health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2.0)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert (await respond(router, EASY)).completed is not None
+
+
 # ------------------------------------------------------------------------------------ deadlines
 async def test_a_hung_first_deployment_leaves_time_for_the_next_within_the_callers_deadline(
     start_router: Any, gemini_emu: GeminiEmulator, claude_emu: AnthropicEmulator

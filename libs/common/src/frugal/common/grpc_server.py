@@ -310,6 +310,7 @@ class GrpcApp:
         )
         self._metrics = MetricsServer(settings.metrics_port) if settings.metrics_port else None
         self._hooks: list[ShutdownHook] = []
+        self._start_hooks: list[ShutdownHook] = []
         self._stopped = asyncio.Event()
         self.port = 0
         self.metrics_port = 0
@@ -317,6 +318,11 @@ class GrpcApp:
     def on_shutdown(self, hook: ShutdownHook) -> None:
         """Runs after the server stopped serving, in reverse order of registration."""
         self._hooks.append(hook)
+
+    def on_started(self, hook: ShutdownHook) -> None:
+        """Runs once the server serves and its health says SERVING, in order of registration (e.g. a task that
+        keeps a service's own health status; it may set statuses from then on)."""
+        self._start_hooks.append(hook)
 
     async def start(self) -> int:
         self.port = self.server.add_insecure_port(f"{self.settings.grpc_host}:{self.settings.grpc_port}")
@@ -327,6 +333,8 @@ class GrpcApp:
         await self.server.start()
         for name in ("", *self.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for hook in self._start_hooks:
+            await hook()
         log.info(
             "%s serving gRPC on port %d, metrics on %s",
             self.settings.service_name, self.port, self.metrics_port or "(disabled)",

@@ -6,7 +6,8 @@ that replay is a real, paid answer with its own cost event: one wasted answer pe
 one per turn while the primary fails intermittently. Here a router the adapter holds unavailable, while another
 one is available, answers `chat()` with a gRPC health check of its deployment instead (`grpc.health.v1`, the
 router's own service name): SERVING counts as recovered and the stream ends with no text; anything else fails
-the check, and the adapter keeps the router out.
+the check, and the adapter keeps the router out. The router says NOT_SERVING there while every one of its LLM
+deployments is cooling down (frugal.router.serving), so a router whose turns would all be refused stays out.
 
 When every router is unavailable the adapter's calls are real attempts at the user's turn (its `all_failed`
 path), so they go to `Respond` as turns. The adapter reports each change of availability in its

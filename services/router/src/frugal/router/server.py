@@ -82,6 +82,7 @@ from frugal.router.providers.claude import ClaudeProvider
 from frugal.router.providers.gemini import GeminiProvider
 from frugal.router.providers.offline import OFFLINE_MODEL, OfflineProvider
 from frugal.router.scoring import ScorerError, ScorerSet, TierMix, load_scorers, read_reference_sample
+from frugal.router.serving import ServingStatus
 from frugal.router.turn_budget import (
     Trimmed,
     TurnBudget,
@@ -1027,4 +1028,10 @@ async def build_app(settings: Settings) -> GrpcApp:
     app = GrpcApp(settings, services=[SERVICE_NAME])
     router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServiceServicer(core), app.server)
     app.on_shutdown(core.aclose)
+    # RouterService's own health status: NOT_SERVING while every deployment cools down (frugal.router.serving).
+    status = ServingStatus(app.health, SERVICE_NAME, providers.pool, core.health,
+                           interval_s=core.health.config.refresh_interval_s,
+                           redis_timeout_s=settings.redis_op_timeout_s)
+    app.on_started(status.start)
+    app.on_shutdown(status.aclose)  # hooks run in reverse: the status stops before the core closes
     return app
