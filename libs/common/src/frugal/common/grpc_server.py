@@ -54,7 +54,7 @@ EXEMPT_SERVICE_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 
-ShutdownHook = Callable[[], Awaitable[None]]
+Hook = Callable[[], Awaitable[None]]  # a start-up or shut-down step of a GrpcApp
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -309,17 +309,17 @@ class GrpcApp:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self._metrics = MetricsServer(settings.metrics_port) if settings.metrics_port else None
-        self._hooks: list[ShutdownHook] = []
-        self._start_hooks: list[ShutdownHook] = []
+        self._hooks: list[Hook] = []
+        self._start_hooks: list[Hook] = []
         self._stopped = asyncio.Event()
         self.port = 0
         self.metrics_port = 0
 
-    def on_shutdown(self, hook: ShutdownHook) -> None:
+    def on_shutdown(self, hook: Hook) -> None:
         """Runs after the server stopped serving, in reverse order of registration."""
         self._hooks.append(hook)
 
-    def on_started(self, hook: ShutdownHook) -> None:
+    def on_started(self, hook: Hook) -> None:
         """Runs once the server serves and its health says SERVING, in order of registration (e.g. a task that
         keeps a service's own health status; it may set statuses from then on)."""
         self._start_hooks.append(hook)

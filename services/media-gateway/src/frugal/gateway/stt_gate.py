@@ -318,13 +318,13 @@ class _GatedStream(stt.RecognizeStream):
         # gate passes frames on as pushed (the provider's plugin resamples them, as without the wrapper).
         super().__init__(stt=stt, conn_options=conn_options,
                          sample_rate=SAMPLE_RATE if stt.config.enabled else NOT_GIVEN)
+        self._owner = stt  # the base class keeps it as a plain stt.STT
         self._inner = inner
         self._gate = gate
 
     def _refused(self, seconds: float) -> bool:
         """True (and the audio counted as withheld) while no paid request may start."""
-        owner = self._stt
-        assert isinstance(owner, GatedSTT)
+        owner = self._owner
         why = owner.why_not_spend() if owner.why_not_spend is not None else None
         if why is None:
             return False
@@ -333,8 +333,7 @@ class _GatedStream(stt.RecognizeStream):
         return True
 
     async def _run(self) -> None:
-        owner = self._stt
-        assert isinstance(owner, GatedSTT)
+        owner = self._owner
         # The lever off: no VAD and no 32 ms windows in front of the provider, each frame sent as it came.
         vad = SpeechProbability() if owner.config.enabled else None
         inner = self._inner
