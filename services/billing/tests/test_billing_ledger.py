@@ -86,13 +86,19 @@ async def _dlq(redis: aioredis.Redis) -> list[dict[str, str]]:
     return [{k.decode(): v.decode(errors="replace") for k, v in fields.items()} for _, fields in rows]
 
 
-async def test_duplicates_are_written_once_and_acknowledged(ledger_env: Any, kit: Any) -> None:
+# Both write paths: the default set-based batch (migrations/0003) and LEDGER_PER_TENANT_TRANSACTIONS=true, whose
+# SQL is its own (ledger._INSERT) and must keep the same rules: a replay changes nothing, offline spend is not spend.
+WRITE_PATHS = pytest.mark.parametrize("per_tenant", [False, True], ids=["batch", "per-tenant"])
+
+
+@WRITE_PATHS
+async def test_duplicates_are_written_once_and_acknowledged(ledger_env: Any, kit: Any, per_tenant: bool) -> None:
     redis = ledger_env.redis
     events = [kit.event("acme") for _ in range(30)] + [kit.event("beta") for _ in range(10)]
     # Every event twice in the stream (producer retry), a few three times, interleaved.
     stream = events + events[::-1] + events[:5]
     await kit.xadd_events(redis, stream)
-    c = ledger_env.consumer("c1")
+    c = ledger_env.consumer("c1", per_tenant_transactions=per_tenant)
     await c.start()
     await kit.wait_for(lambda: kit.drained(redis), what="stream drained")
     assert c.totals.written == 40 and c.totals.duplicates == len(stream) - 40 and c.totals.dead_lettered == 0
@@ -301,7 +307,8 @@ async def test_ledger_rls_and_append_only(ledger_env: Any, kit: Any) -> None:
                 "VALUES ('x-1', 'beta', 's', 'llm', 'p', 'm', 1, 1, now(), '0-1', 'v')")
 
 
-async def test_budget_state_follows_the_ledger(ledger_env: Any, kit: Any) -> None:
+@WRITE_PATHS
+async def test_budget_state_follows_the_ledger(ledger_env: Any, kit: Any, per_tenant: bool) -> None:
     redis = ledger_env.redis
     pool = ledger_env.pool
     async with tenant_transaction(pool, "acme") as conn:
@@ -313,7 +320,7 @@ async def test_budget_state_follows_the_ledger(ledger_env: Any, kit: Any) -> Non
         kit.event("acme", cost_usd=5.0, occurred_at=last_month),  # another month: not this budget
         kit.event("acme", cost_usd=5.0, offline=True, usage=UsageAmounts(input_tokens=10, estimated=True)),
     ])
-    c = ledger_env.consumer("c1")
+    c = ledger_env.consumer("c1", per_tenant_transactions=per_tenant)
     await c.start()
     await kit.wait_for(lambda: kit.drained(redis), what="stream drained")
     state = await read_budget(redis, "acme")
