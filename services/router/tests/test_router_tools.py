@@ -152,6 +152,31 @@ async def test_gemini_tool_call_round_trip_and_a_claude_call_answered_by_gemini(
     assert gemini_emu.requests[-1].function_responses[0]["response"] == {"error": "not found"}
 
 
+async def test_trimming_that_drops_a_tool_call_drops_its_result_too(
+    start_router: Any, gemini_emu: GeminiEmulator, claude_emu: AnthropicEmulator
+) -> None:
+    """A long history trimmed to the per-turn cap: the oldest assistant message carries a tool call too large
+    to keep, its (small) result and the exchange after it fit. The result goes with its call (a tool_result
+    without its tool_use is a 400 from Claude; the Claude adapter's last-resort text rendering must not be
+    what saves it), it is not billed as input, and the note counts it among the dropped."""
+    router = await start_router(**keys(gemini_emu, claude_emu), max_turn_input_tokens=3000,
+                                default_tokens_per_minute=10_000_000)
+    call = router_pb2.ToolCall(id="toolu_old", name="lookup_order",
+                               arguments_json=json.dumps({"order_id": "A-17", "note": "x" * 20_000}))
+    history = [*after_call(call, "Where is A-17?", '{"status": "shipped"}'),
+               router_pb2.ChatMessage(role=router_pb2.ROLE_USER, content="[follow-up] And B-2?"),
+               router_pb2.ChatMessage(role=router_pb2.ROLE_ASSISTANT, content="[reply] B-2 is packed.")]
+    claude_emu.script(AnthropicReply(text="Anything else?"))
+    got = await respond(router, HARD, history=history, tools=[TOOL])
+    c = got.completed
+    assert c is not None and c.provider.model == "claude-sonnet-4-6", c
+    req = claude_emu.requests[-1]
+    assert req.tool_uses == () and req.tool_results == ()
+    assert req.messages[-1] == ("user", HARD) and [t for _, t in req.messages[:2]] == [
+        "[follow-up] And B-2?", "[reply] B-2 is packed."]
+    assert any(d.startswith("history trimmed: 3 oldest messages dropped") for d in c.degraded), c.degraded
+
+
 @pytest.mark.parametrize(("tools", "needle"), [
     ([router_pb2.ToolDefinition(name="bad name")], "tool name"),
     ([router_pb2.ToolDefinition(name="t", parameters_json="{nope")], "not JSON"),
