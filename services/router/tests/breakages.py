@@ -30,7 +30,7 @@ BREAKS: dict[str, tuple[str, list[tuple[str, str]], str]] = {
    T+"test_router_context.py::test_context_waits_are_capped_by_the_callers_deadline"),
  "no_thinking_billing": (S+"providers/gemini.py", [("(md.candidates_token_count or 0) + (md.thoughts_token_count or 0)", "(md.candidates_token_count or 0)")],
    T+"test_router_usage.py::test_gemini_thinking_tokens_are_billed_as_output"),
- "no_settle": (S+"server.py", [("settle_note = await core.limiter.settle(tenant, used - reserved, timeout_s=clock.redis_timeout())", "settle_note = None")],
+ "no_settle": (S+"server.py", [("note = await self.core.limiter.settle(tenant, used - reserved, timeout_s=clock.redis_timeout())", "note = None")],
    T+"test_router_limits.py::test_respond_settles_the_reservation_to_the_reported_usage"),
  "fixed_window": (S+"limits.py", [("return c, p, p * (1 - elapsed) + c", "return c, p, c")],
    T+"test_router_limits.py::test_the_window_slides_the_previous_minute_still_counts"),
