@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +157,26 @@ def test_pinned_tier_or_budget_downgrade_turns_the_cascade_off(scorers: Any) -> 
     tier_enum = {"lite": common_pb2.TIER_LITE, "standard": common_pb2.TIER_STANDARD,
                  "premium": common_pb2.TIER_PREMIUM}[routed.tier]
     # A tenant tier rule, even one that leaves the tier as routed, means no cascade (it would call other tiers).
-    for policy in (billing_pb2.TenantPolicy(pinned_tier=tier_enum), billing_pb2.TenantPolicy(max_tier=tier_enum),
-                   billing_pb2.TenantPolicy(pinned_tier=common_pb2.TIER_PREMIUM)):
+    # The policies are of an uncapped tenant (monthly_budget_usd -1; 0 would mean suspended, which turns the
+    # cascade off on its own), and the same tenant without a tier rule keeps it: only the tier rule differs.
+    unlimited = {"monthly_budget_usd": -1.0}
+    assert d.decide(TurnText(band), policy=billing_pb2.TenantPolicy(**unlimited)).cascade
+    for policy in (billing_pb2.TenantPolicy(pinned_tier=tier_enum, **unlimited),
+                   billing_pb2.TenantPolicy(max_tier=tier_enum, **unlimited),
+                   billing_pb2.TenantPolicy(pinned_tier=common_pb2.TIER_PREMIUM, **unlimited)):
         assert not d.decide(TurnText(band), policy=policy).cascade, policy
+    # A capped tenant: well within its budget the cascade runs; near its limit the tier is downgraded and the
+    # cascade is off (it would call a tier the budget rule has just taken away).
+    capped = billing_pb2.TenantPolicy(monthly_budget_usd=10.0)
+
+    def spent(usd: float) -> billing_pb2.BudgetState:
+        state = billing_pb2.BudgetState(month=f"{datetime.now(UTC):%Y-%m}", spent_usd=usd, budget_usd=10.0)
+        state.updated_at.GetCurrentTime()
+        return state
+
+    assert d.decide(TurnText(band), policy=capped, budget=spent(1.0)).cascade
+    low = d.decide(TurnText(band), policy=capped, budget=spent(8.5))
+    assert low.budget.status == "downgrade" and low.tier != routed.tier and not low.cascade
 
 
 def test_a_turn_scored_before_its_context_arrives_gets_the_decision_it_would_get_after(scorers: Any) -> None:
