@@ -159,11 +159,11 @@ def test_pinned_tier_or_budget_downgrade_turns_the_cascade_off(scorers: Any) -> 
     # A tenant tier rule, even one that leaves the tier as routed, means no cascade (it would call other tiers).
     # The policies are of an uncapped tenant (monthly_budget_usd -1; 0 would mean suspended, which turns the
     # cascade off on its own), and the same tenant without a tier rule keeps it: only the tier rule differs.
-    unlimited = {"monthly_budget_usd": -1.0}
-    assert d.decide(TurnText(band), policy=billing_pb2.TenantPolicy(**unlimited)).cascade
-    for policy in (billing_pb2.TenantPolicy(pinned_tier=tier_enum, **unlimited),
-                   billing_pb2.TenantPolicy(max_tier=tier_enum, **unlimited),
-                   billing_pb2.TenantPolicy(pinned_tier=common_pb2.TIER_PREMIUM, **unlimited)):
+    uncapped = -1.0
+    assert d.decide(TurnText(band), policy=billing_pb2.TenantPolicy(monthly_budget_usd=uncapped)).cascade
+    for policy in (billing_pb2.TenantPolicy(pinned_tier=tier_enum, monthly_budget_usd=uncapped),
+                   billing_pb2.TenantPolicy(max_tier=tier_enum, monthly_budget_usd=uncapped),
+                   billing_pb2.TenantPolicy(pinned_tier=common_pb2.TIER_PREMIUM, monthly_budget_usd=uncapped)):
         assert not d.decide(TurnText(band), policy=policy).cascade, policy
     # A capped tenant: well within its budget the cascade runs; near its limit the tier is downgraded and the
     # cascade is off (it would call a tier the budget rule has just taken away).
