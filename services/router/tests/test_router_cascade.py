@@ -205,3 +205,46 @@ async def test_no_cascade_when_the_request_has_tools(
         assert [r.model for r in gemini.requests] == ["gemini-2.5-flash"] and claude.requests == []
     else:
         assert gemini.requests == [] and [r.model for r in claude.requests] == ["claude-sonnet-4-6"]
+
+
+@pytest.mark.parametrize("failing", ["lite", "standard"])
+async def test_a_cheap_attempt_that_fails_escalates_even_when_the_answers_would_be_kept(
+    start_router: Any, redis_client: aioredis.Redis, band: tuple[str, Decision], failing: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pair that would be kept (AGREE), but one cheap tier answers 500: nothing was scored, so the turn
+    escalates to premium; both cheap attempts are billed as their own events (the failed one for what it
+    reported, which here is nothing but the request). Lite and standard are separate deployments, so the
+    failure hits exactly one of the two concurrent calls."""
+    text, decision = band
+    assert expected_keep(text, decision, AGREE)
+    lite, standard = await gemini_answering(AGREE), await gemini_answering(AGREE)
+    claude = AnthropicEmulator()
+    await claude.start()
+    try:
+        (lite if failing == "lite" else standard).fail_next(500)
+        claude.script(AnthropicReply(chunks=("Premium ", "answer."), usage={"input_tokens": 200, "output_tokens": 4}))
+        for env in ("KEY_LITE", "KEY_STD", "KEY_CLAUDE"):
+            monkeypatch.setenv(env, "k")
+        router = await start_router(llm_deployments=(
+            f'[{{"name": "lite", "provider": "google", "api_key_env": "KEY_LITE", "base_url": "{lite.base_url}", '
+            f'"models": ["gemini-2.5-flash-lite"]}}, '
+            f'{{"name": "std", "provider": "google", "api_key_env": "KEY_STD", "base_url": "{standard.base_url}", '
+            f'"models": ["gemini-2.5-flash"]}}, '
+            f'{{"name": "claude", "provider": "anthropic", "api_key_env": "KEY_CLAUDE", '
+            f'"base_url": "{claude.base_url}"}}]'))
+        deltas, c = await run(router, text, f"t-fail-{failing}")
+        assert [r.model for r in lite.requests] == ["gemini-2.5-flash-lite"]
+        assert [r.model for r in standard.requests] == ["gemini-2.5-flash"]
+        assert "".join(deltas) == "Premium answer." and len(claude.requests) == 1
+        assert c.tier == common_pb2.TIER_PREMIUM and c.provider.model == "claude-sonnet-4-6"
+        evs = await events(redis_client)
+        assert sorted(e.attributes["attempt"] for e in evs) == ["0", "cascade-lite", "cascade-standard"]
+        assert len({e.event_id for e in evs}) == 3 == len(c.cost_event_ids)
+        cheap = {e.attributes["attempt"]: e for e in evs if e.attributes["attempt"] != "0"}
+        assert {e.attributes["outcome"] for e in cheap.values()} == {"cascade_escalated"}
+        failed = cheap[f"cascade-{failing}"]
+        assert failed.usage.output_tokens == 0 and failed.usage.requests == 1
+    finally:
+        for emu in (lite, standard, claude):
+            await emu.aclose()
