@@ -210,3 +210,8 @@ async def test_replay_with_provider_keys_uses_the_real_plugins_and_bills_their_f
     assert after["session_minutes_total"] - before.get("session_minutes_total", 0.0) == pytest.approx(cost.minutes)
     assert after["session_cost_usd_per_minute_count"] - before.get("session_cost_usd_per_minute_count", 0.0) == 1
     assert cost.minutes > 0 and cost.kinds["stt"].naive_usd >= cost.kinds["stt"].cost_usd
+    # The session's length is the audio the STT gate had (media time), not the wall clock: this replay runs at
+    # twice real time, so the wall clock would halve the minutes and double the cost per minute.
+    streamed = sum(float(e.attributes["stream_seconds"]) for e in result.speech_events
+                   if "stream_seconds" in e.attributes)
+    assert streamed >= 2.0 and cost.session_seconds == pytest.approx(streamed)
