@@ -238,6 +238,33 @@ async def test_cohere_failure_keeps_fused_order_and_bills_nothing(start_rag: Any
     assert ev.usage.estimated and ev.usage.requests == 1
 
 
+async def test_a_cohere_reply_pointing_past_the_documents_keeps_fused_order_and_is_still_billed(
+    start_rag: Any, cohere: CohereEmulator, redis_url: str
+) -> None:
+    """Cohere answered 200 (and charged the search) with an index past the documents sent: the reply is not
+    used (a negative index would silently pick the wrong chunk), the fused order stands, and the search is
+    billed from the reply's own billed units, because a paid call always leaves a cost record."""
+    rag = await cohere_rag(start_rag, cohere)
+    tenant = new_tenant()
+    for doc_id, text in DOCS.items():
+        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
+            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    query = "wing flutter"
+    fused = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=query, top_k=3), metadata=md(tenant))
+    for offset in (1000, -1000):
+        cohere.script(CohereReply(index_offset=offset, search_units=2))
+        res = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=query, top_k=3, rerank=True),
+                                      metadata=md(tenant))
+        assert [c.chunk_id for c in res.chunks] == [c.chunk_id for c in fused.chunks]
+        assert res.rerank_note.startswith("rerank failed") and "out of range" in res.rerank_note
+        assert not res.HasField("reranker")
+    reranks = [e for e in await events_for(redis_url, tenant) if e.kind.value == "rerank"]
+    assert len(reranks) == 2 and len({e.event_id for e in reranks}) == 2
+    price = default_catalog().price("rerank-v3.5").per_request
+    assert all(e.usage.requests == 2 and not e.usage.estimated and e.cost_usd == pytest.approx(2 * price)
+               and e.attributes["outcome"] == "unusable_reply" for e in reranks)
+
+
 async def test_local_embedding_events_are_offline_zero_cost_and_never_savings(rag: Any, redis_url: str) -> None:
     tenant = new_tenant()
     r = await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(

@@ -254,6 +254,7 @@ class RagEngine:
         offline: bool,
         event_parts: tuple[str, ...],
         attributes: Mapping[str, str],
+        outcome: str = "ok",
     ) -> float:
         """One cost event per provider call (frugal.common.cost_recorder: own id per attempt, the one offline
         rule). The local encoder is a free model of its own, not a stand-in: its catalog entry has no price,
@@ -262,7 +263,7 @@ class RagEngine:
         event = await self._recorder.record(
             usage=usage, tenant_id=caller.tenant_id, kind=kind, provider=provider, model=model,
             key=(caller.request_id, *event_parts), session_id=caller.session_id, request_id=caller.request_id,
-            offline=offline, attributes=attributes,
+            offline=offline, attributes=attributes, outcome=outcome,
         )
         return event.cost_usd
 
@@ -804,6 +805,14 @@ class RagEngine:
             AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="rerank", provider=reranker.provider,
                                      model=reranker.model, outcome="error").inc()
             log.warning("rerank failed, fused order kept: %s", err)
+            if isinstance(err, RerankError) and err.billed is not None:
+                # Cohere answered (and charged) but the reply was unusable: the search is billed all the same.
+                await self._emit(
+                    caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
+                    usage=UsageAmounts(requests=err.billed.search_units, estimated=err.billed.estimated),
+                    offline=False, event_parts=("rerank",), attributes={"documents": str(len(docs))},
+                    outcome="unusable_reply",
+                )
             return items, f"rerank failed, results are in fused order: {err}"
         RERANKS.labels(outcome="ok").inc()
         AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="rerank", provider=reranker.provider, model=reranker.model,

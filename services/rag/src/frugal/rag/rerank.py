@@ -13,9 +13,19 @@ PROVIDER = "cohere"
 
 
 class RerankError(RuntimeError):
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
+    """`billed`: the usage of a reply Cohere did send (and charge for) that could not be used; None when no
+    reply came (error status, timeout, transport), which Cohere does not bill."""
+
+    def __init__(self, message: str, *, timeout: bool = False, billed: RerankUsage | None = None) -> None:
         super().__init__(message)
         self.timeout = timeout
+        self.billed = billed
+
+
+@dataclass(frozen=True, slots=True)
+class RerankUsage:
+    search_units: int
+    estimated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,19 +83,21 @@ class CohereReranker:
             raise RerankError(f"Cohere rerank failed: HTTP {err.status_code}: {err.body}") from None
         except httpx.HTTPError as err:
             raise RerankError(f"Cohere rerank failed: {type(err).__name__}: {err}") from None
-        order: list[tuple[int, float]] = []
-        for item in resp.results:
-            idx = int(item.index)
-            if not 0 <= idx < len(documents):
-                raise RerankError(f"Cohere returned an index out of range: {idx}")
-            order.append((idx, float(item.relevance_score)))
-        order.sort(key=lambda x: -x[1])
         units = None
         meta = getattr(resp, "meta", None)
         billed = getattr(meta, "billed_units", None) if meta is not None else None
         if billed is not None and billed.search_units is not None:
             units = int(billed.search_units)
-        return RerankResult(order=order, search_units=units if units is not None else 1, estimated=units is None)
+        usage = RerankUsage(search_units=units if units is not None else 1, estimated=units is None)
+        order: list[tuple[int, float]] = []
+        for item in resp.results:
+            idx = int(item.index)
+            if not 0 <= idx < len(documents):
+                raise RerankError(f"Cohere returned an index out of range: {idx} (of {len(documents)} documents)",
+                                  billed=usage)
+            order.append((idx, float(item.relevance_score)))
+        order.sort(key=lambda x: -x[1])
+        return RerankResult(order=order, search_units=usage.search_units, estimated=usage.estimated)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -15,7 +15,8 @@ Speaks the real wire format, so tests drive the official `cohere` SDK pointed at
 Relevance is deterministic and crudely semantic: the idf-weighted share of the query's words (lower-cased,
 plural "s" stripped) found in the document, squashed to [0, 1]. One search unit per query with up to 100
 documents (Cohere's billing unit). Scripting, latency injection and a record of requests work like the
-other emulators of this package.
+other emulators of this package; `CohereReply(index_offset=...)` sends results whose indices point past the
+documents (a malformed reply the client must refuse), `omit_meta` one without billing metadata.
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ class CohereReply:
     search_units: int | None = None
     # Leave out `meta` (some deployments do): the client must then estimate usage.
     omit_meta: bool = False
+    # Fault injection: added to every result's `index` (a reply that points past the documents sent).
+    index_offset: int = 0
 
 
 Scorer = Callable[[str, list[str]], list[float]]
@@ -191,7 +194,7 @@ class CohereEmulator(HttpEmulator[CohereReply, CohereRequest]):
             order = order[: req.top_n]
         payload: dict[str, Any] = {
             "id": str(uuid.uuid4()),
-            "results": [{"index": i, "relevance_score": scores[i]} for i in order],
+            "results": [{"index": i + reply.index_offset, "relevance_score": scores[i]} for i in order],
         }
         if not reply.omit_meta:
             units = reply.search_units if reply.search_units is not None else math.ceil(
