@@ -142,13 +142,24 @@ async def test_voyage_errors_on_ingest_store_nothing(start_rag: Any, voyage: Voy
     assert await events_for(redis_url, tenant) == []  # a failed call bought nothing
 
 
-async def test_voyage_wrong_reply_shape_is_an_error(start_rag: Any, voyage: VoyageEmulator) -> None:
+@pytest.mark.parametrize("vectors", [[[0.1, 0.2, 0.3]], [[0.1, 0.2], [0.3]]], ids=["short", "ragged"])
+async def test_voyage_wrong_reply_shape_is_an_error_and_still_billed(
+    start_rag: Any, voyage: VoyageEmulator, redis_url: str, vectors: list[list[float]]
+) -> None:
+    """Voyage answered 200 with vectors of the wrong shape: the ingest fails (UNAVAILABLE) and stores nothing,
+    and the call is billed for the tokens the reply reported (Voyage charged for them)."""
     rag = await voyage_rag(start_rag, voyage)
-    voyage.script(VoyageReply(embeddings=[[0.1, 0.2, 0.3]]))
+    tenant = new_tenant()
+    voyage.script(VoyageReply(embeddings=vectors, total_tokens=37))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
-            document_id="s", content_type="text/plain", content=b"one short text"), metadata=md(new_tenant()))
+            document_id="s", content_type="text/plain", content=b"one short text"), metadata=md(tenant))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shape" in (err.value.details() or "")
+    docs = await rag.stub.ListDocuments(rag_pb2.ListDocumentsRequest(), metadata=md(tenant))
+    assert list(docs.documents) == []
+    [ev] = [e for e in await events_for(redis_url, tenant) if e.kind.value == "embedding"]
+    assert ev.usage.input_tokens == 37 and ev.usage.requests == 1 and not ev.usage.estimated
+    assert ev.attributes["outcome"] == "unusable_reply" and ev.cost_usd > 0 and not ev.offline
 
 
 async def test_query_embedding_failure_degrades_hybrid_to_lexical(start_rag: Any, voyage: VoyageEmulator) -> None:

@@ -282,19 +282,27 @@ class RagEngine:
         except EmbeddingError as err:
             AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
                                      outcome="timeout" if err.timeout else "error").inc()
+            if err.billed_tokens is not None:
+                # The provider answered (and charged) but the reply was unusable: billed all the same.
+                await self._emit_embedding(caller, e, texts, purpose, batch_no, outcome="unusable_reply",
+                                           usage=UsageAmounts(input_tokens=err.billed_tokens, requests=1))
             raise
         AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
                                  outcome="ok").inc()
         TEXTS_EMBEDDED.labels(provider=e.provider, purpose=purpose.split(":", 1)[0]).inc(len(texts))
         usage = UsageAmounts(input_tokens=batch.tokens, requests=batch.calls, estimated=batch.estimated)
+        cost = await self._emit_embedding(caller, e, texts, purpose, batch_no, usage=usage)
+        return batch, cost
+
+    async def _emit_embedding(self, caller: Caller, e: Embedder, texts: list[str], purpose: str, batch_no: int,
+                              *, usage: UsageAmounts, outcome: str = "ok") -> float:
         # The local encoder is free: its event says offline with cost 0 (and, embedding not being an
         # optimised kind, its billing baseline is its cost, 0), so it shows volume but never savings.
-        cost = await self._emit(
+        return await self._emit(
             caller, kind=CostKind.EMBEDDING, provider=e.provider, model=e.model.split("@", 1)[0], usage=usage,
             offline=e.offline, event_parts=(purpose, str(batch_no)),
-            attributes={"purpose": purpose, "texts": str(len(texts)), "embedding_model": e.model},
+            attributes={"purpose": purpose, "texts": str(len(texts)), "embedding_model": e.model}, outcome=outcome,
         )
-        return batch, cost
 
     # --- ingest -------------------------------------------------------------------------------------
 

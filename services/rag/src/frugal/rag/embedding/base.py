@@ -16,12 +16,17 @@ Vector = npt.NDArray[np.float32]
 
 
 class EmbeddingError(RuntimeError):
-    """The embedding provider failed (network, quota, bad reply). `retryable` maps to UNAVAILABLE."""
+    """The embedding provider failed (network, quota, bad reply). `retryable` maps to UNAVAILABLE.
 
-    def __init__(self, message: str, *, retryable: bool = True, timeout: bool = False) -> None:
+    `billed_tokens`: the tokens a reply the provider did send (and charge for) reported, when that reply could
+    not be used (wrong shape, non-finite values); None when no reply came, which the provider does not bill."""
+
+    def __init__(self, message: str, *, retryable: bool = True, timeout: bool = False,
+                 billed_tokens: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.timeout = timeout
+        self.billed_tokens = billed_tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,16 +63,19 @@ class VoyageEmbedder:
             raise EmbeddingError(f"Voyage rejected the request: {err}", retryable=False) from None
         except verr.VoyageError as err:
             raise EmbeddingError(f"Voyage embeddings failed: {type(err).__name__}: {err}") from None
-        vectors = np.asarray(result.embeddings, dtype=np.float32)
+        tokens = int(result.total_tokens)
+        try:
+            vectors = np.asarray(result.embeddings, dtype=np.float32)
+        except ValueError:  # ragged rows
+            vectors = np.zeros((0,), dtype=np.float32)
         if vectors.shape != (len(texts), self.dimensions):
             raise EmbeddingError(
-                f"Voyage returned vectors of shape {vectors.shape}, expected ({len(texts)}, {self.dimensions})"
+                f"Voyage returned vectors of shape {vectors.shape}, expected ({len(texts)}, {self.dimensions})",
+                billed_tokens=tokens,
             )
         if not np.all(np.isfinite(vectors)):
-            raise EmbeddingError("Voyage returned non-finite values")
-        return EmbeddingBatch(
-            vectors=l2_normalise(vectors), tokens=int(result.total_tokens), calls=1, estimated=False
-        )
+            raise EmbeddingError("Voyage returned non-finite values", billed_tokens=tokens)
+        return EmbeddingBatch(vectors=l2_normalise(vectors), tokens=tokens, calls=1, estimated=False)
 
     async def aclose(self) -> None:
         return None
