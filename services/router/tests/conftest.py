@@ -77,6 +77,8 @@ class FakeVision(vision_pb2_grpc.VisionServiceServicer):
     delay_s: float = 0.0
     calls: list[tuple[vision_pb2.GetContextRequest, dict[str, str]]] = field(default_factory=list)
     gate: Callable[[], Awaitable[None]] | None = None
+    # False: answers with every analysis whatever the request's limit (a peer that ignores it).
+    honour_limit: bool = True
 
     async def GetContext(
         self, request: vision_pb2.GetContextRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -86,7 +88,8 @@ class FakeVision(vision_pb2_grpc.VisionServiceServicer):
             await self.gate()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        return vision_pb2.GetContextResponse(analyses=self.analyses[: request.limit or 5])
+        return vision_pb2.GetContextResponse(
+            analyses=self.analyses[: request.limit or 5] if self.honour_limit else self.analyses)
 
     def StreamFrames(self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         raise NotImplementedError("test double")

@@ -220,3 +220,30 @@ async def test_rejects_a_negative_deadline_budget_cleanly(start_router: Any) -> 
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await respond(router, QUESTION, deadline_s=0.001)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_context_is_capped_in_characters_and_analyses_and_blank_passages_are_dropped(
+    start_router: Any, deps: Any, gemini_emu: GeminiEmulator
+) -> None:
+    """RAG_MAX_CHARS bounds the passages' characters the model is sent (input tokens are money), the last passage
+    cut to fit and the rest left out; a blank chunk is no passage; VISION_MAX_ANALYSES bounds the screen notes
+    even when vision-dedup sends more than asked (an older or misbehaving peer)."""
+    deps.rag.chunks = [rag_pb2.RetrievedChunk(title="Blank", content="  \n "),
+                       rag_pb2.RetrievedChunk(title="First", content="a" * 2500),
+                       rag_pb2.RetrievedChunk(title="Second", content="b" * 2500 + " END-OF-SECOND"),
+                       rag_pb2.RetrievedChunk(title="Third", content="c" * 100)]
+    deps.vision.analyses = [vision_pb2.FrameAnalysis(description=f"screen note {i}") for i in range(5)]
+    deps.vision.honour_limit = False
+    router = await start_router(rag_addr=deps.rag_addr, vision_addr=deps.vision_addr, gemini_api_key="g",
+                                gemini_base_url=gemini_emu.base_url, rag_max_chars=3000, vision_max_analyses=2)
+    c = await respond(router, QUESTION)
+    prompt = whole_prompt(gemini_emu.requests[-1])
+    runs = {ch: max((len(m) for m in re.findall(f"{ch}{{50,}}", prompt)), default=0) for ch in "abc"}
+    assert runs == {"a": 2500, "b": 500, "c": 0}, runs
+    assert "END-OF-SECOND" not in prompt and "Blank" not in prompt
+    rag = next(x for x in c.context if x.source == router_pb2.CONTEXT_SOURCE_RAG)
+    assert rag.state == router_pb2.CONTEXT_STATE_USED and rag.items == 2
+    assert rag.chars == 3000 + len("First") + len("Second")
+    assert "screen note 1" in prompt and "screen note 2" not in prompt
+    vision = next(x for x in c.context if x.source == router_pb2.CONTEXT_SOURCE_VISION)
+    assert vision.items == 2 and deps.vision.calls[-1][0].limit == 2
