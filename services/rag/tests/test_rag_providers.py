@@ -3,6 +3,7 @@ speak the providers' wire formats; cost events on the Redis stream; the offline 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -336,3 +337,84 @@ async def test_no_paid_embedding_or_rerank_starts_while_its_cost_could_not_be_re
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE and len(voyage.requests) == calls
     spooled = await spooled_events(spool, at_least=calls)
     assert sum(e.usage.requests for e in spooled if e.provider == "voyage") == calls  # every call billed
+
+
+async def _events_of_kind(redis_url: str, tenant: str, kind: str, *, at_least: int = 1) -> list[CostEvent]:
+    # A call cut short by the caller is billed from a shielded task that may finish just after the RPC ends.
+    for _ in range(50):
+        found = [e for e in await events_for(redis_url, tenant) if e.kind.value == kind]
+        if len(found) >= at_least:
+            return found
+        await asyncio.sleep(0.05)
+    return found
+
+
+async def test_a_voyage_call_sent_but_not_answered_is_billed_as_an_estimate(
+    start_rag: Any, voyage: VoyageEmulator, redis_url: str
+) -> None:
+    """The request reached Voyage, which may bill it, but no answer came: by our own timeout (the query goes
+    lexical-only) or because the caller left. Either way one estimated event, outcome timeout or cancelled."""
+    rag = await voyage_rag(start_rag, voyage, voyage_timeout_s=0.2)
+    tenant = new_tenant()
+    voyage.script(VoyageReply(latency_s=1.0))
+    res = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query="wing lift drag"), metadata=md(tenant))
+    assert res.notes and "lexical results only" in res.notes[0]
+    [ev] = await _events_of_kind(redis_url, tenant, "embedding")
+    assert ev.attributes["outcome"] == "timeout" and ev.usage.estimated and not ev.offline
+    assert ev.usage.input_tokens == len("wing lift drag") // 4 + 1 and ev.cost_usd > 0
+    # The caller goes away while Voyage is still working on it.
+    caller = new_tenant()
+    rag2 = await voyage_rag(start_rag, voyage)
+    voyage.script(VoyageReply(latency_s=3.0))
+    sent = len(voyage.requests)
+    call = rag2.stub.Retrieve(rag_pb2.RetrieveRequest(query="anything", mode=rag_pb2.RETRIEVAL_MODE_VECTOR),
+                              metadata=md(caller))
+    for _ in range(100):
+        if len(voyage.requests) > sent:
+            break
+        await asyncio.sleep(0.02)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    [ev2] = await _events_of_kind(redis_url, caller, "embedding")
+    assert ev2.attributes["outcome"] == "cancelled" and ev2.usage.estimated and ev2.cost_usd > 0
+
+
+async def test_a_cohere_rerank_not_answered_in_time_keeps_fused_order_and_is_billed_as_an_estimate(
+    start_rag: Any, cohere: CohereEmulator, redis_url: str
+) -> None:
+    rag = await start_rag(cohere_api_key=COHERE_KEY, cohere_base_url=cohere.base_url, rerank_candidates=10,
+                          cohere_timeout_s=0.2)
+    tenant = new_tenant()
+    for doc_id, text in DOCS.items():
+        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
+            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    cohere.script(CohereReply(latency_s=1.0))
+    res = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query="wing flutter", top_k=3, rerank=True),
+                                  metadata=md(tenant))
+    assert res.rerank_note.startswith("rerank failed") and not res.HasField("reranker")
+    [ev] = await _events_of_kind(redis_url, tenant, "rerank")
+    assert ev.attributes["outcome"] == "timeout" and ev.usage.estimated and ev.usage.requests == 1
+    assert ev.cost_usd == pytest.approx(default_catalog().price("rerank-v3.5").per_request)
+
+
+async def test_a_rerank_the_caller_walks_away_from_is_billed_as_an_estimate(
+    start_rag: Any, cohere: CohereEmulator, redis_url: str
+) -> None:
+    rag = await cohere_rag(start_rag, cohere)
+    tenant = new_tenant()
+    for doc_id, text in DOCS.items():
+        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
+            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    cohere.script(CohereReply(latency_s=3.0))
+    call = rag.stub.Retrieve(rag_pb2.RetrieveRequest(query="wing flutter", top_k=3, rerank=True),
+                             metadata=md(tenant))
+    for _ in range(100):
+        if cohere.requests:
+            break
+        await asyncio.sleep(0.02)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    [ev] = await _events_of_kind(redis_url, tenant, "rerank")
+    assert ev.attributes["outcome"] == "cancelled" and ev.usage.estimated and ev.usage.requests == 1

@@ -188,6 +188,16 @@ def decode_page_token(token: str) -> str:
     return value
 
 
+def _unanswered_embedding(texts: list[str]) -> UsageAmounts:
+    """What a call sent but never answered may be billed: the texts' tokens (about 4 characters each)."""
+    return UsageAmounts(input_tokens=sum(max(1, -(-len(t) // 4)) for t in texts), requests=1, estimated=True)
+
+
+def _unanswered_rerank(docs: list[str]) -> UsageAmounts:
+    """A rerank sent but never answered: one search unit per 100 documents (Cohere's unit), estimated."""
+    return UsageAmounts(requests=max(1, -(-len(docs) // 100)), estimated=True)
+
+
 def _embedding_failure(err: EmbeddingError, what: str) -> RagError:
     if err.timeout:
         return DeadlineExceeded(f"{what}: {err}")
@@ -279,6 +289,11 @@ class RagEngine:
             raise EmbeddingError(f"{e.provider}/{e.model} not called: {unbillable}")
         try:
             batch = await e.embed(texts, input_type, budget_s=_remaining(deadline))
+        except asyncio.CancelledError:
+            if not e.offline:  # the caller went away mid-call; the request may have reached the provider
+                await asyncio.shield(self._emit_embedding(caller, e, texts, purpose, batch_no, outcome="cancelled",
+                                                          usage=_unanswered_embedding(texts)))
+            raise
         except EmbeddingError as err:
             AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
                                      outcome="timeout" if err.timeout else "error").inc()
@@ -286,6 +301,10 @@ class RagEngine:
                 # The provider answered (and charged) but the reply was unusable: billed all the same.
                 await self._emit_embedding(caller, e, texts, purpose, batch_no, outcome="unusable_reply",
                                            usage=UsageAmounts(input_tokens=err.billed_tokens, requests=1))
+            elif err.timeout and not e.offline:
+                # Sent but not answered in time: the provider may bill it; estimated, like vision-dedup's rule.
+                await self._emit_embedding(caller, e, texts, purpose, batch_no, outcome="timeout",
+                                           usage=_unanswered_embedding(texts))
             raise
         AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
                                  outcome="ok").inc()
@@ -808,6 +827,12 @@ class RagEngine:
             return items, f"rerank failed, results are in fused order: {reranker.model} not called: {unbillable}"
         try:
             res = await reranker.rerank(query, docs, k, budget_s=_remaining(deadline))
+        except asyncio.CancelledError:  # the caller went away mid-call; the request may have reached Cohere
+            await asyncio.shield(self._emit(
+                caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
+                usage=_unanswered_rerank(docs), offline=False, event_parts=("rerank",),
+                attributes={"documents": str(len(docs))}, outcome="cancelled"))
+            raise
         except (RerankError, DeadlineExceeded) as err:
             RERANKS.labels(outcome="error").inc()
             AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="rerank", provider=reranker.provider,
@@ -820,6 +845,12 @@ class RagEngine:
                     usage=UsageAmounts(requests=err.billed.search_units, estimated=err.billed.estimated),
                     offline=False, event_parts=("rerank",), attributes={"documents": str(len(docs))},
                     outcome="unusable_reply",
+                )
+            elif isinstance(err, RerankError) and err.timeout:
+                await self._emit(
+                    caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
+                    usage=_unanswered_rerank(docs), offline=False, event_parts=("rerank",),
+                    attributes={"documents": str(len(docs))}, outcome="timeout",
                 )
             return items, f"rerank failed, results are in fused order: {err}"
         RERANKS.labels(outcome="ok").inc()

@@ -57,7 +57,7 @@ class VoyageEmbedder:
                 ),
                 timeout=limit,
             )
-        except TimeoutError:
+        except (TimeoutError, verr.Timeout):  # ours or the SDK's own: either way sent and not answered
             raise EmbeddingError(f"Voyage embeddings timed out after {limit:.2f}s", timeout=True) from None
         except (verr.AuthenticationError, verr.InvalidRequestError, verr.MalformedRequestError) as err:
             raise EmbeddingError(f"Voyage rejected the request: {err}", retryable=False) from None
