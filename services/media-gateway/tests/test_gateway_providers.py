@@ -231,3 +231,29 @@ async def test_elevenlabs_bad_key_is_a_401(http_session: aiohttp.ClientSession) 
             await engine.aclose()
     assert err.value.status_code == 401
     assert [r.api_key for r in emu.requests] == ["wrong"] and not emu.requests[0].texts
+
+
+async def test_an_utterance_cut_off_mid_synthesis_is_still_billed(http_session: aiohttp.ClientSession) -> None:
+    """Barge-in: the user speaks over the agent and the TTS request is closed before its audio has all come.
+    ElevenLabs bills the characters it was sent, so the cut-off request leaves its cost event too."""
+    catalog = default_catalog()
+    async with ElevenLabsEmulator(api_keys=(XI_KEY,), latency_s=0.5) as emu:
+        engine, label = build_tts(settings(elevenlabs_api_key=XI_KEY, elevenlabs_base_url=emu.base_url),
+                                  http_session=http_session)
+        meter = SpeechCostMeter(None, catalog, tenant_id="org_lumen", session_id="s-xi-cut")
+        meter.watch_tts(engine, label)
+        seen = watch_meter(meter, engine)
+        try:
+            chunked = engine.synthesize(SENTENCE, conn_options=NO_RETRY)
+            for _ in range(100):  # the request has reached the provider
+                if emu.requests:
+                    break
+                await asyncio.sleep(0.01)
+            assert emu.requests
+            await chunked.aclose()
+            events = await wait_for_events(meter, CostKind.TTS, seen)
+        finally:
+            await meter.aclose()
+            await engine.aclose()
+    [ev] = events
+    assert ev.usage.characters == len(SENTENCE) and ev.cost_usd > 0 and not ev.offline
