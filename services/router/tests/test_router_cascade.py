@@ -16,7 +16,7 @@ from frugal.api.router.v1 import router_pb2
 from frugal.common.cost_events import COST_EVENTS_STREAM, CostEvent
 from frugal.common.pricing import default_catalog
 from frugal.devkit.emulators.anthropic import AnthropicEmulator, AnthropicReply
-from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiRequest
+from frugal.devkit.emulators.gemini import GeminiEmulator, GeminiReply, GeminiRequest
 from frugal.devkit.routing.conversational import load_turns
 from frugal.devkit.routing.probes import few_shot_prompts
 from frugal.router.cascade import AnswerScorer
@@ -207,6 +207,20 @@ async def test_no_cascade_when_the_request_has_tools(
         assert gemini.requests == [] and [r.model for r in claude.requests] == ["claude-sonnet-4-6"]
 
 
+async def split_router(start_router: Any, monkeypatch: pytest.MonkeyPatch, lite: GeminiEmulator,
+                       standard: GeminiEmulator, claude: AnthropicEmulator, **settings: Any) -> Any:
+    """A router whose lite and standard models are separate deployments (one emulator each), Claude premium."""
+    for env in ("KEY_LITE", "KEY_STD", "KEY_CLAUDE"):
+        monkeypatch.setenv(env, "k")
+    return await start_router(llm_deployments=(
+        f'[{{"name": "lite", "provider": "google", "api_key_env": "KEY_LITE", "base_url": "{lite.base_url}", '
+        f'"models": ["gemini-2.5-flash-lite"]}}, '
+        f'{{"name": "std", "provider": "google", "api_key_env": "KEY_STD", "base_url": "{standard.base_url}", '
+        f'"models": ["gemini-2.5-flash"]}}, '
+        f'{{"name": "claude", "provider": "anthropic", "api_key_env": "KEY_CLAUDE", '
+        f'"base_url": "{claude.base_url}"}}]'), **settings)
+
+
 @pytest.mark.parametrize("failing", ["lite", "standard"])
 async def test_a_cheap_attempt_that_fails_escalates_even_when_the_answers_would_be_kept(
     start_router: Any, redis_client: aioredis.Redis, band: tuple[str, Decision], failing: str,
@@ -224,15 +238,7 @@ async def test_a_cheap_attempt_that_fails_escalates_even_when_the_answers_would_
     try:
         (lite if failing == "lite" else standard).fail_next(500)
         claude.script(AnthropicReply(chunks=("Premium ", "answer."), usage={"input_tokens": 200, "output_tokens": 4}))
-        for env in ("KEY_LITE", "KEY_STD", "KEY_CLAUDE"):
-            monkeypatch.setenv(env, "k")
-        router = await start_router(llm_deployments=(
-            f'[{{"name": "lite", "provider": "google", "api_key_env": "KEY_LITE", "base_url": "{lite.base_url}", '
-            f'"models": ["gemini-2.5-flash-lite"]}}, '
-            f'{{"name": "std", "provider": "google", "api_key_env": "KEY_STD", "base_url": "{standard.base_url}", '
-            f'"models": ["gemini-2.5-flash"]}}, '
-            f'{{"name": "claude", "provider": "anthropic", "api_key_env": "KEY_CLAUDE", '
-            f'"base_url": "{claude.base_url}"}}]'))
+        router = await split_router(start_router, monkeypatch, lite, standard, claude)
         deltas, c = await run(router, text, f"t-fail-{failing}")
         assert [r.model for r in lite.requests] == ["gemini-2.5-flash-lite"]
         assert [r.model for r in standard.requests] == ["gemini-2.5-flash"]
@@ -244,7 +250,33 @@ async def test_a_cheap_attempt_that_fails_escalates_even_when_the_answers_would_
         cheap = {e.attributes["attempt"]: e for e in evs if e.attributes["attempt"] != "0"}
         assert {e.attributes["outcome"] for e in cheap.values()} == {"cascade_escalated"}
         failed = cheap[f"cascade-{failing}"]
-        assert failed.usage.output_tokens == 0 and failed.usage.requests == 1
+        # A 500 is refused before the model ran: the request is recorded and costs nothing.
+        assert failed.usage.output_tokens == failed.usage.input_tokens == 0 and failed.usage.requests == 1
+        assert failed.cost_usd == 0
+    finally:
+        for emu in (lite, standard, claude):
+            await emu.aclose()
+
+
+async def test_a_cheap_attempt_that_times_out_unanswered_is_billed_for_the_prompt_it_sent(
+    start_router: Any, redis_client: aioredis.Redis, band: tuple[str, Decision], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lite does not answer within the hold (no byte, no usage report): the request reached the provider, which
+    may bill the prompt, so the attempt is billed on our estimate of it, as Respond bills its own attempts."""
+    text, _ = band
+    lite, standard = await gemini_answering(AGREE), await gemini_answering(AGREE)
+    claude = AnthropicEmulator()
+    await claude.start()
+    try:
+        lite.script(GeminiReply(latency_s=3.0))
+        router = await split_router(start_router, monkeypatch, lite, standard, claude, provider_timeout_s=0.5)
+        deltas, c = await run(router, text, "t-slow-lite")
+        assert c.tier == common_pb2.TIER_PREMIUM and "".join(deltas)
+        evs = {e.attributes["attempt"]: e for e in await events(redis_client)}
+        slow = evs["cascade-lite"]
+        assert slow.attributes["outcome"] == "cascade_escalated" and slow.usage.estimated
+        assert slow.usage.input_tokens >= len(text) // 4 and slow.usage.output_tokens == 0
+        assert slow.cost_usd > 0
     finally:
         for emu in (lite, standard, claude):
             await emu.aclose()

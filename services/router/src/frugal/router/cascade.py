@@ -33,6 +33,7 @@ from frugal.common.cost_recorder import CostRecorder
 from frugal.common.pricing import PriceCatalog, TierName
 from frugal.common.usage import UsageAmounts
 from frugal.router.providers.base import (
+    NOT_PROCESSED,
     LlmProvider,
     ProviderError,
     ProviderRequest,
@@ -201,6 +202,8 @@ class CheapAttempt:
     cache_write_tokens: int = 0
     # The failure as a ProviderError (for the deployment's breaker); None when the attempt succeeded.
     failure: ProviderError | None = None
+    # Our estimate of the prompt it sent (billed when the provider reported nothing).
+    prompt_tokens: int = 0
 
 
 @dataclass
@@ -273,7 +276,8 @@ async def run_cascade(
     attempts: list[CheapAttempt] = []
     running = []
     for c in calls:
-        a = CheapAttempt(tier=c.tier, model=c.model, provider=c.provider.provider, offline=c.provider.offline)
+        a = CheapAttempt(tier=c.tier, model=c.model, provider=c.provider.provider, offline=c.provider.offline,
+                         prompt_tokens=estimate_tokens(c.request.prompt_text))
         attempts.append(a)
         running.append(_attempt(c.provider, c.request, a, budget_s))
     try:
@@ -294,11 +298,14 @@ async def run_cascade(
 async def _bill(recorder: CostRecorder, catalog: PriceCatalog, a: CheapAttempt, *, kept: bool, tenant: str,
                 session: str, request_id: str, turn_id: str, scorer: str, routed_tier: str) -> None:
     if a.usage is None:
-        # Failed or cut short: the usage reported so far, else an estimate of what came back; nothing
-        # reported and nothing received means nothing billed (the rule of Respond's attempts).
+        # Failed or cut short (the rule of Respond's attempts): the usage reported so far; else nothing for a
+        # request refused before the model ran; else (timeout, cancelled, unknown) our estimate of the prompt
+        # sent and of what came back.
+        refused = a.failure is not None and a.failure.kind in NOT_PROCESSED and not a.text
         a.usage = merge_partial(a.reported, a.text) or (
-            UsageAmounts(input_tokens=0, output_tokens=estimate_tokens(a.text), requests=1, estimated=True)
-            if a.text else UsageAmounts(requests=1))
+            UsageAmounts(requests=1) if refused else
+            UsageAmounts(input_tokens=a.prompt_tokens, output_tokens=estimate_tokens(a.text), requests=1,
+                         estimated=True))
     attempt = CASCADE_ATTEMPTS[a.tier]
     # Offline stand-ins are priced as the tier's real model on estimated usage (the one offline rule).
     event = await recorder.record(

@@ -65,6 +65,7 @@ from frugal.router.health import DeploymentHealth, HealthConfig
 from frugal.router.limits import TenantRateLimiter
 from frugal.router.prompt import system_prompt
 from frugal.router.providers.base import (
+    NOT_PROCESSED,
     LlmProvider,
     Message,
     ProviderError,
@@ -958,7 +959,7 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         )
         if call.usage is not None:
             att.report(call.usage)
-        elif outcome in _NOT_PROCESSED:
+        elif outcome in NOT_PROCESSED:
             att.report(UsageAmounts(requests=1))  # refused before any work: nothing to bill
         event = await att.finish(outcome)
         call.usage = event.usage
@@ -973,10 +974,6 @@ class RouterServiceServicer(router_pb2_grpc.RouterServiceServicer):
         m.TOKENS.labels(model=call.model, direction="input", estimated=est).inc(usage.input_tokens)
         m.TOKENS.labels(model=call.model, direction="output", estimated=est).inc(usage.output_tokens)
 
-
-# Provider errors that mean the request was refused or failed before the model ran (the provider bills
-# nothing); timeouts, interruptions, cancellations and unknown errors are billed on reported or estimated usage.
-_NOT_PROCESSED = frozenset({"rate_limited", "auth", "bad_request", "unavailable"})
 
 
 @dataclass

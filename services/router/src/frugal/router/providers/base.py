@@ -110,6 +110,11 @@ class StreamDone:
 StreamEvent = TextChunk | ToolCallChunk | UsageReport | StreamDone
 
 
+# Provider errors that mean the request was refused or failed before the model ran (the provider bills
+# nothing); timeouts, interruptions, cancellations and unknown errors are billed on reported or estimated usage.
+NOT_PROCESSED: frozenset[str] = frozenset({"rate_limited", "auth", "bad_request", "unavailable"})
+
+
 class ProviderError(Exception):
     def __init__(self, kind: ErrorKind, message: str, *, status: int | None = None,
                  retry_after_s: float | None = None) -> None:
