@@ -188,6 +188,15 @@ async def test_slow_voyage_respects_the_callers_deadline(start_rag: Any, voyage:
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+async def tenant_with_docs(rag: Any) -> str:
+    """A new tenant with DOCS ingested."""
+    tenant = new_tenant()
+    for doc_id, text in DOCS.items():
+        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
+            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    return tenant
+
+
 async def cohere_rag(start_rag: Any, emu: CohereEmulator) -> Any:
     return await start_rag(cohere_api_key=COHERE_KEY, cohere_base_url=emu.base_url, rerank_candidates=10)
 
@@ -203,10 +212,7 @@ DOCS = {
 
 async def test_cohere_rerank_through_the_sdk(start_rag: Any, cohere: CohereEmulator, redis_url: str) -> None:
     rag = await cohere_rag(start_rag, cohere)
-    tenant = new_tenant()
-    for doc_id, text in DOCS.items():
-        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
-            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    tenant = await tenant_with_docs(rag)
     query = "what is wing flutter and how is flutter tested"
     plain = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=query, top_k=3), metadata=md(tenant))
     assert plain.rerank_note == "rerank not requested" and not cohere.requests
@@ -231,10 +237,7 @@ async def test_cohere_rerank_through_the_sdk(start_rag: Any, cohere: CohereEmula
 async def test_cohere_failure_keeps_fused_order_and_bills_nothing(start_rag: Any, cohere: CohereEmulator,
                                                                   redis_url: str) -> None:
     rag = await cohere_rag(start_rag, cohere)
-    tenant = new_tenant()
-    for doc_id, text in DOCS.items():
-        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
-            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    tenant = await tenant_with_docs(rag)
     query = "wing flutter"
     fused = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=query, top_k=3), metadata=md(tenant))
     cohere.fail_next(500)
@@ -257,10 +260,7 @@ async def test_a_cohere_reply_pointing_past_the_documents_keeps_fused_order_and_
     used (a negative index would silently pick the wrong chunk), the fused order stands, and the search is
     billed from the reply's own billed units, because a paid call always leaves a cost record."""
     rag = await cohere_rag(start_rag, cohere)
-    tenant = new_tenant()
-    for doc_id, text in DOCS.items():
-        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
-            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    tenant = await tenant_with_docs(rag)
     query = "wing flutter"
     fused = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query=query, top_k=3), metadata=md(tenant))
     for offset in (1000, -1000):
@@ -339,6 +339,20 @@ async def test_no_paid_embedding_or_rerank_starts_while_its_cost_could_not_be_re
     assert sum(e.usage.requests for e in spooled if e.provider == "voyage") == calls  # every call billed
 
 
+async def cancel_once_sent(call: Any, provider_requests: list[Any]) -> None:
+    """Cancels a started RPC as soon as the provider emulator has received one more request (the call is then
+    mid-flight at the provider)."""
+    sent = len(provider_requests)
+    for _ in range(150):
+        if len(provider_requests) > sent:
+            break
+        await asyncio.sleep(0.02)
+    assert len(provider_requests) > sent, "the provider never received the request"
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+
 async def _events_of_kind(redis_url: str, tenant: str, kind: str, *, at_least: int = 1) -> list[CostEvent]:
     # A call cut short by the caller is billed from a shielded task that may finish just after the RPC ends.
     for _ in range(50):
@@ -366,16 +380,8 @@ async def test_a_voyage_call_sent_but_not_answered_is_billed_as_an_estimate(
     caller = new_tenant()
     rag2 = await voyage_rag(start_rag, voyage)
     voyage.script(VoyageReply(latency_s=3.0))
-    sent = len(voyage.requests)
-    call = rag2.stub.Retrieve(rag_pb2.RetrieveRequest(query="anything", mode=rag_pb2.RETRIEVAL_MODE_VECTOR),
-                              metadata=md(caller))
-    for _ in range(100):
-        if len(voyage.requests) > sent:
-            break
-        await asyncio.sleep(0.02)
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
+    await cancel_once_sent(rag2.stub.Retrieve(rag_pb2.RetrieveRequest(
+        query="anything", mode=rag_pb2.RETRIEVAL_MODE_VECTOR), metadata=md(caller)), voyage.requests)
     [ev2] = await _events_of_kind(redis_url, caller, "embedding")
     assert ev2.attributes["outcome"] == "cancelled" and ev2.usage.estimated and ev2.cost_usd > 0
 
@@ -385,10 +391,7 @@ async def test_a_cohere_rerank_not_answered_in_time_keeps_fused_order_and_is_bil
 ) -> None:
     rag = await start_rag(cohere_api_key=COHERE_KEY, cohere_base_url=cohere.base_url, rerank_candidates=10,
                           cohere_timeout_s=0.2)
-    tenant = new_tenant()
-    for doc_id, text in DOCS.items():
-        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
-            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    tenant = await tenant_with_docs(rag)
     cohere.script(CohereReply(latency_s=1.0))
     res = await rag.stub.Retrieve(rag_pb2.RetrieveRequest(query="wing flutter", top_k=3, rerank=True),
                                   metadata=md(tenant))
@@ -402,19 +405,9 @@ async def test_a_rerank_the_caller_walks_away_from_is_billed_as_an_estimate(
     start_rag: Any, cohere: CohereEmulator, redis_url: str
 ) -> None:
     rag = await cohere_rag(start_rag, cohere)
-    tenant = new_tenant()
-    for doc_id, text in DOCS.items():
-        await rag.stub.IngestDocument(rag_pb2.IngestDocumentRequest(
-            document_id=doc_id, content_type="text/plain", content=text.encode()), metadata=md(tenant))
+    tenant = await tenant_with_docs(rag)
     cohere.script(CohereReply(latency_s=3.0))
-    call = rag.stub.Retrieve(rag_pb2.RetrieveRequest(query="wing flutter", top_k=3, rerank=True),
-                             metadata=md(tenant))
-    for _ in range(100):
-        if cohere.requests:
-            break
-        await asyncio.sleep(0.02)
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
+    await cancel_once_sent(rag.stub.Retrieve(rag_pb2.RetrieveRequest(query="wing flutter", top_k=3, rerank=True),
+                                             metadata=md(tenant)), cohere.requests)
     [ev] = await _events_of_kind(redis_url, tenant, "rerank")
     assert ev.attributes["outcome"] == "cancelled" and ev.usage.estimated and ev.usage.requests == 1
