@@ -816,6 +816,12 @@ class RagEngine:
     def _item(f: Fused, row: store.ChunkRow) -> RetrievedItem:
         return RetrievedItem(row, f.score, f.vector_score, f.lexical_score, f.vector_rank, f.lexical_rank)
 
+    async def _emit_rerank(self, caller: Caller, reranker: Reranker, docs: list[str], usage: UsageAmounts,
+                           outcome: str) -> None:
+        await self._emit(caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
+                         usage=usage, offline=False, event_parts=("rerank",),
+                         attributes={"documents": str(len(docs))}, outcome=outcome)
+
     async def _rerank(
         self, caller: Caller, reranker: Reranker, query: str, items: list[RetrievedItem], k: int,
         deadline: float | None,
@@ -828,10 +834,7 @@ class RagEngine:
         try:
             res = await reranker.rerank(query, docs, k, budget_s=_remaining(deadline))
         except asyncio.CancelledError:  # the caller went away mid-call; the request may have reached Cohere
-            await asyncio.shield(self._emit(
-                caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
-                usage=_unanswered_rerank(docs), offline=False, event_parts=("rerank",),
-                attributes={"documents": str(len(docs))}, outcome="cancelled"))
+            await asyncio.shield(self._emit_rerank(caller, reranker, docs, _unanswered_rerank(docs), "cancelled"))
             raise
         except (RerankError, DeadlineExceeded) as err:
             RERANKS.labels(outcome="error").inc()
@@ -840,27 +843,16 @@ class RagEngine:
             log.warning("rerank failed, fused order kept: %s", err)
             if isinstance(err, RerankError) and err.billed is not None:
                 # Cohere answered (and charged) but the reply was unusable: the search is billed all the same.
-                await self._emit(
-                    caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
-                    usage=UsageAmounts(requests=err.billed.search_units, estimated=err.billed.estimated),
-                    offline=False, event_parts=("rerank",), attributes={"documents": str(len(docs))},
-                    outcome="unusable_reply",
-                )
+                usage = UsageAmounts(requests=err.billed.search_units, estimated=err.billed.estimated)
+                await self._emit_rerank(caller, reranker, docs, usage, "unusable_reply")
             elif isinstance(err, RerankError) and err.timeout:
-                await self._emit(
-                    caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
-                    usage=_unanswered_rerank(docs), offline=False, event_parts=("rerank",),
-                    attributes={"documents": str(len(docs))}, outcome="timeout",
-                )
+                await self._emit_rerank(caller, reranker, docs, _unanswered_rerank(docs), "timeout")
             return items, f"rerank failed, results are in fused order: {err}"
         RERANKS.labels(outcome="ok").inc()
         AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="rerank", provider=reranker.provider, model=reranker.model,
                                  outcome="ok").inc()
-        await self._emit(
-            caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
-            usage=UsageAmounts(requests=res.search_units, estimated=res.estimated), offline=False,
-            event_parts=("rerank",), attributes={"documents": str(len(docs))},
-        )
+        await self._emit_rerank(caller, reranker, docs, UsageAmounts(requests=res.search_units,
+                                                                     estimated=res.estimated), "ok")
         out = [
             RetrievedItem(items[i].chunk, score, items[i].vector_score, items[i].lexical_score,
                           items[i].vector_rank, items[i].lexical_rank)

@@ -14,7 +14,8 @@ PROVIDER = "cohere"
 
 class RerankError(RuntimeError):
     """`billed`: the usage of a reply Cohere did send (and charge for) that could not be used; None when no
-    reply came (error status, timeout, transport), which Cohere does not bill."""
+    reply came. Of those, an error status is not billed; a timeout (`timeout`) may be, and the engine bills
+    its estimate."""
 
     def __init__(self, message: str, *, timeout: bool = False, billed: RerankUsage | None = None) -> None:
         super().__init__(message)

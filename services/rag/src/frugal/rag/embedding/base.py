@@ -19,7 +19,8 @@ class EmbeddingError(RuntimeError):
     """The embedding provider failed (network, quota, bad reply). `retryable` maps to UNAVAILABLE.
 
     `billed_tokens`: the tokens a reply the provider did send (and charge for) reported, when that reply could
-    not be used (wrong shape, non-finite values); None when no reply came, which the provider does not bill."""
+    not be used (wrong shape, non-finite values); None when no reply came. Of those, an error status is not
+    billed; a timeout (`timeout`) may be, and the engine bills its estimate."""
 
     def __init__(self, message: str, *, retryable: bool = True, timeout: bool = False,
                  billed_tokens: int | None = None) -> None:
