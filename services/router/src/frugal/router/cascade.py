@@ -297,25 +297,24 @@ async def run_cascade(
 
 async def _bill(recorder: CostRecorder, catalog: PriceCatalog, a: CheapAttempt, *, kept: bool, tenant: str,
                 session: str, request_id: str, turn_id: str, scorer: str, routed_tier: str) -> None:
-    if a.usage is None:
-        # Failed or cut short (the rule of Respond's attempts): the usage reported so far; else nothing for a
-        # request refused before the model ran; else (timeout, cancelled, unknown) our estimate of the prompt
-        # sent and of what came back.
-        refused = a.failure is not None and a.failure.kind in NOT_PROCESSED and not a.text
-        a.usage = merge_partial(a.reported, a.text) or (
-            UsageAmounts(requests=1) if refused else
-            UsageAmounts(input_tokens=a.prompt_tokens, output_tokens=estimate_tokens(a.text), requests=1,
-                         estimated=True))
     attempt = CASCADE_ATTEMPTS[a.tier]
-    # Offline stand-ins are priced as the tier's real model on estimated usage (the one offline rule).
-    event = await recorder.record(
-        usage=a.usage, outcome="cascade_kept" if kept and a.tier == "standard" else "cascade_escalated",
+    # Offline stand-ins are priced as the tier's real model on estimated usage (the one offline rule). What the
+    # provider did not report is billed on the recorder's estimate rule, as Respond's attempts are.
+    att = recorder.attempt(
         tenant_id=tenant, kind=CostKind.LLM, provider=a.provider, model=a.model, key=(turn_id, attempt),
         session_id=session, request_id=request_id, tier=a.tier, offline=a.offline,
         priced_as=catalog.tier_model(a.tier) if a.offline else a.model,
+        estimate=UsageAmounts(input_tokens=a.prompt_tokens, output_tokens=estimate_tokens(a.text), requests=1),
         attributes={"turn_id": turn_id, "attempt": attempt, "scorer": scorer, "routed_tier": routed_tier,
                     "cache_write_tokens": str(a.cache_write_tokens)},
     )
+    # Failed or cut short: the usage reported so far; nothing for a request refused before the model ran.
+    usage = a.usage or merge_partial(a.reported, a.text)
+    if usage is not None:
+        att.report(usage)
+    elif a.failure is not None and a.failure.kind in NOT_PROCESSED and not a.text:
+        att.report(UsageAmounts(requests=1))
+    event = await att.finish("cascade_kept" if kept and a.tier == "standard" else "cascade_escalated")
     a.event_id, a.cost_usd, a.usage = event.event_id, event.cost_usd, event.usage
     a.baseline_usd = catalog.llm_baseline_cost(a.usage)
 
