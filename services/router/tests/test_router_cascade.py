@@ -73,7 +73,13 @@ async def emulators() -> AsyncIterator[dict[str, Any]]:
         made.extend([g, c])
         return g, c
 
-    yield {"make": make}
+    async def make_split(answers: tuple[str, str]) -> tuple[GeminiEmulator, GeminiEmulator, AnthropicEmulator]:
+        """Lite and standard on emulators of their own (for split_router), and Claude."""
+        lite, (standard, claude) = await gemini_answering(answers), await make(answers)
+        made.append(lite)
+        return lite, standard, claude
+
+    yield {"make": make, "make_split": make_split}
     for e in made:
         await e.aclose()
 
@@ -162,6 +168,9 @@ async def test_caller_leaving_during_the_hold_still_bills_both_cheap_attempts(
             if len(gemini.requests) >= 2:
                 break
             await asyncio.sleep(0.05)
+        # Into the stream (its first chunks and usage reports have come) but far from its end (11 chunks 0.3 s
+        # apart): the cut lands mid-answer.
+        await asyncio.sleep(0.5)
         call.cancel()
         wanted = ["cascade-lite", "cascade-standard"]
         for _ in range(100):
@@ -173,6 +182,8 @@ async def test_caller_leaving_during_the_hold_still_bills_both_cheap_attempts(
         assert sorted(e.attributes["attempt"] for e in evs) == wanted, \
             "each cheap attempt is billed once, even when the caller left"
         assert len({e.event_id for e in evs}) == 2
+        # Billed on what Gemini reported with each chunk before the cut, not on our estimate.
+        assert all(e.usage.input_tokens > 0 and not e.usage.estimated for e in evs), [e.usage for e in evs]
         assert claude.requests == []
     finally:
         await gemini.aclose()
@@ -223,8 +234,8 @@ async def split_router(start_router: Any, monkeypatch: pytest.MonkeyPatch, lite:
 
 @pytest.mark.parametrize("failing", ["lite", "standard"])
 async def test_a_cheap_attempt_that_fails_escalates_even_when_the_answers_would_be_kept(
-    start_router: Any, redis_client: aioredis.Redis, band: tuple[str, Decision], failing: str,
-    monkeypatch: pytest.MonkeyPatch,
+    start_router: Any, emulators: dict[str, Any], redis_client: aioredis.Redis, band: tuple[str, Decision],
+    failing: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The pair that would be kept (AGREE), but one cheap tier answers 500: nothing was scored, so the turn
     escalates to premium; both cheap attempts are billed as their own events (the failed one for what it
@@ -232,51 +243,40 @@ async def test_a_cheap_attempt_that_fails_escalates_even_when_the_answers_would_
     failure hits exactly one of the two concurrent calls."""
     text, decision = band
     assert expected_keep(text, decision, AGREE)
-    lite, standard = await gemini_answering(AGREE), await gemini_answering(AGREE)
-    claude = AnthropicEmulator()
-    await claude.start()
-    try:
-        (lite if failing == "lite" else standard).fail_next(500)
-        claude.script(AnthropicReply(chunks=("Premium ", "answer."), usage={"input_tokens": 200, "output_tokens": 4}))
-        router = await split_router(start_router, monkeypatch, lite, standard, claude)
-        deltas, c = await run(router, text, f"t-fail-{failing}")
-        assert [r.model for r in lite.requests] == ["gemini-2.5-flash-lite"]
-        assert [r.model for r in standard.requests] == ["gemini-2.5-flash"]
-        assert "".join(deltas) == "Premium answer." and len(claude.requests) == 1
-        assert c.tier == common_pb2.TIER_PREMIUM and c.provider.model == "claude-sonnet-4-6"
-        evs = await events(redis_client)
-        assert sorted(e.attributes["attempt"] for e in evs) == ["0", "cascade-lite", "cascade-standard"]
-        assert len({e.event_id for e in evs}) == 3 == len(c.cost_event_ids)
-        cheap = {e.attributes["attempt"]: e for e in evs if e.attributes["attempt"] != "0"}
-        assert {e.attributes["outcome"] for e in cheap.values()} == {"cascade_escalated"}
-        failed = cheap[f"cascade-{failing}"]
-        # A 500 is refused before the model ran: the request is recorded and costs nothing.
-        assert failed.usage.output_tokens == failed.usage.input_tokens == 0 and failed.usage.requests == 1
-        assert failed.cost_usd == 0
-    finally:
-        for emu in (lite, standard, claude):
-            await emu.aclose()
+    lite, standard, claude = await emulators["make_split"](AGREE)
+    (lite if failing == "lite" else standard).fail_next(500)
+    claude.script(AnthropicReply(chunks=("Premium ", "answer."), usage={"input_tokens": 200, "output_tokens": 4}))
+    router = await split_router(start_router, monkeypatch, lite, standard, claude)
+    deltas, c = await run(router, text, f"t-fail-{failing}")
+    assert [r.model for r in lite.requests] == ["gemini-2.5-flash-lite"]
+    assert [r.model for r in standard.requests] == ["gemini-2.5-flash"]
+    assert "".join(deltas) == "Premium answer." and len(claude.requests) == 1
+    assert c.tier == common_pb2.TIER_PREMIUM and c.provider.model == "claude-sonnet-4-6"
+    evs = await events(redis_client)
+    assert sorted(e.attributes["attempt"] for e in evs) == ["0", "cascade-lite", "cascade-standard"]
+    assert len({e.event_id for e in evs}) == 3 == len(c.cost_event_ids)
+    cheap = {e.attributes["attempt"]: e for e in evs if e.attributes["attempt"] != "0"}
+    assert {e.attributes["outcome"] for e in cheap.values()} == {"cascade_escalated"}
+    failed = cheap[f"cascade-{failing}"]
+    # A 500 is refused before the model ran: the request is recorded and costs nothing.
+    assert failed.usage.output_tokens == failed.usage.input_tokens == 0 and failed.usage.requests == 1
+    assert failed.cost_usd == 0
 
 
 async def test_a_cheap_attempt_that_times_out_unanswered_is_billed_for_the_prompt_it_sent(
-    start_router: Any, redis_client: aioredis.Redis, band: tuple[str, Decision], monkeypatch: pytest.MonkeyPatch,
+    start_router: Any, emulators: dict[str, Any], redis_client: aioredis.Redis, band: tuple[str, Decision],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Lite does not answer within the hold (no byte, no usage report): the request reached the provider, which
     may bill the prompt, so the attempt is billed on our estimate of it, as Respond bills its own attempts."""
     text, _ = band
-    lite, standard = await gemini_answering(AGREE), await gemini_answering(AGREE)
-    claude = AnthropicEmulator()
-    await claude.start()
-    try:
-        lite.script(GeminiReply(latency_s=3.0))
-        router = await split_router(start_router, monkeypatch, lite, standard, claude, provider_timeout_s=0.5)
-        deltas, c = await run(router, text, "t-slow-lite")
-        assert c.tier == common_pb2.TIER_PREMIUM and "".join(deltas)
-        evs = {e.attributes["attempt"]: e for e in await events(redis_client)}
-        slow = evs["cascade-lite"]
-        assert slow.attributes["outcome"] == "cascade_escalated" and slow.usage.estimated
-        assert slow.usage.input_tokens >= len(text) // 4 and slow.usage.output_tokens == 0
-        assert slow.cost_usd > 0
-    finally:
-        for emu in (lite, standard, claude):
-            await emu.aclose()
+    lite, standard, claude = await emulators["make_split"](AGREE)
+    lite.script(GeminiReply(latency_s=3.0))
+    router = await split_router(start_router, monkeypatch, lite, standard, claude, provider_timeout_s=0.5)
+    deltas, c = await run(router, text, "t-slow-lite")
+    assert c.tier == common_pb2.TIER_PREMIUM and "".join(deltas)
+    evs = {e.attributes["attempt"]: e for e in await events(redis_client)}
+    slow = evs["cascade-lite"]
+    assert slow.attributes["outcome"] == "cascade_escalated" and slow.usage.estimated
+    assert slow.usage.input_tokens >= len(text) // 4 and slow.usage.output_tokens == 0
+    assert slow.cost_usd > 0
