@@ -188,14 +188,15 @@ def decode_page_token(token: str) -> str:
     return value
 
 
-def _unanswered_embedding(texts: list[str]) -> UsageAmounts:
-    """What a call sent but never answered may be billed: the texts' tokens (about 4 characters each)."""
-    return UsageAmounts(input_tokens=sum(max(1, -(-len(t) // 4)) for t in texts), requests=1, estimated=True)
+def _embedding_estimate(texts: list[str]) -> UsageAmounts:
+    """What an embedding call sent, by our count (the texts' tokens, about 4 characters each): the recorder bills
+    it, labelled estimated, when the call was sent but never answered."""
+    return UsageAmounts(input_tokens=sum(max(1, -(-len(t) // 4)) for t in texts), requests=1)
 
 
-def _unanswered_rerank(docs: list[str]) -> UsageAmounts:
-    """A rerank sent but never answered: one search unit per 100 documents (Cohere's unit), estimated."""
-    return UsageAmounts(requests=max(1, -(-len(docs) // 100)), estimated=True)
+def _rerank_estimate(docs: list[str]) -> UsageAmounts:
+    """What a rerank call sent, by our count: one search unit per 100 documents (Cohere's unit)."""
+    return UsageAmounts(requests=max(1, -(-len(docs) // 100)))
 
 
 def _embedding_failure(err: EmbeddingError, what: str) -> RagError:
@@ -260,21 +261,26 @@ class RagEngine:
         kind: CostKind,
         provider: str,
         model: str,
-        usage: UsageAmounts,
+        usage: UsageAmounts | None,
         offline: bool,
         event_parts: tuple[str, ...],
         attributes: Mapping[str, str],
         outcome: str = "ok",
+        estimate: UsageAmounts | None = None,
     ) -> float:
         """One cost event per provider call (frugal.common.cost_recorder: own id per attempt, the one offline
-        rule). The local encoder is a free model of its own, not a stand-in: its catalog entry has no price,
-        so its (offline, estimated) events cost 0."""
+        rule; `usage` None: the provider reported nothing and the recorder bills `estimate`, labelled). The local
+        encoder is a free model of its own, not a stand-in: its catalog entry has no price, so its (offline,
+        estimated) events cost 0."""
         # Without a producer (tools, tests) the call is priced all the same and nothing is emitted.
-        event = await self._recorder.record(
-            usage=usage, tenant_id=caller.tenant_id, kind=kind, provider=provider, model=model,
+        att = self._recorder.attempt(
+            tenant_id=caller.tenant_id, kind=kind, provider=provider, model=model,
             key=(caller.request_id, *event_parts), session_id=caller.session_id, request_id=caller.request_id,
-            offline=offline, attributes=attributes, outcome=outcome,
+            offline=offline, attributes=attributes, estimate=estimate,
         )
+        if usage is not None:
+            att.report(usage)
+        event = await att.finish(outcome)
         return event.cost_usd
 
     async def _embed(
@@ -292,7 +298,7 @@ class RagEngine:
         except asyncio.CancelledError:
             if not e.offline:  # the caller went away mid-call; the request may have reached the provider
                 await asyncio.shield(self._emit_embedding(caller, e, texts, purpose, batch_no, outcome="cancelled",
-                                                          usage=_unanswered_embedding(texts)))
+                                                          usage=None))
             raise
         except EmbeddingError as err:
             AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
@@ -303,8 +309,7 @@ class RagEngine:
                                            usage=UsageAmounts(input_tokens=err.billed_tokens, requests=1))
             elif err.timeout and not e.offline:
                 # Sent but not answered in time: the provider may bill it; estimated, like vision-dedup's rule.
-                await self._emit_embedding(caller, e, texts, purpose, batch_no, outcome="timeout",
-                                           usage=_unanswered_embedding(texts))
+                await self._emit_embedding(caller, e, texts, purpose, batch_no, outcome="timeout", usage=None)
             raise
         AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="embedding", provider=e.provider, model=e.model,
                                  outcome="ok").inc()
@@ -314,13 +319,14 @@ class RagEngine:
         return batch, cost
 
     async def _emit_embedding(self, caller: Caller, e: Embedder, texts: list[str], purpose: str, batch_no: int,
-                              *, usage: UsageAmounts, outcome: str = "ok") -> float:
+                              *, usage: UsageAmounts | None, outcome: str = "ok") -> float:
         # The local encoder is free: its event says offline with cost 0 (and, embedding not being an
         # optimised kind, its billing baseline is its cost, 0), so it shows volume but never savings.
         return await self._emit(
             caller, kind=CostKind.EMBEDDING, provider=e.provider, model=e.model.split("@", 1)[0], usage=usage,
             offline=e.offline, event_parts=(purpose, str(batch_no)),
             attributes={"purpose": purpose, "texts": str(len(texts)), "embedding_model": e.model}, outcome=outcome,
+            estimate=_embedding_estimate(texts),
         )
 
     # --- ingest -------------------------------------------------------------------------------------
@@ -816,11 +822,11 @@ class RagEngine:
     def _item(f: Fused, row: store.ChunkRow) -> RetrievedItem:
         return RetrievedItem(row, f.score, f.vector_score, f.lexical_score, f.vector_rank, f.lexical_rank)
 
-    async def _emit_rerank(self, caller: Caller, reranker: Reranker, docs: list[str], usage: UsageAmounts,
+    async def _emit_rerank(self, caller: Caller, reranker: Reranker, docs: list[str], usage: UsageAmounts | None,
                            outcome: str) -> None:
         await self._emit(caller, kind=CostKind.RERANK, provider=reranker.provider, model=reranker.model,
                          usage=usage, offline=False, event_parts=("rerank",),
-                         attributes={"documents": str(len(docs))}, outcome=outcome)
+                         attributes={"documents": str(len(docs))}, outcome=outcome, estimate=_rerank_estimate(docs))
 
     async def _rerank(
         self, caller: Caller, reranker: Reranker, query: str, items: list[RetrievedItem], k: int,
@@ -834,7 +840,7 @@ class RagEngine:
         try:
             res = await reranker.rerank(query, docs, k, budget_s=_remaining(deadline))
         except asyncio.CancelledError:  # the caller went away mid-call; the request may have reached Cohere
-            await asyncio.shield(self._emit_rerank(caller, reranker, docs, _unanswered_rerank(docs), "cancelled"))
+            await asyncio.shield(self._emit_rerank(caller, reranker, docs, None, "cancelled"))
             raise
         except (RerankError, DeadlineExceeded) as err:
             RERANKS.labels(outcome="error").inc()
@@ -846,7 +852,7 @@ class RagEngine:
                 usage = UsageAmounts(requests=err.billed.search_units, estimated=err.billed.estimated)
                 await self._emit_rerank(caller, reranker, docs, usage, "unusable_reply")
             elif isinstance(err, RerankError) and err.timeout:
-                await self._emit_rerank(caller, reranker, docs, _unanswered_rerank(docs), "timeout")
+                await self._emit_rerank(caller, reranker, docs, None, "timeout")
             return items, f"rerank failed, results are in fused order: {err}"
         RERANKS.labels(outcome="ok").inc()
         AI_REQUESTS_TOTAL.labels(service=SERVICE, kind="rerank", provider=reranker.provider, model=reranker.model,
